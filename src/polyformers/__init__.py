@@ -1,0 +1,85 @@
+"""polyformers: the Transformers 4.37 API for six model families in PyTorch, Keras 3 and Flax.
+
+Public names are resolved lazily, on first access, so ``import polyformers`` imports no deep-learning
+framework: touching ``polyformers.ElectraModel`` imports torch, ``polyformers.ElectraConfig`` does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {}
+
+
+def _export(module: str, *names: str) -> None:
+    for name in names:
+        _EXPORTS[name] = module
+
+
+_export(
+    ".configs",
+    "PretrainedConfig",
+    "ElectraConfig",
+    "RobertaConfig",
+    "MPNetConfig",
+    "GPTJConfig",
+    "MptConfig",
+    "MptAttentionConfig",
+    "PegasusConfig",
+)
+_export(".outputs", "ModelOutput")
+_export(
+    ".tokenizers",
+    "AddedToken",
+    "BatchEncoding",
+    "PreTrainedTokenizerBase",
+    "PreTrainedTokenizer",
+    "PreTrainedTokenizerFast",
+    "ElectraTokenizer",
+    "ElectraTokenizerFast",
+)
+_export(
+    ".auto",
+    "AutoConfig",
+    "AutoTokenizer",
+    "AutoModel",
+    "AutoModelForPreTraining",
+    "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMultipleChoice",
+)
+_export(".pt.modeling", "PreTrainedModel")
+_export(
+    ".pt.models.electra",
+    "ElectraPreTrainedModel",
+    "ElectraModel",
+    "ElectraForPreTraining",
+    "ElectraForCausalLM",
+    "ElectraForMaskedLM",
+    "ElectraForSequenceClassification",
+    "ElectraForTokenClassification",
+    "ElectraForQuestionAnswering",
+    "ElectraForMultipleChoice",
+)
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'polyformers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,254 @@
+"""The BERT encoder stack, shared by the families that kept it unchanged (ELECTRA, RoBERTa).
+
+Post-norm blocks of multi-head self-attention (optionally with Shaw-style relative positions), optional
+cross-attention for decoders, and a feed-forward layer. Attribute names are the reference checkpoints'
+keys (``attention.self.query``, ``attention.output.LayerNorm``, ``intermediate.dense``, ...), so a family
+composes :class:`BertEncoder` under ``encoder`` and its checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import layers as L
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention. In a decoder it keeps (key, value) per layer; as cross-attention it attends
+    to the encoder's states, whose projections are cached once and reused at every decoding step."""
+
+    def __init__(self, config, position_embedding_type: Optional[str] = None):
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
+                f"({config.num_attention_heads})"
+            )
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.position_embedding_type = position_embedding_type or getattr(config, "position_embedding_type", "absolute")
+        if self.position_embedding_type not in ("absolute", "relative_key", "relative_key_query"):
+            raise ValueError(
+                "position_embedding_type must be 'absolute', 'relative_key' or 'relative_key_query', "
+                f"got {self.position_embedding_type!r}"
+            )
+        self.max_position_embeddings = config.max_position_embeddings
+        if self.position_embedding_type != "absolute":
+            self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, self.head_size)
+        self.is_decoder = config.is_decoder
+
+    def _relative_bias(self, query, key, use_cache: bool):
+        # Shaw et al. relative positions: a learned vector per clipped distance, dotted with the query
+        # (and with the key for "relative_key_query"). The reference adds it before the 1/sqrt(d) scaling.
+        q_len, k_len = query.shape[2], key.shape[2]
+        if use_cache:
+            left = torch.full((1, 1), k_len - 1, dtype=torch.long, device=query.device)
+        else:
+            left = torch.arange(q_len, device=query.device)[:, None]
+        right = torch.arange(k_len, device=query.device)[None, :]
+        distance = self.distance_embedding(left - right + self.max_position_embeddings - 1).to(query.dtype)
+        bias = torch.einsum("bhld,lrd->bhlr", query, distance)
+        if self.position_embedding_type == "relative_key_query":
+            bias = bias + torch.einsum("bhrd,lrd->bhlr", key, distance)
+        return bias / (self.head_size**0.5)
+
+    def forward(self, hidden_states, mask=None, head_mask=None, encoder_hidden_states=None, past_key_value=None,
+                output_attentions=False):
+        query = L.split_heads(self.query(hidden_states), self.num_heads)
+        cross = encoder_hidden_states is not None
+        if cross and past_key_value is not None:
+            key, value = past_key_value
+        else:
+            source = encoder_hidden_states if cross else hidden_states
+            key = L.split_heads(self.key(source), self.num_heads)
+            value = L.split_heads(self.value(source), self.num_heads)
+            if past_key_value is not None:
+                key = torch.cat([past_key_value[0], key], dim=2)
+                value = torch.cat([past_key_value[1], value], dim=2)
+        bias = mask
+        if self.position_embedding_type != "absolute":
+            relative = self._relative_bias(query, key, use_cache=past_key_value is not None)
+            bias = relative if bias is None else bias + relative
+        context, probs = L.attend(
+            query, key, value, bias,
+            dropout=self.dropout_prob if self.training else 0.0,
+            head_mask=head_mask,
+            need_weights=output_attentions,
+        )
+        present = (key, value) if self.is_decoder else None
+        return L.merge_heads(context), probs, present
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config, position_embedding_type: Optional[str] = None):
+        super().__init__()
+        self.self = BertSelfAttention(config, position_embedding_type)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden_states, mask=None, head_mask=None, encoder_hidden_states=None, past_key_value=None,
+                output_attentions=False):
+        context, probs, present = self.self(
+            hidden_states, mask, head_mask, encoder_hidden_states, past_key_value, output_attentions
+        )
+        return self.output(context, hidden_states), probs, present
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = L.get_activation(config.hidden_act)
+
+    def forward(self, hidden_states):
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+
+class BertLayer(nn.Module):
+    """Post-norm transformer block: self-attention, optional cross-attention, feed-forward."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.is_decoder = config.is_decoder
+        self.add_cross_attention = config.add_cross_attention
+        if self.add_cross_attention:
+            if not self.is_decoder:
+                raise ValueError("add_cross_attention=True needs is_decoder=True (cross-attention is a decoder feature)")
+            self.crossattention = BertAttention(config, position_embedding_type="absolute")
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
+                past_key_value=None, output_attentions=False):
+        # A decoder layer's cache is (self key, self value, cross key, cross value).
+        self_past = past_key_value[:2] if past_key_value is not None else None
+        hidden_states, self_probs, present = self.attention(
+            hidden_states, mask, head_mask, past_key_value=self_past, output_attentions=output_attentions
+        )
+        cross_probs = None
+        if self.is_decoder and encoder_hidden_states is not None:
+            if not self.add_cross_attention:
+                raise ValueError(
+                    "encoder_hidden_states were given but the model has no cross-attention layers: "
+                    "set add_cross_attention=True in the config"
+                )
+            cross_past = past_key_value[-2:] if past_key_value is not None and len(past_key_value) == 4 else None
+            hidden_states, cross_probs, cross_present = self.crossattention(
+                hidden_states, encoder_mask, head_mask, encoder_hidden_states, cross_past, output_attentions
+            )
+            present = present + cross_present
+        hidden_states = self.output(self.intermediate(hidden_states), hidden_states)
+        return hidden_states, self_probs, cross_probs, present
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, mask, head_masks, encoder_hidden_states, encoder_mask, past_key_values,
+                use_cache, output_attentions, output_hidden_states):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        all_cross = () if output_attentions and self.config.add_cross_attention else None
+        cache = () if use_cache else None
+        for i, layer in enumerate(self.layer):
+            past = past_key_values[i] if past_key_values is not None else None
+            args = (hidden_states, mask, head_masks[i], encoder_hidden_states, encoder_mask, past, output_attentions)
+            if self.gradient_checkpointing and self.training:
+                hidden_states, probs, cross_probs, present = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                hidden_states, probs, cross_probs, present = layer(*args)
+            if use_cache:
+                cache += (present,)
+            if output_attentions:
+                all_attn += (probs,)
+                if all_cross is not None:
+                    all_cross += (cross_probs,)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+        return hidden_states, cache, all_hidden, all_attn, all_cross
+
+
+def prepare_encoder_inputs(config, input_ids, inputs_embeds, embedding_size, attention_mask, head_mask,
+                           encoder_hidden_states, encoder_attention_mask, past_key_values, dtype):
+    """Validate the inputs of a BERT-style model and build its additive masks.
+
+    Returns ``(batch, length, past_length, mask, encoder_mask, head_masks)``; the causal mask is used when
+    the config is a decoder, the encoder mask only when a decoder is given encoder states.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}")
+        L.check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
+        batch, length = input_ids.shape
+        device = input_ids.device
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != embedding_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, sequence, {embedding_size}), got {tuple(inputs_embeds.shape)}"
+            )
+        batch, length = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+    past_length = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, past_length + length, device=device)
+    L.check_mask_shape("attention_mask", attention_mask, (batch, past_length + length))
+    if config.is_decoder and attention_mask.dim() == 2:
+        mask = L.additive_causal_mask(attention_mask, length, dtype)
+    else:
+        mask = L.additive_padding_mask(attention_mask, dtype)
+    encoder_mask = None
+    if config.is_decoder and encoder_hidden_states is not None:
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], device=device)
+        L.check_mask_shape("encoder_attention_mask", encoder_attention_mask, tuple(encoder_hidden_states.shape[:2]))
+        encoder_mask = L.additive_padding_mask(encoder_attention_mask, dtype)
+    head_masks = L.expand_head_mask(head_mask, config.num_hidden_layers, dtype)
+    return batch, length, past_length, mask, encoder_mask, head_masks
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: normal(0, std) matrices and embeddings, zero biases and padding rows."""
+    if isinstance(module, nn.Linear):
+        module.weight.data.normal_(mean=0.0, std=std)
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.data.normal_(mean=0.0, std=std)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()

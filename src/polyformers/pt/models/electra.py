@@ -1,0 +1,420 @@
+"""ELECTRA in PyTorch (Clark et al., 2020): a BERT encoder trained as a replaced-token discriminator.
+
+Read top-down: embeddings (optionally narrower than the encoder, then projected), the BERT encoder stack
+(shared, in ``pt/bert.py``), the bare model, then the heads: discriminator, generator, task heads.
+Module attribute names are the checkpoint keys of the reference checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ...configs import ElectraConfig
+from ...outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    ElectraForPreTrainingOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from .. import layers as L
+from ..bert import BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..modeling import PreTrainedModel
+
+
+class ElectraEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm and dropout, in ``embedding_size`` dims."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, past_length=0):
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if position_ids is None:
+            position_ids = self.position_ids[:, past_length : past_length + length]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(position_ids).expand(
+                (input_ids if input_ids is not None else inputs_embeds).shape[0], -1
+            )
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        if self.position_embedding_type == "absolute":
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class ElectraPreTrainedModel(PreTrainedModel):
+    config_class = ElectraConfig
+    base_model_prefix = "electra"
+    supports_gradient_checkpointing = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_bert_weights(module, self.config.initializer_range)
+
+    def _flags(self, output_attentions, output_hidden_states, return_dict):
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.use_return_dict if return_dict is None else return_dict,
+        )
+
+
+def _as_tuple(output, return_dict: bool):
+    return output if return_dict else output.to_tuple()
+
+
+class ElectraModel(ElectraPreTrainedModel):
+    """The bare ELECTRA encoder (or decoder, with ``is_decoder``): hidden states, no head. When
+    ``embedding_size`` differs from ``hidden_size`` the embeddings are projected up before the encoder."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.embeddings = ElectraEmbeddings(config)
+        if config.embedding_size != config.hidden_size:
+            self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
+        self.encoder = BertEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        head_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[tuple] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        config = self.config
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        # As in the reference's 4.37 ELECTRA, a cache is returned only when asked for explicitly (config.use_cache
+        # is not consulted), and only by a decoder.
+        use_cache = bool(use_cache) and config.is_decoder and not (self.encoder.gradient_checkpointing and self.training)
+        batch, length, past_length, mask, encoder_mask, head_masks = prepare_encoder_inputs(
+            config, input_ids, inputs_embeds, config.embedding_size, attention_mask, head_mask,
+            encoder_hidden_states, encoder_attention_mask, past_key_values, self.dtype,
+        )
+        if position_ids is None and config.position_embedding_type == "absolute":
+            L.check_length(past_length + length, config.max_position_embeddings)
+        L.check_ids("token_type_ids", token_type_ids, config.type_vocab_size, f"type_vocab_size={config.type_vocab_size}")
+        L.check_ids("position_ids", position_ids, config.max_position_embeddings,
+                    f"max_position_embeddings={config.max_position_embeddings}")
+
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)
+        if hasattr(self, "embeddings_project"):
+            hidden = self.embeddings_project(hidden)
+        hidden, cache, all_hidden, all_attn, all_cross = self.encoder(
+            hidden, mask, head_masks, encoder_hidden_states, encoder_mask, past_key_values, use_cache,
+            output_attentions, output_hidden_states,
+        )
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden, attentions=all_attn,
+            cross_attentions=all_cross,
+        )
+        return _as_tuple(output, return_dict)
+
+
+class ElectraDiscriminatorPredictions(nn.Module):
+    """One logit per token: has this token been replaced by the generator?"""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = L.get_activation(config.hidden_act)
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden_states):
+        return self.dense_prediction(self.activation(self.dense(hidden_states))).squeeze(-1)
+
+
+class ElectraForPreTraining(ElectraPreTrainedModel):
+    """ELECTRA's discriminator: replaced-token detection. ``labels`` are 1 for replaced tokens and 0 for
+    original ones; the loss is binary cross-entropy over the positions the attention mask keeps."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.discriminator_predictions(body.last_hidden_state)
+        loss = None
+        if labels is not None:
+            target = labels.to(logits.dtype)
+            if attention_mask is not None and attention_mask.dim() == 2:
+                keep = attention_mask.reshape(-1, logits.shape[1]) == 1
+                loss = nn.functional.binary_cross_entropy_with_logits(logits[keep].float(), target[keep].float())
+            else:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
+        output = ElectraForPreTrainingOutput(
+            loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions
+        )
+        return _as_tuple(output, return_dict)
+
+
+class ElectraGeneratorPredictions(nn.Module):
+    """The generator's transform before the LM projection: dense to ``embedding_size``, GELU, LayerNorm."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.activation = L.get_activation("gelu")
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.activation(self.dense(hidden_states)))
+
+
+class _ElectraLMHeadModel(ElectraPreTrainedModel):
+    """Shared by the masked and causal generators: the LM head ties to the word embeddings."""
+
+    _tied_weights_keys = ["generator_lm_head.weight"]
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.generator_predictions = ElectraGeneratorPredictions(config)
+        self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.generator_lm_head
+
+    def set_output_embeddings(self, value):
+        self.generator_lm_head = value
+
+
+class ElectraForMaskedLM(_ElectraLMHeadModel):
+    """ELECTRA's generator: predicts masked tokens. Labels of -100 are ignored by the loss."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
+        loss = L.token_loss(logits, labels) if labels is not None else None
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+class ElectraForCausalLM(_ElectraLMHeadModel):
+    """ELECTRA as a left-to-right language model (set ``is_decoder=True``); labels are the input ids,
+    shifted inside the loss, -100 ignored. With ``add_cross_attention`` it also attends to an encoder."""
+
+    def __init__(self, config: ElectraConfig):
+        if not config.is_decoder:
+            import logging
+
+            logging.getLogger("polyformers").warning(
+                "ElectraForCausalLM is meant to run with is_decoder=True; without it attention is bidirectional"
+            )
+        super().__init__(config)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        if labels is not None:
+            use_cache = False
+        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                            output_attentions, output_hidden_states, return_dict=True)
+        logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
+        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
+        output = CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
+            attentions=body.attentions, cross_attentions=body.cross_attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if past_key_values is not None:
+            past = past_key_values[0][0].shape[2]
+            input_ids = input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values}
+
+
+class ElectraClassificationHead(nn.Module):
+    """Sentence-level head on the first token: dropout, dense, GELU, dropout, projection."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = L.get_activation("gelu")
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, features):
+        x = self.dropout(features[:, 0, :])
+        x = self.dropout(self.activation(self.dense(x)))
+        return self.out_proj(x)
+
+
+class ElectraForSequenceClassification(ElectraPreTrainedModel):
+    """Classification or regression on the whole sequence; the loss follows ``config.problem_type``."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.electra = ElectraModel(config)
+        self.classifier = ElectraClassificationHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.classifier(body.last_hidden_state)
+        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions
+        )
+        return _as_tuple(output, return_dict)
+
+
+class ElectraForTokenClassification(ElectraPreTrainedModel):
+    """One label per token (NER and the like); labels of -100 are ignored."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.electra = ElectraModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.classifier(self.dropout(body.last_hidden_state))
+        loss = L.token_loss(logits, labels) if labels is not None else None
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
+                                       attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+class ElectraForQuestionAnswering(ElectraPreTrainedModel):
+    """Extractive QA: start and end logits over the tokens (``num_labels`` must be 2)."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.electra = ElectraModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.qa_outputs(body.last_hidden_state)
+        if logits.shape[-1] != 2:
+            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+
+class ElectraForMultipleChoice(ElectraPreTrainedModel):
+    """Scores each of ``num_choices`` candidate sequences; inputs are (batch, num_choices, sequence)."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.sequence_summary = L.SequenceSummary(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None:
+            raise ValueError("pass input_ids or inputs_embeds of shape (batch, num_choices, sequence)")
+        num_choices = reference.shape[1]
+
+        def flat(t):
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        body = self.electra(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                            head_mask, flat(inputs_embeds), output_attentions=output_attentions,
+                            output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.sequence_summary(body.last_hidden_state)).view(-1, num_choices)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
+                                           attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+__all__ = [
+    "ElectraPreTrainedModel",
+    "ElectraModel",
+    "ElectraForPreTraining",
+    "ElectraForCausalLM",
+    "ElectraForMaskedLM",
+    "ElectraForSequenceClassification",
+    "ElectraForTokenClassification",
+    "ElectraForQuestionAnswering",
+    "ElectraForMultipleChoice",
+]

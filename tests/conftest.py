@@ -1,0 +1,28 @@
+"""Shared fixtures: where the real assets and the 4.37 reference environment live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("POLYFORMERS_ASSETS", ROOT / ".cache" / "assets"))
+LEGACY_PYTHON = Path(os.environ.get("POLYFORMERS_LEGACY_VENV", ROOT / ".cache" / "legacy-oracle")) / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """Folder of real assets fetched by scripts/fetch_assets.py. Missing assets fail: CI always has them."""
+    if not (ASSETS / "READY").exists():
+        pytest.fail(f"real assets missing in {ASSETS}: run `python scripts/fetch_assets.py` first")
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def legacy_python() -> Path:
+    """Interpreter of the venv holding the reference's 4.37 release (for slow tokenizers, TF and Flax)."""
+    if not LEGACY_PYTHON.exists():
+        pytest.fail(f"4.37 reference venv missing at {LEGACY_PYTHON}: run scripts/setup.sh first")
+    return LEGACY_PYTHON

@@ -1,0 +1,178 @@
+"""Parity harness shared by every family's tests.
+
+A family test declares :class:`Case` objects (reference class name, a tiny config, the calls to make).
+:func:`run_parity` then, with the reference's 4.37 release in its own environment:
+
+1. builds each reference model with every parameter perturbed, saves it, and records its outputs;
+2. loads each folder into the polyformers class, runs the same calls, compares every output
+   (class name, key order, every tensor, losses, caches) within ``atol``;
+3. saves the polyformers model and has the reference load that folder and reproduce its outputs.
+
+All cases of a test module go through one reference process per direction, which keeps the
+start-up cost of the reference environment (seconds) off each case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ORACLE = Path(__file__).with_name("oracle_pt.py")
+ATOL = 1e-4
+
+
+@dataclasses.dataclass
+class Call:
+    """One forward call: tensors by name, plain values, or a field of an earlier call's output."""
+
+    args: dict[str, Any]
+
+    def encode(self, case: str, index: int, tensors: dict) -> dict:
+        spec = {}
+        for name, value in self.args.items():
+            if isinstance(value, torch.Tensor):
+                key = f"{case}.{index}.{name}"
+                tensors[key] = value.clone().contiguous()  # inputs may share storage; files cannot
+                spec[name] = {"tensor": key}
+            elif isinstance(value, FromCall):
+                spec[name] = {"from_call": value.index, "field": value.field}
+            else:
+                spec[name] = value
+        return spec
+
+
+@dataclasses.dataclass
+class FromCall:
+    """Refers to ``field`` of the output of call number ``index`` (e.g. a cache)."""
+
+    index: int
+    field: str
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    cls: str  # class name, the same in the reference and in polyformers
+    model_type: str
+    config: dict
+    calls: list[Call]
+    seed: int = 0
+    perturb: float = 0.1
+    save_kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+def _run_oracle(python: Path, job: dict) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, env=env, timeout=900
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"reference run failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def flatten(value, prefix: str, out: dict) -> None:
+    if isinstance(value, torch.Tensor):
+        out[prefix] = value.detach()
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            flatten(item, f"{prefix}.{i}", out)
+
+
+def _resolve(call: Call, outputs: list) -> dict:
+    args = {}
+    for name, value in call.args.items():
+        args[name] = outputs[value.index][value.field] if isinstance(value, FromCall) else value
+    return args
+
+
+def run_model(model, calls: list[Call]) -> tuple[dict, list]:
+    """Run ``calls`` on a polyformers model; returns flattened tensors and (class, keys) per call."""
+    flat, outputs, kinds = {}, [], []
+    for i, call in enumerate(calls):
+        with torch.no_grad():
+            result = model(**_resolve(call, outputs))
+        outputs.append(result)
+        if isinstance(result, tuple):
+            kinds.append({"type": "tuple", "keys": [str(k) for k in range(len(result))]})
+            flatten(result, f"call{i}", flat)
+        else:
+            kinds.append({"type": type(result).__name__, "keys": list(result.keys())})
+            for key, value in result.items():
+                flatten(value, f"call{i}.{key}", flat)
+    return flat, kinds
+
+
+def assert_same_outputs(expected: dict, actual: dict, what: str, atol: float = ATOL) -> None:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    assert not missing and not extra, f"{what}: outputs differ in structure; missing {missing}, extra {extra}"
+    for key, ref in expected.items():
+        ours = actual[key]
+        assert tuple(ours.shape) == tuple(ref.shape), f"{what}: {key} has shape {tuple(ours.shape)}, reference {tuple(ref.shape)}"
+        if ref.is_floating_point():
+            diff = (ours.float() - ref.float()).abs().max().item() if ref.numel() else 0.0
+            assert diff <= atol, f"{what}: {key} differs by {diff:.3g} (tolerance {atol})"
+        else:
+            assert torch.equal(ours, ref), f"{what}: {key} differs"
+
+
+def run_parity(
+    cases: list[Case],
+    workdir: Path,
+    legacy_python: Path,
+    load: Callable[[str, str], Any],
+    atol: float = ATOL,
+    check_reverse: bool = True,
+) -> dict[str, Any]:
+    """Run the three steps above; ``load(class_name, folder)`` loads a polyformers model.
+
+    Returns the polyformers models by case name, for extra checks by the caller.
+    """
+    workdir = Path(workdir)
+    tensors: dict[str, torch.Tensor] = {}
+    job_cases = []
+    for case in cases:
+        folder = workdir / case.name
+        job_cases.append({
+            "name": case.name, "cls": case.cls, "model_type": case.model_type, "config": case.config,
+            "seed": case.seed, "perturb": case.perturb, "folder": str(folder), "save_kwargs": case.save_kwargs,
+            "calls": [{"args": c.encode(case.name, i, tensors)} for i, c in enumerate(case.calls)],
+        })
+    tensor_file = workdir / "inputs.safetensors"
+    save_file(tensors, str(tensor_file)) if tensors else None
+    build = {"mode": "build", "workdir": str(workdir), "tensors": str(tensor_file) if tensors else None,
+             "cases": job_cases}
+    reference_kinds = _run_oracle(legacy_python, build)
+
+    models, reverse_cases = {}, []
+    for case, job_case in zip(cases, job_cases):
+        expected = load_file(str(workdir / f"{case.name}.out.safetensors"))
+        model = load(case.cls, job_case["folder"])
+        actual, kinds = run_model(model, case.calls)
+        assert kinds == reference_kinds[case.name], (
+            f"{case.name}: output classes/keys {kinds} differ from the reference's {reference_kinds[case.name]}"
+        )
+        assert_same_outputs(expected, actual, case.name, atol)
+        models[case.name] = model
+        if check_reverse:
+            ours = workdir / f"{case.name}-ours"
+            model.save_pretrained(ours)
+            reverse_cases.append(dict(job_case, name=case.name + "-ours", folder=str(ours)))
+
+    if reverse_cases:
+        back = dict(build, mode="load", cases=reverse_cases)
+        _run_oracle(legacy_python, back)
+        for case in cases:
+            expected = load_file(str(workdir / f"{case.name}.out.safetensors"))
+            again = load_file(str(workdir / f"{case.name}-ours.out.safetensors"))
+            assert_same_outputs(expected, again, f"{case.name} saved by polyformers, loaded by the reference", atol)
+    return models
