@@ -68,7 +68,11 @@ class Case:
     save_kwargs: dict = dataclasses.field(default_factory=dict)
 
 
-def _run_oracle(python: Path, job: dict) -> dict:
+def _run_oracle(python: Optional[Path], job: dict) -> dict:
+    if python is None:  # the installed (current) reference, in this process
+        from tests.parity.oracle_pt import run_job
+
+        return run_job(job)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
@@ -128,12 +132,15 @@ def assert_same_outputs(expected: dict, actual: dict, what: str, atol: float = A
 def run_parity(
     cases: list[Case],
     workdir: Path,
-    legacy_python: Path,
+    legacy_python: Optional[Path],
     load: Callable[[str, str], Any],
     atol: float = ATOL,
     check_reverse: bool = True,
 ) -> dict[str, Any]:
     """Run the three steps above; ``load(class_name, folder)`` loads a polyformers model.
+
+    ``legacy_python`` is the 4.37 environment's interpreter; ``None`` compares with the installed
+    reference release in-process instead.
 
     Returns the polyformers models by case name, for extra checks by the caller.
     """

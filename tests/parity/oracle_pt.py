@@ -1,4 +1,8 @@
-"""Runs inside the reference's 4.37 environment (never imported by the test process).
+"""The reference side of the parity harness.
+
+Runs inside the reference's 4.37 environment as a subprocess; for families whose current reference
+release is the one to match (GPT-J's spec page documents a newer release), the harness imports
+:func:`run_job` and runs it in-process against the installed ``transformers`` instead.
 
 Reads a job (JSON on stdin), and for each case either builds a reference model from a config with
 every parameter perturbed and saves it ("build"), or loads a folder ("load"); then runs the case's
@@ -37,8 +41,8 @@ def resolve(args, tensors, outputs):
     return call
 
 
-def main():
-    job = json.load(sys.stdin)
+def run_job(job):
+    """Build or load every case of ``job``, run its calls, write the outputs; returns the summary."""
     tensors = load_file(job["tensors"]) if job.get("tensors") else {}
     summary = {}
     for case in job["cases"]:
@@ -72,7 +76,11 @@ def main():
                     flatten(value, f"call{i}.{key}", flat)
         save_file(flat, os.path.join(job["workdir"], case["name"] + ".out.safetensors"))
         summary[case["name"]] = kinds
-    print(json.dumps(summary))
+    return summary
+
+
+def main():
+    print(json.dumps(run_job(json.load(sys.stdin))))
 
 
 if __name__ == "__main__":

@@ -297,6 +297,9 @@ class PreTrainedModel(nn.Module):
         (or the reverse) through ``base_model_prefix``. Returns (model key -> checkpoint key, unused)."""
         prefix = self.base_model_prefix + "." if self.base_model_prefix else ""
         expected = set(self.state_dict().keys())
+        # Older checkpoints saved buffers that are now non-persistent (position_ids); the model computes
+        # them itself, so like the reference they are neither loaded nor reported as unexpected.
+        buffers = {name for name, _ in self.named_buffers()}
         renamed = {}
         for key in checkpoint_keys:
             new = key
@@ -317,7 +320,7 @@ class PreTrainedModel(nn.Module):
                 new = prefix + new
             if new in expected:
                 mapping[new] = key
-            else:
+            elif new not in buffers:
                 unused.append(key)
         return mapping, unused
 
