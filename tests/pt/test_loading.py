@@ -415,3 +415,13 @@ def test_resize_token_embeddings_matches_reference(case, folders, reference):
         out = model(input_ids=ids)
     if head is not None:
         assert out.logits.shape == (1, 3, new_vocab)
+
+
+def test_auto_model_passes_dtype_to_the_loader_not_the_config(tmp_path):
+    folder = tmp_path / "fp16"
+    model = polyformers.ElectraModel(polyformers.ElectraConfig(**TINY)).half()
+    model.save_pretrained(folder)
+    auto = polyformers.AutoModel.from_pretrained(folder, dtype="auto")
+    assert auto.dtype == torch.float16
+    assert polyformers.AutoModel.from_pretrained(folder, torch_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert polyformers.AutoModel.from_pretrained(folder).dtype == torch.float32

@@ -7,7 +7,7 @@ where) stays in the family file.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,36 @@ def additive_causal_mask(
     return (1.0 - allowed) * torch.finfo(dtype).min
 
 
+def cached_causal_mask(
+    attention_mask: Optional[torch.Tensor],
+    cache_position: torch.Tensor,
+    key_length: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Additive (batch | 1, 1, query, key) mask of a decoder reading a key/value cache.
+
+    Query ``i`` sits at cache slot ``cache_position[i]`` and sees the slots up to its own that the
+    (batch, slots) padding mask keeps. Slots beyond every query's own, such as the unwritten tail of a
+    preallocated cache, are never seen; a padding mask shorter than ``key_length`` is extended with 0s.
+    """
+    device = cache_position.device
+    slots = torch.arange(key_length, device=device)
+    allowed = (slots[None, :] <= cache_position[:, None])[None, None]
+    if attention_mask is not None:
+        given = attention_mask.shape[-1]
+        if given > key_length:
+            raise ValueError(
+                f"attention_mask covers {given} positions but only {key_length} (cached + new) exist; "
+                f"expected shape (batch, {key_length})"
+            )
+        keep = attention_mask.to(device=device, dtype=torch.bool)
+        if given < key_length:
+            keep = F.pad(keep, (0, key_length - given), value=False)
+        allowed = allowed & keep[:, None, None, :]
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
 def expand_head_mask(head_mask: Optional[torch.Tensor], num_layers: int, dtype: torch.dtype):
     """``head_mask`` of shape (heads,) or (layers, heads) -> per-layer (1, heads, 1, 1) multipliers."""
     if head_mask is None:
@@ -127,6 +157,75 @@ def expand_head_mask(head_mask: Optional[torch.Tensor], num_layers: int, dtype: 
     if head_mask.shape[0] != num_layers:
         raise ValueError(f"head_mask covers {head_mask.shape[0]} layers, the model has {num_layers}")
     return [m.to(dtype)[None, :, None, None] for m in head_mask]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Positions
+
+
+def position_ids_after_padding(input_ids: torch.Tensor, padding_idx: int, past_length: int = 0) -> torch.Tensor:
+    """fairseq's position numbering (RoBERTa, MPNet): the non-padding tokens of a row are numbered
+    ``padding_idx + 1 + past_length``, ``+ 2``, ... in order; padding tokens get ``padding_idx``, whose
+    position embedding is the padding row, so left padding does not shift the real tokens' positions."""
+    real = input_ids.ne(padding_idx).int()
+    return ((torch.cumsum(real, dim=1).type_as(real) + past_length) * real).long() + padding_idx
+
+
+def rotary_sin_cos(position_ids: torch.Tensor, dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding angles: (batch, seq) positions -> float32 (sin, cos), each of shape
+    (batch, seq, dim // 2); pair ``j`` turns at the frequency ``base ** (-2j / dim)``."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
+    inv_freq = 1.0 / (base ** exponents)
+    angles = position_ids.float()[..., None] * inv_freq
+    return torch.sin(angles), torch.cos(angles)
+
+
+def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, heads, seq, dim) ``x`` by position, pairing neighbouring dimensions (0, 1), (2, 3), ...
+    as mesh-transformer-jax (GPT-J) does; ``sin``/``cos`` are (batch, seq, dim // 2)."""
+    sin = torch.repeat_interleave(sin[:, None], 2, dim=-1).to(x.dtype)
+    cos = torch.repeat_interleave(cos[:, None], 2, dim=-1).to(x.dtype)
+    evens, odds = x[..., ::2], x[..., 1::2]
+    rotated = torch.stack((-odds, evens), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def alibi_slopes(num_heads: int, bias_max: float = 8.0, device=None) -> torch.Tensor:
+    """ALiBi's per-head slopes (Press et al., 2021), MPT's variant: for ``n`` heads rounded up to a power
+    of two, ``2 ** (-bias_max * k / n)`` for k = 1..n; with fewer heads than that, the odd-numbered
+    slopes come first, then the even ones, and the first ``num_heads`` are kept."""
+    padded = 2 ** math.ceil(math.log2(num_heads))
+    exponents = torch.arange(1, padded + 1, dtype=torch.int64, device=device).float() * (bias_max / padded)
+    slopes = 1.0 / torch.pow(2, exponents)
+    if padded != num_heads:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:num_heads]
+    return slopes
+
+
+def alibi_bias(slopes: torch.Tensor, cache_position: torch.Tensor, key_length: int) -> torch.Tensor:
+    """ALiBi's additive (1, heads, query, key) bias: ``slope * (key slot - query slot)``, a penalty linear
+    in the distance to each earlier key; softmax ignores a row's constant, so only distances matter."""
+    slots = torch.arange(key_length, device=cache_position.device)
+    distance = (slots[None, :] - cache_position[:, None]).float()
+    return (slopes.to(distance.device)[:, None, None] * distance[None])[None]
+
+
+def init_normal_weights(module: nn.Module, std: float) -> None:
+    """GPT-style initialisation: normal(0, std) matrices and embeddings, zero biases and padding rows,
+    unit norm scales."""
+    if isinstance(module, nn.Linear):
+        module.weight.data.normal_(mean=0.0, std=std)
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.data.normal_(mean=0.0, std=std)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            module.weight.data.fill_(1.0)
+        if module.bias is not None:
+            module.bias.data.zero_()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,12 +254,15 @@ def attend(
     dropout: float = 0.0,
     head_mask: Optional[torch.Tensor] = None,
     need_weights: bool = False,
+    float32_scores: bool = False,
 ):
     """Scaled dot-product attention over (batch, heads, seq, dim) tensors.
 
     ``bias`` is added to the scaled scores (padding/causal masks, relative positions, ALiBi). Uses the
     fused kernel unless the caller needs the probabilities or masks heads, which the fused kernel cannot
     return or apply; both paths compute the same function.
+    ``float32_scores`` computes query-key products in float32 for half-precision inputs, whose products
+    can overflow float16 (GPT-J's); the fused kernels accumulate in float32 anyway.
     Returns ``(context, probabilities or None)``.
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
@@ -169,10 +271,12 @@ def attend(
             bias = bias.to(query.dtype)
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scale)
         return context, None
+    if float32_scores:
+        query, key = query.float(), key.float()
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
     if bias is not None:
         scores = scores + bias
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)
     if head_mask is not None:
@@ -215,6 +319,36 @@ class SequenceSummary(nn.Module):
         output = self.summary(output)
         output = self.activation(output)
         return self.last_dropout(output)
+
+
+def keep_last_logits(hidden_states: torch.Tensor, logits_to_keep: Union[int, torch.Tensor]) -> torch.Tensor:
+    """The positions whose logits are wanted: the last ``logits_to_keep`` (0 keeps all) or, given a 1-D
+    tensor, those indices."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.dim() != 1:
+            raise ValueError(f"logits_to_keep as a tensor must be 1-D indices, got shape {tuple(logits_to_keep.shape)}")
+        return hidden_states[:, logits_to_keep.to(hidden_states.device), :]
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an int >= 0 or a 1-D index tensor, got {logits_to_keep!r}")
+    return hidden_states[:, -logits_to_keep:, :] if logits_to_keep else hidden_states
+
+
+def last_token_logits(logits: torch.Tensor, input_ids: Optional[torch.Tensor], pad_token_id: Optional[int]):
+    """One row of ``logits`` per sequence: at its rightmost non-padding token (left or right padding),
+    or at the last position when padding cannot be told (no ``pad_token_id``, or ``inputs_embeds``)."""
+    batch = logits.shape[0]
+    if pad_token_id is None and batch != 1:
+        raise ValueError(
+            f"config.pad_token_id is None, so the last token of each row cannot be found in a batch of {batch}; "
+            "set pad_token_id (or classify one sequence at a time)"
+        )
+    if pad_token_id is None or input_ids is None:
+        last = torch.full((batch,), logits.shape[1] - 1, device=logits.device)
+    else:
+        real = (input_ids != pad_token_id).to(device=logits.device, dtype=torch.int32)
+        index = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+        last = (index * real).argmax(-1)
+    return logits[torch.arange(batch, device=logits.device), last]
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,462 @@
+"""RoBERTa in PyTorch (Liu et al., 2019): BERT's architecture, pre-trained longer on more text with
+dynamic masking and no next-sentence objective.
+
+Read top-down: position ids (RoBERTa's one architectural quirk: fairseq numbers positions after the
+padding index and gives padding tokens the padding position), embeddings, the BERT encoder stack
+(shared, in ``pt/bert.py``), the pooler, the bare model, then the heads. Module attribute names are the
+checkpoint keys of the reference checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ...configs import RobertaConfig
+from ...outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from .. import layers as L
+from ..bert import BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..modeling import PreTrainedModel
+
+logger = logging.getLogger("polyformers")
+
+
+def create_position_ids_from_inputs_embeds(inputs_embeds: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """Embeddings do not say which rows are padding, so every token gets the next position after
+    ``padding_idx``. As in the reference, cached positions are not added here."""
+    batch, length = inputs_embeds.shape[:2]
+    positions = torch.arange(padding_idx + 1, padding_idx + 1 + length, device=inputs_embeds.device)
+    return positions[None, :].expand(batch, length)
+
+
+class RobertaEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm and dropout; positions come from the tokens."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=self.padding_idx)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=self.padding_idx
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
+        # Not used and not saved: older releases saved this buffer in checkpoints, and a model buffer of
+        # that name lets the loader skip the stale key quietly, as the reference does.
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, past_length=0):
+        if position_ids is None and self.position_embedding_type == "absolute":
+            position_ids = self._positions(input_ids, inputs_embeds, past_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        if self.position_embedding_type == "absolute":
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+    def _positions(self, input_ids, inputs_embeds, past_length):
+        if self.padding_idx is None:
+            raise ValueError(
+                "RoBERTa numbers positions after config.pad_token_id, which is None; set it or pass position_ids"
+            )
+        if input_ids is not None:
+            name, positions = "input_ids", L.position_ids_after_padding(input_ids, self.padding_idx, past_length)
+        else:
+            name, positions = "inputs_embeds", create_position_ids_from_inputs_embeds(inputs_embeds, self.padding_idx)
+        table = self.position_embeddings.num_embeddings
+        if positions.numel() and int(positions.max()) >= table:
+            raise ValueError(
+                f"{name} holds a sequence of {int(positions.max()) - self.padding_idx} positions (non-padding tokens, "
+                f"cached ones included), expected at most {table - self.padding_idx - 1}: RoBERTa positions start at "
+                f"pad_token_id + 1 = {self.padding_idx + 1} and max_position_embeddings is {table}"
+            )
+        return positions
+
+
+class RobertaPooler(nn.Module):
+    """The first token's (``<s>``) final state through a dense layer and tanh."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class RobertaPreTrainedModel(PreTrainedModel):
+    config_class = RobertaConfig
+    base_model_prefix = "roberta"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RobertaEmbeddings", "RobertaSelfAttention"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_bert_weights(module, self.config.initializer_range)
+        if isinstance(module, RobertaLMHead):
+            module.bias.data.zero_()
+
+    def _flags(self, output_attentions, output_hidden_states, return_dict):
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.use_return_dict if return_dict is None else return_dict,
+        )
+
+
+def _as_tuple(output, return_dict: bool):
+    return output if return_dict else output.to_tuple()
+
+
+class RobertaModel(RobertaPreTrainedModel):
+    """The bare RoBERTa encoder (or decoder, with ``is_decoder``; cross-attention with
+    ``add_cross_attention``): hidden states and, with ``add_pooling_layer``, the pooled first token."""
+
+    def __init__(self, config: RobertaConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = RobertaEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = RobertaPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        head_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[tuple] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        config = self.config
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        # Only a decoder caches, by default when config.use_cache says so; checkpointed training
+        # recomputes layers, so it cannot hand back their keys and values.
+        use_cache = config.use_cache if use_cache is None else use_cache
+        checkpointing = self.encoder.gradient_checkpointing and self.training
+        use_cache = bool(use_cache) and config.is_decoder and not checkpointing
+        _, _, past_length, mask, encoder_mask, head_masks = prepare_encoder_inputs(
+            config, input_ids, inputs_embeds, config.hidden_size, attention_mask, head_mask,
+            encoder_hidden_states, encoder_attention_mask, past_key_values, self.dtype,
+        )
+        L.check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
+                    f"type_vocab_size={config.type_vocab_size}")
+        L.check_ids("position_ids", position_ids, config.max_position_embeddings,
+                    f"max_position_embeddings={config.max_position_embeddings}")
+
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)
+        hidden, cache, all_hidden, all_attn, all_cross = self.encoder(
+            hidden, mask, head_masks, encoder_hidden_states, encoder_mask, past_key_values, use_cache,
+            output_attentions, output_hidden_states,
+        )
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        if not return_dict:
+            # The reference keeps the pooled slot even when it is None, so that heads find the encoder's
+            # extra outputs from index 2 on.
+            return (hidden, pooled) + tuple(v for v in (cache, all_hidden, all_attn, all_cross) if v is not None)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden, pooler_output=pooled, past_key_values=cache, hidden_states=all_hidden,
+            attentions=all_attn, cross_attentions=all_cross,
+        )
+
+
+class RobertaLMHead(nn.Module):
+    """Dense, GELU, LayerNorm, then the projection onto the vocabulary (tied to the word embeddings).
+
+    The vocabulary bias is one parameter under two names, ``bias`` and ``decoder.bias``; checkpoints
+    store it as ``lm_head.bias``."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+        self.activation = L.get_activation("gelu")
+
+    def forward(self, features):
+        return self.decoder(self.layer_norm(self.activation(self.dense(features))))
+
+    def tie_bias(self) -> None:
+        # Loading, resizing or materialising replaces one of the two names' parameter; share it again,
+        # keeping the one that holds data.
+        if self.decoder.bias.device.type == "meta":
+            self.decoder.bias = self.bias
+        else:
+            self.bias = self.decoder.bias
+
+
+class _RobertaLMHeadModel(RobertaPreTrainedModel):
+    """Shared by the masked and causal language models: the body without pooler, and the LM head."""
+
+    _tied_weights_keys = ["lm_head.decoder.weight", "lm_head.decoder.bias"]
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.lm_head = RobertaLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+    def tie_weights(self) -> None:
+        super().tie_weights()
+        self.lm_head.tie_bias()
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None):
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of)
+        self.lm_head.tie_bias()
+        return embeddings
+
+    def _load_weights(self, *args, **kwargs):
+        info = super()._load_weights(*args, **kwargs)
+        self.lm_head.tie_bias()  # a checkpoint without the LM head leaves both names initialised apart
+        return info
+
+
+class RobertaForCausalLM(_RobertaLMHeadModel):
+    """RoBERTa as a left-to-right language model (set ``is_decoder=True``); labels are the input ids,
+    shifted inside the loss, -100 ignored. With ``add_cross_attention`` it also attends to an encoder."""
+
+    def __init__(self, config: RobertaConfig):
+        if not config.is_decoder:
+            logger.warning(
+                "RobertaForCausalLM is meant to run with is_decoder=True; without it attention is bidirectional"
+            )
+        super().__init__(config)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        if labels is not None:
+            use_cache = False
+        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                            output_attentions, output_hidden_states, return_dict=True)
+        logits = self.lm_head(body.last_hidden_state)
+        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
+        output = CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
+            attentions=body.attentions, cross_attentions=body.cross_attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if past_key_values is not None:
+            past = past_key_values[0][0].shape[2]
+            input_ids = input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values}
+
+    def _reorder_cache(self, past_key_values, beam_idx):
+        return tuple(
+            tuple(state.index_select(0, beam_idx.to(state.device)) for state in layer) for layer in past_key_values
+        )
+
+
+class RobertaForMaskedLM(_RobertaLMHeadModel):
+    """RoBERTa's pre-training objective: predict masked tokens. Labels of -100 are ignored by the loss."""
+
+    def __init__(self, config: RobertaConfig):
+        if config.is_decoder:
+            logger.warning("RobertaForMaskedLM is meant to run with is_decoder=False (bidirectional self-attention)")
+        super().__init__(config)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
+                            output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.lm_head(body.last_hidden_state)
+        loss = L.token_loss(logits, labels) if labels is not None else None
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+class RobertaClassificationHead(nn.Module):
+    """Sentence-level head on the ``<s>`` token: dropout, dense, tanh, dropout, projection."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, features):
+        x = self.dropout(features[:, 0, :])
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+class RobertaForSequenceClassification(RobertaPreTrainedModel):
+    """Classification or regression on the whole sequence; the loss follows ``config.problem_type``."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.classifier = RobertaClassificationHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.classifier(body.last_hidden_state)
+        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions
+        )
+        return _as_tuple(output, return_dict)
+
+
+class RobertaForMultipleChoice(RobertaPreTrainedModel):
+    """Scores each of ``num_choices`` candidate sequences from the pooled ``<s>`` token; inputs are
+    (batch, num_choices, sequence)."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    # The argument order differs from the other heads (token_type_ids and labels come early), as in the
+    # reference, so positional calls written for it keep working.
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
+                head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None or reference.dim() < 3:
+            raise ValueError(
+                "pass input_ids of shape (batch, num_choices, sequence) or inputs_embeds of shape "
+                f"(batch, num_choices, sequence, hidden), got {None if reference is None else tuple(reference.shape)}"
+            )
+        num_choices = reference.shape[1]
+
+        def flat(t):
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        body = self.roberta(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                            head_mask, flat(inputs_embeds), output_attentions=output_attentions,
+                            output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(body.pooler_output)).view(-1, num_choices)
+        loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
+                                           attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+class RobertaForTokenClassification(RobertaPreTrainedModel):
+    """One label per token (NER and the like); labels of -100 are ignored."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.classifier(self.dropout(body.last_hidden_state))
+        loss = L.token_loss(logits, labels) if labels is not None else None
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
+                                       attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+class RobertaForQuestionAnswering(RobertaPreTrainedModel):
+    """Extractive QA: start and end logits over the tokens (``num_labels`` must be 2)."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.qa_outputs(body.last_hidden_state)
+        if logits.shape[-1] != 2:
+            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+
+__all__ = [
+    "RobertaPreTrainedModel",
+    "RobertaModel",
+    "RobertaForCausalLM",
+    "RobertaForMaskedLM",
+    "RobertaForSequenceClassification",
+    "RobertaForMultipleChoice",
+    "RobertaForTokenClassification",
+    "RobertaForQuestionAnswering",
+]
