@@ -41,6 +41,15 @@ _export(
     "PreTrainedTokenizerFast",
     "ElectraTokenizer",
     "ElectraTokenizerFast",
+    "GPT2Tokenizer",
+    "GPT2TokenizerFast",
+    "RobertaTokenizer",
+    "RobertaTokenizerFast",
+    "GPTNeoXTokenizerFast",
+    "MPNetTokenizer",
+    "MPNetTokenizerFast",
+    "PegasusTokenizer",
+    "PegasusTokenizerFast",
 )
 _export(
     ".auto",
@@ -54,6 +63,7 @@ _export(
     "AutoModelForTokenClassification",
     "AutoModelForQuestionAnswering",
     "AutoModelForMultipleChoice",
+    "AutoModelForSeq2SeqLM",
 )
 _export(".pt.modeling", "PreTrainedModel")
 _export(
@@ -90,6 +100,49 @@ _export(
     "MPNetForMultipleChoice",
 )
 _export(".pt.cache", "Cache", "DynamicCache", "StaticCache")
+_export(".keras.modeling", "TFPreTrainedModel")
+_export(
+    ".keras.models.roberta",
+    "TFRobertaPreTrainedModel",
+    "TFRobertaModel",
+    "TFRobertaForCausalLM",
+    "TFRobertaForMaskedLM",
+    "TFRobertaForSequenceClassification",
+    "TFRobertaForMultipleChoice",
+    "TFRobertaForTokenClassification",
+    "TFRobertaForQuestionAnswering",
+)
+_export(".generation_config", "GenerationConfig")
+_export(
+    ".pt.generation",
+    "GenerationMixin",
+    "LogitsProcessor",
+    "LogitsWarper",
+    "LogitsProcessorList",
+    "TemperatureLogitsWarper",
+    "TopKLogitsWarper",
+    "TopPLogitsWarper",
+    "TypicalLogitsWarper",
+    "RepetitionPenaltyLogitsProcessor",
+    "NoRepeatNGramLogitsProcessor",
+    "NoBadWordsLogitsProcessor",
+    "MinLengthLogitsProcessor",
+    "MinNewTokensLengthLogitsProcessor",
+    "ForcedBOSTokenLogitsProcessor",
+    "ForcedEOSTokenLogitsProcessor",
+    "SuppressTokensLogitsProcessor",
+    "SuppressTokensAtBeginLogitsProcessor",
+    "PrefixConstrainedLogitsProcessor",
+    "InfNanRemoveLogitsProcessor",
+    "LogitNormalization",
+    "StoppingCriteria",
+    "StoppingCriteriaList",
+    "MaxLengthCriteria",
+    "MaxTimeCriteria",
+    "EosTokenCriteria",
+    "StopStringCriteria",
+)
+_export(".pt.streamers", "TextStreamer", "TextIteratorStreamer")
 _export(
     ".pt.models.gptj",
     "GPTJPreTrainedModel",
@@ -106,6 +159,14 @@ _export(
     "MptForSequenceClassification",
     "MptForTokenClassification",
     "MptForQuestionAnswering",
+)
+
+_export(
+    ".pt.models.pegasus",
+    "PegasusPreTrainedModel",
+    "PegasusModel",
+    "PegasusForConditionalGeneration",
+    "PegasusForCausalLM",
 )
 
 __all__ = sorted(_EXPORTS)

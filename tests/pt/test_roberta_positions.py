@@ -241,3 +241,28 @@ def test_auto_classes_pick_roberta(saved, auto_name):
     model = getattr(polyformers, auto_name).from_pretrained(folder)
     assert type(model) is getattr(polyformers, AUTO[auto_name])
     assert type(getattr(polyformers, auto_name).from_config(_config())).__name__ == AUTO[auto_name]
+
+
+def test_roberta_causal_lm_generates_what_a_full_forward_predicts():
+    """generate() with the cache picks, at every step, the argmax of a fresh full forward over the tokens
+    so far. (Prompts are unpadded: with a cache the reference numbers a new token's position after every
+    cached slot, pads included, so a left-padded RoBERTa prompt is not equivalent to the bare one there.)"""
+    config = polyformers.RobertaConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64, is_decoder=True, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = polyformers.RobertaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    prompts = torch.tensor([[0, 4, 5, 9, 14], [0, 7, 3, 22, 8]])
+    mask = (prompts != 1).long()
+    out = model.generate(prompts, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    for i, (row, row_mask) in enumerate(zip(prompts, mask)):
+        tokens = row[row_mask.bool()][None]
+        for _ in range(6):
+            with torch.no_grad():
+                logits = model(tokens).logits[:, -1]
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+        assert out[i, prompts.shape[1]:].tolist() == tokens[0, -6:].tolist()

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checkpoints import find_weights, save_weights
 from ..checkpoints.dtypes import canonical_dtype, to_torch_dtype
-from ..checkpoints.files import pop_hub_kwargs, push_folder
+from ..checkpoints.files import cached_file, pop_hub_kwargs, push_folder
 from ..configs import PretrainedConfig
 
 logger = logging.getLogger("polyformers")
@@ -285,6 +285,14 @@ class PreTrainedModel(nn.Module):
             with _parameters_on_meta():
                 model = cls(config, *model_args, **model_kwargs)
             info = model._load_weights(reader, target_dtype, ignore_mismatched_sizes, path)
+        if model.can_generate():
+            # Generation settings live in generation_config.json when the checkpoint has one; otherwise the
+            # model derives them from its config on first use.
+            from ..generation_config import GENERATION_CONFIG_NAME, GenerationConfig
+
+            generation_file = cached_file(path, GENERATION_CONFIG_NAME, missing_ok=True, **hub)
+            if generation_file is not None:
+                model.generation_config = GenerationConfig.from_pretrained(generation_file)
         if device is not None:
             model.to(device)
         model.eval()

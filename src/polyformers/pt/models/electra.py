@@ -25,6 +25,7 @@ from ...outputs import (
 )
 from .. import layers as L
 from ..bert import BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
 
@@ -236,7 +237,7 @@ class ElectraForMaskedLM(_ElectraLMHeadModel):
         return _as_tuple(output, return_dict)
 
 
-class ElectraForCausalLM(_ElectraLMHeadModel):
+class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
     """ELECTRA as a left-to-right language model (set ``is_decoder=True``); labels are the input ids,
     shifted inside the loss, -100 ignored. With ``add_cross_attention`` it also attends to an encoder."""
 
@@ -267,13 +268,17 @@ class ElectraForCausalLM(_ElectraLMHeadModel):
         )
         return _as_tuple(output, return_dict)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
+                                      **kwargs):
+        # Like the reference, positions count from the first column even for left-padded prompts, and
+        # token_type_ids are not passed on; only the tokens the cache has not seen are fed.
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if past_key_values is not None:
             past = past_key_values[0][0].shape[2]
             input_ids = input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values,
+                "use_cache": use_cache}
 
 
 class ElectraClassificationHead(nn.Module):

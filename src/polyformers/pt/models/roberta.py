@@ -27,6 +27,7 @@ from ...outputs import (
 )
 from .. import layers as L
 from ..bert import BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
 logger = logging.getLogger("polyformers")
@@ -250,7 +251,7 @@ class _RobertaLMHeadModel(RobertaPreTrainedModel):
         return info
 
 
-class RobertaForCausalLM(_RobertaLMHeadModel):
+class RobertaForCausalLM(GenerationMixin, _RobertaLMHeadModel):
     """RoBERTa as a left-to-right language model (set ``is_decoder=True``); labels are the input ids,
     shifted inside the loss, -100 ignored. With ``add_cross_attention`` it also attends to an encoder."""
 

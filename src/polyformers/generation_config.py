@@ -1,0 +1,441 @@
+"""GenerationConfig: how ``generate`` decodes, as data (framework-free).
+
+Every field of the reference's 4.37 ``GenerationConfig`` is kept, with its default, so a
+``generation_config.json`` written by either library reads back unchanged. Values are checked when they are
+set, so a bad value fails where it is written, naming the field; checks that depend on several fields (is
+``temperature`` usable for sampling?) run in :meth:`GenerationConfig.validate`, which ``generate`` calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import numbers
+import os
+import warnings
+from typing import Any, Optional
+
+from .configs.base import SAVED_VERSION, Field, count, positive_int, write_text_atomic
+
+logger = logging.getLogger("polyformers")
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+
+# Written by the library and the Hub, not settings: ignored when comparing two configs.
+_METADATA_FIELDS = ("_from_model_config", "_commit_hash", "_original_object_hash", "transformers_version")
+
+# Arguments of ``generate`` itself, which a config cannot hold (a common mistake is to put them there).
+_GENERATE_ARGUMENTS = (
+    "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
+    "streamer", "negative_prompt_ids", "negative_prompt_attention_mask",
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _error(name: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"GenerationConfig argument {name!r}: expected {expected}, given {value!r}")
+
+
+def _open_unit(name: str, value: Any) -> Any:
+    """A fraction in (0, 1]: 0 would keep nothing, so it is refused rather than silently keeping one token."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value <= 1:
+        raise _error(name, "a number in (0, 1]", value)
+    return float(value)
+
+
+def _positive_number(optional: bool):
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+            raise _error(name, "a number > 0" + (" or None" if optional else ""), value)
+        return value
+
+    return check
+
+
+def _number(name: str, value: Any) -> Any:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise _error(name, "a number", value)
+    return value
+
+
+def _token_ids(optional: bool = True):
+    """An int or a list of ints (several end-of-sequence tokens, for instance), each >= 0."""
+
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if _is_int(value) and value >= 0:
+            return int(value)
+        if isinstance(value, (list, tuple)) and value and all(_is_int(v) and v >= 0 for v in value):
+            return [int(v) for v in value]
+        raise _error(name, "a token id >= 0 or a non-empty list of them" + (" or None" if optional else ""), value)
+
+    return check
+
+
+def _id_list(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 0 for v in value):
+        return [int(v) for v in value]
+    raise _error(name, "a list of token ids >= 0 or None", value)
+
+
+def _id_lists(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if (
+        isinstance(value, (list, tuple)) and value
+        and all(isinstance(seq, (list, tuple)) and seq and all(_is_int(v) and v >= 0 for v in seq) for seq in value)
+    ):
+        return [[int(v) for v in seq] for seq in value]
+    raise _error(name, "a non-empty list of non-empty lists of token ids >= 0, or None", value)
+
+
+def _early_stopping(name: str, value: Any) -> Any:
+    if not isinstance(value, bool) and value != "never":
+        raise _error(name, "True, False or 'never'", value)
+    return value
+
+
+def _stop_strings(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, str) and value:
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise _error(name, "a non-empty string, a list of them, or None", value)
+
+
+def _field(field: Field):
+    def check(name: str, value: Any) -> Any:
+        try:
+            return field.check("GenerationConfig", name, value)
+        except TypeError as err:  # one exception type for every bad value of a generation setting
+            raise ValueError(str(err)) from None
+
+    return check
+
+
+_BOOL = _field(Field("bool"))
+_ANY = None  # accepted as given: settings of decoding modes this package does not run (see generate)
+
+# field -> (default, check). The order is the reference's, which keeps to_dict() readable side by side.
+FIELDS: dict[str, tuple[Any, Any]] = {
+    # length
+    "max_length": (20, _field(count(optional=True))),
+    "max_new_tokens": (None, _field(positive_int(optional=True))),
+    "min_length": (0, _field(count(optional=True))),
+    "min_new_tokens": (None, _field(count(optional=True))),
+    "early_stopping": (False, _early_stopping),
+    "max_time": (None, _positive_number(optional=True)),
+    "stop_strings": (None, _stop_strings),
+    # strategy
+    "do_sample": (False, _BOOL),
+    "num_beams": (1, _field(positive_int(optional=True))),
+    "num_beam_groups": (1, _field(positive_int())),
+    "penalty_alpha": (None, _ANY),
+    "use_cache": (True, _BOOL),
+    # logits manipulation
+    "temperature": (1.0, _field(Field("float", optional=True))),
+    "top_k": (50, _field(count(optional=True))),
+    "top_p": (1.0, lambda n, v: None if v is None else _open_unit(n, v)),
+    "typical_p": (1.0, lambda n, v: None if v is None else _open_unit(n, v)),
+    "epsilon_cutoff": (0.0, _ANY),
+    "eta_cutoff": (0.0, _ANY),
+    "diversity_penalty": (0.0, _ANY),
+    "repetition_penalty": (1.0, lambda n, v: None if v is None else _positive_number(False)(n, v)),
+    "encoder_repetition_penalty": (1.0, _ANY),
+    "length_penalty": (1.0, _number),
+    "no_repeat_ngram_size": (0, _field(count(optional=True))),
+    "bad_words_ids": (None, _id_lists),
+    "force_words_ids": (None, _ANY),
+    "renormalize_logits": (False, _BOOL),
+    "constraints": (None, _ANY),
+    "forced_bos_token_id": (None, _token_ids()),
+    "forced_eos_token_id": (None, _token_ids()),
+    "remove_invalid_values": (False, _BOOL),
+    "exponential_decay_length_penalty": (None, _ANY),
+    "suppress_tokens": (None, _id_list),
+    "begin_suppress_tokens": (None, _id_list),
+    "forced_decoder_ids": (None, _ANY),
+    "sequence_bias": (None, _ANY),
+    "guidance_scale": (None, _ANY),
+    "low_memory": (None, _ANY),
+    # outputs
+    "num_return_sequences": (1, _field(positive_int())),
+    "output_attentions": (False, _BOOL),
+    "output_hidden_states": (False, _BOOL),
+    "output_scores": (False, _BOOL),
+    "return_dict_in_generate": (False, _BOOL),
+    # special tokens
+    "pad_token_id": (None, _token_ids()),
+    "bos_token_id": (None, _token_ids()),
+    "eos_token_id": (None, _token_ids()),
+    # encoder-decoder models
+    "encoder_no_repeat_ngram_size": (0, _ANY),
+    "decoder_start_token_id": (None, _token_ids()),
+    # assisted generation
+    "num_assistant_tokens": (5, _ANY),
+    "num_assistant_tokens_schedule": ("heuristic", _ANY),
+    "prompt_lookup_num_tokens": (None, _ANY),
+    "generation_kwargs": ({}, _ANY),
+}
+
+# Fields whose default the reference writes only when changed; ``stop_strings`` is newer than 4.37 and is
+# left out of to_dict() while unset, so full dumps stay identical to the reference's.
+_NEWER_FIELDS = ("stop_strings",)
+
+# A non-default value here selects a decoding mode that generate does not implement.
+UNSUPPORTED = {
+    "penalty_alpha": "contrastive search",
+    "num_beam_groups": "group beam search",
+    "diversity_penalty": "group beam search",
+    "constraints": "constrained beam search",
+    "force_words_ids": "constrained beam search",
+    "guidance_scale": "classifier-free guidance",
+    "forced_decoder_ids": "forced decoder ids",
+    "prompt_lookup_num_tokens": "prompt lookup decoding",
+    "epsilon_cutoff": "epsilon sampling",
+    "eta_cutoff": "eta sampling",
+    "encoder_repetition_penalty": "the encoder repetition penalty",
+    "encoder_no_repeat_ngram_size": "encoder n-gram blocking",
+    "exponential_decay_length_penalty": "the exponential length penalty",
+    "sequence_bias": "sequence biases",
+}
+
+
+class GenerationConfig:
+    """Settings of ``generate``: lengths, decoding strategy, logits processing, outputs, special tokens.
+
+    Any field can be given as a keyword argument; unknown keywords become attributes too (they are written
+    to JSON and read back), except when the config is built from a model config, whose other settings are
+    not generation settings.
+    """
+
+    def __init__(self, **kwargs: Any):
+        for name, (default, _) in FIELDS.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        self._from_model_config = bool(kwargs.pop("_from_model_config", False))
+        self._commit_hash = kwargs.pop("_commit_hash", None)
+        self.transformers_version = kwargs.pop("transformers_version", SAVED_VERSION)
+        if not self._from_model_config:
+            for key, value in kwargs.items():
+                setattr(self, key, value)
+        self.validate(is_init=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = FIELDS.get(name)
+        if spec is not None and spec[1] is not None:
+            value = spec[1](name, value)
+        object.__setattr__(self, name, value)
+
+    # -- comparison -----------------------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GenerationConfig):
+            return False
+        return self.to_json_string(use_diff=False, ignore_metadata=True) == other.to_json_string(
+            use_diff=False, ignore_metadata=True
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.to_json_string(ignore_metadata=True))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string(ignore_metadata=True)}"
+
+    # -- validation -----------------------------------------------------------------------------------
+
+    def validate(self, is_init: bool = False) -> None:
+        """Check the fields against each other: errors for impossible combinations, ``UserWarning`` for
+        settings the chosen decoding mode ignores (as the reference does)."""
+        where = " (found while building the generation config: the file it came from may need fixing)" if is_init else ""
+        if self.num_beams is None:
+            warnings.warn("`num_beams` is set to None - defaulting to 1.", UserWarning)
+            self.num_beams = 1
+        if self.do_sample:
+            if self.temperature is not None and self.temperature <= 0:
+                raise ValueError(
+                    f"GenerationConfig argument 'temperature': expected a number > 0 when do_sample=True, given "
+                    f"{self.temperature!r}; for greedy decoding set do_sample=False"
+                )
+        else:
+            ignored = {"temperature": 1.0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+            if self.penalty_alpha is None:
+                ignored["top_k"] = 50
+            for name, default in ignored.items():
+                if getattr(self, name) != default:
+                    warnings.warn(
+                        f"`do_sample` is set to `False`. However, `{name}` is set to `{getattr(self, name)}` -- this "
+                        f"flag is only used in sample-based generation modes. You should set `do_sample=True` or "
+                        f"unset `{name}`.{where}",
+                        UserWarning,
+                    )
+        if self.num_beams == 1:
+            ignored = {"early_stopping": False, "num_beam_groups": 1, "diversity_penalty": 0.0, "length_penalty": 1.0,
+                       "constraints": None}
+            for name, default in ignored.items():
+                if getattr(self, name) != default:
+                    warnings.warn(
+                        f"`num_beams` is set to 1. However, `{name}` is set to `{getattr(self, name)}` -- this flag "
+                        f"is only used in beam-based generation modes. You should set `num_beams>1` or unset "
+                        f"`{name}`.{where}",
+                        UserWarning,
+                    )
+        if self.num_return_sequences != 1:
+            if self.num_beams == 1 and not self.do_sample:
+                raise ValueError(
+                    "GenerationConfig argument 'num_return_sequences': greedy decoding returns one sequence per "
+                    f"prompt, so it must be 1 unless do_sample=True or num_beams > 1, given {self.num_return_sequences}"
+                )
+            if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+                raise ValueError(
+                    f"GenerationConfig argument 'num_return_sequences': expected at most num_beams={self.num_beams}, "
+                    f"given {self.num_return_sequences}"
+                )
+        for name in _GENERATE_ARGUMENTS:
+            if name in self.__dict__:
+                raise ValueError(
+                    f"{name!r} is an argument of generate(), not a GenerationConfig field; pass it to generate()"
+                )
+
+    # -- dict and JSON --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every attribute, JSON-ready, with the writer's version."""
+        output = copy.deepcopy(self.__dict__)
+        for private in ("_commit_hash", "_original_object_hash"):
+            output.pop(private, None)
+        for name in _NEWER_FIELDS:
+            if output.get(name) is None:
+                output.pop(name, None)
+        output["transformers_version"] = SAVED_VERSION
+        return output
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The attributes that differ from a default ``GenerationConfig()`` (what the JSON file holds)."""
+        defaults = GenerationConfig().to_dict()
+        return {
+            key: value
+            for key, value in self.to_dict().items()
+            if key not in defaults or key == "transformers_version" or value != defaults[key]
+        }
+
+    def to_json_string(self, use_diff: bool = True, ignore_metadata: bool = False) -> str:
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        if ignore_metadata:
+            for name in _METADATA_FIELDS:
+                data.pop(name, None)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        write_text_atomic(json_file_path, self.to_json_string(use_diff=use_diff))
+
+    def update(self, **kwargs: Any) -> dict[str, Any]:
+        """Set the keywords that name attributes of this config; return the others (the caller's, e.g. the
+        model's inputs) without changing the dict passed in."""
+        unused = {}
+        for key, value in kwargs.items():
+            if hasattr(self, key):
+                setattr(self, key, value)
+            else:
+                unused[key] = value
+        return unused
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """Build from a dict; keyword arguments override it. ``return_unused_kwargs=True`` also returns the
+        keywords that are not fields."""
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
+        kwargs.pop("_from_auto", None)
+        kwargs.pop("_from_pipeline", None)
+        if "_commit_hash" in kwargs and "_commit_hash" in config_dict:
+            kwargs["_commit_hash"] = config_dict["_commit_hash"]
+        config = cls(**{**config_dict, **kwargs})
+        unused = config.update(**kwargs)
+        return (config, unused) if return_unused_kwargs else config
+
+    @classmethod
+    def from_model_config(cls, model_config) -> "GenerationConfig":
+        """The generation settings a model config carries (older checkpoints kept them there)."""
+        config_dict = model_config.to_dict()
+        config_dict.pop("_from_model_config", None)
+        config = cls.from_dict(config_dict, _from_model_config=True)
+        # Composite models keep their generation settings in the decoder's config.
+        defaults = GenerationConfig()
+        for part in ("decoder", "generator", "text_config"):
+            nested = config_dict.get(part)
+            if isinstance(nested, dict):
+                for name in config.to_dict():
+                    if name in nested and getattr(config, name) == getattr(defaults, name):
+                        setattr(config, name, nested[name])
+        config._original_object_hash = hash(config)
+        return config
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        config_file_name: Optional[str | os.PathLike] = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``generation_config.json`` (atomically) into ``save_directory``.
+
+        A config that fails :meth:`validate`, warnings included, is refused: it would load with surprises.
+        """
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.validate()
+        except ValueError as err:
+            raise ValueError(f"the generation config is invalid and was not saved: {err}") from err
+        if caught:
+            raise ValueError(
+                "the generation config is invalid and was not saved: " + "; ".join(str(w.message) for w in caught)
+            )
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory must be a folder, given the file {save_directory!r}")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, os.fspath(config_file_name or GENERATION_CONFIG_NAME))
+        self.to_json_file(path, use_diff=True)
+        logger.info("generation config saved in %s", path)
+        if push_to_hub:
+            from .checkpoints.files import push_folder
+
+            push_folder(save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name: str | os.PathLike,
+        config_file_name: Optional[str | os.PathLike] = None,
+        **kwargs: Any,
+    ) -> "GenerationConfig":
+        """Load ``generation_config.json`` from a folder, a JSON file path or a Hub repository id; keyword
+        arguments that are fields override the file."""
+        from .checkpoints.files import cached_file, pop_hub_kwargs
+
+        hub = pop_hub_kwargs(kwargs)
+        name = os.fspath(pretrained_model_name)
+        filename = os.fspath(config_file_name or GENERATION_CONFIG_NAME)
+        path = name if os.path.isfile(name) else cached_file(name, filename, **hub)
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                config_dict = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise OSError(f"the generation config file {path!r} is not valid JSON: {err}") from err
+        if not isinstance(config_dict, dict):
+            raise OSError(f"the generation config file {path!r} must hold a JSON object, found {type(config_dict).__name__}")
+        return cls.from_dict(config_dict, **kwargs)
+
+
+__all__ = ["GenerationConfig", "GENERATION_CONFIG_NAME"]
