@@ -94,6 +94,15 @@ register(
         "AutoModelForQuestionAnswering": "MptForQuestionAnswering",
     },
 )
+register(
+    "pegasus",
+    tokenizers=("PegasusTokenizer", "PegasusTokenizerFast"),
+    models={
+        "AutoModel": "PegasusModel",
+        "AutoModelForSeq2SeqLM": "PegasusForConditionalGeneration",
+        "AutoModelForCausalLM": "PegasusForCausalLM",
+    },
+)
 
 
 def _config_class(model_type) -> type:
@@ -244,5 +253,6 @@ for _name, _doc in {
     "AutoModelForTokenClassification": "A per-token classification head.",
     "AutoModelForQuestionAnswering": "An extractive question answering head.",
     "AutoModelForMultipleChoice": "A multiple-choice head.",
+    "AutoModelForSeq2SeqLM": "An encoder-decoder with a language model head (summarisation, translation).",
 }.items():
     _auto_model(_name, _doc)

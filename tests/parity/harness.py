@@ -89,6 +89,8 @@ def flatten(value, prefix: str, out: dict) -> None:
     elif isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
             flatten(item, f"{prefix}.{i}", out)
+    elif hasattr(value, "to_legacy_cache"):  # a Cache object: compared as (key, value) per layer
+        flatten(value.to_legacy_cache(), prefix, out)
 
 
 def _resolve(call: Call, outputs: list) -> dict:

@@ -27,6 +27,8 @@ def flatten(value, prefix, out):
             flatten(item, f"{prefix}.{i}", out)
     elif hasattr(value, "to_legacy_cache"):
         flatten(value.to_legacy_cache(), prefix, out)
+    elif hasattr(value, "layers"):  # a Cache of the current release: per-layer keys and values
+        flatten(tuple((layer.keys, layer.values) for layer in value.layers), prefix, out)
 
 
 def resolve(args, tensors, outputs):

@@ -133,17 +133,25 @@ def cached_causal_mask(
     allowed = (slots[None, :] <= cache_position[:, None])[None, None]
     if attention_mask is not None:
         given = attention_mask.shape[-1]
-        if given > key_length:
-            raise ValueError(
-                f"attention_mask covers {given} positions but only {key_length} (cached + new) exist; "
-                f"expected shape (batch, {key_length})"
-            )
         keep = attention_mask.to(device=device, dtype=torch.bool)
         if given < key_length:
             keep = F.pad(keep, (0, key_length - given), value=False)
         allowed = allowed & keep[:, None, None, :]
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def check_decoder_mask(attention_mask: Optional[torch.Tensor], batch: int, key_length: int, preallocated: bool):
+    """A decoder's padding mask covers (batch, cached + new positions); with a preallocated cache it may
+    stop at the last position in use instead of covering every slot."""
+    if attention_mask is None:
+        return
+    shape = tuple(attention_mask.shape)
+    given = shape[-1] if shape else 0
+    wrong_length = given > key_length or (not preallocated and given != key_length)
+    if attention_mask.dim() != 2 or shape[0] != batch or wrong_length:
+        what = f"(batch, at most {key_length})" if preallocated else f"({batch}, {key_length})"
+        raise ValueError(f"attention_mask must have shape {what} (batch, cached + new positions), got {shape}")
 
 
 def expand_head_mask(head_mask: Optional[torch.Tensor], num_layers: int, dtype: torch.dtype):

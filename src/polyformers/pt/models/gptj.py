@@ -1,0 +1,363 @@
+"""GPT-J in PyTorch (Wang & Komatsuzaki, 2021): a GPT-style decoder with rotary positions and parallel
+attention and feed-forward branches.
+
+Read top-down: attention (rotary on the first ``rotary_dim`` dimensions of each head, pairs of
+neighbouring dimensions rotated together), the block (one layer norm feeding attention and MLP side by
+side, both added to the residual), the bare model, then the heads. Module attribute names are the
+checkpoint keys of the reference checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...configs import GPTJConfig
+from ...outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+)
+from .. import layers as L
+from ..cache import Cache, as_cache, prepare_generation_inputs, reorder_legacy_or_cache
+from ..generation import GenerationMixin
+from ..modeling import PreTrainedModel
+
+
+def _rotary_dim(config: GPTJConfig) -> int:
+    """How many leading dimensions of each head rotate; without ``rotary_dim``, all of them."""
+    head_dim = config.n_embd // config.n_head
+    rotary_dim = config.rotary_dim or head_dim
+    if rotary_dim > head_dim or rotary_dim % 2:
+        raise ValueError(f"rotary_dim must be even and at most the head size {head_dim}, got {config.rotary_dim}")
+    return rotary_dim
+
+
+class GPTJAttention(nn.Module):
+    """Causal self-attention; queries and keys carry rotary positions, values do not."""
+
+    def __init__(self, config: GPTJConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        if self.head_dim * self.num_heads != config.n_embd:
+            raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+        self.rotary_dim = _rotary_dim(config)
+        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.k_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def _rotate(self, x, sin, cos):
+        rot = self.rotary_dim
+        if rot == self.head_dim:
+            return L.apply_rotary_interleaved(x, sin, cos)
+        return torch.cat([L.apply_rotary_interleaved(x[..., :rot], sin, cos), x[..., rot:]], dim=-1)
+
+    def forward(self, hidden_states, sin, cos, mask, cache: Optional[Cache], cache_position, need_weights):
+        query = L.split_heads(self.q_proj(hidden_states), self.num_heads)
+        key = L.split_heads(self.k_proj(hidden_states), self.num_heads)
+        value = L.split_heads(self.v_proj(hidden_states), self.num_heads)
+        query, key = self._rotate(query, sin, cos), self._rotate(key, sin, cos)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
+        # The reference computes scores in float32: GPT-J's query-key products overflow float16.
+        context, probs = L.attend(
+            query, key, value, mask, dropout=self.attn_pdrop if self.training else 0.0,
+            need_weights=need_weights, float32_scores=True,
+        )
+        return self.resid_dropout(self.out_proj(L.merge_heads(context))), probs
+
+
+class GPTJMLP(nn.Module):
+    def __init__(self, config: GPTJConfig):
+        super().__init__()
+        inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+        self.fc_in = nn.Linear(config.n_embd, inner)
+        self.fc_out = nn.Linear(inner, config.n_embd)
+        self.act = L.get_activation(config.activation_function)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
+
+
+class GPTJBlock(nn.Module):
+    """x + attention(ln(x)) + mlp(ln(x)): both branches read the same normalised input."""
+
+    def __init__(self, config: GPTJConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = GPTJAttention(config, layer_idx)
+        self.mlp = GPTJMLP(config)
+
+    def forward(self, hidden_states, sin, cos, mask, cache, cache_position, need_weights):
+        normed = self.ln_1(hidden_states)
+        attended, probs = self.attn(normed, sin, cos, mask, cache, cache_position, need_weights)
+        return attended + self.mlp(normed) + hidden_states, probs
+
+
+class GPTJPreTrainedModel(PreTrainedModel):
+    config_class = GPTJConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _supports_cache_class = True
+    # Checkpoints written by older releases carry the causal-mask buffers; the mask is computed instead.
+    _keys_to_ignore_on_load_unexpected = [r"h\.\d+\.attn\.masked_bias", r"h\.\d+\.attn\.bias"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        L.init_normal_weights(module, self.config.initializer_range)
+
+    def _flags(self, output_attentions, output_hidden_states, use_cache, return_dict):
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.use_cache if use_cache is None else use_cache,
+            config.use_return_dict if return_dict is None else return_dict,
+        )
+
+
+def _as_tuple(output, return_dict: bool):
+    return output if return_dict else output.to_tuple()
+
+
+class GPTJModel(GPTJPreTrainedModel):
+    """The bare GPT-J decoder: token embeddings, ``n_layer`` blocks, a final layer norm."""
+
+    def __init__(self, config: GPTJConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GPTJBlock(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.LongTensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+    ):
+        config = self.config
+        output_attentions, output_hidden_states, use_cache, return_dict = self._flags(
+            output_attentions, output_hidden_states, use_cache, return_dict
+        )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            L.check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
+            inputs_embeds = self.wte(input_ids)
+        length = inputs_embeds.shape[1]
+        cache, legacy = as_cache(past_key_values, use_cache)
+
+        past = cache.get_seq_length() if cache is not None else 0
+        if cache_position is None:
+            cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
+        cache_position = cache_position.to(inputs_embeds.device)
+        position_ids = cache_position[None] if position_ids is None else position_ids.to(inputs_embeds.device)
+        key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
+        L.check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
+                             preallocated=cache is not None and cache.get_max_length() is not None)
+        mask = L.cached_causal_mask(attention_mask, cache_position, key_length, inputs_embeds.dtype)
+        sin, cos = L.rotary_sin_cos(position_ids, _rotary_dim(config))
+
+        hidden = inputs_embeds
+        if token_type_ids is not None:
+            L.check_ids("token_type_ids", token_type_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
+            hidden = hidden + self.wte(token_type_ids.view(-1, length))
+        hidden = self.drop(hidden)
+
+        all_hidden = () if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        for block in self.h:
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            args = (hidden, sin, cos, mask, cache, cache_position, output_attentions)
+            if self.gradient_checkpointing and self.training:
+                hidden, probs = checkpoint(block, *args, use_reentrant=False)
+            else:
+                hidden, probs = block(*args)
+            if output_attentions:
+                all_attn += (probs,)
+        hidden = self.ln_f(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+
+        if cache is not None and legacy:
+            cache = cache.to_legacy_cache()
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden, attentions=all_attn
+        )
+        return _as_tuple(output, return_dict)
+
+
+class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
+    """GPT-J with its language modelling head (a biased projection to the vocabulary). ``labels`` are
+    the input ids, shifted inside the loss; -100 is ignored."""
+
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: GPTJConfig):
+        super().__init__(config)
+        self.transformer = GPTJModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.LongTensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        body = self.transformer(
+            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache,
+            output_attentions, output_hidden_states, return_dict=True, cache_position=cache_position,
+        )
+        logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
+        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, cache_position=None, **kwargs):
+        return prepare_generation_inputs(input_ids, past_key_values, attention_mask, inputs_embeds, cache_position,
+                                         **kwargs)
+
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        return reorder_legacy_or_cache(past_key_values, beam_idx)
+
+
+class GPTJForSequenceClassification(GPTJPreTrainedModel):
+    """Classifies a sequence from the hidden state of its last real token; the loss follows
+    ``config.problem_type`` (regression, single-label or multi-label)."""
+
+    def __init__(self, config: GPTJConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GPTJModel(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.LongTensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        body = self.transformer(
+            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache,
+            output_attentions, output_hidden_states, return_dict=True,
+        )
+        logits = L.last_token_logits(self.score(body.last_hidden_state), input_ids, self.config.pad_token_id)
+        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        output = SequenceClassifierOutputWithPast(
+            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+
+class GPTJForQuestionAnswering(GPTJPreTrainedModel):
+    """Extractive QA: start and end logits over the tokens (``num_labels`` must be 2)."""
+
+    def __init__(self, config: GPTJConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GPTJModel(config)
+        self.qa_outputs = nn.Linear(config.n_embd, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.LongTensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.LongTensor] = None,
+        end_positions: Optional[torch.LongTensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, None, return_dict)
+        body = self.transformer(
+            input_ids, None, attention_mask, token_type_ids, position_ids, inputs_embeds, False,
+            output_attentions, output_hidden_states, return_dict=True,
+        )
+        logits = self.qa_outputs(body.last_hidden_state)
+        if logits.shape[-1] != 2:
+            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+
+__all__ = [
+    "GPTJPreTrainedModel",
+    "GPTJModel",
+    "GPTJForCausalLM",
+    "GPTJForSequenceClassification",
+    "GPTJForQuestionAnswering",
+]

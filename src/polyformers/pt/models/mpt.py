@@ -1,0 +1,408 @@
+"""MPT in PyTorch (MosaicML, 2023): a GPT-style pre-norm decoder whose attention takes ALiBi biases
+instead of position embeddings.
+
+Read top-down: attention (one fused query/key/value projection, optionally clipped, scores biased by
+ALiBi), the feed-forward layer, the block (norm, attention, residual; norm, MLP, residual), the bare
+model, then the heads. Module attribute names are the checkpoint keys of the reference checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...configs import MptConfig
+from ...outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from .. import layers as L
+from ..cache import Cache, as_cache, prepare_generation_inputs, reorder_legacy_or_cache
+from ..generation import GenerationMixin
+from ..modeling import PreTrainedModel
+
+# attn_config settings of the original MPT code that the reference model does not implement: refused,
+# rather than silently computing a different function than the checkpoint was trained with.
+_UNSUPPORTED_ATTENTION = {
+    "alibi": (True, "MPT without ALiBi (learned positions)"),
+    "prefix_lm": (False, "prefix-LM attention"),
+    "qk_ln": (False, "query/key layer norms"),
+    "attn_uses_sequence_id": (False, "sequence-id attention masking"),
+}
+
+
+def _check_supported(config: MptConfig) -> None:
+    for name, (supported, what) in _UNSUPPORTED_ATTENTION.items():
+        given = getattr(config.attn_config, name)
+        if bool(given) != supported:
+            raise ValueError(
+                f"attn_config.{name}: expected {supported}, given {given!r} ({what} is not implemented)"
+            )
+
+
+class MptAttention(nn.Module):
+    """Causal multi-head self-attention with ALiBi biases; ``clip_qkv`` bounds the projections."""
+
+    def __init__(self, config: MptConfig, layer_idx: int):
+        super().__init__()
+        attn = config.attn_config
+        self.layer_idx = layer_idx
+        self.n_heads = config.n_heads
+        self.head_dim = config.d_model // config.n_heads
+        if self.head_dim * self.n_heads != config.d_model:
+            raise ValueError(f"d_model ({config.d_model}) must be divisible by n_heads ({config.n_heads})")
+        self.softmax_scale = attn.softmax_scale or 1.0 / math.sqrt(self.head_dim)
+        self.clip_qkv = attn.clip_qkv
+        self.attn_pdrop = attn.attn_pdrop
+        self.Wqkv = nn.Linear(config.d_model, 3 * config.d_model, bias=not config.no_bias)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=not config.no_bias)
+
+    def forward(self, hidden_states, bias, cache: Optional[Cache], cache_position, need_weights):
+        qkv = self.Wqkv(hidden_states)
+        if self.clip_qkv:
+            qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+        query, key, value = (L.split_heads(t, self.n_heads) for t in qkv.chunk(3, dim=-1))
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
+        context, probs = L.attend(
+            query, key, value, bias, scale=self.softmax_scale, dropout=self.attn_pdrop if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        return self.out_proj(L.merge_heads(context)), probs
+
+
+class MptMLP(nn.Module):
+    def __init__(self, config: MptConfig):
+        super().__init__()
+        inner = config.expansion_ratio * config.d_model
+        self.up_proj = nn.Linear(config.d_model, inner, bias=not config.no_bias)
+        self.act = nn.GELU(approximate="none")
+        self.down_proj = nn.Linear(inner, config.d_model, bias=not config.no_bias)
+
+    def forward(self, hidden_states):
+        return self.down_proj(self.act(self.up_proj(hidden_states)))
+
+
+class MptBlock(nn.Module):
+    """Pre-norm block: x + attention(norm_1(x)), then + mlp(norm_2(.)). MPT's norms have no bias."""
+
+    def __init__(self, config: MptConfig, layer_idx: int):
+        super().__init__()
+        bias = not config.no_bias
+        self.norm_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=bias)
+        self.attn = MptAttention(config, layer_idx)
+        self.norm_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=bias)
+        self.ffn = MptMLP(config)
+        self.resid_attn_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_ffn_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, bias, cache, cache_position, need_weights):
+        attended, probs = self.attn(self.norm_1(hidden_states), bias, cache, cache_position, need_weights)
+        hidden_states = self.resid_attn_dropout(attended) + hidden_states
+        return self.resid_ffn_dropout(self.ffn(self.norm_2(hidden_states))) + hidden_states, probs
+
+
+class MptPreTrainedModel(PreTrainedModel):
+    config_class = MptConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _supports_cache_class = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        L.init_normal_weights(module, self.config.initializer_range)
+
+    def _flags(self, output_attentions, output_hidden_states, use_cache, return_dict):
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.use_cache if use_cache is None else use_cache,
+            config.use_return_dict if return_dict is None else return_dict,
+        )
+
+
+def _as_tuple(output, return_dict: bool):
+    return output if return_dict else output.to_tuple()
+
+
+class MptModel(MptPreTrainedModel):
+    """The bare MPT decoder: token embeddings, ``n_layers`` blocks, a final norm."""
+
+    def __init__(self, config: MptConfig):
+        _check_supported(config)
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.emb_drop = nn.Dropout(config.emb_pdrop)
+        self.blocks = nn.ModuleList([MptBlock(config, i) for i in range(config.n_layers)])
+        self.norm_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=not config.no_bias)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+    ):
+        """``position_ids`` is accepted so that every causal LM takes the same decoding arguments; ALiBi
+        depends only on distances between cache slots, which left padding does not change."""
+        config = self.config
+        output_attentions, output_hidden_states, use_cache, return_dict = self._flags(
+            output_attentions, output_hidden_states, use_cache, return_dict
+        )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            L.check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
+            inputs_embeds = self.wte(input_ids)
+        if config.embedding_fraction != 1:
+            # The original training trick: only a fraction of the gradient reaches the embeddings.
+            fraction = config.embedding_fraction
+            inputs_embeds = inputs_embeds * fraction + inputs_embeds.detach() * (1 - fraction)
+        length = inputs_embeds.shape[1]
+        cache, legacy = as_cache(past_key_values, use_cache)
+
+        past = cache.get_seq_length() if cache is not None else 0
+        if cache_position is None:
+            cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
+        cache_position = cache_position.to(inputs_embeds.device)
+        key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
+        L.check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
+                             preallocated=cache is not None and cache.get_max_length() is not None)
+        slopes = L.alibi_slopes(config.n_heads, config.attn_config.alibi_bias_max, device=inputs_embeds.device)
+        # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
+        # would round to -inf, and a fully masked (padding) row would turn into NaNs.
+        bias = L.alibi_bias(slopes, cache_position, key_length)
+        bias = bias + L.cached_causal_mask(attention_mask, cache_position, key_length, torch.float32)
+        bias = bias.clamp(min=torch.finfo(inputs_embeds.dtype).min).to(inputs_embeds.dtype)
+
+        hidden = self.emb_drop(inputs_embeds)
+        all_hidden = () if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        for block in self.blocks:
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            args = (hidden, bias, cache, cache_position, output_attentions)
+            if self.gradient_checkpointing and self.training:
+                hidden, probs = checkpoint(block, *args, use_reentrant=False)
+            else:
+                hidden, probs = block(*args)
+            if output_attentions:
+                all_attn += (probs,)
+        hidden = self.norm_f(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+
+        if cache is not None and legacy:
+            cache = cache.to_legacy_cache()
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden, past_key_values=cache,
+            hidden_states=all_hidden, attentions=all_attn,
+        )
+        return _as_tuple(output, return_dict)
+
+
+class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
+    """MPT with its language modelling head, tied to the input embeddings. ``labels`` are the input
+    ids, shifted inside the loss; -100 is ignored. A numeric ``config.logit_scale`` (or
+    ``"inv_sqrt_d_model"``) multiplies the logits, as the original MPT code does."""
+
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: MptConfig):
+        super().__init__(config)
+        self.transformer = MptModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        scale = config.logit_scale
+        self.logit_scale = 1.0 / math.sqrt(config.d_model) if scale == "inv_sqrt_d_model" else scale
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        body = self.transformer(
+            input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
+            output_hidden_states, return_dict=True, cache_position=cache_position,
+        )
+        logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
+        output = CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, cache_position=None, **kwargs):
+        return prepare_generation_inputs(input_ids, past_key_values, attention_mask, inputs_embeds, cache_position,
+                                         **kwargs)
+
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        return reorder_legacy_or_cache(past_key_values, beam_idx)
+
+
+class MptForSequenceClassification(MptPreTrainedModel):
+    """Classifies a sequence from the hidden state of its last real token; the loss follows
+    ``config.problem_type`` (regression, single-label or multi-label)."""
+
+    def __init__(self, config: MptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = MptModel(config)
+        self.score = nn.Linear(config.d_model, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        body = self.transformer(
+            input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
+            output_hidden_states, return_dict=True,
+        )
+        logits = L.last_token_logits(self.score(body.last_hidden_state), input_ids, self.config.pad_token_id)
+        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        output = SequenceClassifierOutputWithPast(
+            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+
+class MptForTokenClassification(MptPreTrainedModel):
+    """One label per token (NER and the like); labels of -100 are ignored."""
+
+    def __init__(self, config: MptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = MptModel(config)
+        # MPT configs name no classifier dropout; like the reference, a config may add one.
+        dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Union[Cache, tuple, None] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        body = self.transformer(
+            input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
+            output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(self.dropout(body.last_hidden_state))
+        loss = L.token_loss(logits, labels) if labels is not None else None
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
+                                       attentions=body.attentions)
+        return _as_tuple(output, return_dict)
+
+
+class MptForQuestionAnswering(MptPreTrainedModel):
+    """Extractive QA: start and end logits over the tokens."""
+
+    def __init__(self, config: MptConfig):
+        super().__init__(config)
+        self.transformer = MptModel(config)
+        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.LongTensor] = None,
+        end_positions: Optional[torch.LongTensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        *_, return_dict = self._flags(output_attentions, output_hidden_states, None, return_dict)
+        body = self.transformer(
+            input_ids, None, attention_mask, inputs_embeds, False, output_attentions, output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.qa_outputs(body.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
+            attentions=body.attentions,
+        )
+        return _as_tuple(output, return_dict)
+
+
+__all__ = [
+    "MptPreTrainedModel",
+    "MptModel",
+    "MptForCausalLM",
+    "MptForSequenceClassification",
+    "MptForTokenClassification",
+    "MptForQuestionAnswering",
+]

@@ -1,0 +1,176 @@
+"""GPT-J (PyTorch) against the installed reference release (its spec page documents the Cache API),
+in-process, on perturbed random weights, both directions; then decoding, padding and dtype checks."""
+
+import pytest
+import torch
+import transformers
+
+import polyformers
+from tests.parity.harness import Call, Case, FromCall, run_parity
+
+# rotary_dim 4 of head size 8: half of each head rotates, half passes through.
+TINY = dict(
+    vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_inner=None,
+    bos_token_id=1, eos_token_id=2, pad_token_id=0, activation_function="gelu_new",
+)
+B, S = 3, 9
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, TINY["vocab_size"], (B, S), generator=g)
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding
+    mask[2, :3] = 0  # left padding
+    return g, ids, mask
+
+
+def _cases():
+    g, ids, mask = _inputs()
+    base = dict(input_ids=ids, attention_mask=mask)
+    every = dict(base, output_attentions=True, output_hidden_states=True)
+    positions = torch.randint(0, TINY["n_positions"], (B, S), generator=g)
+    embeds = torch.randn(B, S, TINY["n_embd"], generator=g)
+    types = torch.randint(0, 2, (B, S), generator=g)
+    lm_labels = torch.where(mask.bool(), ids, -100)
+    padded = ids.clone()
+    padded[1, 6:] = 0
+    padded[2, :3] = 0
+    seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
+    step = torch.randint(3, TINY["vocab_size"], (B, 2), generator=g)
+    return [
+        Case("model", "GPTJModel", "gptj", TINY, [
+            Call(every), Call(dict(base, position_ids=positions)), Call(dict(inputs_embeds=embeds)),
+            Call(dict(base, token_type_ids=types)), Call(dict(base, return_dict=False, use_cache=False)),
+            Call(dict(input_ids=ids, use_cache=False, output_hidden_states=True)),
+        ]),
+        Case("model_no_pass_through", "GPTJModel", "gptj", dict(TINY, rotary_dim=8, n_inner=40,
+                                                                 activation_function="gelu"), [Call(every)]),
+        Case("causal_lm", "GPTJForCausalLM", "gptj", TINY, [
+            Call(dict(every, labels=lm_labels)),
+            Call(dict(base, logits_to_keep=1)),
+            Call(dict(base, logits_to_keep=torch.tensor([0, 4, 8]))),
+            Call(dict(input_ids=ids[:, :5], use_cache=True, output_attentions=True)),
+            Call(dict(input_ids=step, past_key_values=FromCall(3, "past_key_values"), output_attentions=True,
+                      output_hidden_states=True)),
+            Call(dict(base, labels=ids, return_dict=False)),
+        ]),
+        Case("causal_lm_tied", "GPTJForCausalLM", "gptj", dict(TINY, tie_word_embeddings=True),
+             [Call(dict(base, labels=ids))]),
+        Case("seq_single", "GPTJForSequenceClassification", "gptj", dict(TINY, num_labels=3),
+             [Call(dict(input_ids=padded, attention_mask=mask, labels=seq(3), output_hidden_states=True))]),
+        Case("seq_regression", "GPTJForSequenceClassification", "gptj", dict(TINY, num_labels=1),
+             [Call(dict(input_ids=padded, labels=torch.randn(B, generator=g)))]),
+        Case("seq_multi", "GPTJForSequenceClassification", "gptj",
+             dict(TINY, num_labels=4, problem_type="multi_label_classification"),
+             [Call(dict(input_ids=padded, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
+        Case("seq_no_pad_single_row", "GPTJForSequenceClassification", "gptj",
+             dict(TINY, num_labels=2, pad_token_id=None), [Call(dict(input_ids=ids[:1], labels=seq(2)[:1]))]),
+        Case("qa", "GPTJForQuestionAnswering", "gptj", TINY, [
+            Call(dict(every, start_positions=seq(S), end_positions=torch.tensor([S - 1, 40, 2]))),
+            Call(dict(base, return_dict=False)),
+        ]),
+    ]
+
+
+def _load(name, folder):
+    return getattr(polyformers, name).from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gptj")
+    return run_parity(_cases(), workdir, None, _load), workdir
+
+
+def test_gptj_classes_match_reference(parity):
+    models, _ = parity
+    assert set(models) == {case.name for case in _cases()}
+
+
+def _left_padded_batch():
+    _, ids, _ = _inputs(3)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, position_ids=positions)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, tmp_path):
+    _, workdir = parity
+    folder = workdir / "causal_lm"
+    full = polyformers.GPTJForCausalLM.from_pretrained(folder)
+    half = polyformers.GPTJForCausalLM.from_pretrained(folder, dtype=dtype)
+    assert {p.dtype for p in half.parameters()} == {dtype}
+    batch = _left_padded_batch()
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        expected = full(**batch, output_attentions=True)
+        fused = half(**batch)  # attention through the fused kernel
+        explicit = half(**batch, output_attentions=True)  # scores computed in float32, as the reference does
+    # float16 keeps ~3 significant digits, bfloat16 ~2: the tolerances are a few units in the last place.
+    tolerance = expected.logits.abs().max() * {torch.float16: 0.005, torch.bfloat16: 0.03}[dtype]
+    for out in (fused, explicit):
+        assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+        assert (out.logits[real].float() - expected.logits[real]).abs().max() <= tolerance
+    for ours, ref in zip(explicit.attentions, expected.attentions):  # rows of real (not padding) queries
+        rows = real[:, None, :, None].expand_as(ref)
+        assert ours.dtype == dtype and (ours.float() - ref)[rows].abs().max() <= 0.02
+    # A half-precision save keeps its dtype and loads in the reference.
+    half.save_pretrained(tmp_path)
+    reference = transformers.GPTJForCausalLM.from_pretrained(tmp_path, dtype="auto")
+    assert reference.dtype == dtype
+    with torch.no_grad():
+        theirs = reference(**batch).logits
+    assert (theirs[real].float() - fused.logits[real].float()).abs().max() <= tolerance
+
+
+def test_half_precision_scores_do_not_overflow():
+    """Query-key products beyond float16's range stay finite: scores are accumulated in float32."""
+    config = polyformers.GPTJConfig(**dict(TINY, n_layer=1))
+    model = polyformers.GPTJModel(config).eval()
+    with torch.no_grad():
+        model.h[0].attn.q_proj.weight.fill_(3.0)
+        model.h[0].attn.k_proj.weight.fill_(3.0)
+    model.half()
+    ids = torch.arange(3, 11)[None]
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+        fused = model(input_ids=ids)
+    assert torch.isfinite(out.attentions[0]).all() and torch.isfinite(fused.last_hidden_state).all()
+
+
+def test_rotary_dim_none_rotates_whole_heads():
+    torch.manual_seed(0)
+    whole = polyformers.GPTJModel(polyformers.GPTJConfig(**dict(TINY, rotary_dim=8))).eval()
+    none = polyformers.GPTJModel(polyformers.GPTJConfig(**dict(TINY, rotary_dim=None))).eval()
+    none.load_state_dict(whole.state_dict())
+    ids = torch.arange(3, 12)[None]
+    with torch.no_grad():
+        assert torch.equal(none(input_ids=ids).last_hidden_state, whole(input_ids=ids).last_hidden_state)
+    with pytest.raises(ValueError, match="rotary_dim must be even and at most the head size 8, got 12"):
+        polyformers.GPTJModel(polyformers.GPTJConfig(**dict(TINY, rotary_dim=12)))
+
+
+def test_sequence_classification_without_pad_token_refuses_batches():
+    model = polyformers.GPTJForSequenceClassification(polyformers.GPTJConfig(**dict(TINY, pad_token_id=None)))
+    with pytest.raises(ValueError, match="pad_token_id is None.*batch of 3"):
+        model(input_ids=torch.ones(3, 4, dtype=torch.long))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(parity):
+    models, _ = parity
+    model = models["causal_lm"]
+    ids = _inputs(4)[1]
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing_enable() if enabled else model.gradient_checkpointing_disable()
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(model.transformer.h[0].attn.q_proj.weight.grad.clone())
+    model.gradient_checkpointing_disable()
+    model.eval()
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -1,0 +1,190 @@
+"""MPT (PyTorch) against the installed reference release, in-process, on perturbed random weights, both
+directions; then the settings the reference does not implement, decoding and dtypes."""
+
+import pytest
+import torch
+import transformers
+
+import polyformers
+from tests.parity.harness import Call, Case, FromCall, run_parity
+
+TINY = dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=99, pad_token_id=0)
+B, S = 3, 9
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, TINY["vocab_size"], (B, S), generator=g)
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding
+    mask[2, :3] = 0  # left padding
+    return g, ids, mask
+
+
+def _cases():
+    g, ids, mask = _inputs()
+    base = dict(input_ids=ids, attention_mask=mask)
+    every = dict(base, output_attentions=True, output_hidden_states=True)
+    embeds = torch.randn(B, S, TINY["d_model"], generator=g)
+    padded = ids.clone()
+    padded[1, 6:] = 0
+    padded[2, :3] = 0
+    seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
+    step = torch.randint(3, TINY["vocab_size"], (B, 2), generator=g)
+    return [
+        Case("model", "MptModel", "mpt", TINY, [
+            Call(every), Call(dict(inputs_embeds=embeds)), Call(dict(base, return_dict=False)),
+            Call(dict(input_ids=ids, use_cache=True, output_hidden_states=True)),
+        ]),
+        # 6 heads: not a power of two, so the interleaved slope order matters.
+        Case("model_six_heads_clip_scale", "MptModel", "mpt",
+             dict(TINY, d_model=48, n_heads=6, attn_config=dict(clip_qkv=0.5, softmax_scale=0.3)),
+             [Call(every)]),
+        Case("causal_lm", "MptForCausalLM", "mpt", TINY, [
+            Call(dict(every, labels=torch.where(mask.bool(), ids, -100))),
+            Call(dict(base, logits_to_keep=1)),
+            Call(dict(base, logits_to_keep=torch.tensor([0, 4, 8]))),
+            Call(dict(input_ids=ids[:, :5], use_cache=True, output_attentions=True)),
+            Call(dict(input_ids=step, past_key_values=FromCall(3, "past_key_values"), use_cache=True,
+                      output_attentions=True, output_hidden_states=True)),
+            Call(dict(base, labels=ids, return_dict=False)),
+        ]),
+        Case("causal_lm_untied", "MptForCausalLM", "mpt", dict(TINY, tie_word_embeddings=False),
+             [Call(dict(base, labels=ids))]),
+        Case("seq_single", "MptForSequenceClassification", "mpt", dict(TINY, num_labels=3),
+             [Call(dict(input_ids=padded, attention_mask=mask, labels=seq(3), output_hidden_states=True))]),
+        Case("seq_regression", "MptForSequenceClassification", "mpt", dict(TINY, num_labels=1),
+             [Call(dict(input_ids=padded, labels=torch.randn(B, generator=g)))]),
+        Case("seq_multi", "MptForSequenceClassification", "mpt",
+             dict(TINY, num_labels=4, problem_type="multi_label_classification"),
+             [Call(dict(input_ids=padded, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
+        Case("token_cls", "MptForTokenClassification", "mpt", dict(TINY, num_labels=5), [
+            Call(dict(every, labels=torch.where(mask.bool(), torch.randint(0, 5, (B, S), generator=g), -100))),
+        ]),
+        Case("qa", "MptForQuestionAnswering", "mpt", TINY, [
+            Call(dict(every, start_positions=seq(S), end_positions=torch.tensor([S - 1, 40, 2]))),
+        ]),
+    ]
+
+
+def _load(name, folder):
+    return getattr(polyformers, name).from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mpt")
+    return run_parity(_cases(), workdir, None, _load), workdir
+
+
+def test_mpt_classes_match_reference(parity):
+    models, _ = parity
+    assert set(models) == {case.name for case in _cases()}
+
+
+def _left_padded_batch():
+    _, ids, _ = _inputs(3)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, tmp_path):
+    _, workdir = parity
+    folder = workdir / "causal_lm"
+    full = polyformers.MptForCausalLM.from_pretrained(folder)
+    half = polyformers.MptForCausalLM.from_pretrained(folder, dtype=dtype)
+    assert {p.dtype for p in half.parameters()} == {dtype}
+    batch = _left_padded_batch()
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        expected = full(**batch).logits
+        outputs = [half(**batch), half(**batch, output_attentions=True, output_hidden_states=True)]
+    tolerance = expected.abs().max() * {torch.float16: 0.005, torch.bfloat16: 0.03}[dtype]
+    for out in outputs:
+        # Padding rows attend to nothing; they must stay finite, or NaNs would reach real tokens.
+        assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+        assert (out.logits[real].float() - expected[real]).abs().max() <= tolerance
+    assert all(torch.isfinite(h).all() for h in outputs[1].hidden_states)
+    half.save_pretrained(tmp_path)
+    reference = transformers.MptForCausalLM.from_pretrained(tmp_path, dtype="auto")
+    assert reference.dtype == dtype
+    with torch.no_grad():
+        theirs = reference(**batch).logits
+    assert (theirs[real].float() - outputs[0].logits[real].float()).abs().max() <= tolerance
+
+
+@pytest.mark.parametrize("option, value", [("alibi", False), ("prefix_lm", True), ("qk_ln", True),
+                                           ("attn_uses_sequence_id", True)])
+def test_attention_options_the_reference_lacks_are_refused(option, value):
+    config = polyformers.MptConfig(**dict(TINY, attn_config={option: value}))
+    with pytest.raises(ValueError, match=f"attn_config.{option}: expected {not value}, given {value}"):
+        polyformers.MptForCausalLM(config)
+
+
+@pytest.mark.parametrize("heads, bias_max", [(4, 8), (6, 8), (4, 4)])
+def test_alibi_follows_heads_and_alibi_bias_max(heads, bias_max):
+    """With zero query/key projections the scores are the ALiBi biases alone, so the attention of query
+    ``q`` is softmax(slope * (k - q)) over keys k <= q, with MPT's slopes written out by hand."""
+    config = polyformers.MptConfig(**dict(TINY, d_model=8 * heads, n_heads=heads, n_layers=1,
+                                          attn_config=dict(alibi_bias_max=bias_max)))
+    model = polyformers.MptModel(config).eval()
+    with torch.no_grad():
+        model.blocks[0].attn.Wqkv.weight.zero_()
+        probs = model(input_ids=torch.arange(3, 9)[None], output_attentions=True).attentions[0][0]
+    padded = 8 if heads == 6 else heads  # heads rounded up to a power of two
+    slopes = [2.0 ** (-bias_max * k / padded) for k in range(1, padded + 1)]
+    if heads == 6:
+        slopes = (slopes[1::2] + slopes[::2])[:heads]
+    for h, slope in enumerate(slopes):
+        for q in range(6):
+            expected = torch.softmax(torch.tensor([slope * (k - q) for k in range(q + 1)]), dim=0)
+            assert torch.allclose(probs[h, q, : q + 1], expected, atol=1e-6)
+            assert not probs[h, q, q + 1:].any()
+
+
+def test_expansion_ratio_no_bias_and_logit_scale_follow_the_config():
+    torch.manual_seed(0)
+    config = polyformers.MptConfig(**dict(TINY, expansion_ratio=2, no_bias=False, logit_scale="inv_sqrt_d_model"))
+    model = polyformers.MptForCausalLM(config).eval()
+    block = model.transformer.blocks[0]
+    assert block.ffn.up_proj.weight.shape == (64, 32) and block.ffn.down_proj.weight.shape == (32, 64)
+    assert all(m.bias is not None for m in (block.attn.Wqkv, block.attn.out_proj, block.norm_1, block.norm_2))
+    ids = torch.arange(3, 10)[None]
+    with torch.no_grad():
+        scaled = model(input_ids=ids).logits
+        model.logit_scale = None
+        plain = model(input_ids=ids).logits
+    assert torch.allclose(scaled, plain / 32 ** 0.5, atol=1e-6)
+    lean = polyformers.MptModel(polyformers.MptConfig(**TINY))
+    assert lean.blocks[0].attn.Wqkv.bias is None and lean.norm_f.bias is None
+    assert lean.blocks[0].ffn.up_proj.weight.shape == (128, 32)
+
+
+def test_biased_config_loads_the_reference_checkpoint_with_zero_biases(parity):
+    """The reference builds MPT without biases whatever ``no_bias`` says; its checkpoints load into a
+    biased model with the missing biases initialised to zero, computing the same function."""
+    models, workdir = parity
+    biased = polyformers.MptForCausalLM.from_pretrained(workdir / "causal_lm", no_bias=False)
+    assert biased.transformer.blocks[0].attn.Wqkv.bias is not None
+    batch = _left_padded_batch()
+    with torch.no_grad():
+        assert torch.allclose(biased(**batch).logits, models["causal_lm"](**batch).logits, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(parity):
+    models, _ = parity
+    model = models["causal_lm"]
+    ids = _inputs(4)[1]
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing_enable() if enabled else model.gradient_checkpointing_disable()
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(model.transformer.blocks[0].attn.Wqkv.weight.grad.clone())
+    model.gradient_checkpointing_disable()
+    model.eval()
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
