@@ -1,0 +1,473 @@
+"""TFPreTrainedModel: what every Keras model shares — input formats, loading, saving, training with fit.
+
+Weights live in one canonical format, safetensors with the PyTorch key names and layouts. A Keras
+variable's key comes from the attribute names that lead to it (they are the PyTorch module names) and
+one renaming rule, :func:`torch_name`; the same rule reads the ``tf_model.h5`` files written by the
+reference's TF classes. A family lists the few keys the rule cannot derive in ``_checkpoint_exceptions``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from ..checkpoints import find_weights, save_weights
+from ..checkpoints.files import cached_file, pop_hub_kwargs, push_folder
+from ..checkpoints.weights import TF2_WEIGHTS_NAME
+from ..configs import PretrainedConfig
+
+import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
+from keras import ops
+
+logger = logging.getLogger("polyformers")
+
+# ---------------------------------------------------------------------------------------------------
+# Names: Keras variable -> PyTorch key
+
+# Keras' leaf variable names and their PyTorch counterparts; True where the PyTorch tensor is the
+# transpose (a Dense kernel is (in, out), an nn.Linear weight (out, in)).
+_LEAVES = {
+    "kernel": ("weight", True),
+    "gamma": ("weight", False),
+    "beta": ("bias", False),
+    "embeddings": ("weight", False),
+}
+
+
+def torch_name(name: str, exceptions: Optional[Mapping[str, str]] = None) -> tuple[str, bool]:
+    """The PyTorch key of a Keras variable and whether its array is transposed.
+
+    ``name`` is a dotted attribute path (``encoder.layer.0.output_.dense.kernel``) or a TF-era h5 name
+    (``encoder/layer_._0/output/dense/kernel:0``): Keras-reserved attribute names carry a trailing
+    underscore, TF 2 layer lists are numbered ``layer_._N``, and the leaf is renamed by ``_LEAVES``.
+    """
+    parts = name.split(":")[0].replace("_._", ".").replace("/", ".").split(".")
+    parts = [p[:-1] if p.endswith("_") and len(p) > 1 else p for p in parts]
+    dotted = ".".join(parts)
+    if exceptions and dotted in exceptions:
+        return exceptions[dotted], False
+    leaf, transpose = _LEAVES.get(parts[-1], (parts[-1], False))
+    return ".".join(parts[:-1] + [leaf]), transpose
+
+
+def _walk(layer, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(attribute path, variable) for every variable under ``layer``; the attribute names of nested
+    layers (and list indices) make the path, a variable contributes its own Keras name."""
+    for attr, value in vars(layer).items():
+        if isinstance(value, keras.Variable):
+            yield prefix + value.name, value
+        elif attr.startswith("_"):
+            continue  # Keras' own bookkeeping (tracked copies of the sublayers)
+        elif isinstance(value, keras.layers.Layer):
+            yield from _walk(value, f"{prefix}{attr}.")
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
+            for i, sub in enumerate(value):
+                yield from _walk(sub, f"{prefix}{attr}.{i}.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The three input formats
+
+
+def unpack_inputs(call):
+    """Let ``call`` take its inputs as keywords, as a list/tuple in signature order, or as a dict (or
+    BatchEncoding) in the first argument; all of them arrive at ``call`` as keywords.
+
+    ``training`` stays a keyword: Keras passes it itself.
+    """
+    names = [n for n in inspect.signature(call).parameters if n not in ("self", "training", "kwargs")]
+
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        owner = type(self).__name__
+        packed = _pack(owner, names, args[0]) if args else {}
+        rest = args[1:]
+        if rest:
+            if isinstance(args[0], (list, tuple)) or _is_mapping(args[0]):
+                raise ValueError(
+                    f"{owner}: when the first argument packs the inputs (list or dict), pass the others "
+                    f"as keywords, not positionally; got {len(rest)} more positional argument(s)"
+                )
+            if len(args) > len(names):
+                raise ValueError(f"{owner} takes at most {len(names)} positional inputs ({names}), got {len(args)}")
+            packed.update(zip(names[1:], rest))
+        both = sorted(k for k in kwargs if k in packed and packed[k] is not None and kwargs[k] is not None)
+        if both:
+            raise ValueError(f"{owner} got {both} both in its first argument and as keyword(s); pass each input once")
+        for key, value in packed.items():
+            if kwargs.get(key) is None:
+                kwargs[key] = value
+        return call(self, **kwargs)
+
+    return wrapper
+
+
+def _is_mapping(value) -> bool:
+    # BatchEncoding and the like: keys and items, but not an array
+    return isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "items")
+                                          and not hasattr(value, "shape"))
+
+
+def _pack(owner: str, names: list[str], first) -> dict:
+    """The inputs packed in the first argument, by name."""
+    if _is_mapping(first):
+        unknown = [k for k in first.keys() if k not in names]
+        if unknown:
+            raise ValueError(f"{owner} got unknown input name(s) {unknown} in its input dict; expected names among {names}")
+        return dict(first.items())
+    if isinstance(first, (list, tuple)):
+        if len(first) > len(names):
+            raise ValueError(
+                f"{owner} got a list of {len(first)} inputs, expected at most {len(names)}, in this order: {names}"
+            )
+        return dict(zip(names, first))
+    return {names[0]: first}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Legacy TF weights
+
+
+class _H5Weights:
+    """A ``tf_model.h5`` written by the reference's TF 2 classes, read as PyTorch names and layouts."""
+
+    def __init__(self, path: str, exceptions: Optional[Mapping[str, str]]):
+        import h5py
+
+        self.files = (path,)
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as err:
+            raise OSError(f"cannot read {path!r} as a Keras h5 weights file: {err}") from None
+        self._where: dict[str, tuple[str, bool]] = {}
+        layer_names = self._file.attrs.get("layer_names")
+        if layer_names is None:
+            self._file.close()
+            raise OSError(f"{path!r} is not a Keras 2 weights file (no 'layer_names' attribute)")
+        for group in map(_text, layer_names):
+            for weight in map(_text, self._file[group].attrs.get("weight_names", [])):
+                # The first scope is the saving model's own name (tf_roberta_for_masked_lm_1, ...).
+                key, transpose = torch_name(weight.split("/", 1)[-1], exceptions)
+                self._where.setdefault(key, (f"{group}/{weight}", transpose))
+
+    def keys(self):
+        return list(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+    def shape(self, key):
+        path, transpose = self._where[key]
+        shape = tuple(self._file[path].shape)
+        return shape[::-1] if transpose else shape
+
+    def get(self, key, framework="np"):
+        path, transpose = self._where[key]
+        array = np.asarray(self._file[path])
+        return array.T if transpose else array
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _text(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _open_weights(path: str, use_safetensors, variant, hub, exceptions):
+    """Canonical safetensors first, then the reference's ``tf_model.h5``, then ``pytorch_model.bin``."""
+    if use_safetensors is not False:
+        try:
+            return find_weights(path, variant=variant, use_safetensors=True, **hub)
+        except OSError:
+            if use_safetensors:
+                raise
+    h5 = cached_file(path, TF2_WEIGHTS_NAME, missing_ok=True, **hub)
+    if h5 is not None:
+        return _H5Weights(h5, exceptions)
+    return find_weights(path, variant=variant, use_safetensors=False, **hub)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class TFPreTrainedModel(keras.Model):
+    """Base class of every Keras model: configuration, the input formats, checkpoint I/O and ``fit``.
+
+    Subclasses set ``config_class`` and ``base_model_prefix`` (the attribute holding the main layer,
+    also the key prefix in checkpoints of models with a head) and decorate ``call`` with
+    :func:`unpack_inputs`.
+    """
+
+    config_class: type = PretrainedConfig
+    base_model_prefix: str = ""
+    main_input_name: str = "input_ids"
+    _checkpoint_exceptions: dict[str, str] = {}  # Keras attribute path -> PyTorch key, where the rule fails
+    _keys_to_ignore_on_load_unexpected: list[str] = [r"\.position_ids$"]
+
+    def __init__(self, config: PretrainedConfig, *inputs, **kwargs):
+        if not isinstance(config, PretrainedConfig):
+            raise TypeError(
+                f"{type(self).__name__} expects a PretrainedConfig (e.g. {self.config_class.__name__}) as config, "
+                f"got {type(config).__name__}; to load a checkpoint use {type(self).__name__}.from_pretrained(path)"
+            )
+        super().__init__(**kwargs)
+        self.config = config
+        self.name_or_path = getattr(config, "name_or_path", "")
+        # The reference's models take plain values (flags, None) positionally, as Python functions do.
+        self._allow_non_tensor_positional_args = True
+
+    def build(self, input_shape=None):
+        # Layers create their variables on their first call; ``build_model`` runs that call.
+        self.built = True
+
+    @property
+    def dummy_inputs(self) -> dict:
+        """Small inputs that reach every layer, for building the variables."""
+        ids = np.array([[0, 5, 6, 7, 2]], dtype="int32")
+        inputs = {"input_ids": ids}
+        if getattr(self.config, "add_cross_attention", False):
+            inputs["encoder_hidden_states"] = np.zeros((1, 3, self.config.hidden_size), dtype="float32")
+        return inputs
+
+    def build_model(self) -> "TFPreTrainedModel":
+        """Create every variable now, by running the model once on :attr:`dummy_inputs`."""
+        if not getattr(self, "_built_by_call", False):
+            self(self.dummy_inputs, training=False)
+            self._built_by_call = True
+        return self
+
+    def _flags(self, output_attentions, output_hidden_states, return_dict):
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else bool(output_attentions),
+            config.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
+            config.use_return_dict if return_dict is None else bool(return_dict),
+        )
+
+    @property
+    def base_model(self):
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self):
+        return self.base_model.embeddings.word_embeddings
+
+    def can_generate(self) -> bool:
+        return False
+
+    # ---------------------------------------------------------------------------------------------
+    # names
+
+    def checkpoint_variables(self) -> dict[str, tuple[Any, bool]]:
+        """PyTorch key -> (Keras variable, transposed?) for every variable of the model.
+
+        A bare model keeps its keys without ``base_model_prefix``, as the PyTorch bare model saves them.
+        """
+        found = {}
+        for path, variable in _walk(self):
+            key, transpose = torch_name(path, self._checkpoint_exceptions)
+            if key in found:
+                raise RuntimeError(f"two variables of {type(self).__name__} map to the checkpoint key {key!r}")
+            found[key] = (variable, transpose)
+        prefix = self.base_model_prefix + "."
+        if self.base_model_prefix and found and all(k.startswith(prefix) for k in found):
+            found = {k[len(prefix):]: v for k, v in found.items()}
+        return found
+
+    def _checkpoint_key_map(self, ours, checkpoint_keys) -> tuple[dict[str, str], list[str]]:
+        """Bridge a bare-model checkpoint and a head model (or the reverse) through the prefix."""
+        prefix = self.base_model_prefix + "." if self.base_model_prefix else ""
+        ckpt_has = bool(prefix) and any(k.startswith(prefix) for k in checkpoint_keys)
+        model_has = bool(prefix) and any(k.startswith(prefix) for k in ours)
+        mapping, unused = {}, []
+        for key in checkpoint_keys:
+            new = key
+            if ckpt_has and not model_has:
+                if not key.startswith(prefix):
+                    unused.append(key)
+                    continue
+                new = key[len(prefix):]
+            elif model_has and not ckpt_has:
+                new = prefix + key
+            if new in ours:
+                mapping[new] = key
+            else:
+                unused.append(key)
+        return mapping, unused
+
+    # ---------------------------------------------------------------------------------------------
+    # loading
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs):
+        return cls(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: Union[str, os.PathLike],
+        *model_args,
+        config: Optional[Union[PretrainedConfig, str, os.PathLike]] = None,
+        from_pt: bool = False,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        use_safetensors: Optional[bool] = None,
+        variant: Optional[str] = None,
+        **kwargs,
+    ):
+        """Build the model and read its weights: safetensors with PyTorch names (what every framework
+        saves), a ``tf_model.h5`` written by the reference's TF classes, or ``pytorch_model.bin``.
+
+        ``from_pt`` is accepted for compatibility and changes nothing: PyTorch names are the canonical
+        ones. Other keyword arguments update the configuration.
+        """
+        del from_pt
+        if kwargs.pop("from_flax", False):
+            raise ValueError("from_flax=True is not supported: save the Flax model with save_pretrained (safetensors)")
+        for accepted in ("load_weight_prefix", "mirror", "_from_auto", "_from_pipeline", "trust_remote_code"):
+            kwargs.pop(accepted, None)
+        hub = pop_hub_kwargs(kwargs)
+        path = os.fspath(pretrained_model_name_or_path)
+        if config is None or isinstance(config, (str, os.PathLike)):
+            config, model_kwargs = cls.config_class.from_pretrained(
+                path if config is None else config, return_unused_kwargs=True, **hub, **kwargs
+            )
+        else:
+            if not isinstance(config, PretrainedConfig):
+                raise TypeError(f"config must be a PretrainedConfig or a path, got {type(config).__name__}")
+            config = copy.deepcopy(config)
+            model_kwargs = kwargs
+        config.name_or_path = path
+
+        with _open_weights(path, use_safetensors, variant, hub, cls._checkpoint_exceptions) as reader:
+            model = cls(config, *model_args, **model_kwargs)
+            model.build_model()
+            info = model._load_weights(reader, ignore_mismatched_sizes, path)
+        if output_loading_info:
+            return model, info
+        return model
+
+    def _load_weights(self, reader, ignore_mismatched_sizes: bool, source: str) -> dict:
+        ours = self.checkpoint_variables()
+        keys = list(reader.keys())
+        mapping, unexpected = self._checkpoint_key_map(ours, keys)
+        name = type(self).__name__
+        if not mapping:
+            raise OSError(
+                f"none of the {len(keys)} weights in {source!r} belong to {name}: it expects names such as "
+                f"{list(ours)[:3]}, the checkpoint has {keys[:3]} (a checkpoint of another architecture?)"
+            )
+        mismatched = []
+        for key, ckpt_key in mapping.items():
+            variable, transpose = ours[key]
+            array = reader.get(ckpt_key, framework="np")
+            if transpose:
+                array = array.T
+            if tuple(array.shape) != tuple(variable.shape):
+                if not ignore_mismatched_sizes:
+                    raise ValueError(
+                        f"shape mismatch for {key!r}: the checkpoint {source!r} has {tuple(reader.shape(ckpt_key))} "
+                        f"(PyTorch layout), the model built from its config expects {tuple(variable.shape)}"
+                        f"{' transposed' if transpose else ''}; pass ignore_mismatched_sizes=True to initialise it anew"
+                    )
+                mismatched.append((key, tuple(reader.shape(ckpt_key)), tuple(variable.shape)))
+                continue
+            variable.assign(np.asarray(array).astype(variable.dtype))
+        skipped = {k for k, _, _ in mismatched}
+        missing = [k for k in ours if k not in mapping and k not in skipped]
+        ignored = self._keys_to_ignore_on_load_unexpected
+        unexpected = [k for k in unexpected if not any(re.search(p, k) for p in ignored)]
+        if unexpected:
+            logger.warning("Some weights of the model checkpoint at %s were not used when initializing %s: %s",
+                           source, name, unexpected)
+        if missing:
+            logger.warning(
+                "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+                "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use "
+                "it for predictions and inference.", name, source, missing,
+            )
+        if mismatched:
+            lines = "\n".join(f"- {k}: found shape {a} in the checkpoint and {b} in the model"
+                              for k, a, b in mismatched)
+            logger.warning("Some weights of %s were not initialized from the model checkpoint at %s because the "
+                           "shapes did not match:\n%s", name, source, lines)
+        return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched,
+                "error_msgs": []}
+
+    # ---------------------------------------------------------------------------------------------
+    # saving
+
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        saved_model: bool = False,
+        version: int = 1,
+        push_to_hub: bool = False,
+        signatures=None,
+        max_shard_size: Union[int, str] = "5GB",
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        token: Optional[Union[str, bool]] = None,
+        **kwargs,
+    ) -> None:
+        """Write config.json and the weights as safetensors with PyTorch names and layouts, which the
+        PyTorch, Keras and Flax classes all load. ``safe_serialization`` is accepted; the format is always
+        safetensors."""
+        if saved_model:
+            raise ValueError(
+                "saved_model=True is not supported by save_pretrained; export a SavedModel with model.export(path)"
+            )
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory must be a folder, got the file {save_directory!r}")
+        self.build_model()
+        os.makedirs(save_directory, exist_ok=True)
+        state = {key: np.ascontiguousarray(np.asarray(v.numpy()).T if t else np.asarray(v.numpy()))
+                 for key, (v, t) in self.checkpoint_variables().items()}
+        save_weights(state, save_directory, max_shard_size=max_shard_size, metadata={"format": "pt"}, framework="np")
+        config = copy.deepcopy(self.config)
+        # The architecture is named as the PyTorch class, as the reference's TF classes did.
+        name = type(self).__name__
+        config.architectures = [name[2:] if name.startswith("TF") else name]
+        config.save_pretrained(save_directory)
+        if push_to_hub:
+            push_folder(save_directory, token=token, create_pr=create_pr, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------
+    # training
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """With a loss given to ``compile``, that loss on the logits; otherwise the model's own loss,
+        computed from the labels in the input dict (averaged over examples)."""
+        if self._compile_loss is not None:
+            logits = y_pred.get("logits", y_pred[0]) if isinstance(y_pred, Mapping) else y_pred
+            return super().compute_loss(x, y, logits, sample_weight, training=training)
+        loss = y_pred.get("loss") if isinstance(y_pred, Mapping) else None
+        if loss is None:
+            raise ValueError(
+                f"{type(self).__name__} computed no loss: put the labels in the input dict (x), e.g. "
+                "{'input_ids': ..., 'labels': ...}, or pass a loss to compile()"
+            )
+        total = ops.mean(loss)
+        for extra in self.losses:
+            total = total + ops.cast(extra, total.dtype)
+        return total
+
+
+def as_output(output, return_dict: bool):
+    """The reference's ``return_dict=False``: a tuple of the fields that are set."""
+    return output if return_dict else output.to_tuple()
