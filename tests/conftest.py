@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# The suite's models are tiny: one thread avoids thread start-up and contention costing more than the
+# work itself on a small machine (and keeps timings of parallel test runs steady).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("POLYFORMERS_ASSETS", ROOT / ".cache" / "assets"))

@@ -73,7 +73,8 @@ def _run_oracle(python: Optional[Path], job: dict) -> dict:
         from tests.parity.oracle_pt import run_job
 
         return run_job(job)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
+               OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [str(python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, env=env, timeout=900
