@@ -15,6 +15,10 @@ from .slow import PreTrainedTokenizer
 from .wordpiece import BasicTokenizer, ElectraTokenizer, WordPieceTokenizer, WordpieceTokenizer
 
 from .fast import ElectraTokenizerFast, PreTrainedTokenizerFast
+from .bpe import ByteLevelBPETokenizer, GPT2Tokenizer, RobertaTokenizer
+from .bpe_fast import GPT2TokenizerFast, GPTNeoXTokenizerFast, RobertaTokenizerFast
+from .mpnet import MPNetTokenizer, MPNetTokenizerFast
+from .sentencepiece import PegasusTokenizer, PegasusTokenizerFast
 
 __all__ = [
     "AddedToken",
@@ -32,4 +36,14 @@ __all__ = [
     "WordPieceTokenizer",
     "ElectraTokenizer",
     "ElectraTokenizerFast",
+    "ByteLevelBPETokenizer",
+    "GPT2Tokenizer",
+    "GPT2TokenizerFast",
+    "RobertaTokenizer",
+    "RobertaTokenizerFast",
+    "GPTNeoXTokenizerFast",
+    "MPNetTokenizer",
+    "MPNetTokenizerFast",
+    "PegasusTokenizer",
+    "PegasusTokenizerFast",
 ]

@@ -1,0 +1,540 @@
+"""SentencePiece tokenizers: Pegasus's, over the `sentencepiece` library (slow) and over a `tokenizers`
+Unigram model converted from the same ``spiece.model`` (fast).
+
+Pegasus puts ``offset`` (103) ids in front of the SentencePiece vocabulary: pad 0, eos 1, the sentence
+mask 2, the token mask 3, then the fillers ``<unk_2>`` ... ``<unk_102>`` that pretraining reserved.
+SentencePiece piece ``i`` has id ``i + offset``; its own first two pieces (pad and eos) are shadowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from .convert import register_converter
+from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
+from .slow import PreTrainedTokenizer
+
+__all__ = [
+    "SentencePieceModel",
+    "read_sentencepiece_model",
+    "pegasus_tokenizer",
+    "PegasusTokenizer",
+    "PegasusTokenizerFast",
+]
+
+logger = logging.getLogger(__name__)
+
+SPIECE_UNDERLINE = "▁"
+VOCAB_FILES_NAMES = {"vocab_file": "spiece.model"}
+_PEGASUS_CHECKPOINTS = {"google/pegasus-xsum": 512}
+
+
+# ----------------------------------------------------------------------------------- spiece.model
+
+
+@dataclass(frozen=True)
+class SentencePieceModel:
+    """What a fast tokenizer needs from a serialized SentencePiece ``ModelProto``."""
+
+    pieces: Tuple[Tuple[str, float, int], ...]  # (piece, score, type) in id order
+    model_type: int  # 1 unigram, 2 BPE, 3 word, 4 char
+    unk_id: int
+    unk_piece: str
+    byte_fallback: bool
+    precompiled_charsmap: bytes
+
+
+UNIGRAM = 1
+
+
+class _WireError(ValueError):
+    pass
+
+
+def _varint(data: bytes, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise _WireError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _WireError("varint longer than 10 bytes")
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of each field of one protobuf message."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _WireError("field number 0")
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        elif wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise _WireError(f"unsupported wire type {wire}")
+        if pos > len(data):
+            raise _WireError("truncated field")
+        yield number, wire, value
+
+
+def _int32(value: int) -> int:
+    # int32 fields are sign-extended to 64 bits on the wire
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def read_sentencepiece_model(path: str | os.PathLike) -> SentencePieceModel:
+    """Parse a ``spiece.model`` (a serialized SentencePiece ``ModelProto``) without protobuf.
+
+    Raises ``ValueError`` naming the file when it is not such a model.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"vocab_file: expected the path of a SentencePiece model, got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise ValueError(f"vocab_file: expected an existing SentencePiece model file, got {os.fspath(path)!r}")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        pieces: List[Tuple[str, float, int]] = []
+        trainer: Dict[int, Any] = {}
+        charsmap = b""
+        for number, wire, value in _fields(data):
+            if number == 1 and wire == 2:
+                piece, score, kind = "", 0.0, 1
+                for sub, sub_wire, sub_value in _fields(value):
+                    if sub == 1 and sub_wire == 2:
+                        piece = sub_value.decode("utf-8")
+                    elif sub == 2 and sub_wire == 5:
+                        score = struct.unpack("<f", sub_value)[0]
+                    elif sub == 3 and sub_wire == 0:
+                        kind = sub_value
+                pieces.append((piece, score, kind))
+            elif number == 2 and wire == 2:
+                trainer = {sub: sub_value for sub, _, sub_value in _fields(value)}
+            elif number == 3 and wire == 2:
+                for sub, sub_wire, sub_value in _fields(value):
+                    if sub == 2 and sub_wire == 2:
+                        charsmap = bytes(sub_value)
+            elif wire != 2 and number in (1, 2, 3):
+                raise _WireError(f"field {number} has wire type {wire}")
+    except (_WireError, UnicodeDecodeError, struct.error) as error:
+        raise ValueError(
+            f"vocab_file: expected a SentencePiece model (spiece.model), got {os.fspath(path)!r}, "
+            f"which cannot be parsed as one ({error})"
+        ) from None
+    if not pieces:
+        raise ValueError(
+            f"vocab_file: expected a SentencePiece model (spiece.model), got {os.fspath(path)!r}, which has no pieces"
+        )
+    unk_piece = trainer.get(45, b"<unk>")
+    return SentencePieceModel(
+        pieces=tuple(pieces),
+        model_type=trainer.get(3, UNIGRAM),
+        unk_id=_int32(trainer.get(40, 0)),
+        unk_piece=unk_piece.decode("utf-8") if isinstance(unk_piece, bytes) else "<unk>",
+        byte_fallback=bool(trainer.get(35, 0)),
+        precompiled_charsmap=charsmap,
+    )
+
+
+def _load_processor(vocab_file: str, sp_model_kwargs: Dict[str, Any]):
+    """A ``SentencePieceProcessor`` for ``vocab_file``; a file that is not a model is reported by name."""
+    import sentencepiece
+
+    if not isinstance(vocab_file, (str, os.PathLike)):
+        raise TypeError(f"vocab_file: expected the path of a SentencePiece model, got {type(vocab_file).__name__}")
+    if not os.path.isfile(vocab_file):
+        raise ValueError(
+            f"vocab_file: expected an existing SentencePiece model file, got {os.fspath(vocab_file)!r}. "
+            "To load a checkpoint folder use PegasusTokenizer.from_pretrained(...)"
+        )
+    processor = sentencepiece.SentencePieceProcessor(**sp_model_kwargs)
+    try:
+        processor.Load(os.fspath(vocab_file))
+    except (OSError, RuntimeError) as error:
+        raise ValueError(
+            f"vocab_file: expected a SentencePiece model (spiece.model), got {os.fspath(vocab_file)!r}, "
+            f"which sentencepiece cannot load ({error})"
+        ) from None
+    return processor
+
+
+# ----------------------------------------------------------------------------------- Pegasus specials
+
+
+def _pegasus_additional_special_tokens(
+    mask_token_sent: Optional[str], additional_special_tokens: Optional[List[str]], offset: int
+) -> List[Any]:
+    """The sentence mask first, then the caller's tokens, then ``<unk_i>`` fillers up to ``offset - 1`` tokens."""
+    if additional_special_tokens is None:
+        tokens: List[Any] = [mask_token_sent] if mask_token_sent is not None else []
+        return tokens + [f"<unk_{i}>" for i in range(2, offset)]
+    if not isinstance(additional_special_tokens, list):
+        raise TypeError(
+            f"additional_special_tokens: expected a list, got {type(additional_special_tokens).__name__}"
+        )
+    tokens = list(additional_special_tokens)
+    if mask_token_sent is not None and mask_token_sent not in tokens:
+        tokens.insert(0, mask_token_sent)
+    tokens += [f"<unk_{i}>" for i in range(len(tokens), offset - 1)]
+    names = [str(token) for token in tokens]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(
+            "additional_special_tokens: expected distinct tokens once the sentence mask and the <unk_i> fillers "
+            f"(up to <unk_{offset - 2}>) are added, got repeats of {repeated} in {names}"
+        )
+    return tokens
+
+
+def _check_offset(offset: Any) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset: expected a non-negative int, got {offset!r}")
+    return offset
+
+
+def _pegasus_inputs(eos_token_id: int, token_ids_0: List[int], token_ids_1: Optional[List[int]]) -> List[int]:
+    # Pegasus never uses a BOS token, and pairs (not an intended use) are joined without a separator.
+    if token_ids_1 is None:
+        return list(token_ids_0) + [eos_token_id]
+    return list(token_ids_0) + list(token_ids_1) + [eos_token_id]
+
+
+def _pegasus_special_mask(special_ids: set, token_ids_0, token_ids_1, already_has_special_tokens) -> List[int]:
+    # <unk> is special only sometimes, so it is never masked
+    def mask(ids):
+        return [1 if index in special_ids else 0 for index in ids]
+
+    if already_has_special_tokens:
+        return mask(token_ids_0)
+    if token_ids_1 is None:
+        return mask(token_ids_0) + [1]
+    return mask(list(token_ids_0) + list(token_ids_1)) + [1]
+
+
+class PegasusTokenizer(PreTrainedTokenizer):
+    """Pegasus's tokenizer over a SentencePiece model.
+
+    Args:
+        vocab_file: the SentencePiece model (``spiece.model``).
+        pad_token, eos_token, unk_token: the special tokens; encoding appends ``eos_token``.
+        mask_token: masks single tokens (MLM, ``[MASK2]`` in the paper).
+        mask_token_sent: masks whole sentences (gap-sentence generation, ``[MASK1]``); ``None`` for none.
+        additional_special_tokens: extra special tokens; ``<unk_i>`` fillers complete them to
+            ``offset - 1`` tokens, the sentence mask first.
+        offset: how many ids come before the SentencePiece pieces.
+        sp_model_kwargs: passed to ``sentencepiece.SentencePieceProcessor`` (e.g. subword sampling).
+    """
+
+    vocab_files_names = dict(VOCAB_FILES_NAMES)
+    pretrained_vocab_files_map = {
+        "vocab_file": {
+            name: f"https://huggingface.co/{name}/resolve/main/spiece.model" for name in _PEGASUS_CHECKPOINTS
+        }
+    }
+    max_model_input_sizes = dict(_PEGASUS_CHECKPOINTS)
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask_2>",
+        mask_token_sent="<mask_1>",
+        additional_special_tokens=None,
+        offset=103,
+        sp_model_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ) -> None:
+        self.offset = _check_offset(offset)
+        additional_special_tokens = _pegasus_additional_special_tokens(
+            mask_token_sent, additional_special_tokens, offset
+        )
+        self.sp_model_kwargs = {} if sp_model_kwargs is None else dict(sp_model_kwargs)
+        self.mask_token_sent = mask_token_sent
+        self.vocab_file = vocab_file
+        self.sp_model = _load_processor(vocab_file, self.sp_model_kwargs)
+
+        # The reserved ids are fixed whatever the checkpoint's saved added tokens say.
+        reserved = {0: AddedToken(str(pad_token), special=True), 1: AddedToken(str(eos_token), special=True)}
+        if mask_token_sent is not None:
+            reserved[2] = AddedToken(mask_token_sent, special=True)
+            reserved[3] = AddedToken(str(mask_token), special=True)
+        for i in range(2, offset):
+            reserved[len(reserved)] = AddedToken(f"<unk_{i}>", special=True)
+        self._added_tokens_decoder = dict(kwargs.pop("added_tokens_decoder", None) or {})
+        self._added_tokens_decoder.update(reserved)
+
+        super().__init__(
+            eos_token=eos_token,
+            unk_token=unk_token,
+            mask_token=mask_token,
+            pad_token=pad_token,
+            mask_token_sent=mask_token_sent,
+            offset=offset,
+            additional_special_tokens=additional_special_tokens,
+            sp_model_kwargs=self.sp_model_kwargs,
+            **kwargs,
+        )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["sp_model"] = self.sp_model.serialized_model_proto()
+        return state
+
+    def __setstate__(self, state):
+        import sentencepiece
+
+        self.__dict__ = state
+        proto = state["sp_model"]
+        self.sp_model = sentencepiece.SentencePieceProcessor(**self.sp_model_kwargs)
+        self.sp_model.LoadFromSerializedProto(proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.sp_model) + self.offset
+
+    def get_vocab(self) -> Dict[str, int]:
+        ids = list(range(self.vocab_size))
+        vocab = dict(zip(self.convert_ids_to_tokens(ids), ids))
+        vocab.update(self.added_tokens_encoder)
+        return vocab
+
+    def _tokenize(self, text: str, **kwargs) -> List[str]:
+        return self.sp_model.encode(text, out_type=str)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        # Unknown pieces get SentencePiece's unknown id, shifted like every other piece.
+        return self.sp_model.piece_to_id(token) + self.offset
+
+    def _convert_id_to_token(self, index: int) -> str:
+        # Ids below the offset are normally added tokens, looked up before this is called.
+        return self.sp_model.id_to_piece(index if index < self.offset else index - self.offset)
+
+    def convert_tokens_to_string(self, tokens: List[str]) -> str:
+        """Detokenize with SentencePiece, passing special tokens through verbatim."""
+        specials = set(self.all_special_tokens)
+        out: List[str] = []
+        run: List[str] = []
+        for token in tokens:
+            if token in specials:
+                out.append(self.sp_model.decode(run) + token)
+                run = []
+            else:
+                run.append(token)
+        out.append(self.sp_model.decode(run))
+        return "".join(out).strip()
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """Only the EOS token."""
+        return 1
+
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None) -> List[int]:
+        """``X </s>``, or ``A B </s>`` for a pair."""
+        return _pegasus_inputs(self.eos_token_id, token_ids_0, token_ids_1)
+
+    def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens=False) -> List[int]:
+        """1 for eos, pad, the masks and the fillers (never for ``<unk>``), 0 for other tokens."""
+        special_ids = set(self.all_special_ids) - {self.unk_token_id}
+        return _pegasus_special_mask(special_ids, token_ids_0, token_ids_1, already_has_special_tokens)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None) -> Tuple[str]:
+        """Write ``spiece.model`` (a copy of the loaded file) and return its path."""
+        if not os.path.isdir(save_directory):
+            raise ValueError(f"save_directory: expected an existing directory, got {save_directory!r}")
+        out = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + "spiece.model")
+        if os.path.isfile(self.vocab_file):
+            if os.path.abspath(self.vocab_file) != os.path.abspath(out):
+                shutil.copyfile(self.vocab_file, out)
+        else:
+            with open(out, "wb") as handle:
+                handle.write(self.sp_model.serialized_model_proto())
+        return (out,)
+
+
+# ----------------------------------------------------------------------------------- fast
+
+
+def pegasus_tokenizer(
+    vocab_file: str | os.PathLike,
+    *,
+    pad_token: str = "<pad>",
+    eos_token: str = "</s>",
+    eos_token_id: int = 1,
+    mask_token: Optional[str] = "<mask_2>",
+    mask_token_id: Optional[int] = 3,
+    mask_token_sent: Optional[str] = "<mask_1>",
+    offset: int = 103,
+) -> Tokenizer:
+    """The fast backend of a Pegasus ``spiece.model``: the reserved ids, then the model's pieces from
+    the third on (SentencePiece's pad and eos already have ids 0 and 1), in a Unigram model."""
+    model = read_sentencepiece_model(vocab_file)
+    if model.model_type != UNIGRAM:
+        raise ValueError(
+            f"vocab_file: expected a Unigram SentencePiece model, got model type {model.model_type} in "
+            f"{os.fspath(vocab_file)!r}"
+        )
+    if model.byte_fallback:
+        logger.warning(
+            "%s uses byte fallback, which the fast tokenizer does not reproduce: where SentencePiece emits "
+            "byte pieces the fast tokenizer emits the unknown token",
+            os.fspath(vocab_file),
+        )
+    vocab = [(str(pad_token), 0.0), (str(eos_token), 0.0)]
+    if mask_token_sent is not None:
+        vocab.append((str(mask_token_sent), 0.0))
+    if mask_token is not None and mask_token_id is not None and mask_token_id < offset:
+        vocab.append((str(mask_token), 0.0))
+    # Fillers score so low that the Unigram model never picks them for text.
+    vocab += [(f"<unk_{i}>", -100.0) for i in range(2, offset)]
+    vocab += [(piece, score) for piece, score, _ in model.pieces[2:]]
+    tokenizer = Tokenizer(models.Unigram(vocab, model.unk_id + offset))
+
+    steps = [normalizers.Precompiled(model.precompiled_charsmap)] if model.precompiled_charsmap else []
+    # SentencePiece drops trailing spaces; runs of spaces become one boundary marker.
+    steps += [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), SPIECE_UNDERLINE)]
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always"),
+        ]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", str(eos_token)],
+        pair=["$A", "$B", str(eos_token)],
+        special_tokens=[(str(eos_token), eos_token_id)],
+    )
+    return tokenizer
+
+
+def _convert_pegasus(slow: PegasusTokenizer) -> Tokenizer:
+    return pegasus_tokenizer(
+        slow.vocab_file,
+        pad_token=slow.pad_token,
+        eos_token=slow.eos_token,
+        eos_token_id=slow.eos_token_id,
+        mask_token=slow.mask_token,
+        mask_token_id=slow.mask_token_id if slow.mask_token is not None else None,
+        mask_token_sent=slow.mask_token_sent,
+        offset=slow.offset,
+    )
+
+
+register_converter("PegasusTokenizer", _convert_pegasus)
+
+
+class PegasusTokenizerFast(PreTrainedTokenizerFast):
+    """A fast Pegasus tokenizer (Unigram, backed by the `tokenizers` library).
+
+    Args:
+        vocab_file: the SentencePiece model (``spiece.model``), converted when no ``tokenizer_file`` is given.
+        tokenizer_file: a tokenizer.json.
+        pad_token, eos_token, unk_token, mask_token, mask_token_sent, additional_special_tokens, offset:
+            as for :class:`PegasusTokenizer`. Non-default pad, eos or unk tokens move ids, so the
+            backend is then rebuilt from ``vocab_file``.
+    """
+
+    vocab_files_names = {"vocab_file": "spiece.model", "tokenizer_file": TOKENIZER_FILE}
+    pretrained_vocab_files_map = {
+        "vocab_file": dict(PegasusTokenizer.pretrained_vocab_files_map["vocab_file"]),
+        "tokenizer_file": {
+            name: f"https://huggingface.co/{name}/resolve/main/tokenizer.json" for name in _PEGASUS_CHECKPOINTS
+        },
+    }
+    max_model_input_sizes = dict(_PEGASUS_CHECKPOINTS)
+    slow_tokenizer_class = PegasusTokenizer
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file=None,
+        tokenizer_file=None,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask_2>",
+        mask_token_sent="<mask_1>",
+        additional_special_tokens=None,
+        offset=103,
+        **kwargs,
+    ) -> None:
+        self.offset = _check_offset(offset)
+        additional_special_tokens = _pegasus_additional_special_tokens(
+            mask_token_sent, additional_special_tokens, offset
+        )
+        from_slow = kwargs.pop("from_slow", None)
+        from_slow = from_slow or str(pad_token) != "<pad>" or str(eos_token) != "</s>" or str(unk_token) != "<unk>"
+        # The reserved ids come from the backend's vocabulary, not from the saved added tokens.
+        kwargs.pop("added_tokens_decoder", None)
+        super().__init__(
+            vocab_file,
+            tokenizer_file=tokenizer_file,
+            pad_token=pad_token,
+            eos_token=eos_token,
+            unk_token=unk_token,
+            mask_token=mask_token,
+            mask_token_sent=mask_token_sent,
+            offset=offset,
+            additional_special_tokens=additional_special_tokens,
+            from_slow=from_slow,
+            **kwargs,
+        )
+        self.vocab_file = vocab_file
+        self.mask_token_sent = mask_token_sent
+
+    @property
+    def can_save_slow_tokenizer(self) -> bool:  # type: ignore[override]
+        return bool(self.vocab_file) and os.path.isfile(self.vocab_file)
+
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None) -> List[int]:
+        """``X </s>``, or ``A B </s>`` for a pair."""
+        return _pegasus_inputs(self.eos_token_id, token_ids_0, token_ids_1)
+
+    def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens=False) -> List[int]:
+        """1 for eos, pad, the masks and the fillers (never for ``<unk>``), 0 for other tokens."""
+        special_ids = set(self.all_special_ids) - {self.unk_token_id}
+        # The mask relies on the special tokens holding the first ids; anything else is a broken layout.
+        expected = set(range(len(self.additional_special_tokens) + 3))
+        if special_ids != expected:
+            raise ValueError(
+                f"special tokens: expected mask, pad and eos plus {len(self.additional_special_tokens)} additional "
+                f"special tokens with ids 0..{len(expected) - 1}, got ids {sorted(special_ids)}"
+            )
+        return _pegasus_special_mask(special_ids, token_ids_0, token_ids_1, already_has_special_tokens)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None) -> Tuple[str]:
+        """Copy the ``spiece.model`` this tokenizer was built from; return its path."""
+        if not self.can_save_slow_tokenizer:
+            raise ValueError(
+                "vocab_file: expected the spiece.model this fast tokenizer was built from (needed to save "
+                f"slow-tokenizer files), got {self.vocab_file!r}"
+            )
+        if not os.path.isdir(save_directory):
+            raise ValueError(f"save_directory: expected an existing directory, got {save_directory!r}")
+        out = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + "spiece.model")
+        if os.path.abspath(self.vocab_file) != os.path.abspath(out):
+            shutil.copyfile(self.vocab_file, out)
+        return (out,)

@@ -1,0 +1,362 @@
+"""PegasusTokenizer / PegasusTokenizerFast against the 4.37 reference.
+
+No Pegasus spiece.model is at hand, so the module trains a Pegasus-like one on the real corpora
+(_spm_model.py); the 1000-piece assets/spm/test_model.model is a second, real model. One description
+of calls runs in polyformers and, in one subprocess, in the reference; each test compares one group.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ._slow_harness import assert_same
+from ._spm_model import train_pegasus_like_model
+from ._spm_oracle import run_ours, run_reference
+
+CORPORA = ["english.txt", "fortunes.txt", "chinese.txt", "botchan.txt", "shakespeare.txt"]
+
+EDGE_TEXTS = [
+    "Hello  world,   this\tis\na test.  ",
+    "   leading and trailing   ",
+    "",
+    " ",
+    "ﬁne ligatures ① ＡＢＣ full-width ½ ² ™ e\u0301cole café",
+    "gap <mask_1> sentence, token <mask_2> and<mask_2>glued <mask_1><mask_2>",
+    "specials </s> <pad> <unk> <unk_2> <unk_57> <unk_102> <unk_103> <MASK_1>",
+    "unknown ↈ \ue000 emoji 😀👍🏽 Chinese 中文字符 Ωmega ß İstanbul",
+    "ctrl\x00nul\x07bel nbsp\u00a0here ideographic\u3000space zero\u200bwidth",
+    "don't stop!!! ... ?! «quotes» “curly” — 3.14 $5 10% user@mail.org https://x.y/z",
+    "a" * 120,
+]
+
+PAIRS = [
+    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
+    ("Short", "A somewhat longer second sequence with many more words in it than the first."),
+    ("A first sequence that is definitely the longer one of the two here.", "tiny"),
+    ("Hello", ""),
+]
+
+
+def added(content: str, **options) -> dict:
+    return {"__added__": {"content": content, **options}}
+
+
+def _sample_lines(path: Path, count: int, seed: int) -> list[str]:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return random.Random(seed).sample(lines, min(count, len(lines)))
+
+
+def corpus_texts(assets: Path) -> list[str]:
+    texts: list[str] = []
+    for index, name in enumerate(CORPORA):
+        texts += _sample_lines(assets / "corpora" / name, 50, seed=10 + index)
+    for index, path in enumerate(sorted((assets / "corpora" / "tutor").glob("tutor.*"))):
+        texts += _sample_lines(path, 3, seed=200 + index)
+    return texts
+
+
+@pytest.fixture(scope="session")
+def pegasus_folder(assets, tmp_path_factory) -> Path:
+    """A checkpoint folder holding only the trained spiece.model (trained once per test session)."""
+    folder = tmp_path_factory.mktemp("pegasus-spm")
+    (folder / "spiece.model").write_bytes(train_pegasus_like_model(assets / "corpora"))
+    return folder
+
+
+def slow_cases(assets: Path, vocab: str, folder: str, save_dir: Path, full: bool) -> list[dict]:
+    from polyformers import PegasusTokenizer
+
+    texts = corpus_texts(assets)
+    if not full:
+        texts = texts[::4]
+    cases: list[dict] = []
+
+    def case(call, *args, init=None, setup=None, **kwargs):
+        cases.append({"init": init or {}, "setup": setup or [], "call": call, "args": list(args), "kwargs": kwargs})
+
+    for text in texts + EDGE_TEXTS:
+        case("tokenize", text)
+    # round trips: the reference decodes the ids that polyformers encoded (the encode cases check they match)
+    ours = PegasusTokenizer(vocab)
+    for text in texts[::2] + EDGE_TEXTS:
+        case("encode", text)
+        case("decode", ours.encode(text))
+        case("decode", ours.encode(text), skip_special_tokens=True)
+    inits = [{}, {"mask_token_sent": None}, {"additional_special_tokens": ["<ctx>", "<q>"]}, {"offset": 10},
+             {"eos_token": "<eos>", "pad_token": "<PAD>"}, {"padding_side": "left", "truncation_side": "left"}]
+    if not full:
+        inits = inits[:2]
+    first, second = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    for init in inits:
+        for text in EDGE_TEXTS[4:7]:
+            case("tokenize", text, init=init)
+            case("encode", text, init=init)
+        case("__call__", first, second, init=init, padding=True, return_special_tokens_mask=True,
+             return_token_type_ids=True, return_length=True)
+        case("__call__", first + second, init=init, padding="max_length", max_length=20, truncation=True)
+        case("__call__", first, init=init, padding=True, pad_to_multiple_of=8, return_tensors="np")
+        for strategy in (True, "only_first", "only_second"):
+            case("__call__", first, second, init=init, truncation=strategy, max_length=14)
+        case("__call__", first[0], second[0], init=init, truncation="only_second", max_length=20, stride=2,
+             return_overflowing_tokens=True)
+        for args in ([[200, 201]], [[200, 201], [202]]):
+            case("build_inputs_with_special_tokens", *args, init=init)
+            case("create_token_type_ids_from_sequences", *args, init=init)
+            case("get_special_tokens_mask", *args, init=init)
+        case("get_special_tokens_mask", [0, 1, 2, 3, 50, 105, 300, 1], init=init, already_has_special_tokens=True)
+        case("num_special_tokens_to_add", init=init)
+        for attr in ("all_special_tokens", "all_special_ids", "special_tokens_map", "vocab_size", "unk_token_id",
+                     "mask_token_id", "pad_token_id", "eos_token_id", "additional_special_tokens_ids",
+                     "added_tokens_decoder", "model_input_names"):
+            cases.append({"init": init, "attr": attr})
+        case("__len__", init=init)
+        case("get_vocab", init=init)
+        ids = [0, 1, 2, 3, 4, 57, 102, 103, 104, 105, 106, 250, 251, 600, 999, 1, 0]
+        case("decode", ids, init=init)
+        case("decode", ids, init=init, skip_special_tokens=True)
+        case("convert_ids_to_tokens", ids, init=init)
+        case("convert_tokens_to_ids", ["<pad>", "</s>", "<unk>", "<mask_1>", "<unk_7>", "▁the", "notapiece"],
+             init=init)
+    # added tokens
+    setups = [
+        [["add_tokens", [["NewTok", added("<lst>", lstrip=True), "▁the"]], {}]],
+        [["add_special_tokens", [{"additional_special_tokens": ["<ent>"]}], {}]],
+    ]
+    for setup in setups:
+        case("tokenize", "a NewTok newtok <lst> b <ent>  c the <mask_2>", setup=setup)
+        case("encode", "a NewTok <lst> b <ent> c", setup=setup)
+        case("__len__", setup=setup)
+    # loading: the folder, a saved copy, and files that are not what they should be
+    case("encode", texts[0], init={"from_pretrained": folder})
+    case("save_pretrained", str(save_dir), init={"from_pretrained": folder, "model_max_length": 64})
+    case("__call__", texts[:6], init={"from_pretrained": str(save_dir)}, truncation=True, padding=True)
+    cases.append({"init": {"from_pretrained": str(save_dir)}, "attr": "model_max_length"})
+    for bad in (str(assets / "mpnet" / "vocab.txt"), str(save_dir / "missing.model")):
+        cases.append({"init": {"vocab_file": bad}, "attr": "vocab_size"})
+    return cases
+
+
+def fast_spec(assets: Path, vocab: str, spm_vocab: str, save_root: Path, side: str) -> dict:
+    texts = corpus_texts(assets)
+    tokenizers = {
+        "v": {"cls": "PegasusTokenizerFast", "args": [vocab]},
+        "spm": {"cls": "PegasusTokenizerFast", "args": [spm_vocab]},
+        "nomask": {"cls": "PegasusTokenizerFast", "args": [vocab], "kwargs": {"mask_token_sent": None}},
+        "extra": {"cls": "PegasusTokenizerFast", "args": [vocab],
+                  "kwargs": {"additional_special_tokens": ["<ctx>", "<q>"]}},
+        "offset": {"cls": "PegasusTokenizerFast", "args": [vocab], "kwargs": {"offset": 10}},
+        "eos": {"cls": "PegasusTokenizerFast", "args": [vocab], "kwargs": {"eos_token": "<eos>"}},
+        "left": {"cls": "PegasusTokenizerFast", "args": [vocab],
+                 "kwargs": {"padding_side": "left", "truncation_side": "left", "model_max_length": 16}},
+        "added": {"cls": "PegasusTokenizerFast", "args": [vocab],
+                  "add_tokens": [[[added("<lst>", lstrip=True), "NewTok"], False]],
+                  "add_special_tokens": {"additional_special_tokens": ["<ent>"]}},
+        "saver": {"cls": "PegasusTokenizerFast", "args": [vocab], "save": str(save_root / f"{side}-fast")},
+        "saved": {"cls": "PegasusTokenizerFast", "how": "from_pretrained", "args": [str(save_root / f"{side}-fast")]},
+        "saved_slow": {"cls": "PegasusTokenizer", "how": "from_pretrained",
+                       "args": [str(save_root / f"{side}-fast")]},
+    }
+    calls: list[dict] = []
+
+    def call(tok, *args, op="__call__", **kwargs):
+        calls.append({"id": f"{tok}/{op}/{len(calls)}", "tok": tok, "op": op, "args": list(args), "kwargs": kwargs})
+
+    rich = {"return_offsets_mapping": True, "return_special_tokens_mask": True, "return_length": True}
+    call("v", texts, **rich)
+    call("spm", texts[::2], **rich)
+    for text in EDGE_TEXTS:
+        call("v", text, op="tokenize")
+        call("spm", text, op="tokenize")
+        call("v", text, **rich)
+    first, second = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    ids = [0, 1, 2, 3, 4, 57, 102, 103, 104, 105, 106, 250, 251, 600, 999, 1, 0]
+    for tok in ("extra", "offset", "eos", "left", "added", "saved", "saved_slow"):
+        call(tok, texts[::9])
+        call(tok, EDGE_TEXTS)
+    for tok in ("v", "spm", "extra", "offset", "eos", "left", "added", "saved"):
+        call(tok, first, second, padding=True, **rich)
+        call(tok, first + second, padding="max_length", max_length=20, truncation=True)
+        call(tok, first, padding=True, pad_to_multiple_of=8, return_tensors="np")
+        call(tok, first[0], second[0], truncation="only_second", max_length=20, stride=2,
+             return_overflowing_tokens=True)
+        call(tok, [200, 201], [202], op="build_inputs_with_special_tokens")
+        call(tok, [200, 201], op="get_special_tokens_mask")
+        call(tok, [200, 201], [202], op="get_special_tokens_mask")
+        call(tok, [0, 1, 2, 3, 50, 105, 300, 1], op="get_special_tokens_mask", already_has_special_tokens=True)
+        call(tok, ids, op="decode")
+        call(tok, ids, op="decode", skip_special_tokens=True)
+        call(tok, [ids, ids[5:]], op="batch_decode", skip_special_tokens=True)
+        call(tok, ids, op="convert_ids_to_tokens")
+        call(tok, ["<pad>", "</s>", "<unk>", "<mask_1>", "<unk_7>", "▁the", "notapiece"], op="convert_tokens_to_ids")
+        call(tok, op="get_added_vocab")
+    for text in texts[::5] + EDGE_TEXTS:
+        call("v", text, op="encode")  # the round-trip test decodes these ids
+    return {"tokenizers": tokenizers, "calls": calls}
+
+
+@pytest.fixture(scope="module")
+def results(assets, legacy_python, pegasus_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pegasus")
+    vocab = str(pegasus_folder / "spiece.model")
+    spm_vocab = str(assets / "spm" / "test_model.model")
+
+    def spec(side):
+        return {
+            "slow": [
+                {"cls": "PegasusTokenizer", "vocab_file": vocab,
+                 "cases": slow_cases(assets, vocab, str(pegasus_folder), root / f"{side}-slow", full=True)},
+                {"cls": "PegasusTokenizer", "vocab_file": spm_vocab,
+                 "cases": slow_cases(assets, spm_vocab, str(pegasus_folder), root / f"{side}-slow-spm", full=False)},
+            ],
+            "fast": fast_spec(assets, vocab, spm_vocab, root, side),
+        }
+
+    ours_spec = spec("ours")
+    ours = run_ours(ours_spec)
+    reference = run_reference(legacy_python, spec("reference"))
+    # polyformers loading the folder that the reference saved (its tokenizer.json and spiece.model)
+    cross = {
+        "tokenizers": {"saved": {"cls": "PegasusTokenizerFast", "how": "from_pretrained",
+                                 "args": [str(root / "reference-fast")]}},
+        "calls": [call for call in fast_spec(assets, vocab, spm_vocab, root, "reference")["calls"]
+                  if call["tok"] == "saved"],
+    }
+    return {"spec": ours_spec, "ours": ours, "reference": reference, "root": root,
+            "cross": run_ours({"fast": cross})["fast"]}
+
+
+def _strip_paths(value, root: Path):
+    text = json.dumps(value)
+    for side in ("ours", "reference"):
+        text = text.replace(str(root / side), str(root / "<side>"))
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("group", [0, 1], ids=["trained-model", "test_model"])
+def test_slow_matches_reference(results, group):
+    cases = results["spec"]["slow"][group]["cases"]
+    ours = _strip_paths(results["ours"]["slow"][group], results["root"])
+    theirs = _strip_paths(results["reference"]["slow"][group], results["root"])
+    assert len(ours) == len(theirs) == len(cases)
+    failed = [case for case, result in zip(cases, theirs) if "error" in result]
+    # only the two bad vocabulary files fail
+    assert [case["init"].get("vocab_file") for case in failed] == [case["init"].get("vocab_file") for case in
+                                                                    cases[-2:]]
+    assert_same(cases, ours, theirs)
+
+
+def test_fast_matches_reference(results):
+    ours, theirs = results["ours"]["fast"], results["reference"]["fast"]
+    for name, state in theirs["tokenizers"].items():
+        mine = dict(ours["tokenizers"][name])
+        if "__error__" in state:
+            # without a sentence mask, 4.37 hands its own filler list back to the slow tokenizer it
+            # converts, which refuses it as a repeated <unk_101>; ours fails alike (with its own message)
+            assert name == "nomask" and mine["__error__"] == state["__error__"] == "ValueError"
+            continue
+        if name == "spm":
+            # test_model.model's own "</s>" piece duplicates the eos token; tokenizers 0.15 (the reference's)
+            # counts that content once in the vocabulary size with added tokens, current tokenizers twice
+            assert mine.pop("len") == state["len"] + 1
+            state = {key: value for key, value in state.items() if key != "len"}
+        assert mine == state, name
+    assert set(ours["calls"]) == set(theirs["calls"])
+    differing = [key for key in theirs["calls"] if ours["calls"][key] != theirs["calls"][key]]
+    assert not differing, (
+        f"{len(differing)} calls differ, e.g. {differing[:5]}:\n ours {json.dumps(ours['calls'][differing[0]])[:600]}"
+        f"\n ref  {json.dumps(theirs['calls'][differing[0]])[:600]}"
+    )
+    # 4.37's fast Pegasus tokenizer refuses a special-tokens mask unless the special tokens hold exactly
+    # the first ids, which extra or added special tokens break, and so does test_model.model's own
+    # "</s>" piece, which takes the eos token's id
+    failed = {key for key, value in theirs["calls"].items() if isinstance(value, dict) and "__error__" in value}
+    assert failed == {
+        call["id"] for call in results["spec"]["fast"]["calls"]
+        if call["op"] == "get_special_tokens_mask" and call["tok"] in ("spm", "extra", "added")
+    }
+
+
+def test_fast_loads_reference_saved_folder(results):
+    ours, theirs = results["cross"], results["reference"]["fast"]
+    assert ours["tokenizers"]["saved"] == theirs["tokenizers"]["saved"]
+    assert ours["calls"] and all(ours["calls"][key] == theirs["calls"][key] for key in ours["calls"])
+
+
+def test_round_trip(results, pegasus_folder):
+    """decode(encode(text)) is the text as SentencePiece normalises it; re-encoding it changes nothing."""
+    from polyformers import PegasusTokenizer, PegasusTokenizerFast
+
+    slow = PegasusTokenizer(str(pegasus_folder / "spiece.model"))
+    fast = PegasusTokenizerFast(str(pegasus_folder / "spiece.model"))
+    encoded = {k: v for k, v in results["reference"]["fast"]["calls"].items() if "/encode/" in k}
+    assert len(encoded) > 50
+    for call in results["spec"]["fast"]["calls"]:
+        if call["id"] not in encoded:
+            continue
+        text = call["args"][0]
+        ids = encoded[call["id"]]
+        assert fast.encode(text) == ids
+        # without the clean-up of spaces before punctuation, which is no part of SentencePiece
+        back = fast.decode(ids, clean_up_tokenization_spaces=False)
+        if slow.unk_token_id not in ids:
+            assert fast.encode(back, add_special_tokens=False) == ids, (text, back)
+            slow_ids = slow.encode(text)
+            slow_back = slow.decode(slow_ids, clean_up_tokenization_spaces=False)
+            assert slow.encode(slow_back, add_special_tokens=False) == slow_ids, (text, slow_back)
+    # the reference's slow round trips (decode cases) are compared in test_slow_matches_reference
+    decodes = [case for case in results["spec"]["slow"][0]["cases"] if case.get("call") == "decode"]
+    assert len(decodes) > 100
+
+
+def test_training_is_deterministic(assets, pegasus_folder):
+    assert train_pegasus_like_model(assets / "corpora") == (pegasus_folder / "spiece.model").read_bytes()
+
+
+def test_offset_layout(pegasus_folder):
+    from polyformers import PegasusTokenizer, PegasusTokenizerFast
+
+    for cls in (PegasusTokenizer, PegasusTokenizerFast):
+        tok = cls(str(pegasus_folder / "spiece.model"))
+        assert [tok.pad_token_id, tok.eos_token_id, tok.convert_tokens_to_ids("<mask_1>"), tok.mask_token_id] == [
+            0, 1, 2, 3]
+        assert tok.convert_ids_to_tokens([4, 104, 105]) == ["<unk_2>", "<unk_102>", "<unk>"]
+        assert tok.vocab_size == 4000 + 103 and tok.unk_token_id == 105
+        assert tok("a b")["input_ids"][-1] == 1 and "token_type_ids" not in tok("a b")
+
+
+def test_pickle_keeps_the_model(pegasus_folder, tmp_path):
+    from polyformers import PegasusTokenizer
+
+    path = tmp_path / "spiece.model"
+    shutil.copyfile(pegasus_folder / "spiece.model", path)
+    tok = PegasusTokenizer(str(path))
+    blob = pickle.dumps(tok)
+    path.unlink()  # the copy must not need the file any more
+    again = pickle.loads(blob)
+    text = "The pickled tokenizer keeps its SentencePiece model."
+    assert again(text) == tok(text)
+
+
+def test_not_a_sentencepiece_model(assets, tmp_path):
+    from polyformers import PegasusTokenizer, PegasusTokenizerFast
+    from polyformers.tokenizers.sentencepiece import read_sentencepiece_model
+
+    vocab = str(assets / "mpnet" / "vocab.txt")
+    for build in (PegasusTokenizer, PegasusTokenizerFast, read_sentencepiece_model):
+        with pytest.raises(ValueError) as info:
+            build(vocab)
+        assert "vocab_file" in str(info.value) and vocab in str(info.value) and "SentencePiece" in str(info.value)
+    missing = str(tmp_path / "nope.model")
+    with pytest.raises(ValueError, match="vocab_file.*nope.model"):
+        PegasusTokenizer(missing)
+    with pytest.raises(ValueError, match="offset"):
+        PegasusTokenizer(str(assets / "spm" / "test_model.model"), offset=-1)
+    with pytest.raises(TypeError, match="additional_special_tokens"):
+        PegasusTokenizer(str(assets / "spm" / "test_model.model"), additional_special_tokens="<x>")
