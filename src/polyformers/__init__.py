@@ -112,7 +112,29 @@ _export(
     "TFRobertaForTokenClassification",
     "TFRobertaForQuestionAnswering",
 )
+_export(
+    ".keras.models.mpnet",
+    "TFMPNetPreTrainedModel",
+    "TFMPNetModel",
+    "TFMPNetForMaskedLM",
+    "TFMPNetForSequenceClassification",
+    "TFMPNetForMultipleChoice",
+    "TFMPNetForTokenClassification",
+    "TFMPNetForQuestionAnswering",
+)
+_export(
+    ".keras.models.electra",
+    "TFElectraPreTrainedModel",
+    "TFElectraModel",
+    "TFElectraForPreTraining",
+    "TFElectraForMaskedLM",
+    "TFElectraForSequenceClassification",
+    "TFElectraForMultipleChoice",
+    "TFElectraForTokenClassification",
+    "TFElectraForQuestionAnswering",
+)
 _export(".generation_config", "GenerationConfig")
+_export(".pipelines", "pipeline", "Pipeline", "PipelineError")
 _export(
     ".pt.generation",
     "GenerationMixin",
@@ -167,6 +189,28 @@ _export(
     "PegasusModel",
     "PegasusForConditionalGeneration",
     "PegasusForCausalLM",
+)
+
+_export(".flax.modeling", "FlaxPreTrainedModel")
+_export(
+    ".flax.models.pegasus",
+    "FlaxPegasusPreTrainedModel",
+    "FlaxPegasusModel",
+    "FlaxPegasusForConditionalGeneration",
+)
+_export(
+    ".flax.generation",
+    "FlaxGenerationMixin",
+    "FlaxLogitsProcessor",
+    "FlaxLogitsWarper",
+    "FlaxLogitsProcessorList",
+    "FlaxTemperatureLogitsWarper",
+    "FlaxTopKLogitsWarper",
+    "FlaxTopPLogitsWarper",
+    "FlaxMinLengthLogitsProcessor",
+    "FlaxForcedBOSTokenLogitsProcessor",
+    "FlaxForcedEOSTokenLogitsProcessor",
+    "FlaxSuppressTokensLogitsProcessor",
 )
 
 __all__ = sorted(_EXPORTS)

@@ -175,6 +175,7 @@ _OUTPUTS = {
 _TF_OUTPUTS = {
     "TFBaseModelOutput": _OUTPUTS["BaseModelOutput"],
     "TFBaseModelOutputWithPastAndCrossAttentions": _OUTPUTS["BaseModelOutputWithPastAndCrossAttentions"],
+    "TFBaseModelOutputWithPooling": _OUTPUTS["BaseModelOutputWithPooling"],
     "TFBaseModelOutputWithPoolingAndCrossAttentions": (
         f"last_hidden_state pooler_output past_key_values {_H} cross_attentions",
         "Encoder output with pooling, cache and cross-attention weights.",
@@ -202,6 +203,10 @@ _FLAX_OUTPUTS = {
         "encoder_last_hidden_state encoder_hidden_states encoder_attentions",
         "Encoder-decoder language modelling logits.",
     ),
+    # Flax generate: fixed-length sequences (max_length), padded after the end of each.
+    "FlaxGreedySearchOutput": ("sequences", "Greedy decoding: the generated sequences."),
+    "FlaxSampleOutput": ("sequences", "Sampling: the generated sequences."),
+    "FlaxBeamSearchOutput": ("sequences scores", "Beam search: the best sequences and their scores."),
 }
 
 for _table in (_OUTPUTS, _TF_OUTPUTS, _FLAX_OUTPUTS):

@@ -120,8 +120,8 @@ def check_shape(name: str, x, expected: tuple) -> None:
         return
     shape = tuple(x.shape)
     if len(shape) != len(expected) or any(e is not None and s is not None and s != e for s, e in zip(shape, expected)):
-        shown = tuple("any" if e is None else e for e in expected)
-        raise ValueError(f"{name} has shape {shape}, expected {shown}")
+        shown = ", ".join("any" if e is None else str(e) for e in expected)
+        raise ValueError(f"{name} has shape {shape}, expected ({shown}{',' if len(expected) == 1 else ''})")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,7 +187,8 @@ def merge_heads(x):
 
 def attend(query, key, value, bias=None, *, dropout=None, head_mask=None, training=False):
     """Scaled dot-product attention over (batch, heads, seq, dim); ``bias`` is added to the scaled
-    scores, ``dropout`` (a Dropout layer) applies to the probabilities. Returns (context, probabilities)."""
+    scores, ``dropout`` (a Dropout layer) applies to the probabilities. Returns (context, weights): the
+    probabilities after dropout and head mask, which the reference returns as attentions."""
     scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * (1.0 / math.sqrt(query.shape[-1]))
     if bias is not None:
         scores = scores + ops.cast(bias, scores.dtype)
@@ -195,7 +196,7 @@ def attend(query, key, value, bias=None, *, dropout=None, head_mask=None, traini
     weights = dropout(probs, training=training) if dropout is not None else probs
     if head_mask is not None:
         weights = weights * head_mask
-    return ops.matmul(weights, value), probs
+    return ops.matmul(weights, value), weights
 
 
 class BertSelfAttention(Block):
@@ -407,6 +408,37 @@ class BertPooler(Block):
 
     def call(self, hidden_states):
         return self.dense(hidden_states[:, 0])
+
+
+class SequenceSummary(Block):
+    """Pools a sequence into one vector (first/last/mean token, then an optional projection, activation
+    and dropouts), configured by a config's ``summary_*`` fields."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.summary_type = getattr(config, "summary_type", "last")
+        if self.summary_type not in ("first", "last", "mean"):
+            raise ValueError(f"summary_type must be 'first', 'last' or 'mean', got {self.summary_type!r}")
+        self.summary_ = None
+        if getattr(config, "summary_use_proj", False):
+            to_labels = getattr(config, "summary_proj_to_labels", False) and config.num_labels > 0
+            self.summary_ = dense(config.num_labels if to_labels else config.hidden_size, config)
+        name = getattr(config, "summary_activation", None)
+        self.activation = get_activation(name) if name else (lambda x: x)
+        self.first_dropout = keras.layers.Dropout(getattr(config, "summary_first_dropout", 0) or 0)
+        self.last_dropout = keras.layers.Dropout(getattr(config, "summary_last_dropout", 0) or 0)
+
+    def call(self, hidden_states, training=False):
+        if self.summary_type == "first":
+            output = hidden_states[:, 0]
+        elif self.summary_type == "last":
+            output = hidden_states[:, -1]
+        else:
+            output = ops.mean(hidden_states, axis=1)
+        output = self.first_dropout(output, training=training)
+        if self.summary_ is not None:
+            output = self.summary_(output)
+        return self.last_dropout(self.activation(output), training=training)
 
 
 def prepare_encoder_inputs(config, input_ids, inputs_embeds, embedding_size, attention_mask, head_mask,

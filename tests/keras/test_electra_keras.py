@@ -1,0 +1,312 @@
+"""TF ELECTRA (Keras 3) against polyformers' PyTorch ELECTRA and the reference's own 4.37 TF classes.
+
+One module-scoped fixture does the slow work once: perturbed PyTorch checkpoints (embeddings narrower
+than the encoder, so the projection is exercised), the Keras models loaded from them, and one run of the
+4.37 environment (its TF classes on the same folders with ``from_pt=True``, a ``tf_model.h5`` it writes,
+its PyTorch class on a folder saved by our Keras model).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import polyformers as P
+
+from .test_roberta_keras import ATOL, _assert_close, _flatten, _legacy_outputs, _run, _run_legacy
+
+PAD = 0
+TINY = dict(
+    vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    intermediate_size=37, max_position_embeddings=40, type_vocab_size=2, pad_token_id=PAD,
+)
+CROSS = dict(TINY, is_decoder=True, add_cross_attention=True)
+B, S = 4, 9
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.RandomState(1)
+    ids = rng.randint(5, TINY["vocab_size"], (B, S))
+    ids[:, 0] = 2
+    mask = np.ones((B, S), dtype=np.int64)
+    mask[1, 6:] = 0
+    mask[2, :3] = 0
+    ids[mask == 0] = PAD
+    right = mask.copy()
+    right[2] = 1
+    right[2, 7:] = 0  # decoders: right padding only, so that no query row is fully masked
+    types = np.zeros((B, S), dtype=np.int64)
+    types[:, 5:] = 1
+    mlm = np.full((B, S), -100)
+    mlm[:, 2] = ids[:, 2]
+    mlm[0, 4] = 7
+    head_mask = np.ones((2, 4), dtype=np.float32)
+    head_mask[0, 1], head_mask[1, 3] = 0.0, 0.5
+    return dict(
+        ids=ids, mask=mask, types=types, mlm=mlm, head_mask=head_mask,
+        embeds=rng.randn(B, S, TINY["embedding_size"]).astype(np.float32),
+        positions=rng.randint(0, TINY["max_position_embeddings"], (B, S)),
+        dec_mask=right, step=rng.randint(5, TINY["vocab_size"], (B, 1)),
+        step_mask=np.concatenate([right, np.ones((B, 1), dtype=np.int64)], 1),
+        enc=rng.randn(B, 5, TINY["hidden_size"]).astype(np.float32),
+        enc_mask=np.array([[1, 1, 1, 0, 0]] + [[1] * 5] * 3),
+        replaced=rng.randint(0, 2, (B, S)), seq3=rng.randint(0, 3, (B,)), reg=rng.randn(B).astype(np.float32),
+        tok=np.where(mask == 1, rng.randint(0, 5, (B, S)), -100),
+        start=np.array([1, 8, 2, 0]), end=np.array([3, 8, 5, 0]),
+        mc_ids=np.stack([ids[:2], ids[2:]]), mc_mask=np.stack([mask[:2], mask[2:]]),
+        mc_types=np.stack([types[:2], types[2:]]), mc_labels=np.array([0, 1]),
+    )
+
+
+BASE = {"input_ids": "@ids", "attention_mask": "@mask", "token_type_ids": "@types"}
+EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
+ENC = {"encoder_hidden_states": "@enc", "encoder_attention_mask": "@enc_mask"}
+
+ALL = 99
+# name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
+# head_mask, relative positions, untied LM head or pre-training labels)
+CASES = {
+    "model": ("ElectraModel", TINY, [
+        BASE, EVERY, dict(BASE, position_ids="@positions"),
+        {"inputs_embeds": "@embeds", "attention_mask": "@mask", "output_hidden_states": True},
+        dict(EVERY, return_dict=False),
+    ], ALL),
+    "model_extras": ("ElectraModel", dict(TINY, position_embedding_type="relative_key_query"),
+                     [EVERY, dict(EVERY, head_mask="@head_mask")], 0),
+    # The cache is asked for explicitly: the PyTorch class ignores config.use_cache, the TF ones do not.
+    "decoder": ("ElectraModel", CROSS, [
+        dict(ENC, input_ids="@ids", attention_mask="@dec_mask", use_cache=True, output_attentions=True,
+             output_hidden_states=True),
+        dict(ENC, input_ids="@step", attention_mask="@step_mask", past_key_values="#0.past_key_values",
+             use_cache=True, output_attentions=True),
+    ], ALL),
+    "pretraining": ("ElectraForPreTraining", TINY, [
+        EVERY, dict(BASE, return_dict=False), dict(BASE, labels="@replaced"), {"input_ids": "@ids", "labels": "@replaced"},
+    ], 2),
+    "masked_lm": ("ElectraForMaskedLM", TINY, [
+        dict(EVERY, labels="@mlm"), dict(BASE, labels="@mlm", return_dict=False),
+        {"inputs_embeds": "@embeds", "attention_mask": "@mask"},
+    ], ALL),
+    "masked_lm_untied": ("ElectraForMaskedLM", dict(TINY, tie_word_embeddings=False), [dict(BASE, labels="@mlm")], 0),
+    "seq": ("ElectraForSequenceClassification", dict(TINY, num_labels=3), [dict(EVERY, labels="@seq3")], ALL),
+    "seq_regression": ("ElectraForSequenceClassification", dict(TINY, num_labels=1), [dict(BASE, labels="@reg")], ALL),
+    "token": ("ElectraForTokenClassification", dict(TINY, num_labels=5), [dict(EVERY, labels="@tok")], ALL),
+    "qa": ("ElectraForQuestionAnswering", TINY, [dict(EVERY, start_positions="@start", end_positions="@end")], ALL),
+    "choice": ("ElectraForMultipleChoice", TINY, [
+        {"input_ids": "@mc_ids", "attention_mask": "@mc_mask", "token_type_ids": "@mc_types", "labels": "@mc_labels",
+         "output_attentions": True, "output_hidden_states": True},
+    ], ALL),
+}
+
+
+def _perturbed_pt(cls_name: str, config: dict, folder, seed: int):
+    torch.manual_seed(seed)
+    model = getattr(P, cls_name)(P.ElectraConfig(**config))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    model.eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, legacy_python):
+    root = tmp_path_factory.mktemp("tf_electra")
+    arrays = _arrays()
+    np.savez(root / "inputs.npz", **arrays)
+    pt_models, tf_models, runs = {}, {}, []
+    for seed, (name, (cls_name, config, calls, legacy)) in enumerate(CASES.items()):
+        pt_models[name] = _perturbed_pt(cls_name, config, root / name, seed)
+        tf_models[name] = getattr(P, "TF" + cls_name).from_pretrained(root / name)
+        if legacy:
+            runs.append({"name": name, "cls": "TF" + cls_name, "folder": str(root / name), "from_pt": True,
+                         "calls": calls[:legacy]})
+    tf_models["masked_lm"].save_pretrained(root / "ours_masked_lm")
+    runs.append({"name": "pt_reads_ours", "cls": "ElectraForMaskedLM", "folder": str(root / "ours_masked_lm"),
+                 "calls": CASES["masked_lm"][2][:2]})
+    runs[[r["name"] for r in runs].index("masked_lm")]["save_h5"] = str(root / "h5_masked_lm")
+    runs.append({"name": "bert", "cls": "TFBertModel", "calls": [], "save_h5": str(root / "h5_bert"),
+                 "config": {k: TINY[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                 "num_attention_heads", "intermediate_size")}})
+    kinds = _run_legacy(legacy_python, {"inputs": str(root / "inputs.npz"), "out": str(root / "out.npz"),
+                                        "runs": runs})
+    legacy = dict(np.load(root / "out.npz"))
+    return dict(root=root, arrays=arrays, pt=pt_models, tf=tf_models, legacy=legacy, legacy_kinds=kinds)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_polyformers_pytorch(world, name):
+    cls_name, _, calls, _ = CASES[name]
+    tf_model = world["tf"][name]
+    assert type(tf_model).__name__ == "TF" + cls_name
+    expected, pt_kinds = _run(world["pt"][name], calls, world["arrays"], torch.as_tensor)
+    actual, tf_kinds = _run(tf_model, calls, world["arrays"])
+    assert [sorted(k) for k in tf_kinds] == [sorted(k) for k in pt_kinds]
+    _assert_close(expected, actual, name, reduce_loss=True)
+
+
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[3]])
+def test_matches_reference_tf_classes(world, name):
+    """The 4.37 TF class, loading the same PyTorch folder with from_pt=True: same fields in the same
+    order, same values, same loss shapes."""
+    actual, kinds = _run(world["tf"][name], CASES[name][2][:CASES[name][3]], world["arrays"])
+    assert kinds == world["legacy_kinds"][name]
+    _assert_close(_legacy_outputs(world, name), actual, f"{name} vs the 4.37 TF class")
+
+
+def test_pretraining_loss_has_the_documented_shape(world):
+    """(1,), the mean binary cross-entropy over the tokens the attention mask keeps."""
+    a = world["arrays"]
+    out = world["tf"]["pretraining"](a["ids"], attention_mask=a["mask"], labels=a["replaced"])
+    assert list(out.keys()) == ["loss", "logits"] and tuple(out.loss.shape) == (1,)
+    logits, labels, keep = np.asarray(out.logits, np.float64), a["replaced"], a["mask"] == 1
+    bce = np.logaddexp(0, logits) - labels * logits
+    np.testing.assert_allclose(np.asarray(out.loss)[0], bce[keep].mean(), atol=ATOL)
+
+
+def test_reference_pytorch_loads_our_save(world):
+    calls = CASES["masked_lm"][2][:2]
+    ours, _ = _run(world["tf"]["masked_lm"], calls, world["arrays"])
+    _assert_close(_legacy_outputs(world, "pt_reads_ours"), ours, "4.37 ElectraForMaskedLM on our Keras save",
+                  reduce_loss=True)
+    again = P.ElectraForMaskedLM.from_pretrained(world["root"] / "ours_masked_lm")
+    mine, _ = _run(again, calls, world["arrays"], torch.as_tensor)
+    _assert_close(mine, ours, "our ElectraForMaskedLM on our Keras save", reduce_loss=True)
+
+
+def test_loads_reference_h5(world):
+    folder = world["root"] / "h5_masked_lm"
+    assert (folder / "tf_model.h5").exists() and not (folder / "model.safetensors").exists()
+    model, info = P.TFElectraForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    calls = CASES["masked_lm"][2]
+    expected, _ = _run(world["tf"]["masked_lm"], calls, world["arrays"])
+    actual, _ = _run(model, calls, world["arrays"])
+    _assert_close(expected, actual, "loaded from the reference's tf_model.h5")
+    bare = P.TFElectraModel.from_pretrained(folder)  # the generator's h5 into the bare model
+    np.testing.assert_allclose(bare(world["arrays"]["ids"]).last_hidden_state,
+                               world["tf"]["masked_lm"].electra(world["arrays"]["ids"]).last_hidden_state, atol=ATOL)
+
+
+def test_h5_of_another_architecture_is_refused(world):
+    with pytest.raises(OSError, match="belong to TFElectraModel"):
+        P.TFElectraModel.from_pretrained(world["root"] / "h5_bert", config=P.ElectraConfig(**TINY))
+
+
+def test_input_formats_agree(world):
+    model, a = world["tf"]["token"], world["arrays"]
+    keywords = model(input_ids=a["ids"], attention_mask=a["mask"], token_type_ids=a["types"], labels=a["tok"])
+    as_list = model([a["ids"], a["mask"], a["types"]], labels=a["tok"])
+    as_dict = model({"input_ids": a["ids"], "attention_mask": a["mask"], "token_type_ids": a["types"],
+                     "labels": a["tok"]})
+    positional = model(a["ids"], a["mask"], a["types"], labels=a["tok"])
+    int32 = model(a["ids"].astype(np.int32), attention_mask=a["mask"].astype(np.int32),
+                  token_type_ids=a["types"].astype(np.int32), labels=a["tok"].astype(np.int32))
+    for other in (as_list, as_dict, positional, int32):
+        assert list(other.keys()) == ["loss", "logits"]
+        np.testing.assert_array_equal(other.logits, keywords.logits)
+        np.testing.assert_array_equal(other.loss, keywords.loss)
+
+
+def test_bad_inputs_name_the_problem(world):
+    model, a = world["tf"]["pretraining"], world["arrays"]
+    with pytest.raises(ValueError, match="list of 11 inputs, expected at most 10"):
+        model([a["ids"]] * 11)
+    with pytest.raises(ValueError, match=r"unknown input name\(s\) \['encoder_hidden_states'\]"):
+        model({"input_ids": a["ids"], "encoder_hidden_states": a["enc"]})
+    with pytest.raises(TypeError, match="input_ids must hold integer ids"):
+        model(a["ids"].astype(np.float32))
+    with pytest.raises(IndexError, match="token_type_ids holds id 2, outside"):
+        model(a["ids"], token_type_ids=a["types"] * 2)
+    with pytest.raises(ValueError, match="the input needs 41 positions"):
+        model(np.full((1, 41), 5))
+    with pytest.raises(ValueError, match=r"inputs_embeds has shape \(4, 9, 32\), expected \(any, any, 16\)"):
+        model(inputs_embeds=np.zeros((B, S, 32), np.float32))
+
+
+def test_training_switches_dropout(world):
+    model = P.TFElectraForPreTraining(P.ElectraConfig(**dict(TINY, hidden_dropout_prob=0.3,
+                                                            attention_probs_dropout_prob=0.3)))
+    ids = world["arrays"]["ids"]
+    first, second = model(ids).logits, model(ids, training=False).logits
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(np.asarray(model(ids, training=True).logits) - np.asarray(first)).max() > 1e-3
+
+
+def test_decoder_steps_equal_the_full_pass(world):
+    model, a = world["tf"]["decoder"], world["arrays"]
+    enc = {"encoder_hidden_states": a["enc"], "encoder_attention_mask": a["enc_mask"]}
+    ids = np.where(a["ids"] == PAD, 5, a["ids"])
+    full = model(ids, **enc)
+    assert len(full.past_key_values) == 2  # config.use_cache decides, as in the reference's TF class
+    past, states = None, []
+    for start, stop in ((0, 4), (4, 5), (5, 9)):
+        step = model(ids[:, start:stop], past_key_values=past, **enc)
+        past = step.past_key_values
+        assert len(past[0]) == 4 and past[0][0].shape[2] == stop
+        states.append(np.asarray(step.last_hidden_state))
+    np.testing.assert_allclose(np.concatenate(states, 1), full.last_hidden_state, atol=ATOL)
+
+
+def test_jit_compiled_forward_equals_eager(world):
+    import tensorflow as tf
+
+    model, a = world["tf"]["choice"], world["arrays"]
+
+    @tf.function(jit_compile=True)
+    def forward(ids, mask):
+        return model(ids, attention_mask=mask, output_attentions=True)
+
+    eager = model(a["mc_ids"], attention_mask=a["mc_mask"], output_attentions=True)
+    compiled = forward(tf.constant(a["mc_ids"]), tf.constant(a["mc_mask"]))
+    expected, got = {}, {}
+    for key in eager.keys():
+        _flatten(eager[key], key, expected)
+        _flatten(compiled[key], key, got)
+    _assert_close(expected, got, "jit")
+
+
+def test_fit_trains_the_discriminator_with_labels_in_the_inputs(world):
+    import keras
+    import tensorflow as tf
+
+    a = world["arrays"]
+    model = P.TFElectraForPreTraining.from_pretrained(world["root"] / "pretraining")
+    assert isinstance(model, tf.keras.Model)
+    model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    data = {"input_ids": a["ids"], "attention_mask": a["mask"], "labels": a["replaced"]}
+    losses = model.fit(data, batch_size=B, epochs=8, verbose=0).history["loss"]
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+def test_spec_example_pretraining_output(world, assets, tmp_path):
+    """The reference's discriminator examples, unchanged but for the import and a local folder."""
+    folder = tmp_path / "electra-small-discriminator"
+    config = P.ElectraConfig(**dict(TINY, vocab_size=30522))
+    P.TFElectraForPreTraining(config).save_pretrained(folder)
+    shutil.copy(assets / "minilm" / "vocab.txt", folder / "vocab.txt")
+
+    import tensorflow as tf
+    from polyformers import AutoTokenizer, TFElectraForPreTraining
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = TFElectraForPreTraining.from_pretrained(str(folder))
+    input_ids = tf.constant(tokenizer.encode("Hello, my dog is cute"))[None, :]  # Batch size 1
+    outputs = model(input_ids)
+    scores = outputs[0]
+    assert tuple(scores.shape) == (1, 8)
+
+    discriminator = TFElectraForPreTraining.from_pretrained(str(folder))
+    sentence = "The quick brown fox jumps over the lazy dog"
+    fake_sentence = "The quick brown fox fake over the lazy dog"
+    fake_tokens = tokenizer.tokenize(fake_sentence, add_special_tokens=True)
+    fake_inputs = tokenizer.encode(fake_sentence, return_tensors="tf")
+    discriminator_outputs = discriminator(fake_inputs)
+    predictions = tf.round((tf.sign(discriminator_outputs[0]) + 1) / 2)
+    assert sentence and len(fake_tokens) == predictions.shape[1] == 11
+    assert set(np.unique(predictions.numpy())) <= {0.0, 1.0}
+    assert type(discriminator_outputs).__name__ == "TFElectraForPreTrainingOutput"

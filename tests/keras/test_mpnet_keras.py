@@ -1,0 +1,318 @@
+"""TF MPNet (Keras 3) against polyformers' PyTorch MPNet and the reference's own 4.37 TF classes.
+
+One module-scoped fixture does the slow work once: perturbed PyTorch checkpoints, the Keras models
+loaded from them, and one run of the 4.37 environment (its TF classes on the same folders with
+``from_pt=True``, a ``tf_model.h5`` it writes, its PyTorch class on a folder saved by our Keras model).
+Inputs hold real padding (MPNet numbers positions after it) and one sequence long enough to reach the
+logarithmic relative-position buckets.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import polyformers as P
+
+from .test_roberta_keras import ATOL, _assert_close, _flatten, _legacy_outputs, _run, _run_legacy
+
+PAD = 1
+TINY = dict(
+    vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+    max_position_embeddings=40, relative_attention_num_buckets=32, pad_token_id=PAD,
+)
+B, S = 4, 9
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.RandomState(2)
+    ids = rng.randint(3, TINY["vocab_size"], (B, S))
+    ids[:, 0] = 0
+    mask = np.ones((B, S), dtype=np.int64)
+    mask[1, 6:] = 0  # right padding
+    mask[2, :3] = 0  # left padding: real tokens still start at position PAD + 1
+    ids[mask == 0] = PAD
+    ids[3, 4] = PAD  # a pad id the mask keeps
+    long_ids = rng.randint(3, TINY["vocab_size"], (2, 36))
+    long_mask = np.ones((2, 36), dtype=np.int64)
+    long_mask[1, 20:] = 0
+    long_ids[long_mask == 0] = PAD
+    mlm = np.full((B, S), -100)
+    mlm[:, 2] = ids[:, 2]
+    mlm[0, 4] = 7
+    head_mask = np.ones((2, 4), dtype=np.float32)
+    head_mask[0, 1], head_mask[1, 3] = 0.0, 0.5
+    return dict(
+        ids=ids, mask=mask, mlm=mlm, head_mask=head_mask, long_ids=long_ids, long_mask=long_mask,
+        embeds=rng.randn(B, S, TINY["hidden_size"]).astype(np.float32),
+        positions=rng.randint(0, TINY["max_position_embeddings"], (B, S)),
+        seq3=rng.randint(0, 3, (B,)), reg=rng.randn(B).astype(np.float32),
+        tok=np.where(mask == 1, rng.randint(0, 5, (B, S)), -100),
+        start=np.array([1, 8, 2, 0]), end=np.array([3, 8, 5, 0]),
+        mc_ids=np.stack([ids[:2], ids[2:]]), mc_mask=np.stack([mask[:2], mask[2:]]), mc_labels=np.array([0, 1]),
+    )
+
+
+BASE = {"input_ids": "@ids", "attention_mask": "@mask"}
+EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
+
+ALL = 99
+# name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
+# head_mask)
+CASES = {
+    "model": ("MPNetModel", TINY, [
+        BASE, EVERY, {"input_ids": "@long_ids", "attention_mask": "@long_mask", "output_attentions": True},
+        dict(BASE, position_ids="@positions"),
+        {"inputs_embeds": "@embeds", "attention_mask": "@mask", "output_hidden_states": True},
+        dict(EVERY, return_dict=False),
+    ], ALL),
+    "model_head_mask": ("MPNetModel", TINY, [dict(EVERY, head_mask="@head_mask")], 0),
+    "masked_lm": ("MPNetForMaskedLM", TINY, [
+        dict(EVERY, labels="@mlm"), dict(BASE, labels="@mlm", return_dict=False),
+        {"inputs_embeds": "@embeds", "attention_mask": "@mask"},
+    ], ALL),
+    "seq": ("MPNetForSequenceClassification", dict(TINY, num_labels=3), [dict(EVERY, labels="@seq3")], ALL),
+    "seq_regression": ("MPNetForSequenceClassification", dict(TINY, num_labels=1), [dict(BASE, labels="@reg")], ALL),
+    # With return_dict=False the 4.37 TF class also returns the output of a pooler that its PyTorch
+    # counterpart lacks (so, loaded from PyTorch, random): only the first call is compared with it.
+    "token": ("MPNetForTokenClassification", dict(TINY, num_labels=5), [
+        dict(EVERY, labels="@tok"), dict(BASE, labels="@tok", return_dict=False),
+    ], 1),
+    "qa": ("MPNetForQuestionAnswering", TINY, [
+        dict(EVERY, start_positions="@start", end_positions="@end"), dict(BASE, return_dict=False),
+    ], ALL),
+    "choice": ("MPNetForMultipleChoice", TINY, [
+        {"input_ids": "@mc_ids", "attention_mask": "@mc_mask", "labels": "@mc_labels", "output_attentions": True,
+         "output_hidden_states": True},
+    ], ALL),
+}
+
+
+def _perturbed_pt(cls_name: str, config: dict, folder, seed: int):
+    torch.manual_seed(seed)
+    model = getattr(P, cls_name)(P.MPNetConfig(**config))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    model.eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, legacy_python):
+    root = tmp_path_factory.mktemp("tf_mpnet")
+    arrays = _arrays()
+    np.savez(root / "inputs.npz", **arrays)
+    pt_models, tf_models, runs = {}, {}, []
+    for seed, (name, (cls_name, config, calls, legacy)) in enumerate(CASES.items()):
+        pt_models[name] = _perturbed_pt(cls_name, config, root / name, seed)
+        tf_models[name] = getattr(P, "TF" + cls_name).from_pretrained(root / name)
+        if legacy:
+            runs.append({"name": name, "cls": "TF" + cls_name, "folder": str(root / name), "from_pt": True,
+                         "calls": calls[:legacy]})
+    tf_models["token"].save_pretrained(root / "ours_token")
+    runs.append({"name": "pt_reads_ours", "cls": "MPNetForTokenClassification", "folder": str(root / "ours_token"),
+                 "calls": CASES["token"][2]})
+    # The reference's TF heads carry a pooler of their own: its h5 holds weights our heads do not use.
+    runs[[r["name"] for r in runs].index("masked_lm")]["save_h5"] = str(root / "h5_masked_lm")
+    runs.append({"name": "bert", "cls": "TFBertModel", "calls": [], "save_h5": str(root / "h5_bert"),
+                 "config": {k: TINY[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                 "num_attention_heads", "intermediate_size")}})
+    kinds = _run_legacy(legacy_python, {"inputs": str(root / "inputs.npz"), "out": str(root / "out.npz"),
+                                        "runs": runs})
+    legacy = dict(np.load(root / "out.npz"))
+    return dict(root=root, arrays=arrays, pt=pt_models, tf=tf_models, legacy=legacy, legacy_kinds=kinds)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_polyformers_pytorch(world, name):
+    cls_name, _, calls, _ = CASES[name]
+    tf_model = world["tf"][name]
+    assert type(tf_model).__name__ == "TF" + cls_name
+    expected, pt_kinds = _run(world["pt"][name], calls, world["arrays"], torch.as_tensor)
+    actual, tf_kinds = _run(tf_model, calls, world["arrays"])
+    assert [sorted(k) for k in tf_kinds] == [sorted(k) for k in pt_kinds]
+    _assert_close(expected, actual, name, reduce_loss=True)
+
+
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[3]])
+def test_matches_reference_tf_classes(world, name):
+    """The 4.37 TF class, loading the same PyTorch folder with from_pt=True: same fields in the same
+    order, same values, same loss shapes."""
+    actual, kinds = _run(world["tf"][name], CASES[name][2][:CASES[name][3]], world["arrays"])
+    assert kinds == world["legacy_kinds"][name]
+    _assert_close(_legacy_outputs(world, name), actual, f"{name} vs the 4.37 TF class")
+
+
+def test_relative_buckets_equal_the_pytorch_ones():
+    from polyformers.keras.models.mpnet import relative_position_bucket
+    from polyformers.pt.models.mpnet import relative_position_bucket as reference
+
+    offsets = np.arange(-3000, 3001)
+    ours = np.asarray(relative_position_bucket(offsets))
+    np.testing.assert_array_equal(ours, reference(torch.as_tensor(offsets)).numpy())
+    assert set(np.unique(ours)) == set(range(32)) - {16}  # offset 0 is never "after the query"
+
+
+def test_reference_pytorch_loads_our_save(world):
+    calls = CASES["token"][2]
+    ours, _ = _run(world["tf"]["token"], calls, world["arrays"])
+    _assert_close(_legacy_outputs(world, "pt_reads_ours"), ours, "4.37 MPNetForTokenClassification on our Keras save",
+                  reduce_loss=True)
+    again = P.MPNetForTokenClassification.from_pretrained(world["root"] / "ours_token")
+    mine, _ = _run(again, calls, world["arrays"], torch.as_tensor)
+    _assert_close(mine, ours, "our MPNetForTokenClassification on our Keras save", reduce_loss=True)
+
+
+def test_loads_reference_h5(world):
+    folder = world["root"] / "h5_masked_lm"
+    assert (folder / "tf_model.h5").exists() and not (folder / "model.safetensors").exists()
+    model, info = P.TFMPNetForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []  # its unused pooler is expected
+    calls = CASES["masked_lm"][2]
+    expected, _ = _run(world["tf"]["masked_lm"], calls, world["arrays"])
+    actual, _ = _run(model, calls, world["arrays"])
+    _assert_close(expected, actual, "loaded from the reference's tf_model.h5")
+    bare, info = P.TFMPNetModel.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == []  # the reference's head kept the pooler the bare model needs
+    np.testing.assert_allclose(bare(world["arrays"]["ids"]).last_hidden_state,
+                               world["tf"]["masked_lm"].mpnet(world["arrays"]["ids"]).last_hidden_state, atol=ATOL)
+
+
+def test_h5_of_another_architecture_is_refused(world):
+    with pytest.raises(OSError, match="belong to TFMPNetModel"):
+        P.TFMPNetModel.from_pretrained(world["root"] / "h5_bert", config=P.MPNetConfig(**TINY))
+
+
+def test_input_formats_agree(world):
+    model, a = world["tf"]["qa"], world["arrays"]
+    positions = {"start_positions": a["start"], "end_positions": a["end"]}
+    keywords = model(input_ids=a["ids"], attention_mask=a["mask"], **positions)
+    as_list = model([a["ids"], a["mask"]], **positions)
+    as_dict = model({"input_ids": a["ids"], "attention_mask": a["mask"], **positions})
+    positional = model(a["ids"], a["mask"], **positions)
+    int32 = model(a["ids"].astype(np.int32), attention_mask=a["mask"].astype(np.int32),
+                  start_positions=a["start"].astype(np.int32), end_positions=a["end"].astype(np.int32))
+    for other in (as_list, as_dict, positional, int32):
+        assert list(other.keys()) == ["loss", "start_logits", "end_logits"]
+        for key in other.keys():
+            np.testing.assert_array_equal(other[key], keywords[key])
+
+
+def test_bad_inputs_name_the_problem(world):
+    model, a = world["tf"]["token"], world["arrays"]
+    with pytest.raises(ValueError, match="list of 10 inputs, expected at most 9"):
+        model([a["ids"]] * 10)
+    with pytest.raises(ValueError, match=r"unknown input name\(s\) \['token_type_ids'\]"):
+        model({"input_ids": a["ids"], "token_type_ids": a["ids"] * 0})
+    with pytest.raises(ValueError, match=r"\['labels'\] both"):
+        model({"input_ids": a["ids"], "labels": a["tok"]}, labels=a["tok"])
+    with pytest.raises(TypeError, match="input_ids must hold integer ids"):
+        model(a["ids"].astype(np.float32))
+    with pytest.raises(ValueError, match="at most 38 non-padding tokens fit"):
+        model(np.full((1, 39), 5))
+    with pytest.raises(ValueError, match="relative_attention_num_buckets must be at least 32"):
+        P.TFMPNetModel(P.MPNetConfig(**dict(TINY, relative_attention_num_buckets=16)))
+
+
+def test_training_switches_dropout(world):
+    model = P.TFMPNetForTokenClassification(P.MPNetConfig(**dict(TINY, hidden_dropout_prob=0.3,
+                                                                attention_probs_dropout_prob=0.3)))
+    ids = world["arrays"]["ids"]
+    first, second = model(ids).logits, model(ids, training=False).logits
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(np.asarray(model(ids, training=True).logits) - np.asarray(first)).max() > 1e-3
+
+
+def test_jit_compiled_forward_equals_eager(world):
+    import tensorflow as tf
+
+    model, a = world["tf"]["model"], world["arrays"]
+
+    @tf.function(jit_compile=True)
+    def forward(ids, mask):
+        return model(ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+
+    eager = model(a["long_ids"], attention_mask=a["long_mask"], output_attentions=True, output_hidden_states=True)
+    compiled = forward(tf.constant(a["long_ids"]), tf.constant(a["long_mask"]))
+    expected, got = {}, {}
+    for key in eager.keys():
+        _flatten(eager[key], key, expected)
+        _flatten(compiled[key], key, got)
+    _assert_close(expected, got, "jit")
+
+
+def test_fit_trains_with_labels_in_the_inputs(world):
+    import keras
+    import tensorflow as tf
+
+    a = world["arrays"]
+    model = P.TFMPNetForTokenClassification.from_pretrained(world["root"] / "token")
+    assert isinstance(model, tf.keras.Model)
+    model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    data = {"input_ids": a["ids"], "attention_mask": a["mask"], "labels": a["tok"]}
+    losses = model.fit(data, batch_size=B, epochs=8, verbose=0).history["loss"]
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+@pytest.fixture(scope="module")
+def mpnet_base(assets, tmp_path_factory):
+    """A local stand-in for microsoft/mpnet-base: MPNet's real tokenizer files and a tiny random model
+    over its vocabulary."""
+    folder = tmp_path_factory.mktemp("mpnet-base")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(assets / "mpnet" / name, folder / name)
+    P.TFMPNetModel(P.MPNetConfig(**dict(TINY, vocab_size=30527))).save_pretrained(folder)
+    return str(folder)
+
+
+def test_spec_example_token_classification(mpnet_base):
+    from polyformers import AutoTokenizer, TFMPNetForTokenClassification
+    import tensorflow as tf
+
+    tokenizer = AutoTokenizer.from_pretrained(mpnet_base)
+    model = TFMPNetForTokenClassification.from_pretrained(mpnet_base)
+    inputs = tokenizer(
+        "HuggingFace is a company based in Paris and New York", add_special_tokens=False, return_tensors="tf"
+    )
+    logits = model(**inputs).logits
+    predicted_token_class_ids = tf.math.argmax(logits, axis=-1)
+    # Note that tokens are classified rather then input words which means that
+    # there might be more predicted token classes than words.
+    # Multiple token classes might account for the same word
+    predicted_tokens_classes = [model.config.id2label[t] for t in predicted_token_class_ids[0].numpy().tolist()]
+
+    labels = predicted_token_class_ids
+    loss = tf.math.reduce_mean(model(**inputs, labels=labels).loss)
+
+    assert len(predicted_tokens_classes) == inputs["input_ids"].shape[1]
+    assert set(predicted_tokens_classes) <= {"LABEL_0", "LABEL_1"}
+    assert float(loss) > 0
+
+
+def test_spec_example_question_answering(mpnet_base):
+    from polyformers import AutoTokenizer, TFMPNetForQuestionAnswering
+    import tensorflow as tf
+
+    tokenizer = AutoTokenizer.from_pretrained(mpnet_base)
+    model = TFMPNetForQuestionAnswering.from_pretrained(mpnet_base)
+    question, text = "Who was Jim Henson?", "Jim Henson was a nice puppet"
+    inputs = tokenizer(question, text, return_tensors="tf")
+    outputs = model(**inputs)
+    answer_start_index = int(tf.math.argmax(outputs.start_logits, axis=-1)[0])
+    answer_end_index = int(tf.math.argmax(outputs.end_logits, axis=-1)[0])
+    predict_answer_tokens = inputs.input_ids[0, answer_start_index : answer_end_index + 1]
+
+    # target is "nice puppet"
+    target_start_index = tf.constant([14])
+    target_end_index = tf.constant([15])
+    outputs = model(**inputs, start_positions=target_start_index, end_positions=target_end_index)
+    loss = tf.math.reduce_mean(outputs.loss)
+
+    assert predict_answer_tokens.shape[0] == max(0, answer_end_index - answer_start_index + 1)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+
