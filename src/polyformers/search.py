@@ -1,0 +1,302 @@
+"""Semantic search over text files, with the passage embeddings cached on disk.
+
+The cache folder holds one ``manifest.json`` and, per (model, file content, splitting) triple, the
+passages (``<key>.json``) and their embeddings (``<key>.npy``). Entries are keyed by the file's content
+hash, not its path, so a renamed file costs nothing and an edited file is re-embedded alone. The
+manifest also remembers each path's size and modification time: when both are unchanged the file is
+not even re-read, which with a cached query embedding makes a repeated search load no model at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .pipelines.base import PipelineError
+
+FORMAT = 1
+SPLITS = ("paragraphs", "lines")
+# Paragraphs longer than this are cut at line boundaries. A mean-pooled embedding of a long speech is
+# an average of many topics and matches no query well; a few verse lines or sentences match sharply.
+MAX_PASSAGE_WORDS = 40
+
+
+@dataclass
+class Passage:
+    file: str
+    line: int  # 1-based line where the passage starts
+    text: str
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("POLYFORMERS_CACHE")
+    if root:
+        return Path(root) / "search"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polyformers" / "search"
+
+
+def read_text_file(path: Path) -> str:
+    """The file as text; a clear error for a binary or non-UTF-8 file rather than garbage passages."""
+    data = path.read_bytes()
+    if b"\0" in data[:65536]:
+        raise PipelineError(f"{path} is a binary file, not text; search reads UTF-8 text files")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path} is not UTF-8 text (invalid byte at offset {err.start}); convert it first") from None
+
+
+def split_passages(text: str, split: str = "paragraphs", max_words: int = MAX_PASSAGE_WORDS) -> List[Tuple[int, str]]:
+    """``(first line number, passage)`` pairs: blank-line separated paragraphs, or non-empty lines."""
+    if split not in SPLITS:
+        raise PipelineError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    lines = text.splitlines()
+    out: List[Tuple[int, str]] = []
+    if split == "lines":
+        return [(i + 1, ln.strip()) for i, ln in enumerate(lines) if ln.strip()]
+    block: List[Tuple[int, str]] = []
+
+    def flush():
+        words = 0
+        start = 0
+        for j, (_, ln) in enumerate(block):
+            n = len(ln.split())
+            if words and words + n > max_words:
+                out.append((block[start][0], "\n".join(x for _, x in block[start:j])))
+                start, words = j, 0
+            words += n
+        if block[start:]:
+            out.append((block[start][0], "\n".join(x for _, x in block[start:])))
+        block.clear()
+
+    for i, ln in enumerate(lines):
+        if ln.strip():
+            block.append((i + 1, ln.strip()))
+        elif block:
+            flush()
+    if block:
+        flush()
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_fingerprint(model: str) -> str:
+    """Identifies a model's weights cheaply: config, tokenizer files and each weight file's size plus its
+    first and last MiB (hashing 440 MB on every query would cost more than the search)."""
+    h = hashlib.sha256()
+    folder = Path(model)
+    if not folder.is_dir():
+        h.update(f"hub:{model}".encode())
+        return h.hexdigest()[:32]
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        rel = p.relative_to(folder).as_posix()
+        size = p.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if size <= 2 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()[:32]
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def collect_files(paths: Sequence[str]) -> List[Path]:
+    """The files named, with folders expanded to the ``*.txt`` files under them (sorted)."""
+    files: List[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(q for q in path.rglob("*.txt") if q.is_file())
+            if not found:
+                raise PipelineError(f"folder {p} holds no .txt files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif path.exists():
+            raise PipelineError(f"{p} is not a regular file")
+        else:
+            raise PipelineError(f"{p}: no such file or folder")
+    if not files:
+        raise PipelineError("no files to search: give one or more text files or folders")
+    return files
+
+
+class SearchIndex:
+    """Embeddings of the passages of text files under one model, cached in ``cache_dir``.
+
+    ``embedder`` builds the sentence-similarity pipeline on first need (``lambda: pipeline(...)``), so a
+    search that finds everything cached never loads the model.
+    """
+
+    def __init__(self, model: str, embedder: Callable, cache_dir: Optional[os.PathLike] = None,
+                 split: str = "paragraphs", use_cache: bool = True):
+        if split not in SPLITS:
+            raise PipelineError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        self.model = model
+        self.split = split
+        self._embedder = embedder
+        self._pipe = None
+        self.use_cache = use_cache
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.fingerprint = model_fingerprint(model)
+        self.manifest = self._load_manifest() if use_cache else {"format": FORMAT, "files": {}, "entries": {}}
+        self.stats: Dict[str, List[str]] = {"embedded": [], "cached": []}
+
+    # ------------------------------------------------------------------ manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.cache_dir / "manifest.json"
+
+    def _load_manifest(self) -> dict:
+        try:
+            data = json.loads(self.manifest_path.read_text("utf-8"))
+            if data.get("format") == FORMAT:
+                data.setdefault("files", {})
+                data.setdefault("entries", {})
+                return data
+        except (OSError, ValueError):
+            pass
+        return {"format": FORMAT, "files": {}, "entries": {}}
+
+    def _save_manifest(self) -> None:
+        if not self.use_cache:
+            return
+        # Entries no path points at any more (an edited file's old version) are deleted with their arrays.
+        live = {k for rec in self.manifest["files"].values() for k in rec.get("entries", {}).values()}
+        for key in [k for k in self.manifest["entries"] if k not in live]:
+            del self.manifest["entries"][key]
+            for suffix in (".npy", ".json"):
+                (self.cache_dir / f"{key}{suffix}").unlink(missing_ok=True)
+        text = json.dumps(self.manifest, indent=1, sort_keys=True) + "\n"
+        _atomic_write(self.manifest_path, lambda f: f.write(text.encode("utf-8")))
+
+    def _settings_id(self) -> str:
+        return f"{self.fingerprint}:{self.split}:{MAX_PASSAGE_WORDS}"
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            self._pipe = self._embedder()
+        return self._pipe
+
+    # ------------------------------------------------------------------ embedding
+
+    def file_embeddings(self, path: Path) -> Tuple[List[Passage], np.ndarray]:
+        """The passages of one file and their embeddings, from the cache when the content is known."""
+        path = path.resolve()
+        st = path.stat()
+        rec = self.manifest["files"].get(str(path))
+        settings = self._settings_id()
+        key = None
+        if rec and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
+            key = rec.get("entries", {}).get(settings)
+            sha = rec["sha256"]
+        else:
+            sha = _sha256_file(path)
+            rec = {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "entries": {}}
+            # The same content under another path (a copy, a rename) is already embedded.
+            key = next((k for k, e in self.manifest["entries"].items()
+                        if e["sha256"] == sha and e["settings"] == settings), None)
+        if key is not None:
+            loaded = self._load_entry(key, str(path))
+            if loaded is not None:
+                rec.setdefault("entries", {})[settings] = key
+                self.manifest["files"][str(path)] = rec
+                self.stats["cached"].append(str(path))
+                return loaded
+        text = read_text_file(path)
+        pieces = split_passages(text, self.split)
+        if not pieces:
+            raise PipelineError(f"{path} holds no text to search")
+        vectors = self.pipe.encode([t for _, t in pieces], desc=f"embedding {path.name}")
+        key = hashlib.sha256(f"{settings}:{sha}".encode()).hexdigest()[:32]
+        if self.use_cache:
+            payload = json.dumps([[line, t] for line, t in pieces], ensure_ascii=False).encode("utf-8")
+            _atomic_write(self.cache_dir / f"{key}.json", lambda f: f.write(payload))
+            _atomic_write(self.cache_dir / f"{key}.npy", lambda f: np.save(f, vectors))
+            self.manifest["entries"][key] = {"sha256": sha, "settings": settings, "model": self.model,
+                                             "passages": len(pieces)}
+            rec.setdefault("entries", {})[settings] = key
+            self.manifest["files"][str(path)] = rec
+        self.stats["embedded"].append(str(path))
+        return [Passage(str(path), line, t) for line, t in pieces], vectors
+
+    def _load_entry(self, key: str, path: str) -> Optional[Tuple[List[Passage], np.ndarray]]:
+        try:
+            pieces = json.loads((self.cache_dir / f"{key}.json").read_text("utf-8"))
+            vectors = np.load(self.cache_dir / f"{key}.npy")
+        except (OSError, ValueError):
+            return None  # a damaged or deleted entry is simply embedded again
+        if vectors.ndim != 2 or len(vectors) != len(pieces):
+            return None
+        return [Passage(path, line, t) for line, t in pieces], vectors
+
+    def query_embedding(self, query: str) -> np.ndarray:
+        key = hashlib.sha256(f"{self.fingerprint}\0{query}".encode("utf-8")).hexdigest()[:32]
+        path = self.cache_dir / "queries" / f"{key}.npy"
+        if self.use_cache:
+            try:
+                return np.load(path)
+            except (OSError, ValueError):
+                pass
+        vec = self.pipe.encode([query], desc="query")[0]
+        if self.use_cache:
+            _atomic_write(path, lambda f: np.save(f, vec))
+        return vec
+
+    def search(self, query: str, files: Sequence[os.PathLike], top_k: int = 5) -> List[dict]:
+        """The ``top_k`` passages of ``files`` closest to ``query``: dicts of score, file, line, text."""
+        if not isinstance(query, str) or not query.strip():
+            raise PipelineError("query is empty; give some text to search for")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise PipelineError(f"top_k must be a positive int, got {top_k!r}")
+        passages: List[Passage] = []
+        blocks = []
+        try:
+            for f in files:
+                ps, vs = self.file_embeddings(Path(f))
+                passages.extend(ps)
+                blocks.append(vs)
+        finally:
+            self._save_manifest()
+        q = self.query_embedding(query)
+        matrix = np.concatenate(blocks)
+        norms = np.maximum(np.linalg.norm(matrix, axis=1) * np.linalg.norm(q), 1e-12)
+        scores = matrix @ q / norms
+        best = np.argsort(-scores, kind="stable")[:top_k]
+        return [{"score": float(scores[i]), "file": passages[i].file, "line": passages[i].line,
+                 "text": passages[i].text} for i in best]
