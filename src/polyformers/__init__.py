@@ -101,6 +101,7 @@ _export(
 )
 _export(".pt.cache", "Cache", "DynamicCache", "StaticCache")
 _export(".keras.modeling", "TFPreTrainedModel")
+_export(".keras.generation", "TFGenerationMixin")
 _export(
     ".keras.models.roberta",
     "TFRobertaPreTrainedModel",

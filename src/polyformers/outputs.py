@@ -187,6 +187,15 @@ _TF_OUTPUTS = {
     "TFQuestionAnsweringModelOutput": _OUTPUTS["QuestionAnsweringModelOutput"],
     "TFMultipleChoiceModelOutput": _OUTPUTS["MultipleChoiceModelOutput"],
     "TFElectraForPreTrainingOutput": _OUTPUTS["ElectraForPreTrainingOutput"],
+    # TF generate(return_dict_in_generate=True), named per strategy as in the reference.
+    "TFGreedySearchDecoderOnlyOutput": (
+        "sequences scores attentions hidden_states",
+        "Greedy sequences of a decoder-only model, with the scores of each step as asked.",
+    ),
+    "TFSampleDecoderOnlyOutput": (
+        "sequences scores attentions hidden_states",
+        "Sampled sequences of a decoder-only model, with the scores of each step as asked.",
+    ),
 }
 
 # Flax outputs never carry a loss: Flax models return logits and leave the loss to the training step.

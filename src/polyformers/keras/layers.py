@@ -26,8 +26,13 @@ def _gelu_tanh(x):
     return ops.gelu(x, approximate=True)
 
 
+def _gelu_erf(x):
+    # Written out with erf: TensorFlow's own exact gelu goes through erfc, about twice as slow on CPU.
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 _ACTIVATIONS = {
-    "gelu": lambda x: ops.gelu(x, approximate=False),
+    "gelu": _gelu_erf,
     "gelu_new": _gelu_tanh,
     "gelu_fast": _gelu_tanh,
     "gelu_pytorch_tanh": _gelu_tanh,
@@ -175,7 +180,8 @@ def position_ids_after_padding(input_ids, padding_idx: int, past_length=0):
 def split_heads(x, num_heads: int):
     """(batch, seq, heads * dim) -> (batch, heads, seq, dim)."""
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
-    x = ops.reshape(x, (batch, length, num_heads, -1))
+    # The head size stays static when batch and length are free (a serving signature): attention scales by it.
+    x = ops.reshape(x, (batch, length, num_heads, x.shape[-1] // num_heads))
     return ops.transpose(x, (0, 2, 1, 3))
 
 
@@ -295,7 +301,12 @@ class BertIntermediate(Block):
         self.intermediate_act_fn = get_activation(config.hidden_act)
 
     def call(self, hidden_states):
-        return self.intermediate_act_fn(self.dense(hidden_states))
+        # On (tokens, width) TensorFlow fuses matmul, bias and activation into one kernel; a 3-D Dense
+        # puts a reshape between them and loses that.
+        shape = ops.shape(hidden_states)
+        flat = ops.reshape(hidden_states, (-1, hidden_states.shape[-1]))
+        output = self.intermediate_act_fn(self.dense(flat))
+        return ops.reshape(output, (shape[0], shape[1], output.shape[-1]))
 
 
 class BertLayer(Block):

@@ -426,14 +426,18 @@ class TFPreTrainedModel(keras.Model):
     ) -> None:
         """Write config.json and the weights as safetensors with PyTorch names and layouts, which the
         PyTorch, Keras and Flax classes all load. ``safe_serialization`` is accepted; the format is always
-        safetensors."""
-        if saved_model:
+        safetensors. With ``saved_model=True`` a TensorFlow SavedModel with the serving signature of
+        :meth:`export` is written too, in ``saved_model/<version>`` inside the folder."""
+        if signatures is not None:
             raise ValueError(
-                "saved_model=True is not supported by save_pretrained; export a SavedModel with model.export(path)"
+                f"signatures: custom SavedModel signatures are not supported, given {type(signatures).__name__}; "
+                "export with model.export(path, input_signature={...}) to choose the serving inputs"
             )
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory must be a folder, got the file {save_directory!r}")
+        if saved_model:
+            self.export(os.path.join(save_directory, "saved_model", str(version)))
         self.build_model()
         os.makedirs(save_directory, exist_ok=True)
         state = {key: np.ascontiguousarray(np.asarray(v.numpy()).T if t else np.asarray(v.numpy()))
@@ -446,6 +450,53 @@ class TFPreTrainedModel(keras.Model):
         config.save_pretrained(save_directory)
         if push_to_hub:
             push_folder(save_directory, token=token, create_pr=create_pr, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------
+    # SavedModel
+
+    @property
+    def input_signature(self) -> dict:
+        """The serving inputs: int32 token ids, attention mask and, where the model takes them, token
+        types, with every dimension free (batch, sequence and, for multiple choice, choices)."""
+        import tensorflow as tf
+
+        rank = np.ndim(self.dummy_inputs[self.main_input_name])
+        taken = inspect.signature(type(self).call).parameters
+        return {name: tf.TensorSpec((None,) * rank, tf.int32, name=name)
+                for name in ("input_ids", "attention_mask", "token_type_ids") if name in taken}
+
+    def serving(self, inputs: dict) -> dict:
+        """The exported endpoint: the model in inference mode on a dict of inputs, returning the output
+        fields that are tensors (caches and per-layer tuples do not fit a serving signature)."""
+        import tensorflow as tf
+
+        output = self(**inputs, training=False, return_dict=True)
+        return {name: value for name, value in output.items() if tf.is_tensor(value)}
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Write a TensorFlow SavedModel whose ``serve`` endpoint (also its ``serving_default`` signature)
+        takes the inputs of ``input_signature`` by name (default :attr:`input_signature`) and returns the
+        output fields by name. Other formats go to Keras' own ``export``."""
+        if format != "tf_saved_model":
+            return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(f"format: a tf_saved_model needs the TensorFlow backend, the Keras backend is "
+                             f"{keras.backend.backend()!r}")
+        signature = self.input_signature if input_signature is None else input_signature
+        if isinstance(signature, (list, tuple)) and len(signature) == 1:
+            signature = signature[0]
+        if not isinstance(signature, Mapping):
+            raise TypeError(
+                f"input_signature: expected a dict of tf.TensorSpec by input name (e.g. {{'input_ids': ...}}), "
+                f"given {type(signature).__name__}"
+            )
+        self.build_model()
+        from keras.export import ExportArchive
+
+        archive = ExportArchive()
+        archive.track(self)
+        archive.add_endpoint("serve", self.serving, input_signature=[dict(signature)])
+        archive.write_out(os.fspath(filepath), verbose=bool(verbose))
 
     # ---------------------------------------------------------------------------------------------
     # training

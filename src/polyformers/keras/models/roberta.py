@@ -23,6 +23,7 @@ from ...outputs import (
     TFTokenClassifierOutput,
 )
 from .. import layers as L
+from ..generation import TFGenerationMixin
 from ..modeling import TFPreTrainedModel, as_output, unpack_inputs
 
 import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
@@ -167,9 +168,10 @@ class _TFRobertaLMHeadModel(TFRobertaPreTrainedModel):
         return self.lm_head
 
 
-class TFRobertaForCausalLM(_TFRobertaLMHeadModel):
+class TFRobertaForCausalLM(TFGenerationMixin, _TFRobertaLMHeadModel):
     """RoBERTa as a left-to-right language model (set ``is_decoder=True``); labels are the input ids,
-    shifted inside the loss, -100 ignored. With ``add_cross_attention`` it also attends to an encoder."""
+    shifted inside the loss, -100 ignored. With ``add_cross_attention`` it also attends to an encoder.
+    ``generate`` decodes greedily or by sampling, eagerly or under XLA."""
 
     def __init__(self, config: RobertaConfig, *inputs, **kwargs):
         if not config.is_decoder:
@@ -197,6 +199,19 @@ class TFRobertaForCausalLM(_TFRobertaLMHeadModel):
             cross_attentions=body.cross_attentions,
         )
         return as_output(output, return_dict)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      cache_position=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                                      **kwargs):
+        if past_key_values is not None:
+            input_ids = input_ids[:, -1:]
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values,
+                  "encoder_hidden_states": encoder_hidden_states, "encoder_attention_mask": encoder_attention_mask}
+        if past_key_values is not None and cache_position is not None:
+            # A preallocated cache is longer than what it holds: number the new token from its index in
+            # the sequence, as the model does from the cache length when the cache grows.
+            inputs["position_ids"] = L.position_ids_after_padding(input_ids, self.config.pad_token_id, cache_position)
+        return inputs
 
 
 class TFRobertaForMaskedLM(_TFRobertaLMHeadModel):
