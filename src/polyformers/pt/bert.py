@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import layers as L
+from .unpad import Packing
 
 
 class BertSelfAttention(nn.Module):
@@ -61,15 +62,18 @@ class BertSelfAttention(nn.Module):
         return bias / (self.head_size**0.5)
 
     def forward(self, hidden_states, mask=None, head_mask=None, encoder_hidden_states=None, past_key_value=None,
-                output_attentions=False):
-        query = L.split_heads(self.query(hidden_states), self.num_heads)
+                output_attentions=False, packing: Optional[Packing] = None):
+        # Packed (tokens, hidden) states go back to the padded layout for the attention product only.
+        split_heads = L.split_heads if packing is None else packing.split_heads
+        merge_heads = L.merge_heads if packing is None else packing.merge_heads
+        query = split_heads(self.query(hidden_states), self.num_heads)
         cross = encoder_hidden_states is not None
         if cross and past_key_value is not None:
             key, value = past_key_value
         else:
             source = encoder_hidden_states if cross else hidden_states
-            key = L.split_heads(self.key(source), self.num_heads)
-            value = L.split_heads(self.value(source), self.num_heads)
+            key = split_heads(self.key(source), self.num_heads)
+            value = split_heads(self.value(source), self.num_heads)
             if past_key_value is not None:
                 key = torch.cat([past_key_value[0], key], dim=2)
                 value = torch.cat([past_key_value[1], value], dim=2)
@@ -84,7 +88,7 @@ class BertSelfAttention(nn.Module):
             need_weights=output_attentions,
         )
         present = (key, value) if self.is_decoder else None
-        return L.merge_heads(context), probs, present
+        return merge_heads(context), probs, present
 
 
 class BertSelfOutput(nn.Module):
@@ -105,9 +109,9 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(self, hidden_states, mask=None, head_mask=None, encoder_hidden_states=None, past_key_value=None,
-                output_attentions=False):
+                output_attentions=False, packing: Optional[Packing] = None):
         context, probs, present = self.self(
-            hidden_states, mask, head_mask, encoder_hidden_states, past_key_value, output_attentions
+            hidden_states, mask, head_mask, encoder_hidden_states, past_key_value, output_attentions, packing
         )
         return self.output(context, hidden_states), probs, present
 
@@ -146,11 +150,12 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(self, hidden_states, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
-                past_key_value=None, output_attentions=False):
+                past_key_value=None, output_attentions=False, packing: Optional[Packing] = None):
         # A decoder layer's cache is (self key, self value, cross key, cross value).
         self_past = past_key_value[:2] if past_key_value is not None else None
         hidden_states, self_probs, present = self.attention(
-            hidden_states, mask, head_mask, past_key_value=self_past, output_attentions=output_attentions
+            hidden_states, mask, head_mask, past_key_value=self_past, output_attentions=output_attentions,
+            packing=packing,
         )
         cross_probs = None
         if self.is_decoder and encoder_hidden_states is not None:
@@ -174,6 +179,7 @@ class BertEncoder(nn.Module):
         self.config = config
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
+        self.skip_padding = False  # see pt/unpad.py
 
     def forward(self, hidden_states, mask, head_masks, encoder_hidden_states, encoder_mask, past_key_values,
                 use_cache, output_attentions, output_hidden_states):
@@ -181,13 +187,19 @@ class BertEncoder(nn.Module):
         all_attn = () if output_attentions else None
         all_cross = () if output_attentions and self.config.add_cross_attention else None
         cache = () if use_cache else None
+        packing = None
+        if self.skip_padding and not (self.training or self.config.is_decoder or output_attentions
+                                      or any(m is not None for m in head_masks)):
+            packing = Packing.from_additive_mask(mask)
+        if packing is not None:
+            hidden_states = packing.pack(hidden_states)
         for i, layer in enumerate(self.layer):
             past = past_key_values[i] if past_key_values is not None else None
             args = (hidden_states, mask, head_masks[i], encoder_hidden_states, encoder_mask, past, output_attentions)
             if self.gradient_checkpointing and self.training:
                 hidden_states, probs, cross_probs, present = checkpoint(layer, *args, use_reentrant=False)
             else:
-                hidden_states, probs, cross_probs, present = layer(*args)
+                hidden_states, probs, cross_probs, present = layer(*args, packing=packing)
             if use_cache:
                 cache += (present,)
             if output_attentions:
@@ -195,7 +207,9 @@ class BertEncoder(nn.Module):
                 if all_cross is not None:
                     all_cross += (cross_probs,)
             if output_hidden_states:
-                all_hidden += (hidden_states,)
+                all_hidden += (hidden_states if packing is None else packing.unpack(hidden_states),)
+        if packing is not None:
+            hidden_states = all_hidden[-1] if output_hidden_states else packing.unpack(hidden_states)
         return hidden_states, cache, all_hidden, all_attn, all_cross
 
 

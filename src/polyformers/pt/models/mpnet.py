@@ -26,6 +26,7 @@ from ...outputs import (
 from .. import layers as L
 from ..bert import BertIntermediate, BertOutput, init_bert_weights, prepare_encoder_inputs
 from ..modeling import PreTrainedModel
+from ..unpad import Packing
 
 # The reference pins the padding id at 1 (fairseq's <pad>) whatever ``pad_token_id`` says: it is the row of
 # the embedding tables kept at zero and the origin of the position numbering.
@@ -106,17 +107,20 @@ class MPNetSelfAttention(nn.Module):
         self.o = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states, bias, head_mask=None, output_attentions=False):
-        query = L.split_heads(self.q(hidden_states), self.num_heads)
-        key = L.split_heads(self.k(hidden_states), self.num_heads)
-        value = L.split_heads(self.v(hidden_states), self.num_heads)
+    def forward(self, hidden_states, bias, head_mask=None, output_attentions=False, packing: Optional[Packing] = None):
+        # Packed (tokens, hidden) states go back to the padded layout for the attention product only.
+        split_heads = L.split_heads if packing is None else packing.split_heads
+        merge_heads = L.merge_heads if packing is None else packing.merge_heads
+        query = split_heads(self.q(hidden_states), self.num_heads)
+        key = split_heads(self.k(hidden_states), self.num_heads)
+        value = split_heads(self.v(hidden_states), self.num_heads)
         context, probs = L.attend(
             query, key, value, bias,
             dropout=self.dropout_prob if self.training else 0.0,
             head_mask=head_mask,
             need_weights=output_attentions,
         )
-        return self.o(L.merge_heads(context)), probs
+        return self.o(merge_heads(context)), probs
 
 
 class MPNetAttention(nn.Module):
@@ -128,8 +132,8 @@ class MPNetAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, bias, head_mask=None, output_attentions=False):
-        attended, probs = self.attn(hidden_states, bias, head_mask, output_attentions)
+    def forward(self, hidden_states, bias, head_mask=None, output_attentions=False, packing: Optional[Packing] = None):
+        attended, probs = self.attn(hidden_states, bias, head_mask, output_attentions, packing)
         return self.LayerNorm(self.dropout(attended) + hidden_states), probs
 
 
@@ -142,8 +146,8 @@ class MPNetLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden_states, bias, head_mask=None, output_attentions=False):
-        hidden_states, probs = self.attention(hidden_states, bias, head_mask, output_attentions)
+    def forward(self, hidden_states, bias, head_mask=None, output_attentions=False, packing: Optional[Packing] = None):
+        hidden_states, probs = self.attention(hidden_states, bias, head_mask, output_attentions, packing)
         return self.output(self.intermediate(hidden_states), hidden_states), probs
 
 
@@ -155,6 +159,7 @@ class MPNetEncoder(nn.Module):
         self.config = config
         self.layer = nn.ModuleList(MPNetLayer(config) for _ in range(config.num_hidden_layers))
         self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
+        self.skip_padding = False  # see pt/unpad.py
 
     def position_bias(self, length: int, device) -> torch.Tensor:
         """(1, heads, query, key) bias from token offsets within the sequence (padding does not shift them)."""
@@ -173,12 +178,19 @@ class MPNetEncoder(nn.Module):
         bias = self.position_bias(hidden_states.shape[1], hidden_states.device) + mask
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attn = () if output_attentions else None
+        packing = None
+        if self.skip_padding and not (self.training or output_attentions or any(m is not None for m in head_masks)):
+            packing = Packing.from_additive_mask(mask)
+        if packing is not None:
+            hidden_states = packing.pack(hidden_states)
         for layer, head_mask in zip(self.layer, head_masks):
-            hidden_states, probs = layer(hidden_states, bias, head_mask, output_attentions)
+            hidden_states, probs = layer(hidden_states, bias, head_mask, output_attentions, packing)
             if output_attentions:
                 all_attn += (probs,)
             if output_hidden_states:
-                all_hidden += (hidden_states,)
+                all_hidden += (hidden_states if packing is None else packing.unpack(hidden_states),)
+        if packing is not None:
+            hidden_states = all_hidden[-1] if output_hidden_states else packing.unpack(hidden_states)
         return hidden_states, all_hidden, all_attn
 
 

@@ -1,0 +1,221 @@
+"""Encoder inference throughput: polyformers vs the reference, RoBERTa-, MPNet- and ELECTRA-base, CPU fp32.
+
+Workloads (2 threads, float32, no gradients):
+  mixed   batches of 8 real texts (the first entries of corpora/fortunes.txt, one entry = one text),
+          tokenised by polyformers' tokenizers, truncated to 128 tokens, padded to each batch's longest;
+  1x128   one text of exactly 128 tokens, no padding.
+Runners, timed in the same process, taking turns batch by batch in a rotating order; median of the repeats:
+  polyformers       fp32, padding skipped (``polyformers.pt.unpad.skip_padding``);
+  reference sdpa / reference eager   transformers with each attention implementation; the faster one is
+                    "the reference" in the ratios;
+  polyformers int8  the same plus ``polyformers.pt.quantization.quantize_int8_dynamic``.
+Random base-size weights are built once with polyformers and saved to .cache/bench/<family>-base; both
+libraries load that folder. Finally the int8 path is checked on the real all-mpnet-base-v2 checkpoint:
+cosine similarity of its mean-pooled embeddings to the fp32 ones.
+
+    .venv/bin/python bench/encoder_throughput.py [--families roberta mpnet electra] [--repeat 7] [--batches 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / ".cache" / "assets"
+CACHE = ROOT / ".cache" / "bench"
+MAX_LENGTH = 128
+
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+CONFIGS = {
+    "roberta": dict(BASE, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                    pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    "mpnet": dict(BASE, vocab_size=30527, max_position_embeddings=514, layer_norm_eps=1e-5),
+    "electra": dict(BASE, vocab_size=30522, embedding_size=768, max_position_embeddings=512),
+}
+CLASSES = {"roberta": "Roberta", "mpnet": "MPNet", "electra": "Electra"}
+
+
+def texts(count: int) -> list[str]:
+    raw = (ASSETS / "corpora" / "fortunes.txt").read_text(encoding="utf-8")
+    entries = [" ".join(entry.split()) for entry in raw.split("\n%\n")]
+    return [e for e in entries if e][:count]
+
+
+def roberta_vocab(folder: Path) -> None:
+    """RoBERTa's vocabulary is GPT-2's byte-level BPE with fairseq's specials first; the real GPT-2 files
+    with the specials moved to the front give the real RoBERTa token counts."""
+    gpt2 = json.loads((ASSETS / "gpt2" / "vocab.json").read_text(encoding="utf-8"))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for token, index in sorted(gpt2.items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_bytes((ASSETS / "gpt2" / "merges.txt").read_bytes())
+
+
+def tokenizer(family: str, folder: Path):
+    import polyformers
+
+    if family == "roberta":
+        return polyformers.RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"),
+                                                merges_file=str(folder / "merges.txt"))
+    if family == "mpnet":
+        return polyformers.MPNetTokenizerFast.from_pretrained(str(ASSETS / "mpnet"))
+    return polyformers.ElectraTokenizerFast(vocab_file=str(ASSETS / "minilm" / "vocab.txt"))
+
+
+def checkpoint(family: str) -> Path:
+    import polyformers
+
+    folder = CACHE / f"{family}-base"
+    if not (folder / "model.safetensors").exists():
+        print(f"building random {family}-base weights in {folder} (once)", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        config = getattr(polyformers, f"{CLASSES[family]}Config")(**CONFIGS[family])
+        model = getattr(polyformers, f"{CLASSES[family]}Model")(config)
+        with torch.no_grad():  # non-zero biases and norms, so that no term is trivially skipped
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        model.save_pretrained(folder)
+    if family == "roberta" and not (folder / "vocab.json").exists():
+        roberta_vocab(folder)
+    return folder
+
+
+def workloads(tok, batches: int) -> dict[str, list[dict]]:
+    mixed = [tok(texts(8 * batches)[i:i + 8], padding=True, truncation=True, max_length=MAX_LENGTH,
+                 return_tensors="pt") for i in range(0, 8 * batches, 8)]
+    single = tok([" ".join(texts(200))], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    assert single["input_ids"].shape == (1, MAX_LENGTH)
+    return {"mixed": [dict(b) for b in mixed], "1x128": [dict(single)]}
+
+
+def interleaved(runners: dict, inputs: list[dict], repeat: int) -> dict[str, list[float]]:
+    """Seconds per pass over ``inputs`` for each runner, ``repeat`` times. The runners take turns batch by
+    batch, in an order that rotates, so that a change in the machine's load hits all of them alike."""
+    names = list(runners)
+    for batch in inputs:  # warm-up
+        for name in names:
+            runners[name](**batch)
+    times = {name: [] for name in names}
+    for r in range(repeat):
+        spent = dict.fromkeys(names, 0.0)
+        for b, batch in enumerate(inputs):
+            turn = (r + b) % len(names)
+            for name in names[turn:] + names[:turn]:
+                start = time.perf_counter()
+                runners[name](**batch)
+                spent[name] += time.perf_counter() - start
+        for name in names:
+            times[name].append(spent[name])
+    return times
+
+
+def bench_family(family: str, repeat: int, batches: int) -> dict:
+    import polyformers
+    import transformers
+    from polyformers.pt.quantization import quantize_int8_dynamic
+    from polyformers.pt.unpad import skip_padding
+
+    folder = checkpoint(family)
+    tok = tokenizer(family, folder)
+    loads = workloads(tok, batches)
+    ours = getattr(polyformers, f"{CLASSES[family]}Model").from_pretrained(folder, dtype=torch.float32).eval()
+    skip_padding(ours)
+    runners = {"polyformers": ours, "polyformers int8": quantize_int8_dynamic(ours)}
+    reference_class = getattr(transformers, f"{CLASSES[family]}Model")
+    for implementation in ("sdpa", "eager"):
+        try:
+            runners[f"reference {implementation}"] = reference_class.from_pretrained(
+                folder, dtype=torch.float32, attn_implementation=implementation
+            ).eval()
+        except ValueError as error:  # MPNet has no SDPA attention in the reference
+            print(f"   reference {implementation}: not available ({str(error).split('.')[0]})")
+    references = [name for name in runners if name.startswith("reference")]
+
+    real = sum(int(b["attention_mask"].sum()) for b in loads["mixed"])
+    padded = sum(b["attention_mask"].numel() for b in loads["mixed"])
+    print(f"\n== {family}-base: mixed = {batches} batches of 8, {real} real tokens padded to {padded} "
+          f"({padded / real:.2f}x); 1x128 = one row of 128 tokens", flush=True)
+    results = {}
+    with torch.inference_mode():
+        for batch in loads["mixed"]:
+            keep = batch["attention_mask"].bool()
+            a = runners["polyformers"](**batch).last_hidden_state[keep]
+            b = runners[references[0]](**batch).last_hidden_state[keep]
+            c = runners["polyformers int8"](**batch).last_hidden_state[keep]
+            cosine = torch.nn.functional.cosine_similarity(a, c, dim=-1).min()
+            print(f"   check: real tokens max |polyformers - reference| = {float((a - b).abs().max()):.2e}, "
+                  f"int8 vs fp32 min token cosine = {float(cosine):.4f}")
+        for name, inputs in loads.items():
+            times = interleaved(runners, inputs, repeat)
+            medians = {runner: statistics.median(t) for runner, t in times.items()}
+            fastest = min(references, key=medians.get)
+            sequences = sum(b["input_ids"].shape[0] for b in inputs)
+            print(f"-- {family} {name}: median of {repeat} (seconds per pass over {sequences} sequences)")
+            for runner, median in medians.items():
+                spread = f"{min(times[runner]):.3f}..{max(times[runner]):.3f}"
+                print(f"   {runner:18s} {median:8.3f} s  {sequences / median:7.2f} seq/s  (range {spread})")
+            for runner in ("polyformers", "polyformers int8"):
+                ratio = medians[fastest] / medians[runner]
+                print(f"   {runner} vs {fastest} (fp32): {ratio:.2f}x")
+                results[(family, name, runner)] = ratio
+    return results
+
+
+def int8_cosine(count: int) -> None:
+    """Mean-pooled all-mpnet-base-v2 embeddings (the sentence-transformers recipe without its final
+    normalisation, which does not change a cosine): int8 vs fp32, per text."""
+    from polyformers import MPNetModel, MPNetTokenizerFast
+    from polyformers.pt.quantization import quantize_int8_dynamic
+    from polyformers.pt.unpad import skip_padding
+
+    folder = ASSETS / "mpnet"
+    tok = MPNetTokenizerFast.from_pretrained(str(folder))
+    fp32 = skip_padding(MPNetModel.from_pretrained(folder, dtype=torch.float32).eval())
+    int8 = quantize_int8_dynamic(fp32)
+    sentences = texts(count)
+    cosines = []
+    with torch.inference_mode():
+        for i in range(0, count, 8):
+            batch = tok(sentences[i:i + 8], padding=True, truncation=True, max_length=MAX_LENGTH,
+                        return_tensors="pt")
+            weights = batch["attention_mask"][..., None].float()
+            pooled = [(m(**batch).last_hidden_state * weights).sum(1) / weights.sum(1) for m in (fp32, int8)]
+            cosines += torch.nn.functional.cosine_similarity(*pooled, dim=-1).tolist()
+    print(f"\n== int8 vs fp32 on the real all-mpnet-base-v2, {len(cosines)} texts: mean-pooled embedding cosine "
+          f"min {min(cosines):.4f}, mean {statistics.mean(cosines):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--families", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--batches", type=int, default=4, help="batches of 8 texts in the mixed workload")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cosine-texts", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    results = {}
+    for family in args.families:
+        results.update(bench_family(family, args.repeat, args.batches))
+    if args.cosine_texts:
+        int8_cosine(args.cosine_texts)
+    print(f"\n== summary (load average now {os.getloadavg()[0]:.1f}): speed-up over the reference's faster "
+          "attention implementation (fp32)")
+    for (family, name, runner), ratio in results.items():
+        print(f"   {family:8s} {name:6s} {runner:17s} {ratio:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Inference fast paths: padding skipped by the encoders (pt/unpad.py) and int8 dynamic quantization
+(pt/quantization.py), against the ordinary padded float32 forward."""
+
+import pytest
+import torch
+from torch import nn
+
+import polyformers
+from polyformers.pt.quantization import Int8DynamicLinear, quantize_int8_dynamic
+from polyformers.pt.unpad import skip_padding
+
+TINY = dict(
+    vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+    max_position_embeddings=80, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+)
+FAMILIES = {
+    "electra": (polyformers.ElectraConfig, dict(embedding_size=24), 0),
+    "roberta": (polyformers.RobertaConfig, dict(pad_token_id=1), 1),
+    "roberta_relative": (
+        polyformers.RobertaConfig, dict(pad_token_id=1, position_embedding_type="relative_key_query"), 1
+    ),
+    "mpnet": (polyformers.MPNetConfig, {}, 1),
+}
+LENGTH = 70
+# Rows of very different lengths: full, one token, short, long; the last one left-padded.
+LENGTHS = [LENGTH, 1, 6, 41]
+
+
+def _model(family, cls_name="Model", **overrides):
+    config_class, extra, _ = FAMILIES[family]
+    prefix = {"electra": "Electra", "mpnet": "MPNet"}.get(family, "Roberta")
+    torch.manual_seed(0)
+    model = getattr(polyformers, prefix + cls_name)(config_class(**TINY, **extra, **overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def _inputs(family, seed=0):
+    pad = FAMILIES[family][2]
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, TINY["vocab_size"], (len(LENGTHS), LENGTH), generator=g)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(LENGTHS):
+        mask[row, :n] = 1
+    mask[-1] = mask[-1].flip(0)
+    ids[mask == 0] = pad
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def _run(model, inputs, **kwargs):
+    with torch.no_grad():
+        return model(**inputs, **kwargs)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_skipping_padding_keeps_real_tokens_and_zeroes_padding(family):
+    model, inputs = _model(family), _inputs(family)
+    padded = _run(model, inputs, output_hidden_states=True)
+    fast = _run(skip_padding(model), inputs, output_hidden_states=True)
+    keep = inputs["attention_mask"].bool()
+    assert len(fast.hidden_states) == len(padded.hidden_states)
+    # The embeddings are computed everywhere; every layer after them only on the real tokens.
+    assert torch.equal(fast.hidden_states[0], padded.hidden_states[0])
+    for ours, theirs in zip(fast.hidden_states[1:] + (fast.last_hidden_state,),
+                            padded.hidden_states[1:] + (padded.last_hidden_state,)):
+        assert (ours[keep] - theirs[keep]).abs().max() <= 1e-5
+        assert torch.count_nonzero(ours[~keep]) == 0
+    assert torch.count_nonzero(padded.last_hidden_state[~keep]) > 0  # the padded path does compute them
+    if family != "electra":  # the pooler reads the first token, real in the right-padded rows
+        assert (fast.pooler_output[:-1] - padded.pooler_output[:-1]).abs().max() <= 1e-5
+
+    # Without hidden states, and as a tuple, the same numbers.
+    plain = _run(model, inputs, return_dict=False)[0]
+    assert torch.equal(plain, fast.last_hidden_state)
+    skip_padding(model, enabled=False)
+    assert torch.equal(_run(model, inputs).last_hidden_state, padded.last_hidden_state)
+
+
+@pytest.mark.parametrize("family", ["electra", "mpnet"])
+def test_padded_path_kept_where_padding_positions_are_observable_or_absent(family):
+    model, inputs = _model(family), _inputs(family)
+    head_mask = torch.ones(TINY["num_hidden_layers"], TINY["num_attention_heads"])
+    square = inputs["attention_mask"][:, None, :].repeat(1, LENGTH, 1)
+    cases = [
+        (inputs, dict(output_attentions=True)),
+        (inputs, dict(head_mask=head_mask)),
+        (dict(inputs, attention_mask=square), {}),  # a per-query mask is not a padding mask
+        (dict(inputs, attention_mask=torch.ones_like(inputs["attention_mask"])), {}),  # nothing to skip
+        (dict(input_ids=inputs["input_ids"]), {}),
+    ]
+    expected = [_run(model, i, **kw).last_hidden_state for i, kw in cases]
+    padded = _run(model, inputs).last_hidden_state
+    skip_padding(model)
+    for (i, kw), want in zip(cases, expected):
+        assert torch.equal(_run(model, i, **kw).last_hidden_state, want)
+    model.train()  # training always pads (no dropout in TINY, so train and eval agree)
+    assert torch.equal(_run(model, inputs).last_hidden_state, padded)
+
+
+def test_decoder_keeps_the_padded_path():
+    model, inputs = _model("roberta", is_decoder=True), _inputs("roberta")
+    expected = _run(model, inputs, use_cache=False).last_hidden_state
+    assert torch.equal(_run(skip_padding(model), inputs, use_cache=False).last_hidden_state, expected)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_heads_on_the_packed_path(family):
+    inputs = _inputs(family)
+    keep = inputs["attention_mask"].bool()
+    classifier = _model(family, "ForSequenceClassification", num_labels=3)
+    tagger = _model(family, "ForTokenClassification", num_labels=5)
+    labels = torch.where(keep, torch.randint(0, 5, keep.shape), -100)
+    want_cls = _run(classifier, inputs).logits
+    want_tag = _run(tagger, inputs, labels=labels)
+    got_cls = _run(skip_padding(classifier), inputs).logits
+    got_tag = _run(skip_padding(tagger), inputs, labels=labels)
+    assert (got_cls[:-1] - want_cls[:-1]).abs().max() <= 1e-5  # the left-padded row pools a padding token
+    assert (got_tag.logits[keep] - want_tag.logits[keep]).abs().max() <= 1e-5
+    assert abs(float(got_tag.loss) - float(want_tag.loss)) <= 1e-5
+
+
+def test_skip_padding_needs_an_encoder():
+    with pytest.raises(ValueError, match="skip_padding.*Linear"):
+        skip_padding(nn.Linear(2, 2))
+
+
+def test_int8_linear_keeps_outlier_columns_exact_enough():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    x = torch.randn(2, 10, 64)
+    x[..., 5] *= 80  # one hidden dimension 100x the others, as in post-norm encoders
+    with torch.no_grad():
+        want = linear(x)
+        got = Int8DynamicLinear(linear)(x)
+        plain = Int8DynamicLinear(linear, threshold=1e9)(x)  # no column taken out
+    error = lambda y: float((y - want).norm() / want.norm())  # noqa: E731
+    assert got.shape == want.shape
+    assert error(got) < 0.02
+    assert error(plain) > 2 * error(got)
+    with pytest.raises(ValueError, match="64 features"):
+        Int8DynamicLinear(linear)(torch.randn(3, 63))
+
+
+def test_quantized_model_is_close_and_leaves_the_original():
+    model, inputs = _model("mpnet", "ForSequenceClassification", num_labels=3), _inputs("mpnet")
+    skip_padding(model)
+    want = _run(model, inputs)
+    quantized = quantize_int8_dynamic(model)
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert linears and not any(type(m) is nn.Linear for m in quantized.modules())
+    assert sum(isinstance(m, Int8DynamicLinear) for m in quantized.modules()) == len(linears)
+    got = _run(quantized, inputs)
+    keep = inputs["attention_mask"].bool()
+    hidden_want = _run(model.mpnet, inputs).last_hidden_state[keep]
+    hidden_got = _run(quantized.mpnet, inputs).last_hidden_state[keep]
+    assert torch.nn.functional.cosine_similarity(hidden_want, hidden_got, dim=-1).min() > 0.99
+    assert (got.logits - want.logits).abs().max() < 0.1
+    assert torch.equal(_run(model, inputs).logits, want.logits)  # the original is untouched
+
+
+def test_quantize_rejects_what_it_cannot_quantize():
+    model = _model("electra")
+    with pytest.raises(ValueError, match="eval mode"):
+        quantize_int8_dynamic(model.train())
+    with pytest.raises(ValueError, match="float32.*float16"):
+        quantize_int8_dynamic(model.eval().half())
+    with pytest.raises(ValueError, match="threshold must be > 0, got 0"):
+        quantize_int8_dynamic(model.float(), threshold=0)
+    with pytest.raises(TypeError, match="torch.nn.Module, got str"):
+        quantize_int8_dynamic("model")
