@@ -272,6 +272,22 @@ class StaticCache(Cache):
             value[..., max_length:, :] = 0
 
 
+def attended_length(cache: Optional[Cache], cache_position: torch.Tensor, query_length: int,
+                    every_slot: bool = False) -> int:
+    """How many cache slots self-attention reads once this step's states are stored.
+
+    A growing cache holds exactly those; a preallocated one is read only up to the last slot written
+    now, since the slots past every query's own are masked anyway. ``every_slot`` reads all of them, for
+    attention weights as wide as the reference's.
+    """
+    if cache is None:
+        return query_length
+    length = cache.get_mask_sizes(query_length)[0]
+    if cache.get_max_length() is not None and not every_slot and cache_position.numel():
+        length = min(length, int(cache_position.max()) + 1)
+    return length
+
+
 def as_cache(past_key_values: Any, use_cache: bool) -> tuple[Optional[Cache], bool]:
     """Normalise a model's ``past_key_values`` argument: (the Cache to use or None, whether the caller
     gave the older tuple format and expects it back)."""

@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import outputs as _outputs
 from ..generation_config import GENERATION_CONFIG_NAME, UNSUPPORTED, FIELDS, GenerationConfig
+from .cache import StaticCache
 
 logger = logging.getLogger("polyformers")
 
@@ -756,12 +757,32 @@ class GenerationMixin:
 
         expand = config.num_beams if beam else config.num_return_sequences if config.do_sample else 1
         input_ids, model_kwargs = self._expand_inputs(input_ids, expand, is_encoder_decoder, model_kwargs)
+        forward_arguments = inspect.signature(self.forward).parameters
+        if "logits_to_keep" in forward_arguments and "logits_to_keep" not in model_kwargs:
+            model_kwargs["logits_to_keep"] = 1  # every strategy reads the last position's logits only
+        if self._wants_static_cache(config, model_kwargs, beam, input_ids.shape[-1]):
+            model_kwargs["past_key_values"] = StaticCache(self.config, max_batch_size=input_ids.shape[0],
+                                                          max_cache_len=config.max_length)
         warpers = self._logits_warpers(config) if config.do_sample else LogitsProcessorList()
         if beam:
             return self._beam_search(input_ids, config, processors, warpers, criteria, batch_size, model_kwargs)
         return self._sample(input_ids, config, processors, warpers, criteria, streamer, model_kwargs)
 
     # -- preparation ----------------------------------------------------------------------------------
+
+    def _wants_static_cache(self, config, model_kwargs: dict, beam: bool, prompt_length: int) -> bool:
+        """Decode through a preallocated cache (written in place, nothing reallocated per token) where the
+        model supports one and the caller never sees the cache: no cache given, none returned, and no
+        beams, whose reordering would copy whole buffers every step."""
+        return (
+            getattr(self, "_supports_static_cache", False)
+            and config.use_cache
+            and model_kwargs.get("past_key_values") is None
+            and not config.return_dict_in_generate
+            and not beam
+            and config.max_length is not None
+            and config.max_length > prompt_length
+        )
 
     def _generation_settings(self, generation_config, kwargs):
         if generation_config is None:

@@ -7,7 +7,7 @@ where) stays in the family file.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,9 @@ from torch import nn
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
-    # The tanh approximation used by the original BERT/GPT-2 code ("gelu_new" in configs).
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    # The tanh approximation used by the original BERT/GPT-2 code ("gelu_new" in configs): the same
+    # formula as torch's, whose single kernel saves the five passes over the tensor of spelling it out.
+    return F.gelu(x, approximate="tanh")
 
 
 def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
@@ -154,6 +155,41 @@ def check_decoder_mask(attention_mask: Optional[torch.Tensor], batch: int, key_l
         raise ValueError(f"attention_mask must have shape {what} (batch, cached + new positions), got {shape}")
 
 
+class CausalMask(NamedTuple):
+    """How a decoder's self-attention reads its cache: the first ``key_length`` slots, masked by ``bias``
+    (additive, or None) and, when ``is_causal``, by the fused kernel's own causal mask."""
+
+    bias: Optional[torch.Tensor]
+    is_causal: bool
+    key_length: int
+
+
+def decoder_self_attention_mask(
+    attention_mask: Optional[torch.Tensor],
+    cache_position: torch.Tensor,
+    key_length: int,
+    dtype: torch.dtype,
+    explicit: bool = False,
+) -> CausalMask:
+    """A decoder's self-attention mask over ``key_length`` cache slots.
+
+    Without padding among those slots no mask is built where none is needed: a single query that sees
+    every slot (a decoding step) needs none, and a prompt filling the slots from the first needs only the
+    fused kernel's own causal mask. Otherwise, or with ``explicit``, the mask of :func:`cached_causal_mask`.
+    """
+    if attention_mask is not None:
+        attention_mask = attention_mask[:, :key_length]
+    padded = attention_mask is not None and (attention_mask.shape[-1] < key_length or not bool(attention_mask.all()))
+    if not explicit and not padded:
+        first, last = cache_position[[0, -1]].tolist()
+        length = cache_position.shape[0]
+        if length == 1 and last + 1 >= key_length:
+            return CausalMask(None, False, key_length)
+        if first == 0 and last + 1 == length == key_length:
+            return CausalMask(None, True, key_length)
+    return CausalMask(cached_causal_mask(attention_mask, cache_position, key_length, dtype), False, key_length)
+
+
 def expand_head_mask(head_mask: Optional[torch.Tensor], num_layers: int, dtype: torch.dtype):
     """``head_mask`` of shape (heads,) or (layers, heads) -> per-layer (1, heads, 1, 1) multipliers."""
     if head_mask is None:
@@ -179,23 +215,52 @@ def position_ids_after_padding(input_ids: torch.Tensor, padding_idx: int, past_l
     return ((torch.cumsum(real, dim=1).type_as(real) + past_length) * real).long() + padding_idx
 
 
-def rotary_sin_cos(position_ids: torch.Tensor, dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary position embedding angles: (batch, seq) positions -> float32 (sin, cos), each of shape
-    (batch, seq, dim // 2); pair ``j`` turns at the frequency ``base ** (-2j / dim)``."""
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
-    inv_freq = 1.0 / (base ** exponents)
-    angles = position_ids.float()[..., None] * inv_freq
-    return torch.sin(angles), torch.cos(angles)
+class RotaryTable:
+    """Rotary position embeddings (Su et al., 2021) as unit complex numbers: position ``p`` turns pair ``j``
+    of a head's dimensions by the angle ``p * base ** (-2j / dim)``.
+
+    The table is computed once, in float32 whatever the model's dtype (the angles of distant positions
+    need the precision), and grows when a later position asks for it. Calling it with (batch, seq)
+    positions gives the (batch, seq, dim // 2) complex64 rotations for :func:`rotate_pairs_`.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0, length: int = 0):
+        self.dim, self.base = dim, base
+        self.table = self._angles(length, torch.device("cpu"))
+
+    def _angles(self, length: int, device) -> torch.Tensor:
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
+        inv_freq = 1.0 / (self.base ** exponents)
+        angles = torch.arange(length, dtype=torch.int64, device=device).float()[:, None] * inv_freq
+        return torch.complex(torch.cos(angles), torch.sin(angles))
+
+    def __call__(self, position_ids: torch.Tensor) -> torch.Tensor:
+        needed = int(position_ids.max()) + 1 if position_ids.numel() else 0
+        if self.table.shape[0] < needed or self.table.device != position_ids.device:
+            self.table = self._angles(max(needed, 2 * self.table.shape[0]), position_ids.device)
+        return self.table[position_ids]
 
 
-def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate (batch, heads, seq, dim) ``x`` by position, pairing neighbouring dimensions (0, 1), (2, 3), ...
-    as mesh-transformer-jax (GPT-J) does; ``sin``/``cos`` are (batch, seq, dim // 2)."""
-    sin = torch.repeat_interleave(sin[:, None], 2, dim=-1).to(x.dtype)
-    cos = torch.repeat_interleave(cos[:, None], 2, dim=-1).to(x.dtype)
-    evens, odds = x[..., ::2], x[..., 1::2]
-    rotated = torch.stack((-odds, evens), dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+def rotate_pairs_(x: torch.Tensor, rotation: torch.Tensor) -> None:
+    """Rotate ``x`` in place, pairing neighbouring dimensions (0, 1), (2, 3), ... as mesh-transformer-jax
+    (GPT-J) does: pair ``j`` of the last dimension turns by ``rotation[..., j]`` (complex, broadcastable).
+
+    In float32/64 a pair is a complex number and the rotation one complex product; half types rotate in
+    their own precision with the cosines and sines cast to it.
+    """
+    pairs = x.unflatten(-1, (-1, 2))
+    complex_view = (
+        x.dtype in (torch.float32, torch.float64) and pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0
+        and all(step % 2 == 0 for step in pairs.stride()[:-1])
+    )
+    if complex_view:
+        torch.view_as_complex(pairs).mul_(rotation)
+        return
+    cos, sin = rotation.real.to(x.dtype), rotation.imag.to(x.dtype)
+    even, odd = pairs.unbind(-1)
+    rotated_even = even * cos - odd * sin
+    odd.mul_(cos).add_(even * sin)
+    even.copy_(rotated_even)
 
 
 def alibi_slopes(num_heads: int, bias_max: float = 8.0, device=None) -> torch.Tensor:
@@ -240,6 +305,90 @@ def init_normal_weights(module: nn.Module, std: float) -> None:
 # Attention
 
 
+def _has_onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear``; float32 inference on the CPU goes through oneDNN's matmul instead of torch's BLAS.
+
+    MKL runs narrower vector code on CPUs it does not recognise (AMD's among them), where oneDNN is
+    2-3x faster on prompts and batches, and on a single row (a decoding step, bound by memory) it
+    streams the weights faster with several threads. oneDNN has no gradients: training keeps ``F.linear``.
+    """
+    if (
+        x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+        and torch.backends.mkldnn.enabled and _has_onednn_linear()
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+    ):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def stacked_linear(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
+    """``torch.cat([layer(x) for layer in layers], dim=-1)``, for linear layers that read the same input,
+    in one matmul.
+
+    The first call without gradients moves the layers' weights (and biases) into one stacked buffer and
+    makes each parameter a view of its rows: parameters keep their names, identities and values, and the
+    stacked matrix costs no memory of its own. When a parameter no longer lies there (``model.to(...)``,
+    a new weight assigned), the next call stacks again. With gradients, each layer runs on its own.
+    Layers of another kind stack themselves if their class has ``stack(layers)`` (the int8 layers of
+    ``quantize.py``), or run one by one.
+    """
+    kind = type(layers[0])
+    if any(type(layer) is not kind for layer in layers):
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    if not issubclass(kind, nn.Linear):
+        if hasattr(kind, "stack"):
+            return kind.stack(layers)(x)
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    if torch.is_grad_enabled() and any(p.requires_grad for layer in layers for p in layer.parameters()):
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    stacked = layers[0].__dict__.get("_stacked")
+    if stacked is None or not stacked.holds(layers):
+        stacked = _Stacked(layers)
+        layers[0].__dict__["_stacked"] = stacked
+    return linear(x, stacked.weight, stacked.bias)
+
+
+class _Stacked:
+    """One buffer holding the weights (and one the biases) of several linear layers, their parameters
+    re-pointed into it."""
+
+    def __init__(self, layers):
+        with torch.inference_mode(False), torch.no_grad():  # the buffer must stay usable for training
+            self.weight = torch.cat([layer.weight for layer in layers])
+            with_bias = [layer.bias is not None for layer in layers]
+            if any(with_bias) and not all(with_bias):
+                raise ValueError("stacked_linear: expected every layer with a bias or none, given a mix")
+            self.bias = torch.cat([layer.bias for layer in layers]) if all(with_bias) else None
+        start = 0
+        for layer in layers:
+            end = start + layer.weight.shape[0]
+            layer.weight.data = self.weight[start:end]
+            if self.bias is not None:
+                layer.bias.data = self.bias[start:end]
+            start = end
+        # Until the next call notices, replaced parameters leave this buffer alive; it holds no more
+        # than the layers did.
+        self.parts = self._where(layers)
+
+    @staticmethod
+    def _where(layers) -> list:
+        return [(layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr()) for layer in layers]
+
+    def holds(self, layers) -> bool:
+        return self._where(layers) == self.parts
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(batch, seq, heads * dim) -> (batch, heads, seq, dim)."""
     b, s, _ = x.shape
@@ -263,6 +412,7 @@ def attend(
     head_mask: Optional[torch.Tensor] = None,
     need_weights: bool = False,
     float32_scores: bool = False,
+    is_causal: bool = False,
 ):
     """Scaled dot-product attention over (batch, heads, seq, dim) tensors.
 
@@ -270,15 +420,20 @@ def attend(
     fused kernel unless the caller needs the probabilities or masks heads, which the fused kernel cannot
     return or apply; both paths compute the same function.
     ``float32_scores`` computes query-key products in float32 for half-precision inputs, whose products
-    can overflow float16 (GPT-J's); the fused kernels accumulate in float32 anyway.
+    can overflow float16 (GPT-J's); the fused kernels accumulate in float32 anyway. ``is_causal`` (without
+    ``bias``) lets query ``i`` see keys ``0..i``, as the fused kernel's flag does.
     Returns ``(context, probabilities or None)``.
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if not need_weights and head_mask is None:
         if bias is not None and bias.dtype != query.dtype:
             bias = bias.to(query.dtype)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scale)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scale,
+                                                 is_causal=is_causal)
         return context, None
+    if is_causal:
+        seen = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+        bias = torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~seen, torch.finfo(query.dtype).min)
     if float32_scores:
         query, key = query.float(), key.float()
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale

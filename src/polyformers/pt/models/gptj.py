@@ -23,7 +23,7 @@ from ...outputs import (
     SequenceClassifierOutputWithPast,
 )
 from .. import layers as L
-from ..cache import Cache, as_cache, prepare_generation_inputs, reorder_legacy_or_cache
+from ..cache import Cache, as_cache, attended_length, prepare_generation_inputs, reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -38,7 +38,8 @@ def _rotary_dim(config: GPTJConfig) -> int:
 
 
 class GPTJAttention(nn.Module):
-    """Causal self-attention; queries and keys carry rotary positions, values do not."""
+    """Causal self-attention; queries and keys carry rotary positions, values do not. The three
+    projections run as one matmul (``L.stacked_linear``)."""
 
     def __init__(self, config: GPTJConfig, layer_idx: int):
         super().__init__()
@@ -48,30 +49,27 @@ class GPTJAttention(nn.Module):
         if self.head_dim * self.num_heads != config.n_embd:
             raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
         self.rotary_dim = _rotary_dim(config)
-        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.k_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.q_proj = L.Linear(config.n_embd, config.n_embd, bias=False)
+        self.k_proj = L.Linear(config.n_embd, config.n_embd, bias=False)
+        self.v_proj = L.Linear(config.n_embd, config.n_embd, bias=False)
+        self.out_proj = L.Linear(config.n_embd, config.n_embd, bias=False)
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def _rotate(self, x, sin, cos):
-        rot = self.rotary_dim
-        if rot == self.head_dim:
-            return L.apply_rotary_interleaved(x, sin, cos)
-        return torch.cat([L.apply_rotary_interleaved(x[..., :rot], sin, cos), x[..., rot:]], dim=-1)
-
-    def forward(self, hidden_states, sin, cos, mask, cache: Optional[Cache], cache_position, need_weights):
-        query = L.split_heads(self.q_proj(hidden_states), self.num_heads)
-        key = L.split_heads(self.k_proj(hidden_states), self.num_heads)
-        value = L.split_heads(self.v_proj(hidden_states), self.num_heads)
-        query, key = self._rotate(query, sin, cos), self._rotate(key, sin, cos)
+    def forward(self, hidden_states, rotation, mask: L.CausalMask, cache: Optional[Cache], cache_position,
+                need_weights):
+        batch, length, _ = hidden_states.shape
+        qkv = L.stacked_linear(hidden_states, self.q_proj, self.k_proj, self.v_proj)
+        qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
+        L.rotate_pairs_(qkv[:, :, :2, :, : self.rotary_dim], rotation[:, :, None, None])
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
         # The reference computes scores in float32: GPT-J's query-key products overflow float16.
         context, probs = L.attend(
-            query, key, value, mask, dropout=self.attn_pdrop if self.training else 0.0,
-            need_weights=need_weights, float32_scores=True,
+            query, key[:, :, : mask.key_length], value[:, :, : mask.key_length], mask.bias,
+            dropout=self.attn_pdrop if self.training else 0.0, need_weights=need_weights, float32_scores=True,
+            is_causal=mask.is_causal,
         )
         return self.resid_dropout(self.out_proj(L.merge_heads(context))), probs
 
@@ -80,8 +78,8 @@ class GPTJMLP(nn.Module):
     def __init__(self, config: GPTJConfig):
         super().__init__()
         inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
-        self.fc_in = nn.Linear(config.n_embd, inner)
-        self.fc_out = nn.Linear(inner, config.n_embd)
+        self.fc_in = L.Linear(config.n_embd, inner)
+        self.fc_out = L.Linear(inner, config.n_embd)
         self.act = L.get_activation(config.activation_function)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
@@ -98,9 +96,9 @@ class GPTJBlock(nn.Module):
         self.attn = GPTJAttention(config, layer_idx)
         self.mlp = GPTJMLP(config)
 
-    def forward(self, hidden_states, sin, cos, mask, cache, cache_position, need_weights):
+    def forward(self, hidden_states, rotation, mask, cache, cache_position, need_weights):
         normed = self.ln_1(hidden_states)
-        attended, probs = self.attn(normed, sin, cos, mask, cache, cache_position, need_weights)
+        attended, probs = self.attn(normed, rotation, mask, cache, cache_position, need_weights)
         return attended + self.mlp(normed) + hidden_states, probs
 
 
@@ -109,6 +107,7 @@ class GPTJPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _supports_cache_class = True
+    _supports_static_cache = True
     # Checkpoints written by older releases carry the causal-mask buffers; the mask is computed instead.
     _keys_to_ignore_on_load_unexpected = [r"h\.\d+\.attn\.masked_bias", r"h\.\d+\.attn\.bias"]
 
@@ -138,6 +137,7 @@ class GPTJModel(GPTJPreTrainedModel):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([GPTJBlock(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.rotary = L.RotaryTable(_rotary_dim(config), length=config.n_positions)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -183,8 +183,10 @@ class GPTJModel(GPTJPreTrainedModel):
         key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
         L.check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
                              preallocated=cache is not None and cache.get_max_length() is not None)
-        mask = L.cached_causal_mask(attention_mask, cache_position, key_length, inputs_embeds.dtype)
-        sin, cos = L.rotary_sin_cos(position_ids, _rotary_dim(config))
+        key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
+        mask = L.decoder_self_attention_mask(attention_mask, cache_position, key_length, inputs_embeds.dtype,
+                                             explicit=output_attentions)
+        rotation = self.rotary(position_ids)
 
         hidden = inputs_embeds
         if token_type_ids is not None:
@@ -197,7 +199,7 @@ class GPTJModel(GPTJPreTrainedModel):
         for block in self.h:
             if output_hidden_states:
                 all_hidden += (hidden,)
-            args = (hidden, sin, cos, mask, cache, cache_position, output_attentions)
+            args = (hidden, rotation, mask, cache, cache_position, output_attentions)
             if self.gradient_checkpointing and self.training:
                 hidden, probs = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -225,7 +227,7 @@ class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
     def __init__(self, config: GPTJConfig):
         super().__init__(config)
         self.transformer = GPTJModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.lm_head = L.Linear(config.n_embd, config.vocab_size)
         self.post_init()
 
     def get_output_embeddings(self):

@@ -24,7 +24,7 @@ from ...outputs import (
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..cache import Cache, as_cache, prepare_generation_inputs, reorder_legacy_or_cache
+from ..cache import Cache, as_cache, attended_length, prepare_generation_inputs, reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -61,8 +61,8 @@ class MptAttention(nn.Module):
         self.softmax_scale = attn.softmax_scale or 1.0 / math.sqrt(self.head_dim)
         self.clip_qkv = attn.clip_qkv
         self.attn_pdrop = attn.attn_pdrop
-        self.Wqkv = nn.Linear(config.d_model, 3 * config.d_model, bias=not config.no_bias)
-        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=not config.no_bias)
+        self.Wqkv = L.Linear(config.d_model, 3 * config.d_model, bias=not config.no_bias)
+        self.out_proj = L.Linear(config.d_model, config.d_model, bias=not config.no_bias)
 
     def forward(self, hidden_states, bias, cache: Optional[Cache], cache_position, need_weights):
         qkv = self.Wqkv(hidden_states)
@@ -71,9 +71,10 @@ class MptAttention(nn.Module):
         query, key, value = (L.split_heads(t, self.n_heads) for t in qkv.chunk(3, dim=-1))
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
+        key_length = bias.shape[-1]  # a preallocated cache is read only up to the slots in use
         context, probs = L.attend(
-            query, key, value, bias, scale=self.softmax_scale, dropout=self.attn_pdrop if self.training else 0.0,
-            need_weights=need_weights,
+            query, key[:, :, :key_length], value[:, :, :key_length], bias, scale=self.softmax_scale,
+            dropout=self.attn_pdrop if self.training else 0.0, need_weights=need_weights,
         )
         return self.out_proj(L.merge_heads(context)), probs
 
@@ -82,9 +83,9 @@ class MptMLP(nn.Module):
     def __init__(self, config: MptConfig):
         super().__init__()
         inner = config.expansion_ratio * config.d_model
-        self.up_proj = nn.Linear(config.d_model, inner, bias=not config.no_bias)
+        self.up_proj = L.Linear(config.d_model, inner, bias=not config.no_bias)
         self.act = nn.GELU(approximate="none")
-        self.down_proj = nn.Linear(inner, config.d_model, bias=not config.no_bias)
+        self.down_proj = L.Linear(inner, config.d_model, bias=not config.no_bias)
 
     def forward(self, hidden_states):
         return self.down_proj(self.act(self.up_proj(hidden_states)))
@@ -114,6 +115,7 @@ class MptPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _supports_cache_class = True
+    _supports_static_cache = True
 
     def _init_weights(self, module: nn.Module) -> None:
         L.init_normal_weights(module, self.config.initializer_range)
@@ -142,6 +144,7 @@ class MptModel(MptPreTrainedModel):
         self.emb_drop = nn.Dropout(config.emb_pdrop)
         self.blocks = nn.ModuleList([MptBlock(config, i) for i in range(config.n_layers)])
         self.norm_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=not config.no_bias)
+        self._slopes = None  # ALiBi's per-head slopes, computed on the first call
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -191,12 +194,19 @@ class MptModel(MptPreTrainedModel):
         key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
         L.check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
                              preallocated=cache is not None and cache.get_max_length() is not None)
-        slopes = L.alibi_slopes(config.n_heads, config.attn_config.alibi_bias_max, device=inputs_embeds.device)
-        # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
-        # would round to -inf, and a fully masked (padding) row would turn into NaNs.
-        bias = L.alibi_bias(slopes, cache_position, key_length)
-        bias = bias + L.cached_causal_mask(attention_mask, cache_position, key_length, torch.float32)
-        bias = bias.clamp(min=torch.finfo(inputs_embeds.dtype).min).to(inputs_embeds.dtype)
+        key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
+        if self._slopes is None or self._slopes.device != inputs_embeds.device:
+            self._slopes = L.alibi_slopes(config.n_heads, config.attn_config.alibi_bias_max, inputs_embeds.device)
+        # ALiBi needs an explicit bias, so the causal mask is explicit too, but for a decoding step
+        # without padding, which needs none.
+        causal = L.decoder_self_attention_mask(attention_mask, cache_position, key_length, torch.float32,
+                                               explicit=length > 1 or output_attentions)
+        bias = L.alibi_bias(self._slopes, cache_position, key_length)
+        if causal.bias is not None:
+            # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
+            # would round to -inf, and a fully masked (padding) row would turn into NaNs.
+            bias = (bias + causal.bias).clamp(min=torch.finfo(inputs_embeds.dtype).min)
+        bias = bias.to(inputs_embeds.dtype)
 
         hidden = self.emb_drop(inputs_embeds)
         all_hidden = () if output_hidden_states else None
@@ -234,7 +244,7 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
     def __init__(self, config: MptConfig):
         super().__init__(config)
         self.transformer = MptModel(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = L.Linear(config.d_model, config.vocab_size, bias=False)
         scale = config.logit_scale
         self.logit_scale = 1.0 / math.sqrt(config.d_model) if scale == "inv_sqrt_d_model" else scale
         self.post_init()
