@@ -298,6 +298,10 @@ def test_bad_input_names_the_argument():
         r"decoder_inputs_embeds must have shape \(batch, sequence, 32\)": dict(
             good, decoder_input_ids=None, decoder_inputs_embeds=torch.randn(3, 6, 8)),
         "encoder_outputs must be a BaseModelOutput or a tuple": dict(good, encoder_outputs=torch.randn(3, 9, 32)),
+        r"encoder_outputs.last_hidden_state must have shape \(batch, source length, d_model\) = \(3, \*, 32\), "
+        r"got \(3, 9, 16\)": dict(good, encoder_outputs=(torch.randn(3, 9, 16),)),
+        r"encoder_outputs.last_hidden_state .* got \(2, 9, 32\)": dict(good, encoder_outputs=(torch.randn(2, 9, 32),)),
+        r"encoder_outputs.last_hidden_state .* got \(3, 9\)": dict(good, encoder_outputs=(torch.randn(3, 9),)),
     }
     for message, kwargs in bad.items():
         with pytest.raises((ValueError, IndexError, TypeError), match=message):

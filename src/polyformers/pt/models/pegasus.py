@@ -96,25 +96,25 @@ class PegasusAttention(nn.Module):
         self.dropout = dropout
         self.scaling = (embed_dim // num_heads) ** -0.5
         self.is_decoder = is_decoder
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = L.Linear(embed_dim, embed_dim, bias=bias)
+        self.v_proj = L.Linear(embed_dim, embed_dim, bias=bias)
+        self.q_proj = L.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = L.Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(self, hidden_states, key_value_states=None, past_key_value=None, attention_mask=None,
                 layer_head_mask=None, output_attentions=False):
-        query = L.split_heads(self.q_proj(hidden_states), self.num_heads)
         if key_value_states is not None:
+            query = L.split_heads(self.q_proj(hidden_states), self.num_heads)
             # The encoder's keys and values do not change while decoding: project them once. A cache of
             # another length belongs to other encoder states (the reference's prefix-tuning escape).
             if past_key_value is not None and past_key_value[0].shape[2] == key_value_states.shape[1]:
                 key, value = past_key_value
             else:
-                key = L.split_heads(self.k_proj(key_value_states), self.num_heads)
-                value = L.split_heads(self.v_proj(key_value_states), self.num_heads)
+                key, value = (L.split_heads(part, self.num_heads) for part in
+                              L.stacked_linear(key_value_states, self.k_proj, self.v_proj).chunk(2, dim=-1))
         else:
-            key = L.split_heads(self.k_proj(hidden_states), self.num_heads)
-            value = L.split_heads(self.v_proj(hidden_states), self.num_heads)
+            query, key, value = (L.split_heads(part, self.num_heads) for part in
+                                 L.stacked_linear(hidden_states, self.q_proj, self.k_proj, self.v_proj).chunk(3, dim=-1))
             if past_key_value is not None:
                 key = torch.cat([past_key_value[0], key], dim=2)
                 value = torch.cat([past_key_value[1], value], dim=2)
@@ -147,8 +147,8 @@ class PegasusEncoderLayer(nn.Module):
         self.dropout = config.dropout
         self.activation_fn = L.get_activation(config.activation_function)
         self.activation_dropout = config.activation_dropout
-        self.fc1 = nn.Linear(self.embed_dim, config.encoder_ffn_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, self.embed_dim)
+        self.fc1 = L.Linear(self.embed_dim, config.encoder_ffn_dim)
+        self.fc2 = L.Linear(config.encoder_ffn_dim, self.embed_dim)
         self.final_layer_norm = nn.LayerNorm(self.embed_dim)
 
     def forward(self, hidden_states, attention_mask=None, layer_head_mask=None, output_attentions=False):
@@ -181,8 +181,8 @@ class PegasusDecoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(self.embed_dim)
         self.encoder_attn = PegasusAttention(self.embed_dim, heads, config.attention_dropout, is_decoder=True)
         self.encoder_attn_layer_norm = nn.LayerNorm(self.embed_dim)
-        self.fc1 = nn.Linear(self.embed_dim, config.decoder_ffn_dim)
-        self.fc2 = nn.Linear(config.decoder_ffn_dim, self.embed_dim)
+        self.fc1 = L.Linear(self.embed_dim, config.decoder_ffn_dim)
+        self.fc2 = L.Linear(config.decoder_ffn_dim, self.embed_dim)
         self.final_layer_norm = nn.LayerNorm(self.embed_dim)
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
@@ -396,6 +396,14 @@ class PegasusDecoder(nn.Module):
             mask = torch.ones(batch, past_length + length, dtype=torch.long, device=inputs_embeds.device)
         bias = L.additive_causal_mask(mask, length, dtype)
         cross_bias = None
+        if encoder_hidden_states is not None and (
+                encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[0] != batch
+                or encoder_hidden_states.shape[2] != config.d_model):
+            name = "encoder_outputs.last_hidden_state" if prefix else "encoder_hidden_states"
+            raise ValueError(
+                f"{name} must have shape (batch, source length, d_model) = ({batch}, *, {config.d_model}), "
+                f"got {tuple(encoder_hidden_states.shape)}"
+            )
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_mask = _padding_mask("encoder_attention_mask" if not prefix else "attention_mask",
                                          encoder_attention_mask, batch, encoder_hidden_states.shape[1])
@@ -570,7 +578,7 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
         self.model = PegasusModel(config)
         # A buffer, not a parameter: checkpoints carry it, training does not move it.
         self.register_buffer("final_logits_bias", torch.zeros((1, self.model.shared.num_embeddings)))
-        self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
+        self.lm_head = L.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
         self.post_init()
 
     def get_encoder(self):
@@ -714,7 +722,7 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
         config.is_encoder_decoder = False
         super().__init__(config)
         self.model = PegasusDecoderWrapper(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = L.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
