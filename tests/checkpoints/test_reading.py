@@ -81,6 +81,35 @@ def test_bfloat16_and_other_dtypes_to_numpy(tmp_path):
         assert np.array_equal(reader.get("mask", "np"), [True, False])
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_unmapped_reads_equal_mapped_ones_and_own_their_memory(tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    state = {
+        "bf16": torch.randn(3, 4).to(torch.bfloat16),
+        "half": torch.randn(5).half(),
+        "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "mask": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 3),
+    }
+    if fmt == "safetensors":
+        save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    else:
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    with find_weights(tmp_path) as reader:
+        for key, tensor in state.items():
+            mapped, private = reader.get(key), reader.get(key, mapped=False)
+            assert private.dtype == tensor.dtype and torch.equal(private, tensor) and torch.equal(mapped, tensor)
+            if tensor.numel():
+                assert private.untyped_storage().data_ptr() != mapped.untyped_storage().data_ptr()
+                private.view(-1)[0] = private.view(-1)[1]  # writable, and the mapped copy is untouched
+                assert torch.equal(reader.get(key), tensor)
+    reread = find_weights(tmp_path)
+    kept = reread.get("ids", mapped=False)
+    reread.close()
+    assert torch.equal(kept, state["ids"])  # outlives the reader
+
+
 def test_bfloat16_to_numpy_without_ml_dtypes_is_a_clear_error(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 

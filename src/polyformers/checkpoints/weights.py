@@ -121,9 +121,18 @@ class _SafetensorsShard:
     def dtype(self, key):
         return self.tensors[key].dtype
 
-    def get(self, key, framework):
+    def get(self, key, framework, mapped=True):
         if framework == "np":
             return self._get_numpy(key)
+        if not mapped:
+            import torch
+
+            from .dtypes import to_torch_dtype
+
+            entry = self.tensors[key]
+            buffer = torch.empty(entry.stop - entry.start, dtype=torch.uint8)
+            self._read_into(key, buffer.numpy())
+            return buffer.view(to_torch_dtype(entry.dtype)).reshape(entry.shape)
         if self._torch_handle is None:
             from safetensors import safe_open
 
@@ -138,9 +147,14 @@ class _SafetensorsShard:
 
     def _get_numpy(self, key):
         entry = self.tensors[key]
-        dtype = to_numpy_dtype(entry.dtype)
-        # A plain read into a fresh array: the result owns its memory and outlives close().
         buffer = np.empty(entry.stop - entry.start, dtype=np.uint8)
+        self._read_into(key, buffer)
+        return buffer.view(to_numpy_dtype(entry.dtype)).reshape(entry.shape)
+
+    def _read_into(self, key, buffer: np.ndarray) -> None:
+        """The bytes of ``key`` into ``buffer`` by a plain file read: the result owns its memory and
+        outlives close(), and no page of the file is mapped into the process."""
+        entry = self.tensors[key]
         with self._file_lock:
             if self._file is None:
                 self._file = open(self.path, "rb")
@@ -148,7 +162,6 @@ class _SafetensorsShard:
             got = self._file.readinto(buffer)
         if got != buffer.size:
             raise OSError(f"{self.path!r} is truncated: tensor {key!r} needs bytes {entry.start}..{entry.stop}, got {got} bytes")
-        return buffer.view(dtype).reshape(entry.shape)
 
     def close(self):
         if self._torch_handle is not None:
@@ -210,9 +223,12 @@ class _TorchPickleShard:
     def dtype(self, key):
         return canonical_dtype(self.tensors[key].dtype)
 
-    def get(self, key, framework):
+    def get(self, key, framework, mapped=True):
         tensor = self.tensors[key]
-        return torch_to_numpy(tensor) if framework == "np" else tensor
+        if framework == "np":
+            return torch_to_numpy(tensor)
+        # torch maps the whole zip, so a private copy still reads through the mapping.
+        return tensor if mapped else tensor.clone()
 
     def close(self):
         self.tensors = {}
@@ -301,10 +317,13 @@ class WeightsReader:
         """The canonical dtype name of ``key``: "float32", "bfloat16", "int64", ..."""
         return self._shard(key).dtype(key)
 
-    def get(self, key: str, framework: str = "pt"):
+    def get(self, key: str, framework: str = "pt", *, mapped: bool = True):
+        """The tensor ``key``. ``mapped=False`` (torch only) returns a tensor with memory of its own, read
+        with plain file reads, for callers that will copy or convert it: pages of a mapped file stay
+        resident for as long as any tensor of that file lives, so a copy of a mapped view costs twice."""
         if framework not in FRAMEWORKS:
             raise ValueError(f"framework must be one of {', '.join(map(repr, FRAMEWORKS))}, got {framework!r}")
-        return self._shard(key).get(key, framework)
+        return self._shard(key).get(key, framework, mapped)
 
     def close(self) -> None:
         self._closed = True

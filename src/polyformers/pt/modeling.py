@@ -84,6 +84,9 @@ class PreTrainedModel(nn.Module):
     _tied_weights_keys: Optional[list[str]] = None
     _keys_to_ignore_on_load_missing: Optional[list[str]] = None
     _keys_to_ignore_on_load_unexpected: Optional[list[str]] = None
+    # Weights the forward pass copies into a buffer of its own (``layers.stacked_linear``): they load as
+    # private copies, since a copy of a view of the mapped checkpoint would keep both resident.
+    _keys_loaded_unmapped: Optional[list[str]] = None
     supports_gradient_checkpointing: bool = False
 
     def __init__(self, config: PretrainedConfig, *inputs, **kwargs):
@@ -349,11 +352,15 @@ class PreTrainedModel(nn.Module):
                     )
                 mismatched.append((model_key, shape, tuple(current.shape)))
                 continue
-            tensor = reader.get(ckpt_key, framework="pt")
-            if tensor.is_floating_point() and dtype is not None:
-                tensor = tensor.to(dtype)
-            elif not tensor.is_floating_point() and current.dtype != tensor.dtype:
-                tensor = tensor.to(current.dtype)
+            stored = to_torch_dtype(reader.dtype(ckpt_key))
+            wanted = (dtype or stored) if stored.is_floating_point else current.dtype
+            # Weights are views of the mapped file unless they will be copied anyway (a cast, or a layer
+            # that fuses them later); those are read into memory of their own, because a mapped page once
+            # touched stays resident for as long as any weight of its file lives, beside the copy.
+            mapped = wanted == stored and not _matches(model_key, self._keys_loaded_unmapped)
+            tensor = reader.get(ckpt_key, framework="pt", mapped=mapped)
+            if tensor.dtype != wanted:
+                tensor = tensor.to(wanted)
             self._set_tensor(model_key, tensor)
 
         self.tie_weights()

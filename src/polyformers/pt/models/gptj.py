@@ -110,6 +110,8 @@ class GPTJPreTrainedModel(PreTrainedModel):
     _supports_static_cache = True
     # Checkpoints written by older releases carry the causal-mask buffers; the mask is computed instead.
     _keys_to_ignore_on_load_unexpected = [r"h\.\d+\.attn\.masked_bias", r"h\.\d+\.attn\.bias"]
+    # The first forward stacks q, k and v into one matrix; mapped, their pages would stay resident too.
+    _keys_loaded_unmapped = [r"attn\.[qkv]_proj\.weight$"]
 
     def _init_weights(self, module: nn.Module) -> None:
         L.init_normal_weights(module, self.config.initializer_range)
