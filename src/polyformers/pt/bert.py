@@ -18,6 +18,11 @@ from . import layers as L
 from .unpad import Packing
 
 
+# The self-attention projections the first forward stacks into one matrix (``L.stacked_linear``); the
+# loader reads them unmapped so that the stacked copy does not sit beside their resident mapped pages.
+STACKED_KEYS = [r"attention\.self\.(query|key|value)\.(weight|bias)$"]
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head attention. In a decoder it keeps (key, value) per layer; as cross-attention it attends
     to the encoder's states, whose projections are cached once and reused at every decoding step."""
@@ -31,9 +36,9 @@ class BertSelfAttention(nn.Module):
             )
         self.num_heads = config.num_attention_heads
         self.head_size = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = L.Linear(config.hidden_size, config.hidden_size)
+        self.key = L.Linear(config.hidden_size, config.hidden_size)
+        self.value = L.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
         self.position_embedding_type = position_embedding_type or getattr(config, "position_embedding_type", "absolute")
         if self.position_embedding_type not in ("absolute", "relative_key", "relative_key_query"):
@@ -66,14 +71,17 @@ class BertSelfAttention(nn.Module):
         # Packed (tokens, hidden) states go back to the padded layout for the attention product only.
         split_heads = L.split_heads if packing is None else packing.split_heads
         merge_heads = L.merge_heads if packing is None else packing.merge_heads
-        query = split_heads(self.query(hidden_states), self.num_heads)
         cross = encoder_hidden_states is not None
-        if cross and past_key_value is not None:
-            key, value = past_key_value
+        if cross:
+            query = split_heads(self.query(hidden_states), self.num_heads)
+            if past_key_value is not None:
+                key, value = past_key_value
+            else:
+                key, value = (split_heads(part, self.num_heads) for part in
+                              L.stacked_linear(encoder_hidden_states, self.key, self.value).chunk(2, dim=-1))
         else:
-            source = encoder_hidden_states if cross else hidden_states
-            key = split_heads(self.key(source), self.num_heads)
-            value = split_heads(self.value(source), self.num_heads)
+            query, key, value = (split_heads(part, self.num_heads) for part in
+                                 L.stacked_linear(hidden_states, self.query, self.key, self.value).chunk(3, dim=-1))
             if past_key_value is not None:
                 key = torch.cat([past_key_value[0], key], dim=2)
                 value = torch.cat([past_key_value[1], value], dim=2)
@@ -94,7 +102,7 @@ class BertSelfAttention(nn.Module):
 class BertSelfOutput(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -119,7 +127,7 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = L.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = L.get_activation(config.hidden_act)
 
     def forward(self, hidden_states):
@@ -129,7 +137,7 @@ class BertIntermediate(nn.Module):
 class BertOutput(BertSelfOutput):
     def __init__(self, config):
         nn.Module.__init__(self)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = L.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

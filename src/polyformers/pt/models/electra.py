@@ -24,7 +24,7 @@ from ...outputs import (
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..bert import STACKED_KEYS, BertEncoder, init_bert_weights, prepare_encoder_inputs
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -59,6 +59,7 @@ class ElectraEmbeddings(nn.Module):
 
 
 class ElectraPreTrainedModel(PreTrainedModel):
+    _keys_loaded_unmapped = STACKED_KEYS
     config_class = ElectraConfig
     base_model_prefix = "electra"
     supports_gradient_checkpointing = True
@@ -87,7 +88,7 @@ class ElectraModel(ElectraPreTrainedModel):
         super().__init__(config)
         self.embeddings = ElectraEmbeddings(config)
         if config.embedding_size != config.hidden_size:
-            self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
+            self.embeddings_project = L.Linear(config.embedding_size, config.hidden_size)
         self.encoder = BertEncoder(config)
         self.post_init()
 
@@ -149,9 +150,9 @@ class ElectraDiscriminatorPredictions(nn.Module):
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.activation = L.get_activation(config.hidden_act)
-        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+        self.dense_prediction = L.Linear(config.hidden_size, 1)
 
     def forward(self, hidden_states):
         return self.dense_prediction(self.activation(self.dense(hidden_states))).squeeze(-1)
@@ -196,7 +197,7 @@ class ElectraGeneratorPredictions(nn.Module):
         super().__init__()
         self.activation = L.get_activation("gelu")
         self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.dense = L.Linear(config.hidden_size, config.embedding_size)
 
     def forward(self, hidden_states):
         return self.LayerNorm(self.activation(self.dense(hidden_states)))
@@ -211,7 +212,7 @@ class _ElectraLMHeadModel(ElectraPreTrainedModel):
         super().__init__(config)
         self.electra = ElectraModel(config)
         self.generator_predictions = ElectraGeneratorPredictions(config)
-        self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)
+        self.generator_lm_head = L.Linear(config.embedding_size, config.vocab_size)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -286,11 +287,11 @@ class ElectraClassificationHead(nn.Module):
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.activation = L.get_activation("gelu")
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.out_proj = L.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, features):
         x = self.dropout(features[:, 0, :])
@@ -332,7 +333,7 @@ class ElectraForTokenClassification(ElectraPreTrainedModel):
         self.electra = ElectraModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -356,7 +357,7 @@ class ElectraForQuestionAnswering(ElectraPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.electra = ElectraModel(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -387,7 +388,7 @@ class ElectraForMultipleChoice(ElectraPreTrainedModel):
         super().__init__(config)
         self.electra = ElectraModel(config)
         self.sequence_summary = L.SequenceSummary(config)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = L.Linear(config.hidden_size, 1)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,

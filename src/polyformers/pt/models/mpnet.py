@@ -101,19 +101,18 @@ class MPNetSelfAttention(nn.Module):
                 f"({config.num_attention_heads})"
             )
         self.num_heads = config.num_attention_heads
-        self.q = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v = nn.Linear(config.hidden_size, config.hidden_size)
-        self.o = nn.Linear(config.hidden_size, config.hidden_size)
+        self.q = L.Linear(config.hidden_size, config.hidden_size)
+        self.k = L.Linear(config.hidden_size, config.hidden_size)
+        self.v = L.Linear(config.hidden_size, config.hidden_size)
+        self.o = L.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(self, hidden_states, bias, head_mask=None, output_attentions=False, packing: Optional[Packing] = None):
         # Packed (tokens, hidden) states go back to the padded layout for the attention product only.
         split_heads = L.split_heads if packing is None else packing.split_heads
         merge_heads = L.merge_heads if packing is None else packing.merge_heads
-        query = split_heads(self.q(hidden_states), self.num_heads)
-        key = split_heads(self.k(hidden_states), self.num_heads)
-        value = split_heads(self.v(hidden_states), self.num_heads)
+        query, key, value = (split_heads(part, self.num_heads) for part in
+                             L.stacked_linear(hidden_states, self.q, self.k, self.v).chunk(3, dim=-1))
         context, probs = L.attend(
             query, key, value, bias,
             dropout=self.dropout_prob if self.training else 0.0,
@@ -199,7 +198,7 @@ class MPNetPooler(nn.Module):
 
     def __init__(self, config: MPNetConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
     def forward(self, hidden_states):
@@ -207,6 +206,8 @@ class MPNetPooler(nn.Module):
 
 
 class MPNetPreTrainedModel(PreTrainedModel):
+    # The first forward stacks q, k and v into one matrix; mapped, their pages would stay resident too.
+    _keys_loaded_unmapped = [r"attn\.[qkv]\.(weight|bias)$"]
     config_class = MPNetConfig
     base_model_prefix = "mpnet"
 
@@ -286,9 +287,9 @@ class MPNetLMHead(nn.Module):
 
     def __init__(self, config: MPNetConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = L.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.activation = L.get_activation("gelu")
 
@@ -342,9 +343,9 @@ class MPNetClassificationHead(nn.Module):
 
     def __init__(self, config: MPNetConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.out_proj = L.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, features):
         x = self.dropout(features[:, 0, :])
@@ -383,7 +384,7 @@ class MPNetForTokenClassification(MPNetPreTrainedModel):
         self.num_labels = config.num_labels
         self.mpnet = MPNetModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -406,7 +407,7 @@ class MPNetForQuestionAnswering(MPNetPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mpnet = MPNetModel(config, add_pooling_layer=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -438,7 +439,7 @@ class MPNetForMultipleChoice(MPNetPreTrainedModel):
         super().__init__(config)
         self.mpnet = MPNetModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = L.Linear(config.hidden_size, 1)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,

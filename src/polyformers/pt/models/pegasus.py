@@ -453,6 +453,8 @@ class PegasusDecoder(nn.Module):
 
 
 class PegasusPreTrainedModel(PreTrainedModel):
+    # The first forward stacks the attention projections; mapped, their pages would stay resident too.
+    _keys_loaded_unmapped = [r"(self_attn|encoder_attn)\.[qkv]_proj\.(weight|bias)$"]
     config_class = PegasusConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True

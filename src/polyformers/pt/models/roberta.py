@@ -26,7 +26,7 @@ from ...outputs import (
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..bert import STACKED_KEYS, BertEncoder, init_bert_weights, prepare_encoder_inputs
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -95,13 +95,14 @@ class RobertaPooler(nn.Module):
 
     def __init__(self, config: RobertaConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states):
         return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
 class RobertaPreTrainedModel(PreTrainedModel):
+    _keys_loaded_unmapped = STACKED_KEYS
     config_class = RobertaConfig
     base_model_prefix = "roberta"
     supports_gradient_checkpointing = True
@@ -200,9 +201,9 @@ class RobertaLMHead(nn.Module):
 
     def __init__(self, config: RobertaConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = L.Linear(config.hidden_size, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
         self.activation = L.get_activation("gelu")
@@ -320,10 +321,10 @@ class RobertaClassificationHead(nn.Module):
 
     def __init__(self, config: RobertaConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = L.Linear(config.hidden_size, config.hidden_size)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.out_proj = L.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, features):
         x = self.dropout(features[:, 0, :])
@@ -364,7 +365,7 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
         super().__init__(config)
         self.roberta = RobertaModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = L.Linear(config.hidden_size, 1)
         self.post_init()
 
     # The argument order differs from the other heads (token_type_ids and labels come early), as in the
@@ -403,7 +404,7 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -427,7 +428,7 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.roberta = RobertaModel(config, add_pooling_layer=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
