@@ -15,6 +15,9 @@ rounds in which the contenders run one after another, in alternating order. Prin
 - CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed.
 
     .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt] [--skip ...]
+
+``--skip fp32 prefill batch ct2 kernels`` leaves the int8 decode against the reference (and the int8
+token check).
 """
 
 from __future__ import annotations
@@ -179,8 +182,9 @@ def ct2_generators(family: str, folder: Path):
     return generators
 
 
-def rounds(contenders, fn, repeat: int) -> dict[str, float]:
-    """Median over ``repeat`` rounds of ``fn(contender)`` seconds, the order alternating each round."""
+def rounds(contenders, fn, repeat: int, after_round=None) -> dict[str, float]:
+    """Median over ``repeat`` rounds of ``fn(contender)`` seconds, the order alternating each round;
+    ``after_round()``, untimed, after each round."""
     times = {c.name: [] for c in contenders}
     for r in range(repeat):
         order = contenders if r % 2 == 0 else contenders[::-1]
@@ -188,6 +192,8 @@ def rounds(contenders, fn, repeat: int) -> dict[str, float]:
             start = time.perf_counter()
             fn(c)
             times[c.name].append(time.perf_counter() - start)
+        if after_round is not None:
+            after_round()
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -203,7 +209,9 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     pf_class = {"gptj": polyformers.GPTJForCausalLM, "mpt": polyformers.MptForCausalLM}[family]
     reference = ref_class.from_pretrained(folder, dtype=torch.float32).eval()
     ours = pf_class.from_pretrained(folder, dtype=torch.float32).eval()
-    contenders = [torch_contender("polyformers", ours), torch_contender("reference", reference)]
+    contenders = [torch_contender("reference", reference)]
+    if "fp32" not in args.skip:
+        contenders.insert(0, torch_contender("polyformers", ours))
     if "int8" not in args.skip:
         ours_int8 = quantize_int8(pf_class.from_pretrained(folder, dtype=torch.float32).eval())
         contenders.append(torch_contender("polyformers-int8", ours_int8))
@@ -225,11 +233,10 @@ def bench_family(family: str, args, bw_samples: list) -> None:
           f"parameters, {THREADS} threads, medians of {args.repeat} rounds", flush=True)
     per_token_bytes = weight_bytes_per_token(ours)
 
-    def decode(c):
-        c.generate(prompt, NEW)
-        bw_samples.append(bandwidth())
-
-    decode_s = rounds(contenders, decode, args.repeat)
+    # The bandwidth is sampled between rounds, outside the timed decoding: its 256 MB matrix takes
+    # longer to fill than an int8 model takes to decode.
+    decode_s = rounds(contenders, lambda c: c.generate(prompt, NEW), args.repeat,
+                      after_round=lambda: bw_samples.append(bandwidth()))
     bw = statistics.median(mv for mv, _ in bw_samples)
     bw_linear = statistics.median(ours for _, ours in bw_samples)
     ref_tps = NEW / decode_s["reference"]
@@ -237,12 +244,13 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     for name in names:
         tps = NEW / decode_s[name]
         print(f"  {name:20s} {tps:7.2f}   x{tps / ref_tps:4.2f} of the reference")
-    pf_tps = NEW / decode_s["polyformers"]
-    print(f"bandwidth (torch.mv, float32, 256 MB): {bw / 1e9:.1f} GB/s -> bound {bw / per_token_bytes:.1f} tokens/s "
-          f"for {per_token_bytes / 1e6:.0f} MB of weights per token; polyformers reaches "
-          f"{per_token_bytes * pf_tps / bw:.0%} of it")
-    print(f"  (the same product through polyformers' oneDNN linear: {bw_linear / 1e9:.1f} GB/s -> "
-          f"{per_token_bytes * pf_tps / bw_linear:.0%} of that)")
+    if "polyformers" in decode_s:
+        pf_tps = NEW / decode_s["polyformers"]
+        print(f"bandwidth (torch.mv, float32, 256 MB): {bw / 1e9:.1f} GB/s -> bound {bw / per_token_bytes:.1f} "
+              f"tokens/s for {per_token_bytes / 1e6:.0f} MB of weights per token; polyformers reaches "
+              f"{per_token_bytes * pf_tps / bw:.0%} of it")
+        print(f"  (the same product through polyformers' oneDNN linear: {bw_linear / 1e9:.1f} GB/s -> "
+              f"{per_token_bytes * pf_tps / bw_linear:.0%} of that)")
 
     if "prefill" not in args.skip:
         prefill_s = rounds(contenders, lambda c: c.generate(long_prompt, 1), args.repeat)
@@ -328,7 +336,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--family", nargs="*", default=["gptj", "mpt"], choices=sorted(CONFIGS))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["prefill", "batch", "int8", "ct2", "kernels"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["fp32", "prefill", "batch", "int8", "ct2", "kernels"],
+                        help="fp32: polyformers' float32 decode (the reference stays, as the base of the ratios)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["batch-reference"],
                         help="also time the reference at batch 8 (slow)")
     args = parser.parse_args()

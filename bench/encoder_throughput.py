@@ -8,7 +8,8 @@ Runners, timed in the same process, taking turns batch by batch in a rotating or
   polyformers       fp32, padding skipped (``polyformers.pt.unpad.skip_padding``);
   reference sdpa / reference eager   transformers with each attention implementation; the faster one is
                     "the reference" in the ratios;
-  polyformers int8  the same plus ``polyformers.pt.quantization.quantize_int8_dynamic``.
+  polyformers int8  a copy of it through ``polyformers.pt.quantize.quantize_int8`` with
+                    ``outlier_threshold=OUTLIER_THRESHOLD``.
 Random base-size weights are built once with polyformers and saved to .cache/bench/<family>-base; both
 libraries load that folder. Finally the int8 path is checked on the real all-mpnet-base-v2 checkpoint:
 cosine similarity of its mean-pooled embeddings to the fp32 ones.
@@ -19,6 +20,7 @@ cosine similarity of its mean-pooled embeddings to the fp32 ones.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -122,7 +124,7 @@ def interleaved(runners: dict, inputs: list[dict], repeat: int) -> dict[str, lis
 def bench_family(family: str, repeat: int, batches: int) -> dict:
     import polyformers
     import transformers
-    from polyformers.pt.quantization import quantize_int8_dynamic
+    from polyformers.pt.quantize import OUTLIER_THRESHOLD, quantize_int8
     from polyformers.pt.unpad import skip_padding
 
     folder = checkpoint(family)
@@ -130,7 +132,8 @@ def bench_family(family: str, repeat: int, batches: int) -> dict:
     loads = workloads(tok, batches)
     ours = getattr(polyformers, f"{CLASSES[family]}Model").from_pretrained(folder, dtype=torch.float32).eval()
     skip_padding(ours)
-    runners = {"polyformers": ours, "polyformers int8": quantize_int8_dynamic(ours)}
+    int8 = quantize_int8(copy.deepcopy(ours), outlier_threshold=OUTLIER_THRESHOLD)
+    runners = {"polyformers": ours, "polyformers int8": int8}
     reference_class = getattr(transformers, f"{CLASSES[family]}Model")
     for implementation in ("sdpa", "eager"):
         try:
@@ -175,13 +178,13 @@ def int8_cosine(count: int) -> None:
     """Mean-pooled all-mpnet-base-v2 embeddings (the sentence-transformers recipe without its final
     normalisation, which does not change a cosine): int8 vs fp32, per text."""
     from polyformers import MPNetModel, MPNetTokenizerFast
-    from polyformers.pt.quantization import quantize_int8_dynamic
+    from polyformers.pt.quantize import OUTLIER_THRESHOLD, quantize_int8
     from polyformers.pt.unpad import skip_padding
 
     folder = ASSETS / "mpnet"
     tok = MPNetTokenizerFast.from_pretrained(str(folder))
     fp32 = skip_padding(MPNetModel.from_pretrained(folder, dtype=torch.float32).eval())
-    int8 = quantize_int8_dynamic(fp32)
+    int8 = quantize_int8(copy.deepcopy(fp32), outlier_threshold=OUTLIER_THRESHOLD)
     sentences = texts(count)
     cosines = []
     with torch.inference_mode():

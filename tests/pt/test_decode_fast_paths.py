@@ -201,6 +201,19 @@ def test_generate_matches_the_reference_with_a_left_padded_batch(name, tmp_path)
         assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 
 
+@pytest.mark.parametrize("dropout", [dict(resid_pdrop=0.5), dict(emb_pdrop=0.5)])
+def test_mpt_dropouts_act_in_training_only(dropout):
+    torch.manual_seed(0)
+    model = polyformers.MptForCausalLM(polyformers.MptConfig(**MPT, **dropout)).eval()
+    ids = _prompt()
+    with torch.no_grad():
+        plain = model(ids).logits
+        assert torch.equal(model(ids).logits, plain)
+        model.train()
+        dropped = [model(ids).logits for _ in range(2)]
+    assert not torch.allclose(dropped[0], plain) and not torch.allclose(dropped[0], dropped[1])
+
+
 # ---------------------------------------------------------------------------------------------------
 # int8
 

@@ -1,12 +1,14 @@
-"""Inference fast paths: padding skipped by the encoders (pt/unpad.py) and int8 dynamic quantization
-(pt/quantization.py), against the ordinary padded float32 forward."""
+"""Inference fast paths: padding skipped by the encoders (pt/unpad.py) and int8 quantization with
+float32 outlier columns (pt/quantize.py), against the ordinary padded float32 forward."""
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
 import polyformers
-from polyformers.pt.quantization import Int8DynamicLinear, quantize_int8_dynamic
+from polyformers.pt.quantize import OUTLIER_THRESHOLD, Int8Linear, quantize_int8
 from polyformers.pt.unpad import skip_padding
 
 TINY = dict(
@@ -133,40 +135,59 @@ def test_int8_linear_keeps_outlier_columns_exact_enough():
     x[..., 5] *= 80  # one hidden dimension 100x the others, as in post-norm encoders
     with torch.no_grad():
         want = linear(x)
-        got = Int8DynamicLinear(linear)(x)
-        plain = Int8DynamicLinear(linear, threshold=1e9)(x)  # no column taken out
+        layer = Int8Linear.from_linear(linear, outlier_threshold=OUTLIER_THRESHOLD)
+        got = layer(x)
+        plain = Int8Linear.from_linear(linear)(x)  # no column taken out
+        calm = x.clamp(-2, 2)  # nothing above the threshold: the plain product
+        assert torch.equal(layer(calm), Int8Linear.from_linear(linear)(calm))
+        assert layer(x[:, :0]).shape == (2, 0, 48)
     error = lambda y: float((y - want).norm() / want.norm())  # noqa: E731
     assert got.shape == want.shape
     assert error(got) < 0.02
     assert error(plain) > 2 * error(got)
-    with pytest.raises(ValueError, match="64 features"):
-        Int8DynamicLinear(linear)(torch.randn(3, 63))
+    with pytest.raises(ValueError, match="64 features.*given shape \\(3, 63\\)"):
+        layer(torch.randn(3, 63))
 
 
-def test_quantized_model_is_close_and_leaves_the_original():
+def test_int8_outlier_columns_survive_stacking():
+    torch.manual_seed(0)
+    linears = [nn.Linear(32, n) for n in (16, 8)]
+    x = torch.randn(3, 32)
+    x[:, 7] *= 50
+    layers = [Int8Linear.from_linear(lin, outlier_threshold=3.0) for lin in linears]
+    with torch.no_grad():
+        alone = torch.cat([layer(x) for layer in layers], dim=-1)
+        stack = Int8Linear.stack(layers)
+        assert stack.outlier_threshold == 3.0 and torch.allclose(stack(x), alone, atol=1e-5)
+        assert torch.allclose(layers[1](x), alone[:, 16:], atol=1e-5)
+    with pytest.raises(ValueError, match="one outlier_threshold"):
+        Int8Linear.stack([Int8Linear.from_linear(linears[0]), Int8Linear.from_linear(linears[1], 3.0)])
+
+
+def test_quantized_model_is_close_to_float32():
     model, inputs = _model("mpnet", "ForSequenceClassification", num_labels=3), _inputs("mpnet")
     skip_padding(model)
     want = _run(model, inputs)
-    quantized = quantize_int8_dynamic(model)
-    linears = [m for m in model.modules() if type(m) is nn.Linear]
-    assert linears and not any(type(m) is nn.Linear for m in quantized.modules())
-    assert sum(isinstance(m, Int8DynamicLinear) for m in quantized.modules()) == len(linears)
+    quantized = quantize_int8(copy.deepcopy(model).train(), outlier_threshold=OUTLIER_THRESHOLD)
+    assert not quantized.training and not any(p.requires_grad for p in quantized.parameters())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and not any(isinstance(m, nn.Linear) for m in quantized.modules())
+    int8 = [m for m in quantized.modules() if isinstance(m, Int8Linear)]
+    assert len(int8) == len(linears) and all(m.outlier_threshold == OUTLIER_THRESHOLD for m in int8)
     got = _run(quantized, inputs)
     keep = inputs["attention_mask"].bool()
     hidden_want = _run(model.mpnet, inputs).last_hidden_state[keep]
     hidden_got = _run(quantized.mpnet, inputs).last_hidden_state[keep]
     assert torch.nn.functional.cosine_similarity(hidden_want, hidden_got, dim=-1).min() > 0.99
     assert (got.logits - want.logits).abs().max() < 0.1
-    assert torch.equal(_run(model, inputs).logits, want.logits)  # the original is untouched
 
 
 def test_quantize_rejects_what_it_cannot_quantize():
     model = _model("electra")
-    with pytest.raises(ValueError, match="eval mode"):
-        quantize_int8_dynamic(model.train())
     with pytest.raises(ValueError, match="float32.*float16"):
-        quantize_int8_dynamic(model.eval().half())
-    with pytest.raises(ValueError, match="threshold must be > 0, got 0"):
-        quantize_int8_dynamic(model.float(), threshold=0)
-    with pytest.raises(TypeError, match="torch.nn.Module, got str"):
-        quantize_int8_dynamic("model")
+        quantize_int8(copy.deepcopy(model).half())
+    for bad in (0, -1.0, True, "3"):
+        with pytest.raises(ValueError, match=f"outlier_threshold: expected None or a number > 0, given {bad!r}"):
+            quantize_int8(model, outlier_threshold=bad)
+    with pytest.raises(TypeError, match="torch.nn.Module, given str"):
+        quantize_int8("model")

@@ -12,6 +12,7 @@ import math
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -65,10 +66,13 @@ class MptAttention(nn.Module):
         self.out_proj = L.Linear(config.d_model, config.d_model, bias=not config.no_bias)
 
     def forward(self, hidden_states, bias, cache: Optional[Cache], cache_position, need_weights):
+        batch, length, _ = hidden_states.shape
         qkv = self.Wqkv(hidden_states)
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
-        query, key, value = (L.split_heads(t, self.n_heads) for t in qkv.chunk(3, dim=-1))
+        # The projection's columns are query | key | value, each head by head.
+        qkv = qkv.view(batch, length, 3, self.n_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
         key_length = bias.shape[-1]  # a preallocated cache is read only up to the slots in use
@@ -80,15 +84,16 @@ class MptAttention(nn.Module):
 
 
 class MptMLP(nn.Module):
+    """up, exact (erf) GELU, down."""
+
     def __init__(self, config: MptConfig):
         super().__init__()
         inner = config.expansion_ratio * config.d_model
         self.up_proj = L.Linear(config.d_model, inner, bias=not config.no_bias)
-        self.act = nn.GELU(approximate="none")
         self.down_proj = L.Linear(inner, config.d_model, bias=not config.no_bias)
 
     def forward(self, hidden_states):
-        return self.down_proj(self.act(self.up_proj(hidden_states)))
+        return self.down_proj(F.gelu(self.up_proj(hidden_states)))
 
 
 class MptBlock(nn.Module):
@@ -106,8 +111,13 @@ class MptBlock(nn.Module):
 
     def forward(self, hidden_states, bias, cache, cache_position, need_weights):
         attended, probs = self.attn(self.norm_1(hidden_states), bias, cache, cache_position, need_weights)
-        hidden_states = self.resid_attn_dropout(attended) + hidden_states
-        return self.resid_ffn_dropout(self.ffn(self.norm_2(hidden_states))) + hidden_states, probs
+        if self.training:  # dropout is the identity otherwise: a decoding step skips the calls
+            attended = self.resid_attn_dropout(attended)
+        hidden_states = attended + hidden_states
+        fed = self.ffn(self.norm_2(hidden_states))
+        if self.training:
+            fed = self.resid_ffn_dropout(fed)
+        return fed + hidden_states, probs
 
 
 class MptPreTrainedModel(PreTrainedModel):
@@ -208,7 +218,7 @@ class MptModel(MptPreTrainedModel):
             bias = (bias + causal.bias).clamp(min=torch.finfo(inputs_embeds.dtype).min)
         bias = bias.to(inputs_embeds.dtype)
 
-        hidden = self.emb_drop(inputs_embeds)
+        hidden = self.emb_drop(inputs_embeds) if self.training else inputs_embeds
         all_hidden = () if output_hidden_states else None
         all_attn = () if output_attentions else None
         for block in self.blocks:
