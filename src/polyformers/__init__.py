@@ -101,7 +101,27 @@ _export(
 )
 _export(".pt.cache", "Cache", "DynamicCache", "StaticCache")
 _export(".keras.modeling", "TFPreTrainedModel")
-_export(".keras.generation", "TFGenerationMixin")
+_export(
+    ".keras.generation",
+    "TFGenerationMixin",
+    "TFLogitsProcessor",
+    "TFLogitsWarper",
+    "TFLogitsProcessorList",
+    "TFTemperatureLogitsWarper",
+    "TFTopKLogitsWarper",
+    "TFTopPLogitsWarper",
+    "TFRepetitionPenaltyLogitsProcessor",
+    "TFNoRepeatNGramLogitsProcessor",
+    "TFNoBadWordsLogitsProcessor",
+    "TFMinLengthLogitsProcessor",
+    "TFMinNewTokensLengthLogitsProcessor",
+    "TFForcedBOSTokenLogitsProcessor",
+    "TFForcedEOSTokenLogitsProcessor",
+    "TFSuppressTokensLogitsProcessor",
+    "TFSuppressTokensAtBeginLogitsProcessor",
+    "TFInfNanRemoveLogitsProcessor",
+    "TFLogitNormalization",
+)
 _export(
     ".keras.models.roberta",
     "TFRobertaPreTrainedModel",

@@ -196,6 +196,14 @@ _TF_OUTPUTS = {
         "sequences scores attentions hidden_states",
         "Sampled sequences of a decoder-only model, with the scores of each step as asked.",
     ),
+    "TFBeamSearchDecoderOnlyOutput": (
+        "sequences sequences_scores scores beam_indices attentions hidden_states",
+        "Beam search results of a decoder-only model: the best sequences, their final scores and beam trails.",
+    ),
+    "TFBeamSampleDecoderOnlyOutput": (
+        "sequences sequences_scores scores beam_indices attentions hidden_states",
+        "Beam sampling results of a decoder-only model: the best sequences, their final scores and beam trails.",
+    ),
 }
 
 # Flax outputs never carry a loss: Flax models return logits and leave the loss to the training step.

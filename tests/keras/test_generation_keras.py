@@ -1,4 +1,5 @@
-"""TFRobertaForCausalLM.generate against polyformers' PyTorch generate, eagerly and under XLA.
+"""TFRobertaForCausalLM.generate against polyformers' PyTorch generate, eagerly and under XLA (beam search
+and logits processors: test_beam_keras.py), its generation_config.json and its errors.
 
 The ground truth is our PyTorch RobertaForCausalLM on the same perturbed checkpoint: greedy tokens must
 be identical, for a left-padded batch whose rows need the attention mask and RoBERTa's padding-aware
@@ -69,13 +70,14 @@ def test_greedy_under_xla_equals_pytorch(models):
     compiled = tf.function(tf_model.generate, jit_compile=True)
     # Two eos ids: rows end at different steps, the loop keeps its shapes and pads the ended rows.
     eos = [int(t) for t in _pt_greedy(pt, max_new_tokens=NEW, eos_token_id=None)[[0, 1], [9, 11]]]
-    for settings in (dict(eos_token_id=None), dict(eos_token_id=eos)):
-        expected = _pt_greedy(pt, max_new_tokens=NEW, **settings)
-        ours = compiled(tf.constant(PROMPTS), attention_mask=tf.constant(MASK), max_new_tokens=NEW, **settings)
-        ours = ours.numpy()
-        assert ours.shape == (3, PROMPTS.shape[1] + NEW)  # XLA keeps max_length columns, padded after the end
-        np.testing.assert_array_equal(ours[:, : expected.shape[1]], expected)
-        assert (ours[:, expected.shape[1]:] == PAD).all()
+    expected = _pt_greedy(pt, max_new_tokens=NEW, eos_token_id=eos)
+    ours = compiled(tf.constant(PROMPTS), attention_mask=tf.constant(MASK), max_new_tokens=NEW, eos_token_id=eos)
+    ours = ours.numpy()
+    assert ours.shape == (3, PROMPTS.shape[1] + NEW)  # XLA keeps max_length columns, padded after the end
+    np.testing.assert_array_equal(ours[:, : expected.shape[1]], expected)
+    assert (ours[:, expected.shape[1]:] == PAD).all()
+    assert len({list(row).index(PAD, PROMPTS.shape[1]) if PAD in row[PROMPTS.shape[1]:] else len(row)
+                for row in ours}) > 1, "rows should end at different steps"
 
 
 def test_eos_stops_and_pads(models):
@@ -191,8 +193,23 @@ def test_cross_attention_cache_equals_full_passes(tmp_path):
 
 def test_bad_settings_name_the_problem(models):
     _, tf_model = models
-    with pytest.raises(ValueError, match="num_beams: not supported"):
-        _tf(tf_model, num_beams=2)
+    with pytest.raises(ValueError, match="typical_p: not supported by TFRobertaForCausalLM.generate, given 0.5"):
+        _tf(tf_model, do_sample=True, typical_p=0.5)
+    for bad, message in [
+        (dict(num_beams=0), "'num_beams': expected .*given 0"),
+        (dict(max_new_tokens=0), "'max_new_tokens': expected .*given 0"),
+        (dict(max_new_tokens=-3), "'max_new_tokens': expected .*given -3"),
+        (dict(do_sample=True, top_p=0.0), r"'top_p': expected a number in \(0, 1\], given 0.0"),
+        (dict(do_sample=True, top_p=1.5), r"'top_p': expected a number in \(0, 1\], given 1.5"),
+        (dict(do_sample=True, temperature=0.0), "'temperature': expected a number > 0 when do_sample=True, given 0.0"),
+        (dict(num_beams=2, num_return_sequences=3), "'num_return_sequences': expected at most num_beams=2, given 3"),
+        (dict(repetition_penalty=0.0), "'repetition_penalty': expected a number > 0"),
+        (dict(bad_words_ids=[[]]), "'bad_words_ids': expected a non-empty list of non-empty lists"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _tf(tf_model, **bad)
+    with pytest.raises(ValueError, match=r"bad_words_ids: token ids \[120\] are outside the model's vocabulary of 99"):
+        _tf(tf_model, max_new_tokens=2, bad_words_ids=[[120]])
     with pytest.raises(ValueError, match=r"neither generation settings nor inputs .*\['atention_mask'\]"):
         tf_model.generate(tf.constant(PROMPTS), atention_mask=tf.constant(MASK))
     with pytest.raises(ValueError, match="max_length: must exceed the prompt's 6 tokens"):
@@ -204,3 +221,34 @@ def test_bad_settings_name_the_problem(models):
     with pytest.raises(ValueError, match="'num_return_sequences': greedy decoding"):
         _tf(tf_model, num_return_sequences=2)
     assert not P.TFRobertaForMaskedLM(P.RobertaConfig(**dict(TINY, is_decoder=False))).can_generate()
+
+
+def test_generation_config_json_round_trip(models, tmp_path):
+    """save_pretrained writes generation_config.json, from_pretrained reads it, and its settings are the
+    defaults of generate: the same tokens as the PyTorch model given the same folder."""
+    pt, tf_model = models
+    defaults = P.GenerationConfig(max_new_tokens=5, num_beams=2, num_return_sequences=2, eos_token_id=EOS,
+                                  pad_token_id=PAD, bos_token_id=0, no_repeat_ngram_size=1)
+    tf_model.generation_config = defaults
+    try:
+        tf_model.save_pretrained(tmp_path / "tf")
+    finally:
+        tf_model.generation_config = None  # back to the one derived from the model config
+    assert P.GenerationConfig.from_pretrained(tmp_path / "tf") == defaults
+    loaded = P.TFRobertaForCausalLM.from_pretrained(tmp_path / "tf")
+    assert loaded.generation_config == defaults
+    ours = loaded.generate(tf.constant(PROMPTS), attention_mask=tf.constant(MASK)).numpy()
+    assert ours.shape[0] == 6 and ours.shape[1] <= PROMPTS.shape[1] + 5
+    np.testing.assert_array_equal(ours, P.RobertaForCausalLM.from_pretrained(tmp_path / "tf").generate(
+        torch.as_tensor(PROMPTS), attention_mask=torch.as_tensor(MASK)).numpy())
+    # A folder written by the PyTorch class: its generation_config.json reaches the TF class too.
+    pt.generation_config = P.GenerationConfig(max_new_tokens=3, eos_token_id=None, pad_token_id=PAD)
+    try:
+        pt.save_pretrained(tmp_path / "pt")
+    finally:
+        pt.generation_config = None
+    assert P.TFRobertaForCausalLM.from_pretrained(tmp_path / "pt").generate(
+        tf.constant(PROMPTS), attention_mask=tf.constant(MASK)).shape == (3, PROMPTS.shape[1] + 3)
+    # Without the file, the settings come from the model config.
+    (tmp_path / "pt" / "generation_config.json").unlink()
+    assert P.TFRobertaForCausalLM.from_pretrained(tmp_path / "pt").generation_config.max_new_tokens is None
