@@ -16,6 +16,8 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+import numpy as np
+
 PROG = "polyformers"
 
 
@@ -85,6 +87,32 @@ def status(args, message: str) -> None:
 # ----------------------------------------------------------------------------- pipelines
 
 
+def quiet_start(framework: str) -> None:
+    """Import and start TensorFlow or JAX with the process' stderr closed: their native runtimes log
+    start-up notes (CUDA probing, CPU features) that no setting silences and that would bury the one
+    line a user error prints. Python exceptions still surface; POLYFORMERS_DEBUG=1 keeps everything."""
+    if framework not in ("tf", "flax") or os.environ.get("POLYFORMERS_DEBUG") not in (None, "", "0"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            if framework == "tf":
+                import tensorflow as tf
+
+                tf.constant(0) + 0  # the runtime starts (and logs) on the first op
+            else:
+                import jax.numpy as jnp
+
+                jnp.zeros(1) + 0
+    except ImportError:
+        pass  # reported where the framework is needed, with the stderr back
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def build(args, task: str, model: Optional[str] = None, **kwargs):
     from .pipelines import pipeline
 
@@ -93,6 +121,7 @@ def build(args, task: str, model: Optional[str] = None, **kwargs):
         raise UsageError(f"--model is required for {args.command}: a checkpoint folder or a Hub id")
     start = time.monotonic()
     status(args, f"loading {model} ...")
+    quiet_start(args.framework)
     pipe = pipeline(task, model=model, framework=args.framework, device=args.device,
                     batch_size=args.batch_size, progress=not args.quiet, **kwargs)
     status(args, f"loaded {type(pipe.model).__name__} in {time.monotonic() - start:.1f} s")
@@ -279,14 +308,16 @@ def cmd_generate(args) -> int:
 def cmd_summarize(args) -> int:
     texts = read_texts(args)
     pipe = build(args, "summarization")
-    kwargs = {"num_beams": args.num_beams}
-    if args.max_new_tokens is not None:
-        kwargs["max_new_tokens"] = args.max_new_tokens
-    results = pipe(texts, **kwargs)
+    kwargs = {"num_beams": args.num_beams, "truncation": args.truncation}
+    for name in ("max_new_tokens", "max_length", "min_length", "no_repeat_ngram_size"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    # A list of texts with one summary each comes back flat: one dict per text.
+    summaries = [r if isinstance(r, dict) else r[0] for r in pipe(texts, **kwargs)]
     if args.json:
-        print_json([{"text": t, "summary": r[0]["summary_text"]} for t, r in zip(texts, results)])
+        print_json([{"text": t, "summary": r["summary_text"]} for t, r in zip(texts, summaries)])
         return 0
-    print_table([(i, r[0]["summary_text"]) for i, r in enumerate(results)], ["#", "summary_text"])
+    print_table([(i, r["summary_text"]) for i, r in enumerate(summaries)], ["#", "summary_text"])
     return 0
 
 
@@ -371,38 +402,66 @@ def model_info(path: str) -> dict:
     }
 
 
-def convert(source: str, dest: str, dtype=None, max_shard_size="5GB", verify: bool = True, quiet: bool = False) -> dict:
-    """Re-save a PyTorch checkpoint as safetensors (from ``pytorch_model.bin`` too), optionally in another
-    dtype and shard size, then reload the result and compare its outputs with the source's."""
-    import torch
+# Other frameworks' class names, as the reference prefixed them.
+_PREFIX = {"tf": "TF", "flax": "Flax"}
+VERIFY_ATOL = 1e-4  # PyTorch vs the framework that wrote a legacy file: same weights, other kernels
 
-    import polyformers
-    from .auto import AutoConfig, AutoModel
+
+def convert(source: str, dest: str, dtype=None, max_shard_size="5GB", verify: bool = True, quiet: bool = False) -> dict:
+    """Re-save a checkpoint as safetensors with PyTorch names: from ``model.safetensors``,
+    ``pytorch_model.bin``, or the reference's legacy ``tf_model.h5`` / ``flax_model.msgpack``, optionally
+    in another dtype and shard size.
+
+    Verification, unless ``verify=False``: a legacy file's weights, read into the PyTorch class, must give
+    the outputs of the TF (or Flax) class that reads the source (within 1e-4), and the written folder,
+    reloaded, must reproduce the converted model exactly. A failed check raises ValueError.
+    """
+    from .checkpoints import find_weights
+    from .checkpoints.legacy import find_legacy_weights
 
     if os.path.abspath(source) == os.path.abspath(dest):
         raise ValueError("dest must differ from source: converting in place could lose the only copy")
-    config = AutoConfig.from_pretrained(source)
-    cls = None
-    for name in getattr(config, "architectures", None) or []:
-        if name in dir(polyformers):
-            cls = getattr(polyformers, name)
-            break
-    model, info = (cls or AutoModel).from_pretrained(source, output_loading_info=True)
-    if info["missing_keys"]:
-        # The declared head is not in the weights (a bare encoder saved by a head class): keep it bare.
-        model, info = AutoModel.from_pretrained(source, output_loading_info=True)
-    model.eval()
-    ids = torch.arange(3, 3 + min(12, config.vocab_size - 3)).unsqueeze(0) % config.vocab_size
-    probe = lambda m: next(v for v in m(input_ids=ids, return_dict=True).values() if isinstance(v, torch.Tensor))
-    with torch.inference_mode():
-        source_out = probe(model).float()
+    if not os.path.isdir(source):
+        raise ValueError(f"source: expected a checkpoint folder, got {source!r}")
+    target_dtype = None
     if dtype is not None:
         from .checkpoints.dtypes import to_torch_dtype
 
-        model = model.to(to_torch_dtype(dtype))
-    with torch.inference_mode():
-        # What the written files must reproduce exactly: the source model in the target dtype.
-        expected = probe(model).float()
+        try:
+            target_dtype = to_torch_dtype(dtype)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"--dtype: expected a floating dtype such as float16 or bfloat16, got {dtype!r} "
+                             f"({err})") from None
+        if not target_dtype.is_floating_point:
+            raise ValueError(f"--dtype: expected a floating dtype such as float16 or bfloat16, got {dtype!r}")
+    try:
+        reader, origin = find_weights(source), "pt"
+    except OSError:
+        reader, origin = find_legacy_weights(source), None
+        if reader is None:
+            raise OSError(f"{source}: no weights found (model.safetensors, pytorch_model.bin, tf_model.h5 or "
+                          "flax_model.msgpack)") from None
+        origin = reader.source_format
+    with reader:
+        model, config = _pytorch_model(source, reader)
+    probe = _probe_inputs(config)
+    source_out = _outputs(model, probe)
+    report = {"source": source, "dest": dest, "source_format": origin, "class": type(model).__name__,
+              "dtype": str(dtype or "unchanged")}
+    if origin != "pt" and verify:
+        # The legacy file decides what right is: its own framework's class on the source folder.
+        other = _legacy_class(type(model).__name__, origin)
+        quiet_start(origin)
+        diff = float(np.abs(_outputs(other.from_pretrained(source), probe) - source_out).max())
+        report[f"max_abs_diff_vs_{origin}"] = diff
+        if not diff <= VERIFY_ATOL:
+            raise ValueError(f"verification failed: the weights read from {source!r} give outputs that differ by "
+                             f"{diff:.3g} (more than {VERIFY_ATOL}) from {other.__name__}'s; nothing was written")
+    if target_dtype is not None:
+        model = model.to(target_dtype)
+    # What the written files must reproduce exactly: the source model in the target dtype.
+    expected = _outputs(model, probe)
+    report["max_abs_diff_from_source"] = float(np.abs(expected - source_out).max())
     with _Note(quiet, "saving"):
         model.save_pretrained(dest, max_shard_size=max_shard_size)
     for name in os.listdir(source):
@@ -415,20 +474,74 @@ def convert(source: str, dest: str, dtype=None, max_shard_size="5GB", verify: bo
             shutil.copytree(src, target, dirs_exist_ok=True)
         else:
             shutil.copy2(src, target)
-    report = {"source": source, "dest": dest, "class": type(model).__name__, "dtype": str(dtype or "unchanged"),
-              "max_abs_diff_from_source": float((expected - source_out).abs().max())}
     if verify:
-        reloaded = type(model).from_pretrained(dest, dtype="auto").eval()
-        with torch.inference_mode():
-            after = probe(reloaded).float()
-        diff = float((after - expected).abs().max())
+        after = _outputs(type(model).from_pretrained(dest, dtype="auto"), probe)
+        diff = float(np.abs(after - expected).max())
         report["max_abs_diff_after_reload"] = diff
-        report["verified"] = diff <= 1e-6 * max(float(expected.abs().max()), 1.0)
+        report["verified"] = diff <= 1e-6 * max(float(np.abs(expected).max()), 1.0)
         if not report["verified"]:
             raise ValueError(f"verification failed: the written checkpoint's outputs differ by {diff:.3g} from the "
                              f"converted model's; {dest} is kept for inspection")
     report["files"] = sorted(os.listdir(dest))
     return report
+
+
+def _pytorch_model(source: str, reader):
+    """The PyTorch class the config's ``architectures`` names (else the family's bare model), with the
+    reader's weights; a head missing from the weights (a bare encoder saved by a head class) falls back
+    to the bare model."""
+    import polyformers
+    from .auto import AutoConfig, AutoModel
+    from .pt.modeling import _parameters_on_meta
+
+    config = AutoConfig.from_pretrained(source)
+    names = [n for n in getattr(config, "architectures", None) or [] if n in dir(polyformers)]
+    candidates = [getattr(polyformers, n) for n in names[:1]] + [AutoModel._model_class(config)]
+    for cls in candidates:
+        with _parameters_on_meta():
+            model = cls(config)
+        info = model._load_weights(reader, None, False, source)
+        # Missing body weights are ones the family computes (Pegasus' sinusoidal tables); a missing head
+        # means the weights are a bare model's.
+        prefix = (model.base_model_prefix or "") + "."
+        if not any(not k.startswith(prefix) for k in info["missing_keys"]) or cls is candidates[-1]:
+            break
+    return model.eval(), config
+
+
+def _legacy_class(pt_name: str, framework: str):
+    import polyformers
+
+    name = _PREFIX[framework] + pt_name
+    if name not in dir(polyformers):
+        raise ValueError(f"cannot verify: polyformers has no {name} to run the source's {framework!r} weights "
+                         f"with; pass --no-verify to convert without the check")
+    return getattr(polyformers, name)
+
+
+def _probe_inputs(config) -> dict:
+    """A few token ids every family accepts (and decoder ids for an encoder-decoder)."""
+    vocab = config.vocab_size
+    ids = np.arange(3, 3 + min(12, vocab - 3), dtype=np.int64)[None] % vocab
+    probe = {"input_ids": ids}
+    if getattr(config, "is_encoder_decoder", False):
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        probe["decoder_input_ids"] = np.concatenate([[[start]], ids[:, :4]], axis=1)
+    return probe
+
+
+def _outputs(model, probe: dict) -> np.ndarray:
+    """The first tensor output (logits or last hidden state) of a PyTorch, Keras or Flax model, float32."""
+    name = type(model).__name__
+    if name.startswith(("TF", "Flax")):
+        arrays = {k: v.astype(np.int32) for k, v in probe.items()}
+        out = model(**arrays, return_dict=True)
+        return np.asarray(next(v for v in out.values() if hasattr(v, "shape")), dtype=np.float32)
+    import torch
+
+    with torch.inference_mode():
+        out = model(**{k: torch.as_tensor(v) for k, v in probe.items()}, return_dict=True)
+    return next(v for v in out.values() if isinstance(v, torch.Tensor)).float().numpy()
 
 
 class _Note:
@@ -561,7 +674,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summarize", help="summarization with an encoder-decoder (Pegasus)")
     _common(p, model_help=need)
     p.add_argument("--max-new-tokens", type=_positive_int, default=None)
+    p.add_argument("--max-length", type=_positive_int, default=None, help="summary length limit, in tokens")
+    p.add_argument("--min-length", type=_positive_int, default=None)
+    p.add_argument("--no-repeat-ngram-size", type=_positive_int, default=None)
     p.add_argument("--num-beams", type=_positive_int, default=1)
+    p.add_argument("--truncation", action="store_true", help="cut texts longer than the model takes")
     p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("detect", help="ELECTRA replaced-token detection")

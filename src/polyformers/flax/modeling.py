@@ -9,7 +9,7 @@ Weights live in one canonical format, safetensors with the PyTorch key names and
 PyTorch key comes from its path in the pytree (the submodule names are the PyTorch module names) and
 one renaming rule, :func:`torch_key`; a family lists the few paths the rule cannot derive in
 ``_checkpoint_exceptions``. ``flax_model.msgpack`` files written by the reference's Flax classes hold
-the same pytree and load as they are.
+the same pytree and are read through the same rule (``checkpoints/legacy.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..checkpoints import find_weights, save_weights
 from ..checkpoints.files import cached_file, pop_hub_kwargs, push_folder
-from ..checkpoints.weights import FLAX_WEIGHTS_NAME
+from ..checkpoints.legacy import find_legacy_weights, flax_key
 from ..configs import PretrainedConfig
 
 logger = logging.getLogger("polyformers")
@@ -42,23 +42,9 @@ _PROGRAMS: dict = {}  # compiled module.apply, by module, method and flags
 # ---------------------------------------------------------------------------------------------------
 # Names: pytree path -> PyTorch key
 
-# linen's leaf names and their PyTorch counterparts; True where the PyTorch tensor is the transpose
-# (a Dense kernel is (in, out), an nn.Linear weight (out, in)).
-_LEAVES = {"kernel": ("weight", True), "scale": ("weight", False), "embedding": ("weight", False)}
-
-
-def torch_key(path: Path, exceptions: Optional[Mapping[str, str]] = None) -> tuple[str, bool]:
-    """The PyTorch key of the parameter at ``path`` and whether its array is transposed.
-
-    ``("model", "encoder", "layers", "0", "fc1", "kernel")`` -> ``("model.encoder.layers.0.fc1.weight",
-    True)``: the path joined with dots, the leaf renamed by ``_LEAVES``. ``exceptions`` maps dotted
-    paths the rule gets wrong to their keys (never transposed).
-    """
-    dotted = ".".join(path)
-    if exceptions and dotted in exceptions:
-        return exceptions[dotted], False
-    leaf, transpose = _LEAVES.get(path[-1], (path[-1], False))
-    return ".".join(path[:-1] + (leaf,)), transpose
+# One rule, shared with the reader of the reference's flax_model.msgpack files (whose pytree paths are
+# ours): a parameter's path becomes its PyTorch key through it.
+torch_key = flax_key
 
 
 def _is_float(dtype) -> bool:
@@ -378,10 +364,10 @@ class FlaxPreTrainedModel:
         try:
             reader = find_weights(path, variant=variant, use_safetensors=use_safetensors, **hub)
         except OSError:
-            msgpack = None if use_safetensors else cached_file(path, FLAX_WEIGHTS_NAME, missing_ok=True, **hub)
-            if msgpack is None:
+            reader = None if use_safetensors else find_legacy_weights(
+                path, "flax", exceptions=self._checkpoint_exceptions, **hub)
+            if reader is None:
                 raise
-            return self._load_msgpack(msgpack, ignore_mismatched_sizes)
         with reader:
             if reader.metadata.get("format") == "flax":
                 # The reference's Flax save_pretrained(safe_serialization=True): pytree paths, not PyTorch keys.
@@ -420,18 +406,6 @@ class FlaxPreTrainedModel:
         missing = [k for k in ours if k not in mapping]
         missing_paths = [ours[k][0] for k in ours if k not in mapping or k in skipped]
         return flat, self._report(source, missing, unexpected, mismatched, missing_paths)
-
-    def _load_msgpack(self, file: str, ignore_mismatched_sizes: bool):
-        from flax.serialization import msgpack_restore
-
-        with open(file, "rb") as fh:
-            try:
-                state = msgpack_restore(fh.read())
-            except Exception as err:
-                raise OSError(f"cannot read {file!r} as a Flax msgpack checkpoint: {type(err).__name__}: {err}") from None
-        if not isinstance(state, dict):
-            raise OSError(f"{file!r} holds a {type(state).__name__}, expected a dict of parameters")
-        return self._match_pytree(flatten_dict(state), file, ignore_mismatched_sizes)
 
     def _match_pytree(self, state: dict, source: str, ignore_mismatched_sizes: bool):
         """Reference-written pytrees: the same paths as ours, up to the bare model's prefix."""

@@ -20,8 +20,8 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from ..checkpoints import find_weights, save_weights
-from ..checkpoints.files import cached_file, pop_hub_kwargs, push_folder
-from ..checkpoints.weights import TF2_WEIGHTS_NAME
+from ..checkpoints.files import pop_hub_kwargs, push_folder
+from ..checkpoints.legacy import find_legacy_weights, tf_key
 from ..configs import PretrainedConfig
 
 import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
@@ -32,30 +32,9 @@ logger = logging.getLogger("polyformers")
 # ---------------------------------------------------------------------------------------------------
 # Names: Keras variable -> PyTorch key
 
-# Keras' leaf variable names and their PyTorch counterparts; True where the PyTorch tensor is the
-# transpose (a Dense kernel is (in, out), an nn.Linear weight (out, in)).
-_LEAVES = {
-    "kernel": ("weight", True),
-    "gamma": ("weight", False),
-    "beta": ("bias", False),
-    "embeddings": ("weight", False),
-}
-
-
-def torch_name(name: str, exceptions: Optional[Mapping[str, str]] = None) -> tuple[str, bool]:
-    """The PyTorch key of a Keras variable and whether its array is transposed.
-
-    ``name`` is a dotted attribute path (``encoder.layer.0.output_.dense.kernel``) or a TF-era h5 name
-    (``encoder/layer_._0/output/dense/kernel:0``): Keras-reserved attribute names carry a trailing
-    underscore, TF 2 layer lists are numbered ``layer_._N``, and the leaf is renamed by ``_LEAVES``.
-    """
-    parts = name.split(":")[0].replace("_._", ".").replace("/", ".").split(".")
-    parts = [p[:-1] if p.endswith("_") and len(p) > 1 else p for p in parts]
-    dotted = ".".join(parts)
-    if exceptions and dotted in exceptions:
-        return exceptions[dotted], False
-    leaf, transpose = _LEAVES.get(parts[-1], (parts[-1], False))
-    return ".".join(parts[:-1] + [leaf]), transpose
+# One rule, shared with the reader of the reference's tf_model.h5 files: TF 2 names and Keras attribute
+# paths both become PyTorch keys through it.
+torch_name = tf_key
 
 
 def _walk(layer, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -133,59 +112,7 @@ def _pack(owner: str, names: list[str], first) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Legacy TF weights
-
-
-class _H5Weights:
-    """A ``tf_model.h5`` written by the reference's TF 2 classes, read as PyTorch names and layouts."""
-
-    def __init__(self, path: str, exceptions: Optional[Mapping[str, str]]):
-        import h5py
-
-        self.files = (path,)
-        try:
-            self._file = h5py.File(path, "r")
-        except OSError as err:
-            raise OSError(f"cannot read {path!r} as a Keras h5 weights file: {err}") from None
-        self._where: dict[str, tuple[str, bool]] = {}
-        layer_names = self._file.attrs.get("layer_names")
-        if layer_names is None:
-            self._file.close()
-            raise OSError(f"{path!r} is not a Keras 2 weights file (no 'layer_names' attribute)")
-        for group in map(_text, layer_names):
-            for weight in map(_text, self._file[group].attrs.get("weight_names", [])):
-                # The first scope is the saving model's own name (tf_roberta_for_masked_lm_1, ...).
-                key, transpose = torch_name(weight.split("/", 1)[-1], exceptions)
-                self._where.setdefault(key, (f"{group}/{weight}", transpose))
-
-    def keys(self):
-        return list(self._where)
-
-    def __len__(self):
-        return len(self._where)
-
-    def shape(self, key):
-        path, transpose = self._where[key]
-        shape = tuple(self._file[path].shape)
-        return shape[::-1] if transpose else shape
-
-    def get(self, key, framework="np"):
-        path, transpose = self._where[key]
-        array = np.asarray(self._file[path])
-        return array.T if transpose else array
-
-    def close(self):
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _text(value) -> str:
-    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+# Opening a checkpoint
 
 
 def _open_weights(path: str, use_safetensors, variant, hub, exceptions):
@@ -196,9 +123,9 @@ def _open_weights(path: str, use_safetensors, variant, hub, exceptions):
         except OSError:
             if use_safetensors:
                 raise
-    h5 = cached_file(path, TF2_WEIGHTS_NAME, missing_ok=True, **hub)
+    h5 = find_legacy_weights(path, "tf", exceptions=exceptions, **hub)
     if h5 is not None:
-        return _H5Weights(h5, exceptions)
+        return h5
     return find_weights(path, variant=variant, use_safetensors=False, **hub)
 
 
@@ -357,6 +284,15 @@ class TFPreTrainedModel(keras.Model):
             model = cls(config, *model_args, **model_kwargs)
             model.build_model()
             info = model._load_weights(reader, ignore_mismatched_sizes, path)
+        if model.can_generate():
+            # Generation settings live in generation_config.json when the checkpoint has one; otherwise the
+            # model derives them from its config on first use.
+            from ..checkpoints.files import cached_file
+            from ..generation_config import GENERATION_CONFIG_NAME, GenerationConfig
+
+            generation_file = cached_file(path, GENERATION_CONFIG_NAME, missing_ok=True, **hub)
+            if generation_file is not None:
+                model.generation_config = GenerationConfig.from_pretrained(generation_file)
         if output_loading_info:
             return model, info
         return model
@@ -448,6 +384,8 @@ class TFPreTrainedModel(keras.Model):
         name = type(self).__name__
         config.architectures = [name[2:] if name.startswith("TF") else name]
         config.save_pretrained(save_directory)
+        if self.can_generate():
+            self.generation_config.save_pretrained(save_directory)
         if push_to_hub:
             push_folder(save_directory, token=token, create_pr=create_pr, **kwargs)
 

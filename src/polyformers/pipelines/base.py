@@ -120,8 +120,7 @@ class Pipeline:
                  progress: bool = False, **kwargs):
         if task:
             self.task = task
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise PipelineError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         path = None
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
@@ -240,6 +239,20 @@ class Pipeline:
         return rows
 
     def __call__(self, inputs, *args, **kwargs):
+        # As in the reference, the batch size may be set for one call too; num_workers (DataLoader workers
+        # there) has no meaning here and is accepted for compatibility.
+        batch_size = kwargs.pop("batch_size", None)
+        kwargs.pop("num_workers", None)
+        if batch_size is None:
+            return self._call(inputs, *args, **kwargs)
+        check_batch_size(batch_size)
+        kept, self.batch_size = self.batch_size, batch_size
+        try:
+            return self._call(inputs, *args, **kwargs)
+        finally:
+            self.batch_size = kept
+
+    def _call(self, inputs, *args, **kwargs):
         pre, fwd, post = self._sanitize_parameters(**kwargs)
         pre = {**self._defaults[0], **pre}
         fwd = {**self._defaults[1], **fwd}
@@ -269,6 +282,11 @@ class Pipeline:
     def save_pretrained(self, save_directory) -> None:
         self.model.save_pretrained(save_directory)
         self.tokenizer.save_pretrained(save_directory)
+
+
+def check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise PipelineError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 def check_text(value, name: str) -> str:
