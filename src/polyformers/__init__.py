@@ -100,6 +100,27 @@ _export(
     "MPNetForMultipleChoice",
 )
 _export(".pt.cache", "Cache", "DynamicCache", "StaticCache")
+_export(".training.arguments", "TrainingArguments", "IntervalStrategy", "SchedulerType")
+_export(
+    ".training.trainer",
+    "Trainer", "TrainOutput", "PredictionOutput", "EvalPrediction", "set_seed", "get_last_checkpoint",
+)
+_export(
+    ".training.callbacks",
+    "TrainerCallback", "TrainerState", "TrainerControl", "EarlyStoppingCallback", "ProgressCallback",
+    "PrinterCallback", "DefaultFlowCallback",
+)
+_export(
+    ".training.schedules",
+    "get_scheduler", "get_constant_schedule", "get_constant_schedule_with_warmup", "get_linear_schedule_with_warmup",
+    "get_cosine_schedule_with_warmup", "get_cosine_with_hard_restarts_schedule_with_warmup",
+    "get_polynomial_decay_schedule_with_warmup", "get_inverse_sqrt_schedule",
+)
+_export(
+    ".training.collators",
+    "default_data_collator", "DataCollatorWithPadding", "DataCollatorForLanguageModeling",
+    "DataCollatorForTokenClassification", "DataCollatorForSeq2Seq", "DataCollatorForWholeWordMask",
+)
 _export(".keras.modeling", "TFPreTrainedModel")
 _export(
     ".keras.generation",
