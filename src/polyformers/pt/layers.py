@@ -258,6 +258,10 @@ def rotate_pairs_(x: torch.Tensor, rotation: torch.Tensor) -> None:
         return
     cos, sin = rotation.real.to(x.dtype), rotation.imag.to(x.dtype)
     even, odd = pairs.unbind(-1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        # autograd forbids writing into the views unbind returns; one copy into ``pairs`` is allowed
+        pairs.copy_(torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1))
+        return
     rotated_even = even * cos - odd * sin
     odd.mul_(cos).add_(even * sin)
     even.copy_(rotated_even)
@@ -401,6 +405,23 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, s, h * d)
 
 
+def _fused_gradient_wrong(query, key, value, bias) -> bool:
+    """Whether the fused kernel's backward would be wrong: gradients are needed and some query sees no key.
+
+    A query whose every key is masked (a padding position before the first token of a left-padded row, in
+    a decoder) gets uniform weights in the forward, as in the reference, since its scores plus the dtype's
+    minimum all round to that minimum. The fused kernels' backward recomputes the weights from the scores
+    and the row's log-sum-exp, which round to the same value: every key gets weight 1 instead of 1/n, and
+    the gradients through such a row are n times too large. The explicit path's softmax backward uses the
+    weights of the forward, as the reference does. Inference keeps the fused kernel, whose forward is right.
+    """
+    if bias is None or not bias.is_floating_point() or not torch.is_grad_enabled():
+        return False
+    if not any(t.requires_grad for t in (query, key, value, bias)):
+        return False
+    return bool((bias <= torch.finfo(bias.dtype).min / 2).all(dim=-1).any())  # one reduction, in training only
+
+
 def attend(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -413,6 +434,7 @@ def attend(
     need_weights: bool = False,
     float32_scores: bool = False,
     is_causal: bool = False,
+    masked_fill: bool = False,
 ):
     """Scaled dot-product attention over (batch, heads, seq, dim) tensors.
 
@@ -421,11 +443,13 @@ def attend(
     return or apply; both paths compute the same function.
     ``float32_scores`` computes query-key products in float32 for half-precision inputs, whose products
     can overflow float16 (GPT-J's); the fused kernels accumulate in float32 anyway. ``is_causal`` (without
-    ``bias``) lets query ``i`` see keys ``0..i``, as the fused kernel's flag does.
+    ``bias``) lets query ``i`` see keys ``0..i``, as the fused kernel's flag does. ``masked_fill`` replaces
+    the masked scores (``bias`` at the dtype's minimum) by the bias instead of adding it, so that they pass
+    no gradient (MPT's reference); it differs from adding only for a query that sees no key at all.
     Returns ``(context, probabilities or None)``.
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    if not need_weights and head_mask is None:
+    if not need_weights and head_mask is None and not _fused_gradient_wrong(query, key, value, bias):
         if bias is not None and bias.dtype != query.dtype:
             bias = bias.to(query.dtype)
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scale,
@@ -438,7 +462,10 @@ def attend(
         query, key = query.float(), key.float()
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
     if bias is not None:
-        scores = scores + bias
+        if masked_fill:
+            scores = torch.where(bias <= torch.finfo(bias.dtype).min / 2, bias.to(scores.dtype), scores + bias)
+        else:
+            scores = scores + bias
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)

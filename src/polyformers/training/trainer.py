@@ -259,9 +259,11 @@ class Trainer:
         from datetime import timedelta
 
         args = self.args
+        # accelerate runs a CPU job under torchrun only when told it is one
+        cpu = args.use_cpu or args.no_cuda or not torch.cuda.is_available()
         if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-            # The process group is torch's; accelerate only reads it. ddp_backend picks the backend.
-            PartialState(backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout or 1800))
+            # The process group is torch's (gloo on CPU unless ddp_backend says otherwise).
+            PartialState(cpu=cpu, backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout or 1800))
         # accelerate keeps one process-wide state that refuses a second Accelerator with another precision;
         # each Trainer sets its own (the process group, which is PartialState's, stays).
         from accelerate.state import AcceleratorState
@@ -278,7 +280,7 @@ class Trainer:
         ]
         return Accelerator(
             mixed_precision="bf16" if args.bf16 else "no",
-            cpu=args.use_cpu or args.no_cuda,
+            cpu=cpu,
             # Accumulation is counted here (see _train_epoch); accelerate sees one micro-batch per step.
             gradient_accumulation_steps=1,
             step_scheduler_with_optimizer=False,

@@ -79,6 +79,7 @@ class MptAttention(nn.Module):
         context, probs = L.attend(
             query, key[:, :, :key_length], value[:, :, :key_length], bias, scale=self.softmax_scale,
             dropout=self.attn_pdrop if self.training else 0.0, need_weights=need_weights,
+            masked_fill=True,  # the reference fills masked scores: a query seeing no key trains no query/key
         )
         return self.out_proj(L.merge_heads(context)), probs
 
