@@ -364,3 +364,28 @@ def test_empty_train_dataset(tmp_path):
                          train_dataset=_classification_data(3))
     with pytest.raises(ValueError, match="train_dataset gives no batch"):
         trainer.train()
+
+
+def test_fsdp_refuses_a_model_it_cannot_wrap(tmp_path):
+    from polyformers.training.fsdp import _blocks
+
+    model = tiny_model("gptj", 0.0)
+    assert [type(b).__name__ for b in _blocks(model, None)] == ["GPTJBlock", "GPTJBlock"]
+    assert len(_blocks(model, ["GPTJBlock"])) == 2
+    with pytest.raises(ValueError, match=r"transformer_layer_cls_to_wrap'\]=\['LlamaDecoderLayer'\] names no module "
+                                         r"of GPTJForCausalLM; its module classes are \[.*'GPTJBlock'"):
+        _blocks(model, ["LlamaDecoderLayer"])
+    args = pf.TrainingArguments(str(tmp_path), fsdp="full_shard auto_wrap",
+                                fsdp_config={"fsdp_transformer_layer_cls_to_wrap": "GPTJBlock"})
+    assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["GPTJBlock"]
+
+
+def test_dataloader_workers_give_the_same_losses(tmp_path):
+    def run(workers):
+        trainer = pf.Trainer(tiny_model("roberta", 0.0), _args(tmp_path / str(workers), max_steps=4,
+                                                                dataloader_num_workers=workers),
+                             train_dataset=examples(16))
+        trainer.train()
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    assert run(2) == run(0)
