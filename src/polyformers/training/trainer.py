@@ -323,6 +323,8 @@ class Trainer:
     def _signature(self) -> list[str]:
         if self._signature_columns is None:
             model = self.accelerator.unwrap_model(self.model)
+            if hasattr(model, "get_base_model"):  # peft.PeftModel: its forward passes **kwargs to the base model
+                model = model.get_base_model()
             names = list(inspect.signature(model.forward).parameters)
             self._signature_columns = list(dict.fromkeys(names + ["label", "label_ids"] + self.label_names))
         return self._signature_columns
@@ -855,6 +857,11 @@ class Trainer:
         from ..checkpoints import find_weights
 
         model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "load_adapter") and hasattr(model, "active_adapter") and any(
+                os.path.isfile(os.path.join(folder, n)) for n in ("adapter_model.safetensors", "adapter_model.bin")):
+            # a peft.PeftModel saves (and so resumes from) its adapter only, as in 4.37
+            model.load_adapter(folder, model.active_adapter, is_trainable=True)
+            return
         with find_weights(folder) as reader:
             weights = {key: reader.get(key) for key in reader.keys()}
         missing, unexpected = model.load_state_dict(weights, strict=False)
