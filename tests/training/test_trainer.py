@@ -381,11 +381,14 @@ def test_fsdp_refuses_a_model_it_cannot_wrap(tmp_path):
 
 
 def test_dataloader_workers_give_the_same_losses(tmp_path):
+    # In a fresh process: worker processes are forked, and a fork of a process that has started JAX's
+    # threads (as other tests of this session do) may deadlock.
     def run(workers):
-        trainer = pf.Trainer(tiny_model("roberta", 0.0), _args(tmp_path / str(workers), max_steps=4,
-                                                                dataloader_num_workers=workers),
-                             train_dataset=examples(16))
-        trainer.train()
-        return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        args = dict(output_dir=str(tmp_path / str(workers)), per_device_train_batch_size=4, max_steps=4,
+                    logging_steps=1, report_to="none", disable_tqdm=True, save_strategy="no",
+                    dataloader_num_workers=workers, use_cpu=True)
+        done = _run_script(dict(family="roberta", examples=16, args=args), tmp_path, f"w{workers}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        return _losses(json.loads(done.stdout.strip().splitlines()[-1])["log_history"])
 
     assert run(2) == run(0)
