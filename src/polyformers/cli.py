@@ -701,6 +701,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_convert)
+
+    from .training.cli_train import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

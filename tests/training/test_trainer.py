@@ -392,3 +392,21 @@ def test_dataloader_workers_give_the_same_losses(tmp_path):
         return _losses(json.loads(done.stdout.strip().splitlines()[-1])["log_history"])
 
     assert run(2) == run(0)
+
+
+def test_flos_tokens_seen_and_resuming_a_finished_run(tmp_path):
+    model = tiny_model("roberta", 0.0)
+    args = _args(tmp_path, max_steps=3, save_strategy="steps", save_steps=3, include_num_input_tokens_seen=True)
+    trainer = pf.Trainer(model, args, train_dataset=examples(12))
+    trainer.train()
+    assert trainer.state.num_input_tokens_seen == 3 * 4 * 12
+    assert trainer.state.total_flos == 6 * model.num_parameters(exclude_embeddings=True) * 3 * 4 * 12
+    again = pf.Trainer(tiny_model("roberta", 0.0), args, train_dataset=examples(12))
+    again.train(resume_from_checkpoint=True)
+    assert again.state.global_step == 3
+    assert [h["step"] for h in again.state.log_history if "loss" in h] == [1, 2, 3]
+
+
+def test_log_lines_are_strict_json(capsys):
+    pf.PrinterCallback().on_log(None, pf.TrainerState(), pf.TrainerControl(), logs={"loss": float("nan"), "x": 1.0})
+    assert json.loads(capsys.readouterr().err) == {"loss": "nan", "x": 1.0}

@@ -211,6 +211,11 @@ class DefaultFlowCallback(TrainerCallback):
         return control
 
 
+def _strict_json(logs: dict) -> dict:
+    """Non-finite numbers as strings ("nan", "inf"): JSON has no NaN, and strict readers reject it."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in logs.items()}
+
+
 def _format_logs(logs: dict) -> dict:
     return {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}
 
@@ -276,7 +281,8 @@ class PrinterCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            print(json.dumps({k: v for k, v in logs.items() if k != "total_flos"}), file=sys.stderr, flush=True)
+            shown = {k: v for k, v in logs.items() if k != "total_flos"}
+            print(json.dumps(_strict_json(shown)), file=sys.stderr, flush=True)
 
 
 class JsonlLoggerCallback(TrainerCallback):
@@ -286,7 +292,7 @@ class JsonlLoggerCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         os.makedirs(args.logging_dir, exist_ok=True)
-        line = json.dumps(dict(logs, step=state.global_step), sort_keys=True)
+        line = json.dumps(_strict_json(dict(logs, step=state.global_step)), sort_keys=True)
         with open(os.path.join(args.logging_dir, "log_history.jsonl"), "a", encoding="utf-8") as f:
             f.write(line + "\n")
 

@@ -229,6 +229,7 @@ class Trainer:
         self._signature_columns: Optional[list[str]] = None
         self._fsdp = bool(args.fsdp)
         self._wrapped: Optional[nn.Module] = None  # the model as prepared for training
+        self._flos_per_token: Optional[int] = None
 
         if self._fsdp and self.args.world_size < 1:
             raise ValueError("fsdp needs torch.distributed: launch with torchrun or accelerate launch")
@@ -559,11 +560,26 @@ class Trainer:
                 )
         return (loss, outputs) if return_outputs else loss
 
+    def _count_work(self, inputs: dict) -> None:
+        """``total_flos`` (6 x tokens x non-embedding parameters, forward and backward, as the reference
+        estimates) and, with ``include_num_input_tokens_seen``, the input tokens of every process."""
+        ids = inputs.get("input_ids")
+        if not isinstance(ids, torch.Tensor):
+            return
+        if self._flos_per_token is None:
+            model = self.accelerator.unwrap_model(self.model)
+            counter = getattr(model, "num_parameters", None)
+            self._flos_per_token = 6 * counter(exclude_embeddings=True) if counter is not None else 0
+        self.state.total_flos += float(self._flos_per_token * ids.numel() * self.accelerator.num_processes)
+        if self.args.include_num_input_tokens_seen:
+            self.state.num_input_tokens_seen += int(ids.numel()) * self.accelerator.num_processes
+
     def training_step(self, model, inputs: dict) -> torch.Tensor:
         """Forward and backward on one micro-batch; returns the detached loss divided by the accumulation."""
         model.train()
         inputs = self._prepare_inputs(inputs)
         self._check_labels(inputs)
+        self._count_work(inputs)
         loss = self.compute_loss(model, inputs)
         loss = loss / self.args.gradient_accumulation_steps
         self.accelerator.backward(loss)
@@ -661,7 +677,8 @@ class Trainer:
         self.optimizer.zero_grad()
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
 
-        for epoch in range(epochs_trained, num_epochs):
+        # a run resumed from its last checkpoint has nothing left to do
+        for epoch in range(epochs_trained, num_epochs if self.state.global_step < max_steps else epochs_trained):
             if hasattr(train_dataloader, "set_epoch"):
                 train_dataloader.set_epoch(epoch)
             skip = steps_to_skip if epoch == epochs_trained else 0
