@@ -410,3 +410,25 @@ def test_flos_tokens_seen_and_resuming_a_finished_run(tmp_path):
 def test_log_lines_are_strict_json(capsys):
     pf.PrinterCallback().on_log(None, pf.TrainerState(), pf.TrainerControl(), logs={"loss": float("nan"), "x": 1.0})
     assert json.loads(capsys.readouterr().err) == {"loss": "nan", "x": 1.0}
+
+
+def test_custom_optimizer_scheduler_and_preprocessed_logits(tmp_path):
+    model = _classifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    seen = []
+
+    def argmax_first(logits, labels):
+        seen.append(tuple(logits.shape))
+        return logits.argmax(-1)
+
+    data = _classification_data(8)
+    trainer = pf.Trainer(model, _args(tmp_path, max_steps=4), train_dataset=data, eval_dataset=data,
+                         optimizers=(optimizer, scheduler), preprocess_logits_for_metrics=argmax_first,
+                         compute_metrics=lambda p: {"mean_pred": float(p.predictions.mean())})
+    trainer.train()
+    assert [h["learning_rate"] for h in trainer.state.log_history if "loss" in h] == [0.05, 0.025, 0.025, 0.0125]
+    metrics = trainer.evaluate()
+    assert seen == [(8, 3)] and "eval_mean_pred" in metrics  # one batch of per_device_eval_batch_size 8
+    with pytest.raises(ValueError, match="a scheduler needs the optimizer"):
+        pf.Trainer(model, _args(tmp_path), optimizers=(None, scheduler))
