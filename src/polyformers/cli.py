@@ -705,6 +705,10 @@ def make_parser() -> argparse.ArgumentParser:
     from .training.cli_train import add_train_parser
 
     add_train_parser(sub)
+
+    from .serve.cli import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

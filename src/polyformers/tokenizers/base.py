@@ -13,6 +13,7 @@ for them, and the framework is imported at that moment.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -53,6 +54,39 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         logger.warning(message)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chat templates
+# ----------------------------------------------------------------------------------------------------
+
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_chat_template(source: str):
+    """A chat template compiled once per distinct source (a server renders the same one per request)."""
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ImportError("apply_chat_template needs jinja2 (pip install 'jinja2>=3.0')") from None
+    if tuple(int(p) for p in jinja2.__version__.split(".")[:2] if p.isdigit()) < (3, 0):
+        raise ImportError(f"apply_chat_template needs jinja2 >= 3.0, found {jinja2.__version__}")
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    # Block tags swallow the newline after them and the indentation before them, so templates can be
+    # laid out readably without those characters reaching the prompt (the reference's settings).
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1554,6 +1588,75 @@ class PreTrainedTokenizerBase:
         for old, new in PreTrainedTokenizerBase._CLEANUP_REPLACEMENTS:
             out_string = out_string.replace(old, new)
         return out_string
+
+    # -- chat templates ------------------------------------------------------------------------------
+
+    @property
+    def default_chat_template(self) -> str:
+        """The template used when neither ``chat_template`` nor ``tokenizer.chat_template`` is set: ChatML
+        (``<|im_start|>role\ncontent<|im_end|>``), without beginning or end tokens. A warning says so once,
+        since the model was probably not trained on it."""
+        _warn_once(
+            "No chat template is defined for this tokenizer: using the default ChatML template. If it does "
+            "not suit the model, set tokenizer.chat_template to the template the model was trained with."
+        )
+        return _CHATML_TEMPLATE
+
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template: Optional[str] = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = True,
+        padding: bool = False,
+        truncation: bool = False,
+        max_length: Optional[int] = None,
+        return_tensors: Union[None, str, TensorType] = None,
+        **tokenizer_kwargs,
+    ):
+        """Render a conversation with a Jinja chat template, as text or as token ids.
+
+        ``conversation`` is a list of ``{"role": ..., "content": ...}`` dicts (or an object with a
+        ``messages`` list of them). The template is ``chat_template`` if given, else
+        ``tokenizer.chat_template`` (saved in ``tokenizer_config.json`` as "chat_template"), else
+        :attr:`default_chat_template`. It sees ``messages``, ``add_generation_prompt`` (end with what opens
+        the assistant's reply) and the special tokens (``bos_token``, ``eos_token``, ...), and may call
+        ``raise_exception(message)`` to reject a conversation (a ``jinja2.TemplateError``). It runs in
+        Jinja's immutable sandbox, so a template from a checkpoint can read its inputs but not change
+        them or reach Python internals.
+
+        With ``tokenize=False`` returns the rendered string; otherwise its ids, encoded without adding
+        special tokens (the template places them), with ``padding``, ``truncation``, ``max_length``,
+        ``return_tensors`` and the other keyword arguments passed to :meth:`encode`.
+        """
+        messages = getattr(conversation, "messages", conversation)
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise TypeError(
+                f"conversation: expected a list of {{'role': ..., 'content': ...}} dicts, given "
+                f"{type(conversation).__name__}"
+            )
+        for i, message in enumerate(messages):
+            if not isinstance(message, Mapping):
+                raise TypeError(f"conversation[{i}]: expected a dict with 'role' and 'content', given "
+                                f"{type(message).__name__}")
+        if chat_template is None:
+            chat_template = self.chat_template if self.chat_template is not None else self.default_chat_template
+        if not isinstance(chat_template, str):
+            raise TypeError(f"chat_template: expected a Jinja template string, given {type(chat_template).__name__}")
+        rendered = _compile_chat_template(chat_template).render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt, **self.special_tokens_map
+        )
+        if not tokenize:
+            return rendered
+        return self.encode(
+            rendered,
+            add_special_tokens=False,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+            **tokenizer_kwargs,
+        )
 
     # -- saving --------------------------------------------------------------------------------------
 

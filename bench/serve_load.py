@@ -1,0 +1,173 @@
+"""Load test of ``polyformers serve``: continuous batching against serving one request at a time.
+
+The same server runs twice on 127.0.0.1: with ``--max-batch 16`` (continuous batching) and with
+``--max-batch 1`` (each request decodes alone while the others wait in the queue). For 1, 4 and 16
+concurrent clients (threads, each sending ``--requests`` streamed completions one after another: a
+distinct prompt of about ``--prompt-tokens`` tokens, ``--max-tokens`` new greedy tokens), it prints the
+throughput (completion tokens / wall time of the phase) and the median and 95th percentile time to first
+token, then the batched/serial throughput ratio per concurrency. Modes alternate over ``--repeat``
+rounds and each figure is the median over rounds (the machine is shared).
+
+The model is a reduced GPT-J with random weights (n_embd 1024, 12 layers, 16 heads, rotary_dim 64,
+vocab 50400, as bench/decode_speed.py), float32, no end-of-sequence token so every request decodes
+exactly ``--max-tokens`` tokens; built once by polyformers into ``.cache/bench/``.
+
+    .venv/bin/python bench/serve_load.py [--repeat 1] [--clients 1 4 16] [--max-tokens 64]
+
+Only 127.0.0.1 is contacted; every loop is bounded in count and each request in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench"
+GPT2_VOCAB = ROOT / ".cache" / "assets" / "gpt2"
+CONFIG = dict(vocab_size=50400, n_positions=2048, n_embd=1024, n_layer=12, n_head=16, rotary_dim=64,
+              bos_token_id=None, eos_token_id=None, pad_token_id=None)
+WORDS = ("river city merchant market bridge winter harvest letter captain garden window morning story "
+         "mountain silver engine library number orange island").split()
+
+
+def build() -> Path:
+    folder = CACHE / "serve-gptj-reduced"
+    if (folder / "model.safetensors").exists():
+        return folder
+    print(f"building {folder} (once)", flush=True)
+    import torch
+
+    from polyformers import GPTJConfig, GPTJForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTJForCausalLM(GPTJConfig(**CONFIG)).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(GPT2_VOCAB / name, folder / name)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    return folder
+
+
+def prompt(i: int, tokens: int) -> str:
+    # Distinct prompts: GPT-2 splits these words into one token each, so the length is about ``tokens``.
+    return " ".join(WORDS[(i * 7 + k * (i % 5 + 1)) % len(WORDS)] for k in range(tokens))
+
+
+class Server:
+    def __init__(self, folder: Path, max_batch: int, threads: int, context: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "polyformers", "serve", "--model", f"gptj={folder}", "--host", "127.0.0.1",
+             "--port", "0", "--max-batch", str(max_batch), "--max-queue", "64", "--threads", str(threads),
+             "--max-model-len", str(context)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        self.url = None
+        for line in self.proc.stdout:
+            if "listening on http://" in line:
+                self.url = "http://" + line.split("http://", 1)[1].split()[0]
+                break
+        if self.url is None:
+            raise RuntimeError("the server did not start")
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def one_request(http, url: str, text: str, max_tokens: int) -> tuple:
+    """(time to first token, completion tokens) of one streamed greedy completion."""
+    body = {"model": "gptj", "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, tokens = None, 0
+    with http.stream("POST", url + "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["text"]:
+                first = time.perf_counter() - start
+    return first if first is not None else time.perf_counter() - start, tokens
+
+
+def phase(url: str, clients: int, requests: int, prompt_tokens: int, max_tokens: int) -> dict:
+    import httpx
+
+    def client(c):
+        results = []
+        with httpx.Client(timeout=600) as http:
+            for r in range(requests):
+                results.append(one_request(http, url, prompt(c * requests + r, prompt_tokens), max_tokens))
+        return results
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [x for rs in pool.map(client, range(clients)) for x in rs]
+    wall = time.perf_counter() - start
+    ttft = sorted(r[0] for r in results)
+    return {"tokens_per_s": sum(r[1] for r in results) / wall, "p50": ttft[len(ttft) // 2],
+            "p95": ttft[min(len(ttft) - 1, int(round(0.95 * (len(ttft) - 1))))], "tokens": sum(r[1] for r in results)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=2, help="requests per client per phase (default: 2)")
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="server torch threads (default: 2)")
+    args = parser.parse_args()
+    folder = build()
+    context = args.prompt_tokens + args.max_tokens + 16
+    print(f"load average before: {open('/proc/loadavg').read().strip()}", flush=True)
+    figures = {mode: {c: [] for c in args.clients} for mode in ("batched", "serial")}
+    for round_ in range(args.repeat):
+        order = ("batched", "serial") if round_ % 2 == 0 else ("serial", "batched")
+        for mode in order:
+            server = Server(folder, 16 if mode == "batched" else 1, args.threads, context)
+            try:
+                one_request_warm = phase(server.url, 1, 1, args.prompt_tokens, 4)  # first-call costs
+                del one_request_warm
+                for clients in args.clients:
+                    result = phase(server.url, clients, args.requests, args.prompt_tokens, args.max_tokens)
+                    figures[mode][clients].append(result)
+                    print(f"round {round_ + 1} {mode:8s} clients {clients:2d}: {result['tokens_per_s']:7.1f} tok/s  "
+                          f"TTFT p50 {result['p50'] * 1000:7.0f} ms  p95 {result['p95'] * 1000:7.0f} ms", flush=True)
+            finally:
+                server.stop()
+
+    def median(mode, clients, key):
+        return statistics.median(r[key] for r in figures[mode][clients])
+
+    print()
+    print(f"reduced GPT-J (n_embd 1024, 12 layers), float32, {args.threads} threads; {args.requests} streamed "
+          f"requests per client, ~{args.prompt_tokens}-token prompts, {args.max_tokens} new tokens; "
+          f"median of {args.repeat} round(s)")
+    print(f"{'clients':>7}  {'mode':<8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12}")
+    for clients in args.clients:
+        for mode in ("batched", "serial"):
+            print(f"{clients:>7}  {mode:<8} {median(mode, clients, 'tokens_per_s'):8.1f} "
+                  f"{median(mode, clients, 'p50') * 1000:12.0f} {median(mode, clients, 'p95') * 1000:12.0f}")
+        ratio = median("batched", clients, "tokens_per_s") / median("serial", clients, "tokens_per_s")
+        print(f"{clients:>7}  ratio    {ratio:8.2f}x  (continuous batching / one at a time)")
+    print(f"load average after: {open('/proc/loadavg').read().strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
