@@ -64,6 +64,46 @@ def _number(name: str, value: Any) -> Any:
     return value
 
 
+def _cutoff(name: str, value: Any) -> Any:
+    """A probability floor in [0, 1): 0 turns it off, 1 or more would filter every token."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1:
+        raise _error(name, "a number in [0, 1) or None", value)
+    return value
+
+
+def _non_negative_number(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or value < 0:
+        raise _error(name, "a number >= 0 or None", value)
+    return value
+
+
+def _decay(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if (
+        isinstance(value, (list, tuple)) and len(value) == 2 and _is_int(value[0]) and value[0] >= 0
+        and isinstance(value[1], numbers.Real) and not isinstance(value[1], bool)
+    ):
+        return value
+    raise _error(name, "(start_index: int >= 0, decay_factor: float) or None", value)
+
+
+def _sequence_bias(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict) and value and all(
+        isinstance(ids, tuple) and ids and all(_is_int(t) and t >= 0 for t in ids)
+        and isinstance(bias, numbers.Real) and not isinstance(bias, bool)
+        for ids, bias in value.items()
+    ):
+        return value
+    raise _error(name, "a non-empty dict {tuple of token ids: float bias} or None", value)
+
+
 def _token_ids(optional: bool = True):
     """An int or a list of ints (several end-of-sequence tokens, for instance), each >= 0."""
 
@@ -139,18 +179,18 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "do_sample": (False, _BOOL),
     "num_beams": (1, _field(positive_int(optional=True))),
     "num_beam_groups": (1, _field(positive_int())),
-    "penalty_alpha": (None, _ANY),
+    "penalty_alpha": (None, _non_negative_number),
     "use_cache": (True, _BOOL),
     # logits manipulation
     "temperature": (1.0, _field(Field("float", optional=True))),
     "top_k": (50, _field(count(optional=True))),
     "top_p": (1.0, lambda n, v: None if v is None else _open_unit(n, v)),
     "typical_p": (1.0, lambda n, v: None if v is None else _open_unit(n, v)),
-    "epsilon_cutoff": (0.0, _ANY),
-    "eta_cutoff": (0.0, _ANY),
-    "diversity_penalty": (0.0, _ANY),
+    "epsilon_cutoff": (0.0, _cutoff),
+    "eta_cutoff": (0.0, _cutoff),
+    "diversity_penalty": (0.0, _number),
     "repetition_penalty": (1.0, lambda n, v: None if v is None else _positive_number(False)(n, v)),
-    "encoder_repetition_penalty": (1.0, _ANY),
+    "encoder_repetition_penalty": (1.0, lambda n, v: None if v is None else _positive_number(False)(n, v)),
     "length_penalty": (1.0, _number),
     "no_repeat_ngram_size": (0, _field(count(optional=True))),
     "bad_words_ids": (None, _id_lists),
@@ -160,11 +200,11 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "forced_bos_token_id": (None, _token_ids()),
     "forced_eos_token_id": (None, _token_ids()),
     "remove_invalid_values": (False, _BOOL),
-    "exponential_decay_length_penalty": (None, _ANY),
+    "exponential_decay_length_penalty": (None, _decay),
     "suppress_tokens": (None, _id_list),
     "begin_suppress_tokens": (None, _id_list),
     "forced_decoder_ids": (None, _ANY),
-    "sequence_bias": (None, _ANY),
+    "sequence_bias": (None, _sequence_bias),
     "guidance_scale": (None, _ANY),
     "low_memory": (None, _ANY),
     # outputs
@@ -178,7 +218,7 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "bos_token_id": (None, _token_ids()),
     "eos_token_id": (None, _token_ids()),
     # encoder-decoder models
-    "encoder_no_repeat_ngram_size": (0, _ANY),
+    "encoder_no_repeat_ngram_size": (0, _field(count(optional=True))),
     "decoder_start_token_id": (None, _token_ids()),
     # assisted generation
     "num_assistant_tokens": (5, _ANY),
@@ -193,20 +233,11 @@ _NEWER_FIELDS = ("stop_strings",)
 
 # A non-default value here selects a decoding mode that generate does not implement.
 UNSUPPORTED = {
-    "penalty_alpha": "contrastive search",
-    "num_beam_groups": "group beam search",
-    "diversity_penalty": "group beam search",
     "constraints": "constrained beam search",
     "force_words_ids": "constrained beam search",
     "guidance_scale": "classifier-free guidance",
     "forced_decoder_ids": "forced decoder ids",
     "prompt_lookup_num_tokens": "prompt lookup decoding",
-    "epsilon_cutoff": "epsilon sampling",
-    "eta_cutoff": "eta sampling",
-    "encoder_repetition_penalty": "the encoder repetition penalty",
-    "encoder_no_repeat_ngram_size": "encoder n-gram blocking",
-    "exponential_decay_length_penalty": "the exponential length penalty",
-    "sequence_bias": "sequence biases",
 }
 
 
@@ -288,6 +319,20 @@ class GenerationConfig:
                         f"`{name}`.{where}",
                         UserWarning,
                     )
+        if self.num_beams > 1 and (self.diversity_penalty != 0.0 or self.num_beam_groups != 1):
+            group = "diversity_penalty != 0.0 or num_beam_groups != 1 selects group beam search, so "
+            if self.do_sample:
+                raise ValueError(f"GenerationConfig argument 'do_sample': {group}it must be False, given True")
+            if self.num_beams % self.num_beam_groups != 0:
+                raise ValueError(
+                    f"GenerationConfig argument 'num_beam_groups': {group}it must divide num_beams={self.num_beams}, "
+                    f"given {self.num_beam_groups}"
+                )
+            if self.diversity_penalty == 0.0:
+                raise ValueError(
+                    f"GenerationConfig argument 'diversity_penalty': {group}it must be > 0.0 (or the groups are "
+                    "identical), given 0.0"
+                )
         if self.num_return_sequences != 1:
             if self.num_beams == 1 and not self.do_sample:
                 raise ValueError(

@@ -171,6 +171,165 @@ class TypicalLogitsWarper(LogitsWarper):
         return scores.masked_fill(drop, self.filter_value)
 
 
+def _cut_below(scores: torch.Tensor, threshold: torch.Tensor, min_tokens_to_keep: int, filter_value: float):
+    """Filters the tokens whose probability is below ``threshold``, except the ``min_tokens_to_keep`` best."""
+    drop = scores.softmax(dim=-1) < threshold
+    kth_best = torch.topk(scores, min(min_tokens_to_keep, scores.shape[-1]))[0][..., -1, None]
+    return scores.masked_fill(drop & (scores < kth_best), filter_value)
+
+
+def _check_cutoff(name: str, value, min_tokens_to_keep) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name}: expected a number in (0, 1), given {value!r}")
+    if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep: expected an int >= 1, given {min_tokens_to_keep!r}")
+    return float(value)
+
+
+class EpsilonLogitsWarper(LogitsWarper):
+    """Epsilon sampling (Hewitt et al. 2022): drops the tokens whose probability is below ``epsilon``."""
+
+    def __init__(self, epsilon: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1):
+        self.epsilon = _check_cutoff("epsilon_cutoff", epsilon, min_tokens_to_keep)
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids, scores):
+        return _cut_below(scores, self.epsilon, self.min_tokens_to_keep, self.filter_value)
+
+
+class EtaLogitsWarper(LogitsWarper):
+    """Eta sampling (Hewitt et al. 2022): drops the tokens whose probability is below
+    ``min(epsilon, sqrt(epsilon) * exp(-entropy))``, a cutoff that relaxes for uncertain distributions."""
+
+    def __init__(self, epsilon: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1):
+        self.epsilon = torch.tensor(_check_cutoff("eta_cutoff", epsilon, min_tokens_to_keep))
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def __call__(self, input_ids, scores):
+        log_probs = scores - scores.logsumexp(dim=-1, keepdim=True)
+        # Banned tokens (-inf) count 0 * log 0 = 0: a finite floor keeps their product 0, not NaN.
+        entropy = -(log_probs.clamp(min=torch.finfo(scores.dtype).min) * log_probs.softmax(dim=-1)).sum(-1)
+        epsilon = self.epsilon.to(scores.device)
+        eta = torch.min(epsilon, torch.sqrt(epsilon) * torch.exp(-entropy))[..., None]
+        return _cut_below(scores, eta, self.min_tokens_to_keep, self.filter_value)
+
+
+class SequenceBiasLogitsProcessor(LogitsProcessor):
+    """Adds ``bias`` to the score of a sequence's last token when the tokens so far end with the rest of it:
+    ``{(token,): bias}`` always applies, ``{(a, b, c): bias}`` applies to ``c`` after ``a, b``."""
+
+    def __init__(self, sequence_bias: dict):
+        if not isinstance(sequence_bias, dict) or not sequence_bias:
+            raise ValueError(f"sequence_bias: expected a non-empty dict, given {sequence_bias!r}")
+        for ids, bias in sequence_bias.items():
+            if not isinstance(ids, tuple) or not ids or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
+            ):
+                raise ValueError(f"sequence_bias: keys must be non-empty tuples of token ids, given {ids!r}")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+                raise ValueError(f"sequence_bias: values must be numbers, given {bias!r} for {ids!r}")
+        self.sequence_bias = {ids: float(bias) for ids, bias in sequence_bias.items()}
+
+    def __call__(self, input_ids, scores):
+        vocab = scores.shape[-1]
+        outside = [t for ids in self.sequence_bias for t in ids if t >= vocab]
+        if outside:
+            raise ValueError(f"sequence_bias: token ids {outside} are outside the model's vocabulary of {vocab}")
+        single = torch.zeros(vocab, dtype=torch.float, device=scores.device)
+        for ids, bias in self.sequence_bias.items():
+            if len(ids) == 1:
+                single[ids[0]] = bias
+        bias = torch.zeros_like(scores) + single
+        for ids, value in self.sequence_bias.items():
+            if len(ids) == 1 or len(ids) > input_ids.shape[1]:
+                continue
+            prefix = torch.tensor(ids[:-1], dtype=input_ids.dtype, device=input_ids.device)
+            matches = (input_ids[:, -len(prefix):] == prefix).all(dim=1)
+            bias[:, ids[-1]] += torch.where(matches, torch.tensor(value, device=scores.device),
+                                            torch.tensor(0.0, device=scores.device))
+        return scores + bias
+
+
+class EncoderRepetitionPenaltyLogitsProcessor(LogitsProcessor):
+    """Makes the tokens of the encoder's input (the prompt, for a decoder-only model) more likely: positive
+    scores are multiplied by ``penalty``, negative ones divided (a "hallucination penalty")."""
+
+    def __init__(self, penalty: float, encoder_input_ids: torch.LongTensor):
+        if isinstance(penalty, bool) or not isinstance(penalty, float) or not penalty > 0:
+            raise ValueError(f"encoder_repetition_penalty: expected a float > 0, given {penalty!r}")
+        self.penalty = 1 / penalty
+        self.encoder_input_ids = encoder_input_ids
+
+    def __call__(self, input_ids, scores):
+        # The prompt rows index the first rows of scores (as in the reference, also with beams).
+        seen = torch.gather(scores, 1, self.encoder_input_ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, self.encoder_input_ids, seen)
+
+
+class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """Bans any token that would complete an n-gram of size ``encoder_ngram_size`` found in the encoder's
+    input (of the row's prompt: beams and samples of one prompt share it)."""
+
+    def __init__(self, encoder_ngram_size: int, encoder_input_ids: torch.LongTensor):
+        if isinstance(encoder_ngram_size, bool) or not isinstance(encoder_ngram_size, int) or encoder_ngram_size <= 0:
+            raise ValueError(f"encoder_no_repeat_ngram_size: expected an int > 0, given {encoder_ngram_size!r}")
+        self.ngram_size = n = encoder_ngram_size
+        if encoder_input_ids.dim() == 1:
+            encoder_input_ids = encoder_input_ids[None]
+        self.batch_size = encoder_input_ids.shape[0]
+        self.followers: list[dict[tuple, list[int]]] = []
+        for tokens in encoder_input_ids.tolist():
+            followers: dict[tuple, list[int]] = {}
+            for start in range(len(tokens) - n + 1):
+                followers.setdefault(tuple(tokens[start : start + n - 1]), []).append(tokens[start + n - 1])
+            self.followers.append(followers)
+
+    def __call__(self, input_ids, scores):
+        rows = scores.shape[0]
+        per_prompt = rows // self.batch_size
+        length = input_ids.shape[-1]
+        if length < self.ngram_size - 1:
+            return scores
+        scores = scores.clone()
+        for row, tokens in enumerate(input_ids.tolist()):
+            banned = self.followers[row // per_prompt].get(tuple(tokens[length - self.ngram_size + 1 :]), [])
+            scores[row, banned] = -math.inf
+        return scores
+
+
+class ExponentialDecayLengthPenalty(LogitsProcessor):
+    """After ``start_index`` generated tokens, raises the end-of-sequence scores by a factor that grows
+    exponentially (``decay_factor ** tokens past the start``), so long sequences end sooner."""
+
+    def __init__(self, exponential_decay_length_penalty, eos_token_id, input_ids_seq_length: int):
+        value = exponential_decay_length_penalty
+        if (
+            not isinstance(value, (tuple, list)) or len(value) != 2 or isinstance(value[0], bool)
+            or not isinstance(value[0], int) or isinstance(value[1], bool) or not isinstance(value[1], (int, float))
+        ):
+            raise ValueError(
+                f"exponential_decay_length_penalty: expected (start_index: int, decay_factor: float), given {value!r}"
+            )
+        if eos_token_id is None:
+            raise ValueError("eos_token_id: exponential_decay_length_penalty needs an end-of-sequence token, given None")
+        self.regulation_start = value[0] + input_ids_seq_length
+        self.regulation_factor = value[1]
+        self.eos_token_id = _as_list(eos_token_id)
+
+    def __call__(self, input_ids, scores):
+        length = input_ids.shape[-1]
+        if length <= self.regulation_start:
+            return scores
+        scores = scores.clone()
+        growth = pow(self.regulation_factor, length - self.regulation_start) - 1
+        for token in self.eos_token_id:
+            scores[:, token] = scores[:, token] + torch.abs(scores[:, token]) * growth
+        return scores
+
+
 class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
     """Makes every token already in the sequence less likely: positive scores are divided by ``penalty``,
     negative ones multiplied (CTRL, Keskar et al. 2019)."""
@@ -334,6 +493,38 @@ class PrefixConstrainedLogitsProcessor(LogitsProcessor):
                     )
                 mask[batch_id * self.num_beams + beam_id, allowed] = 0
         return scores + mask
+
+
+class HammingDiversityLogitsProcessor(LogitsProcessor):
+    """Diverse beam search (Vijayakumar et al. 2016): in group beam search, lowers the scores of the tokens
+    that earlier groups chose at this step, by ``diversity_penalty`` per beam that chose it."""
+
+    def __init__(self, diversity_penalty: float, num_beams: int, num_beam_groups: int):
+        if isinstance(diversity_penalty, bool) or not isinstance(diversity_penalty, float) or not diversity_penalty > 0:
+            raise ValueError(f"diversity_penalty: expected a float > 0, given {diversity_penalty!r}")
+        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 2:
+            raise ValueError(f"num_beams: diverse beam search needs an int > 1, given {num_beams!r}")
+        if isinstance(num_beam_groups, bool) or not isinstance(num_beam_groups, int) or not 2 <= num_beam_groups <= num_beams:
+            raise ValueError(
+                f"num_beam_groups: diverse beam search needs an int in [2, num_beams={num_beams}], given {num_beam_groups!r}"
+            )
+        self.diversity_penalty = diversity_penalty
+        self.num_beams = num_beams
+        self.group_size = num_beams // num_beam_groups
+
+    def __call__(self, input_ids, scores, current_tokens, beam_group_idx):
+        """``current_tokens``: this step's tokens of every beam (batch * num_beams), filled for the groups before
+        ``beam_group_idx``; ``scores``: the rows of this group (batch * group size)."""
+        start = beam_group_idx * self.group_size
+        if start == 0:
+            return scores
+        scores = scores.clone()
+        vocab = scores.shape[-1]
+        for b in range(current_tokens.shape[0] // self.num_beams):
+            earlier = current_tokens[b * self.num_beams : b * self.num_beams + start]
+            counts = torch.bincount(earlier, minlength=vocab).to(scores.device)
+            scores[b * self.group_size : (b + 1) * self.group_size] -= self.diversity_penalty * counts
+        return scores
 
 
 class InfNanRemoveLogitsProcessor(LogitsProcessor):
@@ -566,40 +757,46 @@ class _BeamScorer:
         """Add the running beams of unfinished prompts as hypotheses; return the ``keep`` best of each prompt
         (sequences padded to a common length, an end-of-sequence token after those that stopped early),
         their scores and their beam trails."""
-        batch_size = len(self.hypotheses)
         for b, hypotheses in enumerate(self.hypotheses):
             if self.done[b]:
                 continue
             for i in range(b * self.num_beams, (b + 1) * self.num_beams):
                 trail = beam_indices[i] if beam_indices is not None else None
                 hypotheses.add(input_ids[i], beam_scores[i].item(), trail, input_ids.shape[-1] - prompt_len)
-        best, best_scores = [], []
-        for hypotheses in self.hypotheses:
-            ranked = sorted(hypotheses.beams, key=lambda h: h[0])  # stable: among ties the latest wins
-            for _ in range(self.keep):
-                best.append(ranked.pop())
-        lengths = [len(h[1]) for h in best]
-        width = max(lengths) + 1
-        if max_length is not None:
-            width = min(width, max_length)
-        sequences = input_ids.new_empty((len(best), width))
-        if min(lengths) != max(lengths):
-            if pad_token_id is None:
-                raise ValueError("pad_token_id: needed to pad beam search results of different lengths, given None")
-            sequences.fill_(pad_token_id)
-        trails = None
-        if best and best[0][2] is not None:
-            trails = input_ids.new_full((len(best), width), -1)
-        eos = _as_list(eos_token_id)
-        for i, (score, tokens, trail) in enumerate(best):
-            sequences[i, : lengths[i]] = tokens
-            if trails is not None:
-                trails[i, : len(trail)] = torch.tensor(trail)
-            if lengths[i] < width:
-                sequences[i, lengths[i]] = eos[0]
-            best_scores.append(score)
-        scores = torch.tensor(best_scores, dtype=torch.float32, device=input_ids.device)
-        return sequences, scores, trails
+        return _assemble([h.beams for h in self.hypotheses], self.keep, input_ids, pad_token_id, eos_token_id,
+                         max_length)
+
+
+def _assemble(candidates_per_prompt, keep, input_ids, pad_token_id, eos_token_id, max_length):
+    """The ``keep`` best finished hypotheses ``(score, tokens, trail)`` of each prompt as one padded tensor
+    (an end-of-sequence token after those that stopped early), with their scores and beam trails."""
+    best, best_scores = [], []
+    for candidates in candidates_per_prompt:
+        ranked = sorted(candidates, key=lambda h: h[0])  # stable: among ties the latest wins
+        for _ in range(keep):
+            best.append(ranked.pop())
+    lengths = [len(h[1]) for h in best]
+    width = max(lengths) + 1
+    if max_length is not None:
+        width = min(width, max_length)
+    sequences = input_ids.new_empty((len(best), width))
+    if min(lengths) != max(lengths):
+        if pad_token_id is None:
+            raise ValueError("pad_token_id: needed to pad beam search results of different lengths, given None")
+        sequences.fill_(pad_token_id)
+    trails = None
+    if best and best[0][2] is not None:
+        trails = input_ids.new_full((len(best), width), -1)
+    eos = _as_list(eos_token_id)
+    for i, (score, tokens, trail) in enumerate(best):
+        sequences[i, : lengths[i]] = tokens
+        if trails is not None:
+            trails[i, : len(trail)] = torch.tensor(trail)
+        if lengths[i] < width:
+            sequences[i, lengths[i]] = eos[0]
+        best_scores.append(score)
+    scores = torch.tensor(best_scores, dtype=torch.float32, device=input_ids.device)
+    return sequences, scores, trails
 
 
 # ===================================================================================================
@@ -764,6 +961,10 @@ class GenerationMixin:
             model_kwargs["past_key_values"] = StaticCache(self.config, max_batch_size=input_ids.shape[0],
                                                           max_cache_len=config.max_length)
         warpers = self._logits_warpers(config) if config.do_sample else LogitsProcessorList()
+        if _is_contrastive(config):
+            return self._contrastive_search(input_ids, config, processors, criteria, streamer, model_kwargs)
+        if beam and config.num_beam_groups > 1:
+            return self._group_beam_search(input_ids, config, processors, criteria, batch_size, model_kwargs)
         if beam:
             return self._beam_search(input_ids, config, processors, warpers, criteria, batch_size, model_kwargs)
         return self._sample(input_ids, config, processors, warpers, criteria, streamer, model_kwargs)
@@ -780,6 +981,7 @@ class GenerationMixin:
             and model_kwargs.get("past_key_values") is None
             and not config.return_dict_in_generate
             and not beam
+            and not _is_contrastive(config)  # its batch grows to top_k candidates per row
             and config.max_length is not None
             and config.max_length > prompt_length
         )
@@ -949,10 +1151,21 @@ class GenerationMixin:
         """The processors the settings ask for, in the reference's order, then the caller's own."""
         processors = LogitsProcessorList()
         eos = config.eos_token_id
+        if config.sequence_bias is not None:
+            processors.append(SequenceBiasLogitsProcessor(config.sequence_bias))
+        if config.diversity_penalty is not None and config.diversity_penalty > 0.0:
+            processors.append(HammingDiversityLogitsProcessor(config.diversity_penalty, config.num_beams,
+                                                              config.num_beam_groups))
+        if config.encoder_repetition_penalty is not None and config.encoder_repetition_penalty != 1.0:
+            processors.append(EncoderRepetitionPenaltyLogitsProcessor(config.encoder_repetition_penalty,
+                                                                      encoder_input_ids))
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
         if config.no_repeat_ngram_size:
             processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.encoder_no_repeat_ngram_size is not None and config.encoder_no_repeat_ngram_size > 0:
+            processors.append(EncoderNoRepeatNGramLogitsProcessor(config.encoder_no_repeat_ngram_size,
+                                                                  encoder_input_ids))
         if config.bad_words_ids is not None:
             processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos))
         if config.min_length and eos is not None:
@@ -960,13 +1173,17 @@ class GenerationMixin:
         if config.min_new_tokens and eos is not None:
             processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos))
         if prefix_allowed_tokens_fn is not None:
-            processors.append(PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn, config.num_beams))
+            processors.append(PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn,
+                                                               config.num_beams // config.num_beam_groups))
         if config.forced_bos_token_id is not None:
             processors.append(ForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
         if config.forced_eos_token_id is not None:
             processors.append(ForcedEOSTokenLogitsProcessor(config.max_length, config.forced_eos_token_id))
         if config.remove_invalid_values:
             processors.append(InfNanRemoveLogitsProcessor())
+        if config.exponential_decay_length_penalty is not None:
+            processors.append(ExponentialDecayLengthPenalty(config.exponential_decay_length_penalty, eos,
+                                                            prompt_length))
         if config.suppress_tokens is not None:
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens))
         if config.begin_suppress_tokens is not None:
@@ -999,6 +1216,10 @@ class GenerationMixin:
             warpers.append(TopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
         if config.typical_p is not None and config.typical_p < 1.0:
             warpers.append(TypicalLogitsWarper(config.typical_p, min_tokens_to_keep=keep))
+        if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
+            warpers.append(EpsilonLogitsWarper(config.epsilon_cutoff, min_tokens_to_keep=keep))
+        if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
+            warpers.append(EtaLogitsWarper(config.eta_cutoff, min_tokens_to_keep=keep))
         if config.renormalize_logits:
             warpers.append(LogitNormalization())
         return warpers
@@ -1105,6 +1326,169 @@ class GenerationMixin:
         cls = GenerateEncoderDecoderOutput if is_encoder_decoder else GenerateDecoderOnlyOutput
         return cls(sequences=input_ids, **record.fields(model_kwargs.get("past_key_values")))
 
+    def _contrastive_search(self, input_ids, config, processors, criteria, streamer, model_kwargs):
+        """Contrastive search (Su et al. 2022): of the ``top_k`` most likely next tokens, take the one that
+        maximises ``(1 - penalty_alpha) * probability - penalty_alpha * degeneration``, where degeneration is
+        the highest cosine similarity between the candidate's last hidden state and those of every earlier
+        position (prompt included, padding too, as in the reference).
+
+        Each step runs the model once on all ``top_k`` candidates of every row (a batch of rows x top_k, with
+        the cache repeated), keeps the chosen candidate's cache, hidden state and logits, so the next step's
+        distribution is already known.
+        """
+        is_encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+        if not config.use_cache:
+            raise ValueError("use_cache: contrastive search (penalty_alpha > 0) needs the cache, given False")
+        k, alpha = config.top_k, float(config.penalty_alpha)
+        record = _Recorder(config, model_kwargs, is_encoder_decoder)
+        batch = input_ids.shape[0]
+        pad = config.pad_token_id
+        prefix = "decoder_" if is_encoder_decoder else ""
+
+        def forward(ids):
+            inputs = self.prepare_inputs_for_generation(ids, **model_kwargs)
+            return self(**inputs, return_dict=True, output_attentions=config.output_attentions,
+                        output_hidden_states=True)
+
+        outputs = forward(input_ids)
+        context = outputs[prefix + "hidden_states"][-1]  # (batch, positions so far, hidden)
+        logits = outputs.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+        model_kwargs = self._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
+        if model_kwargs.get("past_key_values") is None:
+            raise ValueError(f"{type(self).__name__} returned no cache, which contrastive search needs")
+        # Masks and encoder states are kept at top_k rows per prompt row from now on (the caches are
+        # repeated each step, since the model returns them for the chosen candidate only).
+        _, model_kwargs = self._expand_inputs(input_ids, k, is_encoder_decoder, model_kwargs)
+        repeat = torch.arange(batch, device=input_ids.device).repeat_interleave(k)
+        first = torch.arange(batch, device=input_ids.device) * k
+        unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+        chosen_outputs = outputs
+        while True:
+            scores = processors(input_ids, logits)
+            top_probs, top_ids = torch.topk(nn.functional.softmax(scores, dim=-1), k=k, dim=-1)
+            record.step(scores, chosen_outputs)
+
+            model_kwargs["past_key_values"] = reorder_cache(model_kwargs["past_key_values"], repeat)
+            candidates = torch.cat([input_ids[repeat], top_ids.reshape(-1, 1)], dim=-1)
+            outputs = forward(candidates)
+            candidate_hidden = outputs[prefix + "hidden_states"][-1]  # (batch * k, 1, hidden)
+            selected = _contrastive_choice(context[repeat], candidate_hidden, top_probs, alpha, k)
+            pick = first + selected
+            next_tokens = top_ids[torch.arange(batch, device=input_ids.device), selected]
+            context = torch.cat([context, candidate_hidden[pick]], dim=1)
+            logits = outputs.logits[pick, -1, :].to(dtype=torch.float32, copy=True)
+            chosen_outputs = {
+                name: tuple(layer[pick] for layer in outputs[name])
+                for name in (prefix + "hidden_states", prefix + "attentions", "cross_attentions")
+                if outputs.get(name) is not None
+            }
+            model_kwargs = self._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
+            model_kwargs["past_key_values"] = reorder_cache(model_kwargs["past_key_values"], pick)
+
+            if not bool(unfinished.all()):
+                if pad is None:
+                    raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
+                next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
+            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+            if streamer is not None:
+                streamer.put(next_tokens.cpu())
+            unfinished = unfinished & ~criteria(input_ids, record.scores)
+            if not bool(unfinished.any()):
+                break
+        if streamer is not None:
+            streamer.end()
+        if not config.return_dict_in_generate:
+            return input_ids
+        # The cache also holds the look-ahead of the last chosen token; drop it, so that it covers every
+        # token but the last, as with the other strategies.
+        past = _drop_last_position(model_kwargs["past_key_values"], is_encoder_decoder)
+        cls = GenerateEncoderDecoderOutput if is_encoder_decoder else GenerateDecoderOnlyOutput
+        return cls(sequences=input_ids, **record.fields(past))
+
+    def _group_beam_search(self, input_ids, config, processors, criteria, batch_size, model_kwargs):
+        """Diverse (group) beam search: the beams of a prompt form ``num_beam_groups`` groups searched one
+        after the other at each step, each a beam search of its own over its ``num_beams / num_beam_groups``
+        beams, with finished hypotheses kept per group; the processors (the diversity penalty among them) see
+        which tokens the earlier groups took at this step. The best hypotheses of all groups are returned."""
+        is_encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+        beams, groups = config.num_beams, config.num_beam_groups
+        size = beams // groups
+        scorers = [_BeamScorer(batch_size, size, config.length_penalty, config.early_stopping,
+                               config.num_return_sequences, config.max_length) for _ in range(groups)]
+        record = _Recorder(config, model_kwargs, is_encoder_decoder)
+        # One trail per beam, per group, indexed within the group. Like the reference, a finished hypothesis
+        # and the final beams read their trails from all groups' trails laid end to end.
+        trails = [tuple(() for _ in range(batch_size * size)) for _ in range(groups)] \
+            if record.scores is not None else None
+        device = input_ids.device
+        beam_scores = torch.full((batch_size, beams), -1e9, dtype=torch.float, device=device)
+        beam_scores[:, ::size] = 0  # each group starts from one beam
+        beam_scores = beam_scores.view(-1)
+        prompt_len = input_ids.shape[-1]
+        eos = config.eos_token_id
+        width = max(2, 1 + len(_as_list(eos))) * size
+        group_rows = [
+            (torch.arange(batch_size, device=device)[:, None] * beams
+             + torch.arange(g * size, (g + 1) * size, device=device)[None, :]).reshape(-1)
+            for g in range(groups)
+        ]
+        while True:
+            outputs, logits = self._step(input_ids, model_kwargs, config)
+            current = torch.zeros(batch_size * beams, dtype=input_ids.dtype, device=device)
+            reorder = torch.zeros(batch_size * beams, dtype=torch.long, device=device)
+            processed = torch.zeros_like(logits) if record.scores is not None else None
+            input_ids = input_ids.clone()
+            for g, rows in enumerate(group_rows):
+                group_ids = input_ids[rows]
+                step_scores = processors(group_ids, nn.functional.log_softmax(logits[rows], dim=-1),
+                                         current_tokens=current, beam_group_idx=g)
+                if processed is not None:
+                    processed[rows] = step_scores
+                vocab = step_scores.shape[-1]
+                totals = (step_scores + beam_scores[rows, None]).view(batch_size, size * vocab)
+                totals, candidates = torch.topk(totals, width, dim=1, largest=True, sorted=True)
+                sources = torch.div(candidates, vocab, rounding_mode="floor")
+                flat = sum(trails, ()) if trails is not None else None
+                next_scores, next_tokens, chosen = scorers[g].process(
+                    group_ids, totals, candidates % vocab, sources, config.pad_token_id, eos, flat, prompt_len
+                )
+                beam_scores[rows] = next_scores
+                if trails is not None:
+                    trails[g] = tuple(trails[g][i] + (i,) for i in chosen.tolist())
+                input_ids[rows] = group_ids[chosen]
+                current[rows] = next_tokens.to(current.dtype)
+                reorder[rows] = beams * torch.div(chosen, size, rounding_mode="floor") + g * size + chosen % size
+            record.step(processed, outputs)
+            input_ids = torch.cat([input_ids, current[:, None]], dim=-1)
+            model_kwargs = self._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
+            if model_kwargs.get("past_key_values") is not None:
+                reorder_fn = getattr(self, "_reorder_cache", None) or reorder_cache
+                model_kwargs["past_key_values"] = reorder_fn(model_kwargs["past_key_values"], reorder)
+            if all(scorer.is_done for scorer in scorers) or bool(criteria(input_ids, record.scores).all()):
+                break
+        flat = sum(trails, ()) if trails is not None else None
+        cur_len = input_ids.shape[-1]
+        for g, scorer in enumerate(scorers):
+            for b, hypotheses in enumerate(scorer.hypotheses):
+                if scorer.done[b]:
+                    continue
+                for row in group_rows[g][b * size : (b + 1) * size].tolist():
+                    hypotheses.add(input_ids[row], beam_scores[row].item(), flat[row] if flat is not None else None,
+                                   cur_len - prompt_len)
+        candidates = [[beam for scorer in scorers for beam in scorer.hypotheses[b].beams] for b in range(batch_size)]
+        sequences, sequence_scores, beam_indices = _assemble(
+            candidates, config.num_return_sequences, input_ids, config.pad_token_id, eos, criteria.max_length
+        )
+        if not config.return_dict_in_generate:
+            return sequences
+        cls = GenerateBeamEncoderDecoderOutput if is_encoder_decoder else GenerateBeamDecoderOnlyOutput
+        return cls(
+            sequences=sequences,
+            sequences_scores=sequence_scores if config.output_scores else None,
+            beam_indices=beam_indices,
+            **record.fields(model_kwargs.get("past_key_values")),
+        )
+
     def _beam_search(self, input_ids, config, processors, warpers, criteria, batch_size, model_kwargs):
         """Beam search (with ``do_sample``: beam sampling, candidates drawn from the distribution)."""
         is_encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
@@ -1164,6 +1548,38 @@ class GenerationMixin:
         )
 
 
+def _is_contrastive(config) -> bool:
+    """The reference's rule: greedy settings with penalty_alpha > 0 and top_k > 1 mean contrastive search."""
+    return (
+        not config.do_sample and config.num_beams == 1 and config.penalty_alpha is not None
+        and config.penalty_alpha > 0 and config.top_k is not None and config.top_k > 1
+    )
+
+
+def _contrastive_choice(context, candidates, probs, alpha: float, k: int) -> torch.Tensor:
+    """Index (per prompt row) of the candidate with the best contrastive score. ``context``: (rows * k,
+    positions, hidden); ``candidates``: (rows * k, 1, hidden); ``probs``: (rows, k)."""
+    context = context / context.norm(dim=2, keepdim=True)
+    candidates = candidates / candidates.norm(dim=2, keepdim=True)
+    similarity = torch.matmul(context, candidates.transpose(1, 2)).squeeze(-1)  # (rows * k, positions)
+    degeneration = similarity.max(dim=-1).values
+    score = (1.0 - alpha) * probs.reshape(-1) - alpha * degeneration
+    return score.view(-1, k).max(dim=-1).indices
+
+
+def _drop_last_position(past_key_values, is_encoder_decoder: bool):
+    if hasattr(past_key_values, "crop"):
+        past_key_values.crop(-1)
+        return past_key_values
+    # Legacy tuples: (key, value) of self-attention first; an encoder-decoder's cross-attention states
+    # cover the encoder's positions and stay whole.
+    own = 2 if is_encoder_decoder else None
+    return tuple(
+        tuple(t[..., :-1, :] if own is None or i < own else t for i, t in enumerate(layer))
+        for layer in past_key_values
+    )
+
+
 class _Recorder:
     """Collects what ``return_dict_in_generate`` asks for, step by step."""
 
@@ -1211,6 +1627,12 @@ __all__ = [
     "TopKLogitsWarper",
     "TopPLogitsWarper",
     "TypicalLogitsWarper",
+    "EpsilonLogitsWarper",
+    "EtaLogitsWarper",
+    "SequenceBiasLogitsProcessor",
+    "EncoderRepetitionPenaltyLogitsProcessor",
+    "EncoderNoRepeatNGramLogitsProcessor",
+    "ExponentialDecayLengthPenalty",
     "RepetitionPenaltyLogitsProcessor",
     "NoRepeatNGramLogitsProcessor",
     "NoBadWordsLogitsProcessor",
@@ -1222,6 +1644,7 @@ __all__ = [
     "SuppressTokensAtBeginLogitsProcessor",
     "PrefixConstrainedLogitsProcessor",
     "InfNanRemoveLogitsProcessor",
+    "HammingDiversityLogitsProcessor",
     "LogitNormalization",
     "StoppingCriteria",
     "StoppingCriteriaList",

@@ -1,0 +1,270 @@
+"""Decoding modes beyond greedy, sampling and beam search, against the reference's 4.37 release.
+
+The reference builds perturbed random tiny models of several families (RoBERTa decoder, GPT-J, MPT,
+Pegasus), saves them, and runs every case in one subprocess (tests/pt/_generation_modes_oracle.py);
+polyformers loads the folders and runs the same cases. Sequences must be identical, scores equal within 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import polyformers
+
+ORACLE = Path(__file__).with_name("_generation_modes_oracle.py")
+ATOL = 1e-4
+PAD = 0
+MODELS = [
+    dict(name="roberta", cls="RobertaForCausalLM", config_cls="RobertaConfig", seed=0, perturb=0.1, boost={"5": 1.5},
+         config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=37, max_position_embeddings=64, is_decoder=True, pad_token_id=PAD)),
+    dict(name="gptj", cls="GPTJForCausalLM", config_cls="GPTJConfig", seed=1, perturb=0.2, boost={"2": 1.5},
+         config=dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, bos_token_id=1,
+                     eos_token_id=2, pad_token_id=PAD, activation_function="gelu_new")),
+    dict(name="mpt", cls="MptForCausalLM", config_cls="MptConfig", seed=2, perturb=0.2, boost={"3": 1.5},
+         config=dict(vocab_size=99, d_model=32, n_heads=4, n_layers=2, max_seq_len=64,
+                     pad_token_id=PAD, eos_token_id=3, bos_token_id=1, use_cache=True)),
+    dict(name="pegasus", cls="PegasusForConditionalGeneration", config_cls="PegasusConfig", seed=3, perturb=0.1,
+         boost={"1": 1.5},
+         config=dict(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                     decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=40,
+                     pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD, forced_eos_token_id=1)),
+]
+AUTO = {"RobertaForCausalLM": "AutoModelForCausalLM", "GPTJForCausalLM": "AutoModelForCausalLM",
+        "MptForCausalLM": "AutoModelForCausalLM", "PegasusForConditionalGeneration": "AutoModelForSeq2SeqLM"}
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 99, (2, 5), generator=g)
+    left = torch.randint(10, 99, (3, 6), generator=g)
+    left_mask = torch.ones_like(left)
+    for row, pads in enumerate((0, 2, 4)):  # decoder-only prompts are padded on the left
+        left[row, :pads] = PAD
+        left_mask[row, :pads] = 0
+    source = torch.randint(2, 60, (3, 8), generator=g)
+    source_mask = torch.ones_like(source)
+    for row, length in enumerate((8, 5, 3)):  # sources are padded on the right
+        source[row, length:] = PAD
+        source_mask[row, length:] = 0
+    return {"ids": ids, "left": left, "left_mask": left_mask, "source": source, "source_mask": source_mask}
+
+
+SCORES = dict(return_dict_in_generate=True, output_scores=True)
+IDS = {"input_ids": "ids"}
+LEFT = {"input_ids": "left", "attention_mask": "left_mask"}
+SOURCE = {"input_ids": "source", "attention_mask": "source_mask"}
+CS = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=10)
+GBS = dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=8)
+
+# name: (model, inputs, generate kwargs)
+CASES = {
+    # contrastive search
+    "cs_roberta": ("roberta", IDS, dict(CS, **SCORES)),
+    "cs_roberta_left_eos": ("roberta", LEFT, dict(CS, eos_token_id=5, pad_token_id=PAD, **SCORES)),
+    "cs_roberta_processors": ("roberta", IDS, dict(CS, penalty_alpha=0.3, top_k=6, no_repeat_ngram_size=2,
+                                                   repetition_penalty=1.3, **SCORES)),
+    "cs_roberta_plain": ("roberta", LEFT, dict(CS, eos_token_id=5, pad_token_id=PAD)),
+    # Unpadded: the degeneration penalty also looks at pad positions (as in 4.37), whose hidden states are
+    # garbage that polyformers' GPT-J computes differently from 4.37's (their attention is fully masked).
+    "cs_gptj": ("gptj", IDS, dict(CS, **SCORES)),
+    "cs_gptj_top2": ("gptj", IDS, dict(CS, penalty_alpha=0.9, top_k=2, max_new_tokens=12)),
+    "cs_mpt": ("mpt", LEFT, dict(CS, **SCORES)),
+    "cs_pegasus": ("pegasus", SOURCE, dict(CS, **SCORES)),
+    "cs_pegasus_min_length": ("pegasus", SOURCE, dict(CS, top_k=3, min_length=6, no_repeat_ngram_size=2,
+                                                      max_new_tokens=12, **SCORES)),
+    # group (diverse) beam search
+    "gbs_roberta": ("roberta", IDS, dict(GBS, eos_token_id=5, pad_token_id=PAD, **SCORES)),
+    "gbs_roberta_three_groups": ("roberta", LEFT, dict(GBS, num_beams=6, num_beam_groups=3, diversity_penalty=0.5,
+                                                      num_return_sequences=3, length_penalty=0.8, eos_token_id=5,
+                                                      pad_token_id=PAD, max_new_tokens=10, **SCORES)),
+    "gbs_roberta_plain": ("roberta", LEFT, dict(GBS, num_beams=6, num_beam_groups=2, diversity_penalty=3.0,
+                                               early_stopping=True, eos_token_id=5, pad_token_id=PAD)),
+    "gbs_gptj_one_per_group": ("gptj", IDS, dict(GBS, num_beam_groups=4, diversity_penalty=2.0, no_repeat_ngram_size=2,
+                                                 **SCORES)),
+    "gbs_mpt": ("mpt", LEFT, dict(GBS, num_return_sequences=2, **SCORES)),
+    "gbs_pegasus": ("pegasus", SOURCE, dict(GBS, diversity_penalty=1.5, num_return_sequences=2, **SCORES)),
+    "gbs_pegasus_never": ("pegasus", SOURCE, dict(GBS, num_beams=6, num_beam_groups=3, early_stopping="never",
+                                                  length_penalty=-0.5, min_length=4, max_new_tokens=12)),
+    # logits processors and warpers
+    "sequence_bias": ("roberta", IDS, dict(max_new_tokens=10, sequence_bias=[[[40], -2.5], [[77], 1.5], [[81, 77], 4.0],
+                                                                             [[12, 13, 14], 3.0]], **SCORES)),
+    "sequence_bias_beam": ("gptj", IDS, dict(num_beams=3, max_new_tokens=8,
+                                             sequence_bias=[[[9], 2.0], [[30, 31], -1.5]], **SCORES)),
+    "encoder_repetition_penalty": ("pegasus", SOURCE, dict(max_new_tokens=10, encoder_repetition_penalty=1.8,
+                                                           **SCORES)),
+    "encoder_repetition_penalty_decoder_only": ("mpt", LEFT, dict(max_new_tokens=10, encoder_repetition_penalty=0.7,
+                                                                  **SCORES)),
+    "encoder_no_repeat_ngram": ("pegasus", SOURCE, dict(max_new_tokens=12, encoder_no_repeat_ngram_size=2,
+                                                        encoder_repetition_penalty=3.0, **SCORES)),
+    "encoder_no_repeat_ngram_beam": ("pegasus", SOURCE, dict(num_beams=3, max_new_tokens=10,
+                                                             encoder_no_repeat_ngram_size=1, **SCORES)),
+    "exponential_decay": ("gptj", IDS, dict(max_new_tokens=14, exponential_decay_length_penalty=(3, 1.6), **SCORES)),
+    "exponential_decay_pegasus": ("pegasus", SOURCE, dict(max_new_tokens=12, exponential_decay_length_penalty=(2, 1.3),
+                                                          **SCORES)),
+    "epsilon_sample": ("roberta", IDS, dict(max_new_tokens=12, do_sample=True, top_k=0, epsilon_cutoff=0.02, **SCORES)),
+    "eta_sample": ("gptj", LEFT, dict(max_new_tokens=12, do_sample=True, top_k=0, eta_cutoff=0.05, **SCORES)),
+    "eta_beam_sample": ("pegasus", SOURCE, dict(num_beams=2, max_new_tokens=8, do_sample=True, eta_cutoff=0.1,
+                                                epsilon_cutoff=0.01, **SCORES)),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only wait on each other
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, legacy_python):
+    workdir = tmp_path_factory.mktemp("generation_modes")
+    tensors = _tensors()
+    save_file(tensors, str(workdir / "inputs.safetensors"))
+    job = {
+        "workdir": str(workdir), "tensors": str(workdir / "inputs.safetensors"), "models": MODELS,
+        "runs": [dict(name=name, model=model, inputs=inputs, kwargs=kwargs)
+                 for name, (model, inputs, kwargs) in CASES.items()],
+    }
+    result = subprocess.run(
+        [str(legacy_python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, timeout=600,
+        env={"PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin",
+             "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    models = {spec["name"]: getattr(polyformers, AUTO[spec["cls"]]).from_pretrained(workdir / spec["name"])
+              for spec in MODELS}
+    for spec in MODELS:
+        assert type(models[spec["name"]]).__name__ == spec["cls"]
+    return summary, load_file(str(workdir / "generate.out.safetensors")), models, tensors
+
+
+def _run(models, tensors, name, **extra):
+    model, inputs, kwargs = CASES[name]
+    if "sequence_bias" in kwargs:
+        kwargs = dict(kwargs, sequence_bias={tuple(ids): bias for ids, bias in kwargs["sequence_bias"]})
+    torch.manual_seed(0)
+    return models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **kwargs, **extra)
+
+
+def _assert_matches(summary, expected, name, result):
+    assert "error" not in summary[name], summary[name]
+    if isinstance(result, torch.Tensor):
+        assert summary[name] == {"type": "Tensor"}
+        result = {"sequences": result}
+    else:
+        assert {"type": type(result).__name__, "keys": list(result.keys())} == summary[name]
+    want = expected[f"{name}.sequences"]
+    assert torch.equal(result["sequences"], want), f"{name}:\n{result['sequences']}\nreference:\n{want}"
+    for key in ("sequences_scores", "beam_indices"):
+        if f"{name}.{key}" in expected:
+            want, got = expected[f"{name}.{key}"], result[key]
+            assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=ATOL), key
+    steps = sorted(int(k.split(".")[-1]) for k in expected if k.startswith(f"{name}.scores."))
+    assert len(steps) == len(result.get("scores") or ())
+    for i in steps:
+        want, got = expected[f"{name}.scores.{i}"], result["scores"][i]
+        assert got.shape == want.shape
+        finite = torch.isfinite(want)
+        assert torch.equal(finite, torch.isfinite(got)), f"{name}: step {i} bans other tokens"
+        assert torch.equal(want[~finite], got[~finite]), f"{name}: step {i}"
+        assert torch.allclose(got[finite], want[finite], atol=ATOL), f"{name}: step {i} scores differ"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_generate_matches_reference(reference, name):
+    summary, expected, models, tensors = reference
+    _assert_matches(summary, expected, name, _run(models, tensors, name))
+
+
+def test_contrastive_cases_are_not_greedy(reference):
+    """The degeneration penalty changes tokens: contrastive search is not greedy search in disguise."""
+    _, expected, models, tensors = reference
+    for name in ("cs_roberta", "cs_gptj", "cs_mpt", "cs_pegasus"):
+        model, inputs, kwargs = CASES[name]
+        greedy = models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()},
+                                        max_new_tokens=kwargs["max_new_tokens"])
+        assert not torch.equal(greedy, expected[f"{name}.sequences"]), name
+
+
+def test_contrastive_search_cache_and_errors(reference):
+    _, expected, models, tensors = reference
+    result = _run(models, tensors, "cs_gptj")
+    # The returned cache covers every token but the last, as with the other strategies.
+    assert result.past_key_values.get_seq_length() == result.sequences.shape[1] - 1
+    result = _run(models, tensors, "cs_pegasus")
+    assert result.past_key_values[0][0].shape[2] == result.sequences.shape[1] - 1
+    assert result.past_key_values[0][2].shape[2] == tensors["source"].shape[1]
+    with pytest.raises(ValueError, match="use_cache"):
+        _run(models, tensors, "cs_roberta", use_cache=False)
+
+
+def test_group_beam_search_groups_differ(reference):
+    """The diversity penalty matters: group beam search returns other sequences than plain beam search."""
+    _, expected, models, tensors = reference
+    for name in ("gbs_roberta_three_groups", "gbs_pegasus"):
+        model, inputs, kwargs = CASES[name]
+        plain = dict(kwargs, num_beam_groups=1, diversity_penalty=0.0, return_dict_in_generate=False,
+                     output_scores=False)
+        beams = models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **plain)
+        assert not torch.equal(beams, expected[f"{name}.sequences"]), name
+
+
+@pytest.mark.parametrize("settings, argument", [
+    (dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=True), "do_sample"),
+    (dict(num_beams=4, num_beam_groups=3, diversity_penalty=1.0), "num_beam_groups"),
+    (dict(num_beams=4, num_beam_groups=2), "diversity_penalty"),
+])
+def test_group_beam_search_settings_are_checked(reference, settings, argument):
+    _, _, models, tensors = reference
+    with pytest.raises(ValueError, match=argument):
+        models["roberta"].generate(tensors["ids"], max_new_tokens=3, **settings)
+
+
+PROCESSOR_SETTINGS = {
+    "sequence_bias": "sequence_bias", "sequence_bias_beam": "sequence_bias",
+    "encoder_repetition_penalty": "encoder_repetition_penalty",
+    "encoder_repetition_penalty_decoder_only": "encoder_repetition_penalty",
+    "encoder_no_repeat_ngram": "encoder_no_repeat_ngram_size", "encoder_no_repeat_ngram_beam": "encoder_no_repeat_ngram_size",
+    "exponential_decay": "exponential_decay_length_penalty", "exponential_decay_pegasus": "exponential_decay_length_penalty",
+    "epsilon_sample": "epsilon_cutoff", "eta_sample": "eta_cutoff", "eta_beam_sample": "eta_cutoff",
+}
+
+
+@pytest.mark.parametrize("name", list(PROCESSOR_SETTINGS))
+def test_processor_cases_are_not_trivial(reference, name):
+    """Each setting changes the result (tokens or scores) the reference gave: the cases test something."""
+    _, expected, models, tensors = reference
+    model, inputs, kwargs = CASES[name]
+    kwargs = {k: v for k, v in kwargs.items() if k != PROCESSOR_SETTINGS[name]}
+    torch.manual_seed(0)
+    result = models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **kwargs)
+    same = torch.equal(result.sequences, expected[f"{name}.sequences"]) and all(
+        torch.equal(step, expected[f"{name}.scores.{i}"]) for i, step in enumerate(result.scores)
+    )
+    assert not same, f"{name}: {PROCESSOR_SETTINGS[name]} changed nothing"
+
+
+@pytest.mark.parametrize("settings, argument", [
+    (dict(force_words_ids=[[5]], num_beams=2), "force_words_ids"),
+    (dict(guidance_scale=1.5), "guidance_scale"),
+    (dict(sequence_bias={(5,): "a lot"}), "sequence_bias"),
+    (dict(sequence_bias={5: 1.0}), "sequence_bias"),
+    (dict(exponential_decay_length_penalty=(2,)), "exponential_decay_length_penalty"),
+    (dict(encoder_repetition_penalty=0.0), "encoder_repetition_penalty"),
+    (dict(penalty_alpha=-0.5, top_k=4), "penalty_alpha"),
+    (dict(do_sample=True, epsilon_cutoff=1.5), "epsilon_cutoff"),
+])
+def test_unsupported_or_bad_settings_are_named(reference, settings, argument):
+    _, _, models, tensors = reference
+    with pytest.raises(ValueError, match=argument):
+        models["roberta"].generate(tensors["ids"], max_new_tokens=3, **settings)
