@@ -17,15 +17,7 @@ import signal
 import socket
 import sys
 
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+from ..cli import _positive_int as _positive
 
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
