@@ -492,13 +492,13 @@ def _pytorch_model(source: str, reader):
     to the bare model."""
     import polyformers
     from .auto import AutoConfig, AutoModel
-    from .pt.modeling import _parameters_on_meta
+    from .pt.modeling import init_empty_weights
 
     config = AutoConfig.from_pretrained(source)
     names = [n for n in getattr(config, "architectures", None) or [] if n in dir(polyformers)]
     candidates = [getattr(polyformers, n) for n in names[:1]] + [AutoModel._model_class(config)]
     for cls in candidates:
-        with _parameters_on_meta():
+        with init_empty_weights():
             model = cls(config)
         info = model._load_weights(reader, None, False, source)
         # Missing body weights are ones the family computes (Pegasus' sinusoidal tables); a missing head

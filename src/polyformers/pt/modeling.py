@@ -28,9 +28,11 @@ _LEGACY_SUFFIXES = ((".gamma", ".weight"), (".beta", ".bias"))  # TF-era LayerNo
 
 
 @contextlib.contextmanager
-def _parameters_on_meta():
-    """Create parameters (not buffers) on the meta device while the model is built.
+def init_empty_weights():
+    """Within this context, modules create their parameters (not their buffers) on the meta device:
+    building a model allocates no weight memory, and loading then gives each parameter its storage.
 
+    The same contract as accelerate's ``init_empty_weights()`` with its default ``include_buffers=False``.
     Buffers stay real because they are small and often computed in ``__init__`` (position ids); a
     buffer on meta would be lost if the checkpoint does not carry it.
     """
@@ -285,7 +287,7 @@ class PreTrainedModel(nn.Module):
             raise OSError(f"use_safetensors=True but {path!r} holds no safetensors weights: {reader.files}")
         with reader:
             target_dtype = _resolve_dtype(dtype, config, reader)
-            with _parameters_on_meta():
+            with init_empty_weights():
                 model = cls(config, *model_args, **model_kwargs)
             info = model._load_weights(reader, target_dtype, ignore_mismatched_sizes, path)
         if model.can_generate():
