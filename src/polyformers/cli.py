@@ -619,7 +619,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="semantic search over text files, embeddings cached on disk")
     _common(p, model_help=default_st, texts=False)
     p.add_argument("query", help="what to look for ('-' reads it from stdin)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="text files, or folders of .txt files")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="text files, folders of .txt files, or glob patterns ('plays/*.txt', 'docs/**/*.txt')")
     p.add_argument("--top-k", "-k", type=int, default=5, help="passages to show (default: 5)")
     p.add_argument("--split", choices=["paragraphs", "lines"], default="paragraphs",
                    help="passage unit (default: paragraphs, i.e. blank-line separated blocks)")

@@ -17,6 +17,7 @@ it was not faster on these short passages either.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -165,8 +166,13 @@ def _atomic_write(path: Path, write: Callable) -> None:
         raise
 
 
+GLOB_CHARS = set("*?[")
+
+
 def collect_files(paths: Sequence[str]) -> List[Path]:
-    """The files named, with folders expanded to the ``*.txt`` files under them (sorted)."""
+    """The files named, with folders expanded to the ``*.txt`` files under them and glob patterns
+    (``plays/*_gut.txt``, ``corpus/**/*.txt``) to the regular files they match; sorted within each
+    argument, each file once."""
     files: List[Path] = []
     for p in paths:
         path = Path(p)
@@ -179,11 +185,17 @@ def collect_files(paths: Sequence[str]) -> List[Path]:
             files.append(path)
         elif path.exists():
             raise PipelineError(f"{p} is not a regular file")
+        elif GLOB_CHARS & set(str(p)):
+            found = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
+            if not found:
+                raise PipelineError(f"pattern {p} matches no file")
+            files.extend(found)
         else:
             raise PipelineError(f"{p}: no such file or folder")
     if not files:
-        raise PipelineError("no files to search: give one or more text files or folders")
-    return files
+        raise PipelineError("no files to search: give one or more text files, folders or glob patterns")
+    seen: set = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 class SearchIndex:
@@ -205,6 +217,7 @@ class SearchIndex:
         self.fast = fast
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.fingerprint = model_fingerprint(model)
+        self._manifest_text: Optional[str] = None
         self.manifest = self._load_manifest() if use_cache else {"format": FORMAT, "files": {}, "entries": {}}
         self.stats: Dict[str, List[str]] = {"embedded": [], "cached": []}
 
@@ -215,8 +228,10 @@ class SearchIndex:
         return self.cache_dir / "manifest.json"
 
     def _load_manifest(self) -> dict:
+        self._manifest_text = None
         try:
-            data = json.loads(self.manifest_path.read_text("utf-8"))
+            self._manifest_text = self.manifest_path.read_text("utf-8")
+            data = json.loads(self._manifest_text)
             if data.get("format") == FORMAT:
                 data.setdefault("files", {})
                 data.setdefault("entries", {})
@@ -235,7 +250,9 @@ class SearchIndex:
             for suffix in (".npy", ".json"):
                 (self.cache_dir / f"{key}{suffix}").unlink(missing_ok=True)
         text = json.dumps(self.manifest, indent=1, sort_keys=True) + "\n"
-        _atomic_write(self.manifest_path, lambda f: f.write(text.encode("utf-8")))
+        if text != self._manifest_text:  # a search that found everything cached writes nothing
+            _atomic_write(self.manifest_path, lambda f: f.write(text.encode("utf-8")))
+            self._manifest_text = text
 
     def _settings_id(self) -> str:
         # The fast path gives float32's embeddings, so it shares the cache entries of the plain one.
@@ -253,7 +270,38 @@ class SearchIndex:
 
     def file_embeddings(self, path: Path) -> Tuple[List[Passage], np.ndarray]:
         """The passages of one file and their embeddings, from the cache when the content is known."""
-        path = path.resolve()
+        file, pieces, vectors = self.embed_files([path])[0]
+        return [Passage(file, line, text) for line, text in pieces], vectors
+
+    def embed_files(self, paths: Sequence[Path]) -> List[Tuple[str, list, np.ndarray]]:
+        """``(resolved path, [(line, passage), ...], embeddings)`` of each file, in order. Files whose content
+        is cached are read from the cache; the passages of all the others are embedded in one pass, so rows
+        of every file share length-sorted batches and one progress bar counts them all."""
+        results: List[Optional[Tuple[str, list, np.ndarray]]] = []
+        pending = []  # (position in results, path, manifest record, sha256, pieces)
+        for path in paths:
+            path = Path(path).resolve()
+            loaded, rec, sha = self._cached(path)
+            results.append(loaded)
+            if loaded is None:
+                pieces = split_passages(read_text_file(path), self.split)
+                if not pieces:
+                    raise PipelineError(f"{path} holds no text to search")
+                pending.append((len(results) - 1, path, rec, sha, pieces))
+        if pending:
+            texts = [t for *_, pieces in pending for _, t in pieces]
+            what = pending[0][1].name if len(pending) == 1 else f"{len(pending)} files"
+            vectors = self.pipe.encode(texts, desc=f"embedding {what}", unit="passage")
+            start = 0
+            for pos, path, rec, sha, pieces in pending:
+                block = vectors[start: start + len(pieces)]
+                start += len(pieces)
+                self._store(path, rec, sha, pieces, block)
+                results[pos] = (str(path), pieces, block)
+        return results
+
+    def _cached(self, path: Path):
+        """(passages and embeddings or None, the path's manifest record, its content hash)."""
         st = path.stat()
         rec = self.manifest["files"].get(str(path))
         settings = self._settings_id()
@@ -273,12 +321,11 @@ class SearchIndex:
                 rec.setdefault("entries", {})[settings] = key
                 self.manifest["files"][str(path)] = rec
                 self.stats["cached"].append(str(path))
-                return loaded
-        text = read_text_file(path)
-        pieces = split_passages(text, self.split)
-        if not pieces:
-            raise PipelineError(f"{path} holds no text to search")
-        vectors = self.pipe.encode([t for _, t in pieces], desc=f"embedding {path.name}")
+                return loaded, rec, sha
+        return None, rec, sha
+
+    def _store(self, path: Path, rec: dict, sha: str, pieces, vectors: np.ndarray) -> None:
+        settings = self._settings_id()
         key = hashlib.sha256(f"{settings}:{sha}".encode()).hexdigest()[:32]
         if self.use_cache:
             payload = json.dumps([[line, t] for line, t in pieces], ensure_ascii=False).encode("utf-8")
@@ -289,9 +336,8 @@ class SearchIndex:
             rec.setdefault("entries", {})[settings] = key
             self.manifest["files"][str(path)] = rec
         self.stats["embedded"].append(str(path))
-        return [Passage(str(path), line, t) for line, t in pieces], vectors
 
-    def _load_entry(self, key: str, path: str) -> Optional[Tuple[List[Passage], np.ndarray]]:
+    def _load_entry(self, key: str, path: str) -> Optional[Tuple[str, list, np.ndarray]]:
         try:
             pieces = json.loads((self.cache_dir / f"{key}.json").read_text("utf-8"))
             vectors = np.load(self.cache_dir / f"{key}.npy")
@@ -299,7 +345,7 @@ class SearchIndex:
             return None  # a damaged or deleted entry is simply embedded again
         if vectors.ndim != 2 or len(vectors) != len(pieces):
             return None
-        return [Passage(path, line, t) for line, t in pieces], vectors
+        return path, pieces, vectors
 
     def query_embedding(self, query: str) -> np.ndarray:
         key = hashlib.sha256(f"{self.fingerprint}\0{query}".encode("utf-8")).hexdigest()[:32]
@@ -320,19 +366,26 @@ class SearchIndex:
             raise PipelineError("query is empty; give some text to search for")
         if not isinstance(top_k, int) or top_k < 1:
             raise PipelineError(f"top_k must be a positive int, got {top_k!r}")
-        passages: List[Passage] = []
-        blocks = []
+        embedded = []
         try:
-            for f in files:
-                ps, vs = self.file_embeddings(Path(f))
-                passages.extend(ps)
-                blocks.append(vs)
+            embedded = self.embed_files([Path(f) for f in files])
         finally:
             self._save_manifest()
         q = self.query_embedding(query)
-        matrix = np.concatenate(blocks)
+        matrix = np.concatenate([vectors for _, _, vectors in embedded])
         norms = np.maximum(np.linalg.norm(matrix, axis=1) * np.linalg.norm(q), 1e-12)
         scores = matrix @ q / norms
-        best = np.argsort(-scores, kind="stable")[:top_k]
-        return [{"score": float(scores[i]), "file": passages[i].file, "line": passages[i].line,
-                 "text": passages[i].text} for i in best]
+        # The top_k without sorting every score; ties go to the earlier passage, as in a stable sort.
+        k = min(top_k, len(scores))
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        above = np.flatnonzero(scores > kth)
+        top = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
+        best = top[np.lexsort((top, -scores[top]))]
+        starts = np.cumsum([0] + [len(pieces) for _, pieces, _ in embedded])
+        out = []
+        for i in best:
+            f = int(np.searchsorted(starts, i, side="right")) - 1
+            file, pieces, _ = embedded[f]
+            line, text = pieces[i - starts[f]]
+            out.append({"score": float(scores[i]), "file": file, "line": line, "text": text})
+        return out

@@ -115,6 +115,32 @@ def test_search_cache_reembeds_only_changed_files(mpnet_tiny, tmp_path, assets):
     assert table.splitlines()[0] == "query: a dagger" and "a.txt:" in table or "b.txt:" in table
 
 
+def test_search_glob_embeds_all_files_in_one_pass_with_per_file_results(mpnet_tiny, tmp_path, assets):
+    lines = (assets / "corpora" / "macbeth.txt").read_text().splitlines()
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    for name, (lo, hi) in {"one_gut.txt": (880, 960), "two_gut.txt": (2000, 2040), "three.txt": (100, 130)}.items():
+        (plays / name).write_text("\n".join(lines[lo:hi]))
+    query = "is this a dagger which I see before me"
+    both = json.loads(ok(run("search", "-m", mpnet_tiny, "--json", "--no-cache", "-k", "200", query,
+                             plays / "*_gut.txt", plays / "one_gut.txt")).stdout)
+    # the pattern picks two of the three files; the file named again is searched once
+    assert sorted(both["embedded_files"]) == sorted(str(plays / n) for n in ("one_gut.txt", "two_gut.txt"))
+    alone = []
+    for name in ("one_gut.txt", "two_gut.txt"):
+        alone += json.loads(ok(run("search", "-m", mpnet_tiny, "--json", "--no-cache", "-k", "200", query,
+                                   plays / name)).stdout)["results"]
+    # rows of both files shared batches: the same passages and scores as embedding each file alone
+    key = lambda r: (r["file"], r["line"])
+    assert len(both["results"]) == len(alone) > 10
+    for x, y in zip(sorted(both["results"], key=key), sorted(alone, key=key)):
+        assert key(x) == key(y) and x["text"] == y["text"] and x["score"] == pytest.approx(y["score"], abs=1e-5)
+    recursive = json.loads(ok(run("search", "-m", mpnet_tiny, "--json", "--no-cache", query,
+                                  tmp_path / "**" / "*.txt")).stdout)
+    assert len(recursive["embedded_files"]) == 3
+    user_error(run("search", "-m", mpnet_tiny, "query", plays / "*.md"), 1, "matches no file", "*.md")
+
+
 def test_search_errors(mpnet_tiny, tmp_path):
     binary = tmp_path / "image.bin"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" * 10)

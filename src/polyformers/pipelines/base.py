@@ -224,10 +224,11 @@ class Pipeline:
             row[k] = r
         return row
 
-    def run_rows(self, rows: List[Dict[str, Any]], desc: Optional[str] = None, **forward_params) -> List[dict]:
+    def run_rows(self, rows: List[Dict[str, Any]], desc: Optional[str] = None, unit: str = "text",
+                 **forward_params) -> List[dict]:
         """Forward every row, longest first in batches of ``batch_size``; each row gains its outputs."""
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-        with Progress(len(rows), desc or self.task, quiet=not self.progress, unit="text") as bar:
+        with Progress(len(rows), desc or self.task, quiet=not self.progress, unit=unit) as bar:
             for start in range(0, len(order), self.batch_size):
                 chunk = [rows[i] for i in order[start: start + self.batch_size]]
                 batch = self._pad(chunk)

@@ -150,7 +150,7 @@ class SentenceSimilarityPipeline(Pipeline):
         vec = pool(rows[0]["outputs"]["last_hidden_state"], self.pooling)
         return normalize_rows(vec) if self.normalize else vec
 
-    def encode(self, texts: Sequence[str], desc: str = "embedding") -> np.ndarray:
+    def encode(self, texts: Sequence[str], desc: str = "embedding", unit: str = "text") -> np.ndarray:
         """Embeddings of ``texts`` as one ``[n, hidden]`` float32 array, in the order given."""
         if isinstance(texts, str):
             raise PipelineError("texts must be a list of str, got a single str; wrap it in a list")
@@ -160,7 +160,7 @@ class SentenceSimilarityPipeline(Pipeline):
             rows.extend(self.preprocess(t))
         if not rows:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        self.run_rows(rows, desc=desc)
+        self.run_rows(rows, desc=desc, unit=unit)
         return np.stack([self.postprocess([r]) for r in rows]).astype(np.float32)
 
     def __call__(self, inputs, sentences: Optional[List[str]] = None, **kwargs):
