@@ -1,5 +1,5 @@
 """MPT (PyTorch) against the installed reference release, in-process, on perturbed random weights, both
-directions; then the settings the reference does not implement, decoding and dtypes."""
+directions; then the settings the 4.37 reference ignores, decoding and dtypes."""
 
 import pytest
 import torch
@@ -36,9 +36,10 @@ def _cases():
             Call(every), Call(dict(inputs_embeds=embeds)), Call(dict(base, return_dict=False)),
             Call(dict(input_ids=ids, use_cache=True, output_hidden_states=True)),
         ]),
-        # 6 heads: not a power of two, so the interleaved slope order matters.
-        Case("model_six_heads_clip_scale", "MptModel", "mpt",
-             dict(TINY, d_model=48, n_heads=6, attn_config=dict(clip_qkv=0.5, softmax_scale=0.3)),
+        # 6 heads: not a power of two, so the interleaved slope order matters. (No clip_qkv: the installed
+        # release clips where 4.37 ignores it; tests/parity/test_mpt_config_audit.py pins 4.37's.)
+        Case("model_six_heads_scale", "MptModel", "mpt",
+             dict(TINY, d_model=48, n_heads=6, attn_config=dict(softmax_scale=0.3)),
              [Call(every)]),
         Case("causal_lm", "MptForCausalLM", "mpt", TINY, [
             Call(dict(every, labels=torch.where(mask.bool(), ids, -100))),
@@ -118,16 +119,24 @@ def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, t
 
 @pytest.mark.parametrize("option, value", [("alibi", False), ("prefix_lm", True), ("qk_ln", True),
                                            ("attn_uses_sequence_id", True)])
-def test_attention_options_the_reference_lacks_are_refused(option, value):
-    config = polyformers.MptConfig(**dict(TINY, attn_config={option: value}))
-    with pytest.raises(ValueError, match=f"attn_config.{option}: expected {not value}, given {value}"):
-        polyformers.MptForCausalLM(config)
+def test_attention_options_the_reference_ignores_are_ignored(option, value, caplog):
+    """As in the reference 4.37 release, these settings change nothing (one warning names each)."""
+    torch.manual_seed(0)
+    plain = polyformers.MptForCausalLM(polyformers.MptConfig(**TINY)).eval()
+    with caplog.at_level("WARNING", logger="polyformers.pt.models.mpt"):
+        model = polyformers.MptForCausalLM(polyformers.MptConfig(**dict(TINY, attn_config={option: value}))).eval()
+    assert [r.getMessage().split(" is ")[0] for r in caplog.records] == [f"MptConfig attn_config.{option}={value!r}"]
+    model.load_state_dict(plain.state_dict())
+    batch = _left_padded_batch()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, plain(**batch).logits)
 
 
 @pytest.mark.parametrize("heads, bias_max", [(4, 8), (6, 8), (4, 4)])
-def test_alibi_follows_heads_and_alibi_bias_max(heads, bias_max):
+def test_alibi_follows_heads_and_ignores_alibi_bias_max(heads, bias_max):
     """With zero query/key projections the scores are the ALiBi biases alone, so the attention of query
-    ``q`` is softmax(slope * (k - q)) over keys k <= q, with MPT's slopes written out by hand."""
+    ``q`` is softmax(slope * (k - q)) over keys k <= q, with MPT's slopes written out by hand; their maximum
+    exponent is 8 whatever ``alibi_bias_max`` says, as in the reference 4.37 release."""
     config = polyformers.MptConfig(**dict(TINY, d_model=8 * heads, n_heads=heads, n_layers=1,
                                           attn_config=dict(alibi_bias_max=bias_max)))
     model = polyformers.MptModel(config).eval()
@@ -135,7 +144,7 @@ def test_alibi_follows_heads_and_alibi_bias_max(heads, bias_max):
         model.blocks[0].attn.Wqkv.weight.zero_()
         probs = model(input_ids=torch.arange(3, 9)[None], output_attentions=True).attentions[0][0]
     padded = 8 if heads == 6 else heads  # heads rounded up to a power of two
-    slopes = [2.0 ** (-bias_max * k / padded) for k in range(1, padded + 1)]
+    slopes = [2.0 ** (-8 * k / padded) for k in range(1, padded + 1)]
     if heads == 6:
         slopes = (slopes[1::2] + slopes[::2])[:heads]
     for h, slope in enumerate(slopes):
@@ -145,33 +154,28 @@ def test_alibi_follows_heads_and_alibi_bias_max(heads, bias_max):
             assert not probs[h, q, q + 1:].any()
 
 
-def test_expansion_ratio_no_bias_and_logit_scale_follow_the_config():
+def test_expansion_ratio_no_bias_and_logit_scale_are_ignored_as_in_the_reference():
     torch.manual_seed(0)
     config = polyformers.MptConfig(**dict(TINY, expansion_ratio=2, no_bias=False, logit_scale="inv_sqrt_d_model"))
     model = polyformers.MptForCausalLM(config).eval()
     block = model.transformer.blocks[0]
-    assert block.ffn.up_proj.weight.shape == (64, 32) and block.ffn.down_proj.weight.shape == (32, 64)
-    assert all(m.bias is not None for m in (block.attn.Wqkv, block.attn.out_proj, block.norm_1, block.norm_2))
+    assert block.ffn.up_proj.weight.shape == (128, 32) and block.ffn.down_proj.weight.shape == (32, 128)
+    assert all(m.bias is None for m in (block.attn.Wqkv, block.attn.out_proj, block.norm_1, block.norm_2))
+    plain = polyformers.MptForCausalLM(polyformers.MptConfig(**TINY)).eval()
+    plain.load_state_dict(model.state_dict())
     ids = torch.arange(3, 10)[None]
     with torch.no_grad():
-        scaled = model(input_ids=ids).logits
-        model.logit_scale = None
-        plain = model(input_ids=ids).logits
-    assert torch.allclose(scaled, plain / 32 ** 0.5, atol=1e-6)
-    lean = polyformers.MptModel(polyformers.MptConfig(**TINY))
-    assert lean.blocks[0].attn.Wqkv.bias is None and lean.norm_f.bias is None
-    assert lean.blocks[0].ffn.up_proj.weight.shape == (128, 32)
+        assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
 
 
-def test_biased_config_loads_the_reference_checkpoint_with_zero_biases(parity):
-    """The reference builds MPT without biases whatever ``no_bias`` says; its checkpoints load into a
-    biased model with the missing biases initialised to zero, computing the same function."""
+def test_biased_config_loads_the_reference_checkpoint_unchanged(parity):
+    """The reference builds MPT without biases whatever ``no_bias`` says, and so does polyformers."""
     models, workdir = parity
     biased = polyformers.MptForCausalLM.from_pretrained(workdir / "causal_lm", no_bias=False)
-    assert biased.transformer.blocks[0].attn.Wqkv.bias is not None
+    assert biased.transformer.blocks[0].attn.Wqkv.bias is None
     batch = _left_padded_batch()
     with torch.no_grad():
-        assert torch.allclose(biased(**batch).logits, models["causal_lm"](**batch).logits, atol=1e-6)
+        assert torch.equal(biased(**batch).logits, models["causal_lm"](**batch).logits)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(parity):

@@ -221,7 +221,10 @@ def _build_spec(assets: Path, work: Path) -> dict:
     # pairs, batches, pre-split words
     for tok in ("v", "left"):
         for first, second in PAIRS:
-            call("pairs", tok, first, second, **rich)
+            # One text with an empty second one: the reference's fast tokenizer drops the pair, its slow one
+            # and ours keep it (test_hypothesis_tokenizers.py compares with the slow one).
+            if second:
+                call("pairs", tok, first, second, **rich)
         call("pairs", tok, [p[0] for p in PAIRS], [p[1] for p in PAIRS], probes=PROBES_BATCH, **rich)
         call("pairs", tok, PAIRS, op="batch_encode_plus", **rich)
         call("pairs", tok, PAIRS[0][0], PAIRS[0][1], op="tokenize", add_special_tokens=True)

@@ -12,17 +12,15 @@ logger = logging.getLogger(__name__)
 ATTN_IMPLS = ("torch", "flash", "triton")
 
 
+ATTN_TYPES = ("multihead_attention", "multiquery_attention")  # what the reference 4.37 release accepts
+
+
 def _check_attn_type(owner: str, name: str, value: Any) -> str:
-    if value == "multihead_attention":
+    # The model (as the reference 4.37 release) always builds per-head keys and values, and warns when
+    # another kind is asked for (MptConfig.ignored_settings).
+    if value in ATTN_TYPES:
         return value
-    if value == "multiquery_attention":
-        # MPT checkpoints may ask for it, but the MPT model here (as in the reference 4.37 release) only
-        # has per-head keys and values: loading such weights would fail or silently compute garbage.
-        raise ValueError(
-            f"{owner} argument {name!r}: expected 'multihead_attention', given 'multiquery_attention' "
-            "(multi-query MPT checkpoints are not supported)"
-        )
-    raise ValueError(f"{owner} argument {name!r}: expected 'multihead_attention', given {value!r}")
+    raise ValueError(f"{owner} argument {name!r}: expected one of {ATTN_TYPES}, given {value!r}")
 
 
 class MptAttentionConfig(PretrainedConfig):
@@ -31,7 +29,7 @@ class MptAttentionConfig(PretrainedConfig):
     Most arguments exist so that the MPT checkpoints published before native support load unchanged.
 
     Args:
-        attn_type: kind of attention; only ``"multihead_attention"`` is supported.
+        attn_type: kind of attention of the original code; the model always uses multi-head attention.
         attn_pdrop: dropout on attention probabilities (0).
         attn_impl: attention kernel the original code used: ``"torch"``, ``"flash"`` or ``"triton"``.
         clip_qkv: if set, queries, keys and values are clipped to ``[-clip_qkv, clip_qkv]``.
@@ -43,6 +41,8 @@ class MptAttentionConfig(PretrainedConfig):
         alibi_bias_max: largest ALiBi slope exponent (8).
 
     Keys other than these are ignored, as in the reference: an attention config holds nothing else.
+    Of these settings the MPT models (like the reference 4.37 release) act on ``attn_pdrop`` and
+    ``softmax_scale`` only; see :meth:`MptConfig.ignored_settings`.
     """
 
     _fields = {
@@ -156,6 +156,13 @@ class MptConfig(PretrainedConfig):
         norm_type: layer norm flavour; every MPT model uses ``"low_precision_layernorm"``.
         use_cache: whether the model returns its key/value cache (False).
         initializer_range: standard deviation of the weight initialiser (0.02).
+
+    The reference 4.37 release stores every setting but ignores several in its model; the MPT models here
+    do the same, so that its checkpoints give its outputs, and warn once per such setting when a config
+    gives it a non-default value (:meth:`ignored_settings`): the feed-forward layer is always
+    ``4 * d_model`` wide, ALiBi always uses a maximum exponent of 8, there are no biases, no embedding
+    dropout, no logit scaling, and ``attn_config.attn_pdrop`` (not ``resid_pdrop``) drops the attention
+    probabilities and both residual branches.
     """
 
     model_type = "mpt"
@@ -225,3 +232,35 @@ class MptConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
+
+    def ignored_settings(self) -> list:
+        """The settings the reference 4.37 ``MptModel`` reads from a config but does not act on, where this
+        config gives them a value other than the default: ``(name, value, what is used instead)`` triples.
+
+        The MPT models here follow the reference, so that the checkpoints it writes load and compute the
+        same outputs; they log one warning per triple when built. (``learned_pos_emb`` is not listed: no
+        position embedding is ever used, which is what its non-default value ``False`` asks for.)
+        """
+        attn = self.attn_config
+        checks = [
+            ("expansion_ratio", self.expansion_ratio, 4, "a feed-forward width of 4 * d_model"),
+            ("no_bias", self.no_bias, True, "no biases in linear layers and layer norms"),
+            ("resid_pdrop", self.resid_pdrop, 0.0,
+             f"attn_config.attn_pdrop={attn.attn_pdrop} on the residual branches"),
+            ("emb_pdrop", self.emb_pdrop, 0.0, "no dropout on the embeddings"),
+            ("embedding_fraction", self.embedding_fraction, 1.0, "the whole gradient for the embeddings"),
+            ("logit_scale", self.logit_scale, None, "unscaled logits"),
+            ("norm_type", self.norm_type, "low_precision_layernorm", "LayerNorm without bias"),
+            ("init_device", self.init_device, "cpu", "the device the model is built on"),
+            ("verbose", self.verbose, 0, "the library's logging settings"),
+            ("attn_config.attn_type", attn.attn_type, "multihead_attention", "multi-head attention"),
+            ("attn_config.attn_impl", attn.attn_impl, "torch", "PyTorch attention"),
+            ("attn_config.clip_qkv", attn.clip_qkv, None, "unclipped queries, keys and values"),
+            ("attn_config.qk_ln", attn.qk_ln, False, "no query/key layer norms"),
+            ("attn_config.prefix_lm", attn.prefix_lm, False, "causal attention everywhere"),
+            ("attn_config.attn_uses_sequence_id", attn.attn_uses_sequence_id, False,
+             "attention across sequence ids"),
+            ("attn_config.alibi", attn.alibi, True, "ALiBi biases"),
+            ("attn_config.alibi_bias_max", attn.alibi_bias_max, 8, "ALiBi slopes with a maximum exponent of 8"),
+        ]
+        return [(name, value, instead) for name, value, default, instead in checks if value != default]

@@ -7,13 +7,14 @@ decoder; the post-processor places the family's special tokens.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from .base import _atomic_write_text
+from .base import BatchEncoding, _atomic_write_text
 from .bpe import GPT2Tokenizer, RobertaTokenizer, read_bpe_files
 from .convert import register_converter
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
@@ -171,15 +172,95 @@ def _merges_as_strings(tokenizer_file: str) -> None:
 
 
 class _WordsNeedPrefixSpace:
-    """Pre-split words are tokenized as words that follow a space, which needs `add_prefix_space=True`."""
+    """Pre-split words are tokenized as words that follow a space, which needs `add_prefix_space=True`.
 
-    def _batch_encode_plus(self, *args: Any, **kwargs: Any):
-        if kwargs.get("is_split_into_words", False) and not self.add_prefix_space:
+    The space before a text is put here, by the slow tokenizer's rule (:meth:`_slow_adds_space`), rather than
+    by the backend's ``ByteLevel`` pre-tokenizer, whose rule differs: it adds none before a text starting
+    with " ", where the slow GPT-2 tokenizer does, and adds one before a text starting with other whitespace
+    ("\t", "\n"), where the slow RoBERTa tokenizer does not. During a call the backend runs without its own
+    prefix space; offsets are given back in the caller's text.
+    """
+
+    @staticmethod
+    def _slow_adds_space(text: str) -> bool:
+        return True
+
+    def _batch_encode_plus(self, batch_text_or_text_pairs, *args: Any, **kwargs: Any):
+        words = kwargs.get("is_split_into_words", False)
+        if words and not self.add_prefix_space:
             raise ValueError(
                 f"is_split_into_words=True needs add_prefix_space=True: create the {type(self).__name__} with "
                 "add_prefix_space=True to encode pre-split words (got add_prefix_space=False)"
             )
-        return super()._batch_encode_plus(*args, **kwargs)
+        prefix = kwargs.pop("add_prefix_space", self.add_prefix_space)
+        if not (prefix or self.add_prefix_space) or not isinstance(batch_text_or_text_pairs, (list, tuple)):
+            return super()._batch_encode_plus(batch_text_or_text_pairs, *args, **kwargs)
+        prefix = prefix or words
+
+        def spaced(text):  # (text as the backend sees it, whether a space was put in front, length)
+            if isinstance(text, str) and prefix and self._slow_adds_space(text):
+                return " " + text, (1, len(text))
+            return text, (0, 0)
+
+        def one_sequence(sequence):
+            if words and isinstance(sequence, (list, tuple)):
+                pairs = [spaced(word) for word in sequence]
+                return [word for word, _ in pairs], [shift for _, shift in pairs]
+            return spaced(sequence)
+
+        batch, shifts = [], []
+        for item in batch_text_or_text_pairs:
+            if words:
+                is_pair = isinstance(item, (list, tuple)) and len(item) == 2 and all(
+                    isinstance(part, (list, tuple)) for part in item)
+            else:
+                is_pair = isinstance(item, (list, tuple)) and len(item) == 2
+            if is_pair:
+                first, second = one_sequence(item[0]), one_sequence(item[1])
+                batch.append((first[0], second[0]))
+                shifts.append((first[1], second[1]))
+            else:
+                only = one_sequence(item)
+                batch.append(only[0])
+                shifts.append((only[1],))
+        return_tensors = kwargs.pop("return_tensors", None)
+        backend = self._tokenizer
+        saved = backend.pre_tokenizer
+        if saved is not None:
+            options = {"add_prefix_space": False}
+            state, changed = _with_options(json.loads(saved.__getstate__()), ("ByteLevel",), options)
+            if changed:
+                plain = copy.deepcopy(saved)
+                plain.__setstate__(json.dumps(state).encode())
+                backend.pre_tokenizer = plain
+        try:
+            output = super()._batch_encode_plus(batch, *args, return_tensors=None, **kwargs)
+        finally:
+            backend.pre_tokenizer = saved
+        data = dict(output)
+        processor = backend.post_processor
+        trimmed = processor is not None and '"trim_offsets":true' in processor.__getstate__().decode().replace(" ", "")
+        if "offset_mapping" in data:
+            samples = data.get("overflow_to_sample_mapping") or list(range(len(data["offset_mapping"])))
+            for row, (sample, encoding) in enumerate(zip(samples, output.encodings)):
+                fixed = []
+                tokens = zip(data["offset_mapping"][row], encoding.sequence_ids, encoding.word_ids)
+                for offset, sequence, word in tokens:
+                    shift, length = 0, 0
+                    if sequence is not None:
+                        added = shifts[sample][sequence]
+                        if isinstance(added, list):
+                            added = added[word] if word is not None else (0, 0)
+                        shift, length = added
+                    if shift:
+                        # A token of the space put in front alone spans the text's first character, or
+                        # nothing where offsets are trimmed, as with the backend's own prefix space.
+                        start, end = offset[0] - shift, offset[1] - shift
+                        fixed.append((max(0, start), end if end > 0 else 0 if trimmed else min(1, length)))
+                    else:
+                        fixed.append(tuple(offset))
+                data["offset_mapping"][row] = fixed
+        return BatchEncoding(data, output.encodings, tensor_type=return_tensors)
 
 
 class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
@@ -241,6 +322,10 @@ class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
     slow_tokenizer_class = RobertaTokenizer
     pretrained_vocab_files_map = RobertaTokenizer.pretrained_vocab_files_map
     max_model_input_sizes = RobertaTokenizer.max_model_input_sizes
+
+    @staticmethod
+    def _slow_adds_space(text: str) -> bool:
+        return bool(text) and not text[0].isspace()
 
     def __init__(
         self,

@@ -451,8 +451,8 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         verbose: bool = True,
         **kwargs: Any,
     ) -> BatchEncoding:
-        # The reference treats an empty second text as no pair; matching it keeps ids identical.
-        batch = [(text, text_pair)] if text_pair else [text]
+        # An empty second text is still a pair, as in the slow tokenizers (the reference's fast ones drop it).
+        batch = [(text, text_pair)] if text_pair is not None else [text]
         output = self._batch_encode_plus(
             batch,
             add_special_tokens=add_special_tokens,
@@ -689,7 +689,92 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         return tuple(self._tokenizer.model.save(save_directory, filename_prefix))
 
 
-class ElectraTokenizerFast(PreTrainedTokenizerFast):
+_WHITESPACE = tokenizers.Regex(r"\s+")
+# Unassigned and private-use characters: the slow tokenizers' clean-up drops them (Python counts them as
+# "other" characters, categories C*), the backend's BertNormalizer keeps them.
+_UNASSIGNED = tokenizers.Regex(r"[\p{Cn}\p{Co}]")
+_PUNCTUATION = tokenizers.Regex(r"[!-/:-@\[-`{-~\p{P}]")
+
+
+def _clean_first(normalizer_state: dict) -> list:
+    return [normalizers.Replace(_UNASSIGNED, "")] if normalizer_state.get("clean_text", True) else []
+
+
+class _BasicTokenizerSteps:
+    """What the slow BasicTokenizer does and the backend's BertNormalizer does not, in a fast WordPiece
+    tokenizer.
+
+    - The clean-up drops unassigned and private-use characters too.
+    - ``never_split``: a whitespace-delimited word listed there is neither stripped of accents nor split at
+      punctuation, and a listed word (or punctuation-free piece) missing from the vocabulary gives the
+      unknown token's id. With ``do_lower_case`` the slow tokenizer lowercases the text before looking for
+      the words, so a listed word with capitals never matches; that is kept too.
+
+    During a call, the backend's normalizer (and, with ``never_split``, its pre-tokenizer) are replaced by
+    ones doing the slow tokenizer's steps in its order (clean-up, CJK spacing and NFC on the whole text;
+    then, word by word, case and accents, then punctuation); the saved tokenizer.json stays the plain one.
+    """
+
+    def _never_split_pipeline(self, normalizer_state: dict):
+        words = set(self._never_split)
+        vocab = self._tokenizer.get_vocab(with_added_tokens=False)
+        unk = str(self.unk_token)
+        lowercase = bool(normalizer_state.get("lowercase", True))
+        strip_accents = normalizer_state.get("strip_accents")
+        per_word = normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=False,
+                                              strip_accents=strip_accents, lowercase=lowercase)
+
+        def keep(piece):
+            text = piece.normalized
+            if text not in vocab:
+                piece.replace(text, unk)
+            return piece
+
+        def split(_, normalized):
+            out = []
+            for word in normalized.split(_WHITESPACE, "removed"):
+                if lowercase:  # the slow tokenizer lowercases the whole text before it looks for the words
+                    word.lowercase()
+                if word.normalized in words:
+                    out.append(keep(word))
+                    continue
+                per_word.normalize(word)
+                for piece in word.split(_PUNCTUATION, "isolated"):
+                    out.append(keep(piece) if piece.normalized in words else piece)
+            return out
+
+        class _Words:
+            def pre_tokenize(self, pretokenized):
+                pretokenized.split(split)
+
+        whole = normalizers.Sequence(_clean_first(normalizer_state) + [
+            normalizers.BertNormalizer(clean_text=bool(normalizer_state.get("clean_text", True)),
+                                       handle_chinese_chars=bool(normalizer_state.get("handle_chinese_chars", True)),
+                                       strip_accents=False, lowercase=False),
+            normalizers.NFC(),
+        ])
+        return whole, tokenizers.pre_tokenizers.PreTokenizer.custom(_Words())
+
+    def _batch_encode_plus(self, *args: Any, **kwargs: Any) -> BatchEncoding:
+        backend = self._tokenizer
+        normalizer = backend.normalizer
+        state = json.loads(normalizer.__getstate__()) if normalizer is not None else {}
+        if state.get("type") != "BertNormalizer":
+            return super()._batch_encode_plus(*args, **kwargs)
+        saved = backend.pre_tokenizer
+        if getattr(self, "_never_split", None):
+            backend.normalizer, backend.pre_tokenizer = self._never_split_pipeline(state)
+        elif state.get("clean_text", True):
+            backend.normalizer = normalizers.Sequence(_clean_first(state) + [normalizer])
+        else:
+            return super()._batch_encode_plus(*args, **kwargs)
+        try:
+            return super()._batch_encode_plus(*args, **kwargs)
+        finally:
+            backend.normalizer, backend.pre_tokenizer = normalizer, saved
+
+
+class ElectraTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
     """A fast ELECTRA tokenizer (WordPiece, backed by the `tokenizers` library).
 
     Args:
@@ -701,6 +786,8 @@ class ElectraTokenizerFast(PreTrainedTokenizerFast):
         tokenize_chinese_chars: split around every CJK ideograph.
         strip_accents: remove accents; `None` follows `do_lower_case`, as in the original ELECTRA.
         wordpieces_prefix: the prefix of word-continuation pieces.
+        never_split: words kept whole and untouched, as the slow tokenizer keeps them (the reference's
+            fast tokenizer ignores them).
 
     Options given here override the corresponding settings of a tokenizer.json.
     """
@@ -746,6 +833,7 @@ class ElectraTokenizerFast(PreTrainedTokenizerFast):
             **explicit,
         )
         self.do_lower_case = do_lower_case
+        self._never_split = frozenset(kwargs.get("never_split") or ())
 
     @property
     def can_save_slow_tokenizer(self) -> bool:  # type: ignore[override]

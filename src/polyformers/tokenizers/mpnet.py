@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Tokenizer, normalizers, processors
 
 from .base import PreTrainedTokenizerBase
 from .convert import register_converter, wordpiece_tokenizer
-from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
+from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast, _BasicTokenizerSteps
 from .wordpiece import WordPieceTokenizer
 
 __all__ = ["MPNetTokenizer", "MPNetTokenizerFast", "check_unique_vocab"]
@@ -169,7 +169,7 @@ def _convert_mpnet(slow: MPNetTokenizer) -> Tokenizer:
 register_converter("MPNetTokenizer", _convert_mpnet)
 
 
-class MPNetTokenizerFast(PreTrainedTokenizerFast):
+class MPNetTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
     """A fast MPNet tokenizer (WordPiece, backed by the `tokenizers` library).
 
     Args:
@@ -179,6 +179,7 @@ class MPNetTokenizerFast(PreTrainedTokenizerFast):
         bos_token, eos_token, sep_token, cls_token, unk_token, pad_token, mask_token: the special tokens.
         tokenize_chinese_chars: split around every CJK ideograph (when building from `vocab_file`).
         strip_accents: remove accents; `None` follows `do_lower_case`.
+        never_split: words kept whole and untouched, as the slow tokenizer keeps them.
 
     `do_lower_case` and `strip_accents` given here override a tokenizer.json's normalizer.
     """
@@ -231,6 +232,7 @@ class MPNetTokenizerFast(PreTrainedTokenizerFast):
         )
         self._align_normalizer(do_lower_case, strip_accents)
         self.do_lower_case = do_lower_case
+        self._never_split = frozenset(kwargs.get("never_split") or ())
 
     def _align_normalizer(self, do_lower_case: bool, strip_accents: Optional[bool]) -> None:
         # Only case and accents follow the arguments; a tokenizer.json keeps its other text options.

@@ -412,12 +412,14 @@ def pegasus_tokenizer(
     tokenizer = Tokenizer(models.Unigram(vocab, model.unk_id + offset))
 
     steps = [normalizers.Precompiled(model.precompiled_charsmap)] if model.precompiled_charsmap else []
-    # SentencePiece drops trailing spaces; runs of spaces become one boundary marker.
-    steps += [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), SPIECE_UNDERLINE)]
+    # SentencePiece drops trailing spaces; runs of spaces become one boundary marker. Only spaces: other
+    # whitespace the model's normalization keeps ("\n", "\t" with some models) is text, as in the slow
+    # tokenizer (the reference's fast one drops it).
+    steps += [normalizers.Replace(Regex(" +$"), ""), normalizers.Replace(Regex(" {2,}"), SPIECE_UNDERLINE)]
     tokenizer.normalizer = normalizers.Sequence(steps)
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(" ", "removed"),
             pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always"),
         ]
     )

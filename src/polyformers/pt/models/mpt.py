@@ -1,13 +1,16 @@
 """MPT in PyTorch (MosaicML, 2023): a GPT-style pre-norm decoder whose attention takes ALiBi biases
 instead of position embeddings.
 
-Read top-down: attention (one fused query/key/value projection, optionally clipped, scores biased by
-ALiBi), the feed-forward layer, the block (norm, attention, residual; norm, MLP, residual), the bare
-model, then the heads. Module attribute names are the checkpoint keys of the reference checkpoints.
+Read top-down: attention (one fused query/key/value projection, scores biased by ALiBi), the
+feed-forward layer, the block (norm, attention, residual; norm, MLP, residual), the bare model, then the
+heads. The model computes what the reference 4.37 release computes for every ``MptConfig``, which means
+ignoring several settings of the original MPT code (``MptConfig.ignored_settings``). Module attribute
+names are the checkpoint keys of the reference checkpoints.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Union
 
@@ -29,27 +32,19 @@ from ..cache import Cache, as_cache, attended_length, prepare_generation_inputs,
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
-# attn_config settings of the original MPT code that the reference model does not implement: refused,
-# rather than silently computing a different function than the checkpoint was trained with.
-_UNSUPPORTED_ATTENTION = {
-    "alibi": (True, "MPT without ALiBi (learned positions)"),
-    "prefix_lm": (False, "prefix-LM attention"),
-    "qk_ln": (False, "query/key layer norms"),
-    "attn_uses_sequence_id": (False, "sequence-id attention masking"),
-}
+logger = logging.getLogger(__name__)
 
 
-def _check_supported(config: MptConfig) -> None:
-    for name, (supported, what) in _UNSUPPORTED_ATTENTION.items():
-        given = getattr(config.attn_config, name)
-        if bool(given) != supported:
-            raise ValueError(
-                f"attn_config.{name}: expected {supported}, given {given!r} ({what} is not implemented)"
-            )
+def _warn_ignored(config: MptConfig) -> None:
+    """One warning per setting that the reference release (4.37) reads but does not act on, naming the
+    setting, the value given and what the model computes instead (see ``MptConfig.ignored_settings``)."""
+    for name, value, instead in config.ignored_settings():
+        logger.warning("MptConfig %s=%r is ignored, as in the reference 4.37 release: using %s", name, value, instead)
 
 
 class MptAttention(nn.Module):
-    """Causal multi-head self-attention with ALiBi biases; ``clip_qkv`` bounds the projections."""
+    """Causal multi-head self-attention with ALiBi biases. As in the reference release, the projections
+    have no biases and are not clipped (``clip_qkv`` is ignored); ``softmax_scale`` is honoured."""
 
     def __init__(self, config: MptConfig, layer_idx: int):
         super().__init__()
@@ -59,56 +54,61 @@ class MptAttention(nn.Module):
         self.head_dim = config.d_model // config.n_heads
         if self.head_dim * self.n_heads != config.d_model:
             raise ValueError(f"d_model ({config.d_model}) must be divisible by n_heads ({config.n_heads})")
-        self.softmax_scale = attn.softmax_scale or 1.0 / math.sqrt(self.head_dim)
-        self.clip_qkv = attn.clip_qkv
+        scale = attn.softmax_scale
+        self.softmax_scale = 1.0 / math.sqrt(self.head_dim) if scale is None else scale
         self.attn_pdrop = attn.attn_pdrop
-        self.Wqkv = L.Linear(config.d_model, 3 * config.d_model, bias=not config.no_bias)
-        self.out_proj = L.Linear(config.d_model, config.d_model, bias=not config.no_bias)
+        self.Wqkv = L.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out_proj = L.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(self, hidden_states, bias, cache: Optional[Cache], cache_position, need_weights):
         batch, length, _ = hidden_states.shape
         qkv = self.Wqkv(hidden_states)
-        if self.clip_qkv:
-            qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         # The projection's columns are query | key | value, each head by head.
         qkv = qkv.view(batch, length, 3, self.n_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
         key_length = bias.shape[-1]  # a preallocated cache is read only up to the slots in use
+        dropout = self.attn_pdrop if self.training else 0.0
         context, probs = L.attend(
             query, key[:, :, :key_length], value[:, :, :key_length], bias, scale=self.softmax_scale,
-            dropout=self.attn_pdrop if self.training else 0.0, need_weights=need_weights,
+            dropout=dropout,
+            # With dropout, the probabilities are dropped explicitly, as the reference does, so that a seeded
+            # training step draws the same masks (the fused kernel draws its own).
+            need_weights=need_weights or dropout > 0,
             masked_fill=True,  # the reference fills masked scores: a query seeing no key trains no query/key
         )
-        return self.out_proj(L.merge_heads(context)), probs
+        return self.out_proj(L.merge_heads(context)), (probs if need_weights else None)
 
 
 class MptMLP(nn.Module):
-    """up, exact (erf) GELU, down."""
+    """up, exact (erf) GELU, down; ``4 * d_model`` wide whatever ``expansion_ratio`` says, as in the
+    reference release."""
 
     def __init__(self, config: MptConfig):
         super().__init__()
-        inner = config.expansion_ratio * config.d_model
-        self.up_proj = L.Linear(config.d_model, inner, bias=not config.no_bias)
-        self.down_proj = L.Linear(inner, config.d_model, bias=not config.no_bias)
+        inner = 4 * config.d_model
+        self.up_proj = L.Linear(config.d_model, inner, bias=False)
+        self.down_proj = L.Linear(inner, config.d_model, bias=False)
 
     def forward(self, hidden_states):
         return self.down_proj(F.gelu(self.up_proj(hidden_states)))
 
 
 class MptBlock(nn.Module):
-    """Pre-norm block: x + attention(norm_1(x)), then + mlp(norm_2(.)). MPT's norms have no bias."""
+    """Pre-norm block: x + attention(norm_1(x)), then + mlp(norm_2(.)). MPT's norms have no bias.
+
+    Both residual branches are dropped with ``attn_config.attn_pdrop``, as in the reference release (which
+    ignores ``resid_pdrop``)."""
 
     def __init__(self, config: MptConfig, layer_idx: int):
         super().__init__()
-        bias = not config.no_bias
-        self.norm_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=bias)
+        self.norm_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=False)
         self.attn = MptAttention(config, layer_idx)
-        self.norm_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=bias)
+        self.norm_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=False)
         self.ffn = MptMLP(config)
-        self.resid_attn_dropout = nn.Dropout(config.resid_pdrop)
-        self.resid_ffn_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_attn_dropout = nn.Dropout(config.attn_config.attn_pdrop)
+        self.resid_ffn_dropout = nn.Dropout(config.attn_config.attn_pdrop)
 
     def forward(self, hidden_states, bias, cache, cache_position, need_weights):
         attended, probs = self.attn(self.norm_1(hidden_states), bias, cache, cache_position, need_weights)
@@ -146,15 +146,17 @@ def _as_tuple(output, return_dict: bool):
 
 
 class MptModel(MptPreTrainedModel):
-    """The bare MPT decoder: token embeddings, ``n_layers`` blocks, a final norm."""
+    """The bare MPT decoder: token embeddings, ``n_layers`` blocks, a final norm.
+
+    It computes what the reference 4.37 release computes for every config: the settings that release
+    ignores (``MptConfig.ignored_settings``) are ignored here too, with one warning each."""
 
     def __init__(self, config: MptConfig):
-        _check_supported(config)
+        _warn_ignored(config)
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.emb_drop = nn.Dropout(config.emb_pdrop)
         self.blocks = nn.ModuleList([MptBlock(config, i) for i in range(config.n_layers)])
-        self.norm_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=not config.no_bias)
+        self.norm_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=False)
         self._slopes = None  # ALiBi's per-head slopes, computed on the first call
         self.gradient_checkpointing = False
         self.post_init()
@@ -191,10 +193,6 @@ class MptModel(MptPreTrainedModel):
         if inputs_embeds is None:
             L.check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
             inputs_embeds = self.wte(input_ids)
-        if config.embedding_fraction != 1:
-            # The original training trick: only a fraction of the gradient reaches the embeddings.
-            fraction = config.embedding_fraction
-            inputs_embeds = inputs_embeds * fraction + inputs_embeds.detach() * (1 - fraction)
         length = inputs_embeds.shape[1]
         cache, legacy = as_cache(past_key_values, use_cache)
 
@@ -207,7 +205,8 @@ class MptModel(MptPreTrainedModel):
                              preallocated=cache is not None and cache.get_max_length() is not None)
         key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
         if self._slopes is None or self._slopes.device != inputs_embeds.device:
-            self._slopes = L.alibi_slopes(config.n_heads, config.attn_config.alibi_bias_max, inputs_embeds.device)
+            # A maximum exponent of 8 whatever attn_config.alibi_bias_max says, as in the reference release.
+            self._slopes = L.alibi_slopes(config.n_heads, 8, inputs_embeds.device)
         # ALiBi needs an explicit bias, so the causal mask is explicit too, but for a decoding step
         # without padding, which needs none.
         causal = L.decoder_self_attention_mask(attention_mask, cache_position, key_length, torch.float32,
@@ -219,7 +218,7 @@ class MptModel(MptPreTrainedModel):
             bias = (bias + causal.bias).clamp(min=torch.finfo(inputs_embeds.dtype).min)
         bias = bias.to(inputs_embeds.dtype)
 
-        hidden = self.emb_drop(inputs_embeds) if self.training else inputs_embeds
+        hidden = inputs_embeds  # no embedding dropout: the reference ignores emb_pdrop
         all_hidden = () if output_hidden_states else None
         all_attn = () if output_attentions else None
         for block in self.blocks:
@@ -247,8 +246,8 @@ class MptModel(MptPreTrainedModel):
 
 class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
     """MPT with its language modelling head, tied to the input embeddings. ``labels`` are the input
-    ids, shifted inside the loss; -100 is ignored. A numeric ``config.logit_scale`` (or
-    ``"inv_sqrt_d_model"``) multiplies the logits, as the original MPT code does."""
+    ids, shifted inside the loss; -100 is ignored. ``config.logit_scale`` is ignored, as in the reference
+    release: the logits are not scaled."""
 
     _tied_weights_keys = ["lm_head.weight"]
 
@@ -256,8 +255,6 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
         super().__init__(config)
         self.transformer = MptModel(config)
         self.lm_head = L.Linear(config.d_model, config.vocab_size, bias=False)
-        scale = config.logit_scale
-        self.logit_scale = 1.0 / math.sqrt(config.d_model) if scale == "inv_sqrt_d_model" else scale
         self.post_init()
 
     def get_output_embeddings(self):
@@ -287,8 +284,6 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
             output_hidden_states, return_dict=True, cache_position=cache_position,
         )
         logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
-        if self.logit_scale is not None:
-            logits = logits * self.logit_scale
         loss = L.causal_lm_loss(logits, labels) if labels is not None else None
         output = CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
