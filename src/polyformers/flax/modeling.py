@@ -487,7 +487,14 @@ class FlaxPreTrainedModel:
         flat = flatten_dict(unfreeze(params))
         state = {}
         for key, (path, transpose) in self.checkpoint_keys().items():
-            array = np.asarray(jax.device_get(flat[path]))
+            array = flat[path]
+            if isinstance(array, jax.Array) and not array.is_fully_addressable:
+                # Sharded across processes: every process gathers the whole array (a collective, so
+                # every process must call save_pretrained).
+                from jax.experimental import multihost_utils
+
+                array = multihost_utils.process_allgather(array, tiled=True)
+            array = np.asarray(jax.device_get(array))
             state[key] = np.ascontiguousarray(array.T if transpose else array)
         for key, array in self.checkpoint_constants().items():
             state.setdefault(key, array)
