@@ -66,8 +66,21 @@ class Block(keras.layers.Layer):
         super().__init__(**kwargs)
         self._allow_non_tensor_positional_args = True
 
+    def __setattr__(self, name, value):
+        name_after_attribute(name, value)
+        super().__setattr__(name, value)
+
     def build(self, input_shape=None):
         self.built = True
+
+
+def name_after_attribute(attribute: str, value) -> None:
+    """Give a sublayer its attribute's name, so that Keras variable paths read like checkpoint keys
+    (``.../encoder/layer_0/attention/self/query/kernel``) and stay the same from one model to the next;
+    ``keras.distribution.LayoutMap`` rules match those paths. A layer that already has variables (a table
+    shared by a tied head) keeps its name: its variables' paths are fixed at creation."""
+    if isinstance(value, keras.layers.Layer) and not attribute.startswith("_") and not value.built:
+        value.name = attribute
 
 
 def initializer(config):
@@ -347,6 +360,21 @@ class BertLayer(Block):
             present = present + cross_present
         hidden_states = self.output_(self.intermediate(hidden_states), hidden_states, training=training)
         return hidden_states, self_probs, cross_probs, present
+
+
+# Tensor-parallel layout of the BERT stack (and its cross-attention), as data for keras.distribution
+# (see polyformers.keras.distribution): Keras matches each regex against a whole variable path, and the
+# axes name, per dimension, the mesh axis that splits it ("model") or None. Query, key, value and the
+# first feed-forward projection split their output columns (whole heads per device); the attention
+# output and the second projection split their input rows, so each block needs one sum across devices.
+BERT_LAYOUT_RULES = (
+    (r".*/(cross)?attention/self/(query|key|value)/kernel", (None, "model")),
+    (r".*/(cross)?attention/self/(query|key|value)/bias", ("model",)),
+    (r".*/(cross)?attention/output_/dense/kernel", ("model", None)),
+    (r".*/intermediate/dense/kernel", (None, "model")),
+    (r".*/intermediate/dense/bias", ("model",)),
+    (r".*/layer_\d+/output_/dense/kernel", ("model", None)),
+)
 
 
 class BertEncoder(Block):

@@ -158,6 +158,12 @@ class TFPreTrainedModel(keras.Model):
         # The reference's models take plain values (flags, None) positionally, as Python functions do.
         self._allow_non_tensor_positional_args = True
 
+    def __setattr__(self, name, value):
+        from .layers import name_after_attribute
+
+        name_after_attribute(name, value)
+        super().__setattr__(name, value)
+
     def build(self, input_shape=None):
         # Layers create their variables on their first call; ``build_model`` runs that call.
         self.built = True
@@ -176,6 +182,13 @@ class TFPreTrainedModel(keras.Model):
         if not getattr(self, "_built_by_call", False):
             self(self.dummy_inputs, training=False)
             self._built_by_call = True
+            distribution = keras.distribution.distribution()
+            if isinstance(distribution, keras.distribution.ModelParallel):
+                # Keras replicates a variable that no rule matches, silently: a rule that matches nothing
+                # (a typo, another family's path) is caught here, where the variables are known.
+                from .distribution import check_layout_map
+
+                check_layout_map(self, distribution._layout_map)
         return self
 
     def _flags(self, output_attentions, output_hidden_states, return_dict):
@@ -439,9 +452,29 @@ class TFPreTrainedModel(keras.Model):
     # ---------------------------------------------------------------------------------------------
     # training
 
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        """Keras' ``fit``. Under a ``keras.distribution`` with a data axis, arrays whose batches (the last
+        one included) that axis does not divide are refused here, with the sizes, before any step runs."""
+        if keras.distribution.distribution() is not None:
+            leaves = [leaf for leaf in keras.tree.flatten(x) if isinstance(leaf, np.ndarray)] if x is not None else []
+            if leaves:
+                from .distribution import check_batch
+
+                rows = len(leaves[0])
+                size = 32 if batch_size is None else int(batch_size)
+                check_batch(min(size, rows))
+                if rows % size and rows > size:
+                    check_batch(rows % size, what=f"the last batch ({rows} rows in batches of {size})")
+        return super().fit(x, y, batch_size, *args, **kwargs)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """With a loss given to ``compile``, that loss on the logits; otherwise the model's own loss,
-        computed from the labels in the input dict (averaged over examples)."""
+        computed from the labels in the input dict (averaged over examples).
+
+        Under a ``tf.distribute`` strategy each replica returns its share (see :func:`_per_replica`). A
+        per-token loss (masked LM, token classification) is then the mean of the replicas' token means,
+        which equals the global token mean when every replica holds as many labelled tokens; the JAX
+        backend's ``keras.distribution`` computes the loss on the global batch and always equals it."""
         if self._compile_loss is not None:
             logits = y_pred.get("logits", y_pred[0]) if isinstance(y_pred, Mapping) else y_pred
             return super().compute_loss(x, y, logits, sample_weight, training=training)
@@ -454,7 +487,20 @@ class TFPreTrainedModel(keras.Model):
         total = ops.mean(loss)
         for extra in self.losses:
             total = total + ops.cast(extra, total.dtype)
-        return total
+        return _per_replica(total)
+
+
+def _per_replica(loss):
+    """A replica's share of the loss under a ``tf.distribute`` strategy, as Keras' own losses scale it:
+    the strategy sums the replicas' gradients and Keras' loss tracker multiplies the value back, so a
+    per-replica mean divided by the number of replicas gives the gradients and the reported loss of
+    one device on the global batch. Other backends (and no strategy) see the loss unchanged."""
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * ops.cast(1.0 / replicas, loss.dtype)
 
 
 def as_output(output, return_dict: bool):

@@ -26,6 +26,10 @@ from ..modeling import TFPreTrainedModel, as_output, unpack_inputs
 import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
 from keras import ops
 
+# Tensor-parallel layout for keras.distribution.ModelParallel (polyformers.keras.distribution.layout_map):
+# the BERT stack's rules; embeddings, their projection and the heads stay replicated.
+LAYOUT_RULES = L.BERT_LAYOUT_RULES
+
 
 class TFElectraMainLayer(L.Block):
     """Embeddings in ``embedding_size`` dims, their projection to ``hidden_size`` when the two differ,

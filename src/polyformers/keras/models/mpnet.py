@@ -36,6 +36,20 @@ NUM_BUCKETS = 32
 MAX_DISTANCE = 128
 
 
+# Tensor-parallel layout for keras.distribution.ModelParallel (polyformers.keras.distribution.layout_map):
+# Keras matches each regex against a whole variable path; q, k, v and the first feed-forward projection
+# split their output columns over the "model" axis (whole heads per device), o and the second projection
+# their input rows. Embeddings, the relative position table and the heads stay replicated.
+LAYOUT_RULES = (
+    (r".*/attention/attn/(q|k|v)/kernel", (None, "model")),
+    (r".*/attention/attn/(q|k|v)/bias", ("model",)),
+    (r".*/attention/attn/o/kernel", ("model", None)),
+    (r".*/intermediate/dense/kernel", (None, "model")),
+    (r".*/intermediate/dense/bias", ("model",)),
+    (r".*/layer_\d+/output_/dense/kernel", ("model", None)),
+)
+
+
 class TFMPNetEmbeddings(L.Block):
     """Word + absolute position embeddings, LayerNorm and dropout (MPNet has no token types)."""
 

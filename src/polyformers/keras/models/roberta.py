@@ -31,6 +31,10 @@ from keras import ops
 
 logger = logging.getLogger("polyformers")
 
+# Tensor-parallel layout for keras.distribution.ModelParallel (polyformers.keras.distribution.layout_map):
+# the BERT stack's rules; embeddings and heads stay replicated.
+LAYOUT_RULES = L.BERT_LAYOUT_RULES
+
 
 class TFRobertaMainLayer(L.Block):
     """Embeddings, the encoder (or decoder) stack and, with ``add_pooling_layer``, the pooler.
