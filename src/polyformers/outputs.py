@@ -204,6 +204,10 @@ _TF_OUTPUTS = {
         "sequences sequences_scores scores beam_indices attentions hidden_states",
         "Beam sampling results of a decoder-only model: the best sequences, their final scores and beam trails.",
     ),
+    "TFContrastiveSearchDecoderOnlyOutput": (
+        "sequences scores attentions hidden_states",
+        "Contrastive search sequences of a decoder-only model, with the scores of each step as asked.",
+    ),
 }
 
 # Flax outputs never carry a loss: Flax models return logits and leave the loss to the training step.

@@ -1,4 +1,5 @@
-"""Generation for the Keras models on TensorFlow: greedy decoding, sampling and beam search, eager or under XLA.
+"""Generation for the Keras models on TensorFlow: greedy decoding, sampling, beam search (and beam sampling) and
+contrastive search, eager or under XLA.
 
 Every loop keeps its state at one shape, which is what ``tf.function(jit_compile=True)`` needs: the
 sequences live in a ``(rows, max_length)`` buffer filled with padding, and the self-attention cache is
@@ -12,6 +13,12 @@ holding ``pad_token_id``, as the reference's TF ``generate`` does there.
 Logits processors see that buffer and ``cur_len``, the number of tokens it holds (the reference's TF
 processor signature ``(input_ids, scores, cur_len)``), so each is a few vectorised tensor operations that
 run unchanged in both modes.
+
+Sampling with a given ``seed`` draws every step with that seed, as the reference's TF ``generate`` does, so
+seeded draws are the reference's. Contrastive search runs the model on the ``top_k`` candidates of every row
+at once and keeps, besides the cache, the last layer's hidden state of every position in a
+``(rows, max_length, hidden)`` buffer for the degeneration penalty. Attentions and hidden states
+(``output_attentions`` / ``output_hidden_states``) are collected eagerly only, as in the reference.
 
 Beam search makes the choices of polyformers' PyTorch ``generate``, token for token: per prompt it keeps
 ``num_beams`` running rows and a table of at most ``num_beams`` finished hypotheses (tokens, score, length,
@@ -43,6 +50,7 @@ from ..generation_config import FIELDS, GenerationConfig
 from ..outputs import (
     TFBeamSampleDecoderOnlyOutput,
     TFBeamSearchDecoderOnlyOutput,
+    TFContrastiveSearchDecoderOnlyOutput,
     TFGreedySearchDecoderOnlyOutput,
     TFSampleDecoderOnlyOutput,
 )
@@ -57,8 +65,16 @@ _HONOURED = {
     "no_repeat_ngram_size", "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
     "begin_suppress_tokens", "remove_invalid_values", "renormalize_logits", "num_return_sequences",
     "output_scores", "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id",
-    "decoder_start_token_id",
+    "decoder_start_token_id", "penalty_alpha", "forced_decoder_ids", "output_attentions", "output_hidden_states",
 }
+
+
+def _is_contrastive(config) -> bool:
+    """The reference's TF rule: no sampling, penalty_alpha > 0 and top_k > 1 mean contrastive search."""
+    return (
+        not config.do_sample and config.penalty_alpha is not None and config.penalty_alpha > 0
+        and config.top_k is not None and config.top_k > 1
+    )
 
 
 def _ids(value) -> list[int]:
@@ -328,6 +344,41 @@ class TFSuppressTokensAtBeginLogitsProcessor(TFLogitsProcessor):
         return tf.where(tf.equal(cur_len, self.begin_index), _ban(scores, self.begin_suppress_tokens), scores)
 
 
+class TFForceTokensLogitsProcessor(TFLogitsProcessor):
+    """Forces chosen tokens at chosen positions: ``force_token_map`` holds ``[index, token_id]`` pairs, where
+    ``index`` counts the whole sequence (prompt included), so the token at ``index`` is forced when ``cur_len``
+    reaches it. A ``None`` token leaves its position free."""
+
+    def __init__(self, force_token_map):
+        if (
+            not isinstance(force_token_map, (list, tuple, dict)) or not force_token_map
+            or not all(isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_positive_int(pair[0], 0)
+                       and (pair[1] is None or _is_positive_int(pair[1], 0))
+                       for pair in (force_token_map.items() if isinstance(force_token_map, dict) else force_token_map))
+        ):
+            raise ValueError(
+                "forced_decoder_ids: expected a non-empty list of [index >= 0, token id >= 0 or None] pairs, given "
+                f"{force_token_map!r}"
+            )
+        pairs = dict(force_token_map.items() if isinstance(force_token_map, dict) else force_token_map)
+        table = np.full((max(pairs) + 1,), -1, np.int32)
+        for index, token in pairs.items():
+            if token is not None:
+                table[index] = token
+        self.force_token_array = table
+
+    def __call__(self, input_ids, scores, cur_len):
+        vocab = scores.shape[-1]
+        too_big = sorted(int(t) for t in self.force_token_array if t >= vocab)
+        if too_big:
+            raise ValueError(f"forced_decoder_ids: token ids {too_big} are outside the model's vocabulary of {vocab}")
+        table = tf.constant(self.force_token_array, tf.int32)
+        token = tf.gather(table, tf.minimum(cur_len, len(self.force_token_array) - 1))
+        active = (cur_len < len(self.force_token_array)) & (token >= 0)
+        forced = tf.where(tf.range(vocab)[None, :] == token, tf.zeros_like(scores), tf.constant(-np.inf, scores.dtype))
+        return tf.where(active, forced, scores)
+
+
 class TFInfNanRemoveLogitsProcessor(TFLogitsProcessor):
     """Replaces NaN by 0 and infinities by the dtype's extremes, so that sampling never fails on them."""
 
@@ -369,6 +420,80 @@ def _write(buffer, update, start):
     from tensorflow.compiler.tf2xla.python import xla  # the op XLA lowers to an in-place update
 
     return xla.dynamic_update_slice(buffer, tf.cast(update, buffer.dtype), tf.stack(start))
+
+
+def _last_logits(outputs):
+    return tf.cast(outputs.logits[:, -1, :], tf.float32)
+
+
+def _slot_cache(cache, present, position, pick=None):
+    """``cache`` with the keys and values of the token just fed (the last entries of ``present``, of the rows
+    ``pick`` when given) written into slot ``position``."""
+    at = [0, 0, position, 0]
+
+    def newest(t):
+        t = t[:, :, -1:]
+        return t if pick is None else tf.gather(t, pick, axis=0)
+
+    return tuple(
+        (_write(old[0], newest(new[0]), at), _write(old[1], newest(new[1]), at)) + tuple(old[2:])
+        for old, new in zip(cache, present)
+    )
+
+
+def _contrastive_choice(context, cur_len, candidates, probs, alpha: float, k: int):
+    """Per prompt row, the index among its ``k`` candidates with the best contrastive score
+    ``(1 - alpha) * probability - alpha * degeneration``, where degeneration is the candidate's highest cosine
+    similarity to the last hidden state of any position before ``cur_len``. ``context``: (rows, max_length,
+    hidden), filled up to ``cur_len``; ``candidates``: (rows * k, hidden); ``probs``: (rows, k)."""
+
+    def unit(x):
+        norm = tf.norm(x, axis=-1, keepdims=True)
+        return x / tf.where(norm > 0, norm, tf.ones_like(norm))  # the unfilled (zero) positions stay zero
+
+    candidates = tf.reshape(unit(candidates), (tf.shape(probs)[0], k, candidates.shape[-1]))
+    similarity = tf.linalg.matmul(unit(context), candidates, transpose_b=True)  # (rows, max_length, k)
+    filled = (tf.range(context.shape[1]) < cur_len)[None, :, None]
+    degeneration = tf.reduce_max(tf.where(filled, similarity, tf.constant(-np.inf, similarity.dtype)), axis=1)
+    score = (1.0 - alpha) * probs - alpha * degeneration
+    return tf.argmax(score, axis=-1, output_type=tf.int32)
+
+
+class _Trace:
+    """The attentions and hidden states of each step, when ``return_dict_in_generate`` comes with
+    ``output_attentions`` / ``output_hidden_states``: per step, one tensor per layer as the model returns them
+    for the token(s) fed, with the attention weights over the positions so far (the reference's layout, not
+    the preallocated cache's). Like the reference's TF ``generate``, they are collected eagerly only: inside
+    a compiled function the asked-for fields are empty tuples."""
+
+    def __init__(self, config, eager: bool):
+        wanted = bool(config.return_dict_in_generate)
+        self.asked_attentions = wanted and bool(config.output_attentions)
+        self.asked_hidden_states = wanted and bool(config.output_hidden_states)
+        self.attentions = self.asked_attentions and eager
+        self.hidden_states = self.asked_hidden_states and eager
+        self._attentions, self._hidden_states = [], []
+
+    def add(self, outputs, position, pick=None):
+        """Note a forward pass; ``position``: the index of the single token fed (None for the prompt);
+        ``pick``: the rows to keep (contrastive search keeps the chosen candidates)."""
+        def rows(t):
+            return t if pick is None else tf.gather(t, pick, axis=0)
+
+        if self.attentions:
+            layers = tuple(rows(a) for a in outputs.attentions)
+            if position is not None:  # the filled slots, then the token itself
+                p = int(position)
+                layers = tuple(tf.concat([a[..., :p], a[..., -1:]], axis=-1) for a in layers)
+            self._attentions.append(layers)
+        if self.hidden_states:
+            self._hidden_states.append(tuple(rows(h) for h in outputs.hidden_states))
+
+    def fields(self, steps: int) -> dict:
+        return {
+            "attentions": tuple(self._attentions[:steps]) if self.asked_attentions else None,
+            "hidden_states": tuple(self._hidden_states[:steps]) if self.asked_hidden_states else None,
+        }
 
 
 class _Hypotheses:
@@ -424,21 +549,25 @@ class TFGenerationMixin:
     def generate(self, inputs=None, generation_config: Optional[GenerationConfig] = None, logits_processor=None,
                  seed=None, **kwargs):
         """Generate token ids after the prompt ``inputs`` (``input_ids``): greedily, by sampling (``do_sample``
-        with ``temperature``, ``top_k``, ``top_p``; ``seed`` makes it reproducible), or by beam search
+        with ``temperature``, ``top_k``, ``top_p``; ``seed``, two ints, makes it reproducible), by beam search
         (``num_beams`` > 1 with ``length_penalty``, ``early_stopping``, ``num_return_sequences``; with
-        ``do_sample`` beam sampling).
+        ``do_sample`` beam sampling), or by contrastive search (``penalty_alpha`` > 0 with ``top_k`` > 1 and no
+        sampling; as in the reference's TF ``generate`` it takes precedence over ``num_beams``).
 
         Settings come from ``generation_config`` (default: the model's, read from ``generation_config.json``
         by ``from_pretrained``), overridden by keyword arguments that are fields of it (``max_new_tokens=20``,
         ``repetition_penalty=1.2``, ``no_repeat_ngram_size``, ``bad_words_ids``, ``min_length``,
-        ``min_new_tokens``, ``forced_bos_token_id``, ``forced_eos_token_id``, ...); the other keyword arguments
+        ``min_new_tokens``, ``forced_bos_token_id``, ``forced_eos_token_id``, ``forced_decoder_ids``, ...); the
+        other keyword arguments
         are model inputs (``attention_mask`` for left-padded prompts, ...). ``logits_processor`` adds
         processors called as ``processor(input_ids, scores, cur_len)``. Returns the sequences, prompt
         included, or with ``return_dict_in_generate=True`` a ``TFGreedySearchDecoderOnlyOutput``,
-        ``TFSampleDecoderOnlyOutput``, ``TFBeamSearchDecoderOnlyOutput`` or ``TFBeamSampleDecoderOnlyOutput``
-        holding them (beam search adds ``sequences_scores`` and ``beam_indices``) and, with ``output_scores``,
-        the processed scores of each step. Runs eagerly or inside ``tf.function(model.generate,
-        jit_compile=True)``.
+        ``TFSampleDecoderOnlyOutput``, ``TFBeamSearchDecoderOnlyOutput``, ``TFBeamSampleDecoderOnlyOutput`` or
+        ``TFContrastiveSearchDecoderOnlyOutput`` holding them (beam search adds ``sequences_scores`` and
+        ``beam_indices``) and, with ``output_scores``, the processed scores of each step; with
+        ``output_attentions`` / ``output_hidden_states``, per step the model's attentions / hidden states
+        (eagerly; empty tuples inside a compiled function). Runs eagerly or inside
+        ``tf.function(model.generate, jit_compile=True)``.
         """
         config, model_kwargs = self._generation_settings(generation_config, kwargs)
         input_ids = self._prompt(inputs, config, model_kwargs)
@@ -466,16 +595,29 @@ class TFGenerationMixin:
         attention_mask = tf.cast(attention_mask, tf.int32)
         processors = self._logits_processors(config, prompt_length, logits_processor)
         warpers = self._logits_warpers(config) if config.do_sample else TFLogitsProcessorList()
-        beam = config.num_beams > 1
+        # The reference's TF rule: penalty_alpha > 0 and top_k > 1 without sampling select contrastive search,
+        # whatever num_beams says.
+        contrastive = _is_contrastive(config)
+        if contrastive and config.num_return_sequences > 1:
+            raise ValueError(
+                f"num_return_sequences: contrastive search (penalty_alpha > 0, top_k > 1) returns one sequence per "
+                f"prompt, so it must be 1, given {config.num_return_sequences}"
+            )
+        beam = config.num_beams > 1 and not contrastive
         copies = config.num_beams if beam else config.num_return_sequences if config.do_sample else 1
         if copies > 1:  # the copies of a prompt are neighbours
             input_ids = tf.repeat(input_ids, copies, axis=0)
             attention_mask = tf.repeat(attention_mask, copies, axis=0)
             model_kwargs = {k: tf.repeat(v, copies, axis=0) if tf.is_tensor(v) or isinstance(v, np.ndarray) else v
                             for k, v in model_kwargs.items()}
+        fixed_seed = seed is not None
         seed = _seed_pair(seed) if config.do_sample else None
-        run = self._beam_search if beam else self._sample
-        return run(input_ids, attention_mask, config, processors, warpers, seed, model_kwargs, eager)
+        if contrastive:
+            return self._contrastive_search(input_ids, attention_mask, config, processors, model_kwargs, eager)
+        if beam:
+            return self._beam_search(input_ids, attention_mask, config, processors, warpers, seed, model_kwargs, eager)
+        return self._sample(input_ids, attention_mask, config, processors, warpers, seed, model_kwargs, eager,
+                            fixed_seed)
 
     # -- preparation ----------------------------------------------------------------------------------
 
@@ -520,8 +662,11 @@ class TFGenerationMixin:
                 f"{config.max_length}; set max_new_tokens instead"
             )
         if config.min_length and config.min_length > config.max_length:
-            warnings.warn(f"min_length ({config.min_length}) is larger than max_length ({config.max_length}): "
-                          "generation stops at max_length", UserWarning)
+            # The reference's TF generate refuses this too.
+            raise ValueError(
+                f"min_length: expected at most max_length={config.max_length} (prompt included), given "
+                f"{config.min_length}"
+            )
 
     def _prompt(self, inputs, config, model_kwargs):
         given = model_kwargs.pop("input_ids", None)
@@ -574,7 +719,11 @@ class TFGenerationMixin:
         if config.begin_suppress_tokens is not None:
             # With a forced first token, the first free position is one later.
             begin = prompt_length + (1 if prompt_length == 1 and config.forced_bos_token_id is not None else 0)
+            if config.forced_decoder_ids is not None:  # and after the last forced one, as the reference counts
+                begin += config.forced_decoder_ids[-1][0]
             processors.append(TFSuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin))
+        if config.forced_decoder_ids is not None:
+            processors.append(TFForceTokensLogitsProcessor(config.forced_decoder_ids))
         custom = [] if custom is None else custom
         if not isinstance(custom, (list, tuple)) or not all(callable(p) for p in custom):
             raise TypeError(
@@ -610,44 +759,61 @@ class TFGenerationMixin:
 
     # -- the model, one step at a time ----------------------------------------------------------------
 
-    def _forward(self, input_ids, past, attention_mask, cache_position, model_kwargs):
+    def _forward(self, input_ids, past, attention_mask, cache_position, model_kwargs, trace=None,
+                 hidden: bool = False):
+        """One pass of the model: the outputs, with their last position's logits as float32 in ``logits``. The
+        last layer's hidden states are asked for with ``hidden``; ``trace`` notes attentions and hidden states
+        where the caller asked for them."""
         inputs = self.prepare_inputs_for_generation(
             input_ids, past_key_values=past, attention_mask=attention_mask, cache_position=cache_position,
             **model_kwargs,
         )
         inputs.update(use_cache=True, return_dict=True)
-        outputs = self(**inputs, training=False)
-        return tf.cast(outputs.logits[:, -1, :], tf.float32), outputs.past_key_values
+        if trace is not None and trace.attentions:
+            inputs["output_attentions"] = True
+        if hidden or trace is not None and trace.hidden_states:
+            inputs["output_hidden_states"] = True
+        return self(**inputs, training=False)
 
-    def _prefill(self, input_ids, attention_mask, max_length: int, model_kwargs):
-        """The prompt in one pass: the next-token logits, the cache grown to its preallocated slots and the
-        attention mask of every position the sequences can reach."""
+    def _prefill(self, input_ids, attention_mask, max_length: int, model_kwargs, trace=None, slots=None,
+                 hidden: bool = False):
+        """The prompt in one pass: the model's outputs, the cache grown to its preallocated ``slots`` (by
+        default ``max_length - 1``) and the attention mask of every position the sequences can reach."""
         rows, prompt_length = tf.shape(input_ids)[0], input_ids.shape[1]
-        logits, past = self._forward(input_ids, None, attention_mask, tf.constant(0, tf.int32), model_kwargs)
-        widen = [[0, 0], [0, 0], [0, max_length - 1 - prompt_length], [0, 0]]
-        cache = tuple((tf.pad(layer[0], widen), tf.pad(layer[1], widen)) + tuple(layer[2:]) for layer in past)
+        slots = max_length - 1 if slots is None else slots
+        outputs = self._forward(input_ids, None, attention_mask, tf.constant(0, tf.int32), model_kwargs, trace,
+                                hidden)
+        if trace is not None:
+            trace.add(outputs, None)
+        widen = [[0, 0], [0, 0], [0, slots - prompt_length], [0, 0]]
+        cache = tuple((tf.pad(layer[0], widen), tf.pad(layer[1], widen)) + tuple(layer[2:])
+                      for layer in outputs.past_key_values)
         # Generated tokens are always attended to, even after a row ends, as the reference does.
         full_mask = tf.concat([attention_mask, tf.ones((rows, max_length - prompt_length), tf.int32)], axis=1)
-        return logits, cache, full_mask
+        return outputs, cache, full_mask
 
-    def _extend(self, sequences, cur_len, cache, full_mask, model_kwargs):
+    def _feed(self, tokens, position, cache, full_mask, model_kwargs, trace=None, hidden: bool = False):
+        """Feed ``tokens`` (rows, 1) as the token at ``position``: the model's outputs; its keys and values
+        are the last entries of the returned cache (see :func:`_slot_cache`)."""
+        slots = cache[0][0].shape[2]
+        filled = tf.cast(tf.range(slots) < position, tf.int32)[None, :] * full_mask[:, :slots]
+        mask = tf.concat([filled, tf.ones((tf.shape(tokens)[0], 1), tf.int32)], axis=1)
+        outputs = self._forward(tokens, cache, mask, position, model_kwargs, trace, hidden)
+        return outputs
+
+    def _extend(self, sequences, cur_len, cache, full_mask, model_kwargs, trace=None):
         """Feed the token at ``cur_len - 1``: the next-token logits, and its keys and values in their slot."""
         position = cur_len - 1
-        slots = sequences.shape[1] - 1
         token = tf.gather(sequences, [position], axis=1)
-        filled = tf.cast(tf.range(slots) < position, tf.int32)[None, :] * full_mask[:, :slots]
-        mask = tf.concat([filled, tf.ones((tf.shape(sequences)[0], 1), tf.int32)], axis=1)
-        logits, present = self._forward(token, cache, mask, position, model_kwargs)
-        at = [0, 0, position, 0]
-        cache = tuple(
-            (_write(old[0], new[0][:, :, -1:], at), _write(old[1], new[1][:, :, -1:], at)) + tuple(old[2:])
-            for old, new in zip(cache, present)
-        )
-        return logits, cache
+        outputs = self._feed(token, position, cache, full_mask, model_kwargs, trace)
+        if trace is not None:
+            trace.add(outputs, position)
+        return _last_logits(outputs), _slot_cache(cache, outputs.past_key_values, position)
 
     # -- greedy decoding and sampling -----------------------------------------------------------------
 
-    def _sample(self, input_ids, attention_mask, config, processors, warpers, seed, model_kwargs, eager: bool):
+    def _sample(self, input_ids, attention_mask, config, processors, warpers, seed, model_kwargs, eager: bool,
+                fixed_seed: bool = False):
         rows, prompt_length = tf.shape(input_ids)[0], input_ids.shape[1]
         max_length = config.max_length
         eos = tf.constant(_ids(config.eos_token_id) or [-1], tf.int32)
@@ -659,7 +825,9 @@ class TFGenerationMixin:
             logits = processors(sequences, logits, cur_len)
             if config.do_sample:
                 logits = warpers(sequences, logits, cur_len)
-                step_seed = tf.random.experimental.stateless_fold_in(seed, cur_len)
+                # A given seed draws every step with that same seed, as the reference's TF sampling does (so
+                # that its seeded draws are ours); without one each step folds its index into a random pair.
+                step_seed = seed if fixed_seed else tf.random.experimental.stateless_fold_in(seed, cur_len)
                 tokens = tf.random.stateless_categorical(logits, 1, seed=step_seed, dtype=tf.int32)[:, 0]
             else:
                 tokens = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -670,7 +838,9 @@ class TFGenerationMixin:
                 scores = tf.tensor_scatter_nd_update(scores, [[cur_len - prompt_length]], logits[None])
             return sequences, unfinished, scores
 
-        logits, cache, full_mask = self._prefill(input_ids, attention_mask, max_length, model_kwargs)
+        trace = _Trace(config, eager)
+        outputs, cache, full_mask = self._prefill(input_ids, attention_mask, max_length, model_kwargs, trace)
+        logits = _last_logits(outputs)
         sequences = tf.concat(
             [tf.cast(input_ids, tf.int32), tf.fill((rows, max_length - prompt_length), pad)], axis=1
         )
@@ -684,7 +854,7 @@ class TFGenerationMixin:
             return (cur_len < max_length) & tf.reduce_any(unfinished)
 
         def step(cur_len, sequences, unfinished, cache, scores):
-            logits, cache = self._extend(sequences, cur_len, cache, full_mask, model_kwargs)
+            logits, cache = self._extend(sequences, cur_len, cache, full_mask, model_kwargs, trace)
             sequences, unfinished, scores = choose(logits, cur_len, sequences, unfinished, scores)
             return cur_len + 1, sequences, unfinished, cache, scores
 
@@ -700,7 +870,87 @@ class TFGenerationMixin:
         if not config.return_dict_in_generate:
             return sequences
         cls = TFSampleDecoderOnlyOutput if config.do_sample else TFGreedySearchDecoderOnlyOutput
-        return cls(sequences=sequences, scores=tuple(tf.unstack(scores[:steps])) if record else None)
+        return cls(sequences=sequences, scores=tuple(tf.unstack(scores[:steps])) if record else None,
+                   **trace.fields(steps))
+
+    # -- contrastive search ---------------------------------------------------------------------------
+
+    def _contrastive_search(self, input_ids, attention_mask, config, processors, model_kwargs, eager: bool):
+        """Contrastive search (Su et al. 2022): of the ``top_k`` most likely next tokens, take the one that
+        maximises ``(1 - penalty_alpha) * probability - penalty_alpha * degeneration``, where degeneration is
+        the highest cosine similarity between the candidate's last hidden state and those of every earlier
+        position (prompt included, padding too, as in the reference).
+
+        Each step runs the model once on all ``top_k`` candidates of every row (rows x top_k, with the cache
+        repeated) and keeps the chosen candidate's keys and values, hidden state and logits, so the next
+        step's distribution is already known. The cache has ``max_length`` slots: the candidates of the last
+        position are fed too.
+        """
+        k, alpha = int(config.top_k), float(config.penalty_alpha)
+        rows, prompt_length = tf.shape(input_ids)[0], input_ids.shape[1]
+        max_length = config.max_length
+        steps = max_length - prompt_length
+        eos = tf.constant(_ids(config.eos_token_id) or [-1], tf.int32)
+        pad = tf.constant(0 if config.pad_token_id is None else int(config.pad_token_id), tf.int32)
+        record = config.return_dict_in_generate and config.output_scores
+        trace = _Trace(config, eager)
+
+        outputs, cache, full_mask = self._prefill(input_ids, attention_mask, max_length, model_kwargs, trace,
+                                                  slots=max_length, hidden=True)
+        logits = _last_logits(outputs)
+        vocab = logits.shape[-1]
+        if k > vocab:
+            raise ValueError(
+                f"top_k: contrastive search ranks top_k candidates among the model's {vocab} tokens, so it must be "
+                f"at most {vocab}, given {k}"
+            )
+        # The last layer's hidden state of every position so far, zeros after.
+        context = tf.pad(tf.cast(outputs.hidden_states[-1], tf.float32), [[0, 0], [0, steps], [0, 0]])
+        candidate_mask = tf.repeat(full_mask, k, axis=0)
+        candidate_kwargs = {name: tf.repeat(v, k, axis=0) if tf.is_tensor(v) or isinstance(v, np.ndarray) else v
+                            for name, v in model_kwargs.items()}
+        sequences = tf.concat([tf.cast(input_ids, tf.int32), tf.fill((rows, steps), pad)], axis=1)
+        scores = tf.zeros((steps, rows, vocab), tf.float32) if record else tf.zeros(())
+        unfinished = tf.ones((rows,), tf.bool)
+        cur_len = tf.constant(prompt_length, tf.int32)
+
+        def keep_going(cur_len, sequences, unfinished, cache, context, logits, scores):
+            return (cur_len < max_length) & tf.reduce_any(unfinished)
+
+        def step(cur_len, sequences, unfinished, cache, context, logits, scores):
+            processed = processors(sequences, logits, cur_len)
+            if record:
+                scores = tf.tensor_scatter_nd_update(scores, [[cur_len - prompt_length]], processed[None])
+            top_probs, top_ids = tf.math.top_k(tf.nn.softmax(processed, axis=-1), k=k)
+            repeated = tf.nest.map_structure(lambda t: tf.repeat(t, k, axis=0), cache)
+            outputs = self._feed(tf.reshape(top_ids, (-1, 1)), cur_len, repeated, candidate_mask, candidate_kwargs,
+                                 trace, hidden=True)
+            candidate_hidden = tf.cast(outputs.hidden_states[-1][:, -1, :], tf.float32)  # (rows * k, hidden)
+            selected = _contrastive_choice(context, cur_len, candidate_hidden, top_probs, alpha, k)
+            pick = tf.range(rows) * k + selected
+            trace.add(outputs, cur_len, pick)
+            context = _write(context, tf.gather(candidate_hidden, pick)[:, None, :], [0, cur_len, 0])
+            logits = tf.gather(_last_logits(outputs), pick)
+            cache = _slot_cache(cache, outputs.past_key_values, cur_len, pick)
+            tokens = tf.where(unfinished, tf.gather(top_ids, selected, batch_dims=1), pad)
+            sequences = _write_column(sequences, cur_len, tokens)
+            unfinished = unfinished & ~tf.reduce_any(tokens[:, None] == eos[None, :], axis=-1)
+            return cur_len + 1, sequences, unfinished, cache, context, logits, scores
+
+        cur_len, sequences, _, _, _, _, scores = tf.while_loop(
+            keep_going, step, (cur_len, sequences, unfinished, cache, context, logits, scores),
+            maximum_iterations=steps,
+        )
+        taken = steps
+        if eager:
+            taken = int(cur_len) - prompt_length
+            sequences = sequences[:, : int(cur_len)]
+        sequences = tf.cast(sequences, input_ids.dtype)
+        if not config.return_dict_in_generate:
+            return sequences
+        return TFContrastiveSearchDecoderOnlyOutput(
+            sequences=sequences, scores=tuple(tf.unstack(scores[:taken])) if record else None, **trace.fields(taken)
+        )
 
     # -- beam search ----------------------------------------------------------------------------------
 
@@ -787,7 +1037,9 @@ class TFGenerationMixin:
             done = done | newly
             return running, next_scores, trails, hypotheses, done, cache, scores
 
-        logits, cache, full_mask = self._prefill(input_ids, attention_mask, max_length, model_kwargs)
+        trace = _Trace(config, eager)
+        outputs, cache, full_mask = self._prefill(input_ids, attention_mask, max_length, model_kwargs, trace)
+        logits = _last_logits(outputs)
         running = tf.concat([tf.cast(input_ids, tf.int32), tf.fill((rows, steps), pad)], axis=1)
         # All beams start identical: only the first may expand at the first step (beam sampling draws them).
         start = [0.0] + [0.0 if config.do_sample else -1e9] * (beams - 1)
@@ -803,7 +1055,7 @@ class TFGenerationMixin:
 
         def step(cur_len, *state):
             cur_len += 1
-            logits, cache = self._extend(state[0], cur_len, state[5], full_mask, model_kwargs)
+            logits, cache = self._extend(state[0], cur_len, state[5], full_mask, model_kwargs, trace)
             return (cur_len,) + choose(logits, cur_len, state[:5] + (cache,) + state[6:])
 
         cur_len, *state = tf.while_loop(keep_going, step, (cur_len,) + state, maximum_iterations=steps - 1)
@@ -840,6 +1092,7 @@ class TFGenerationMixin:
             sequences_scores=sequence_scores,
             scores=tuple(tf.unstack(scores[:taken])) if record else None,
             beam_indices=beam_trails,
+            **trace.fields(taken),
         )
 
 
@@ -860,6 +1113,7 @@ __all__ = [
     "TFForcedEOSTokenLogitsProcessor",
     "TFSuppressTokensLogitsProcessor",
     "TFSuppressTokensAtBeginLogitsProcessor",
+    "TFForceTokensLogitsProcessor",
     "TFInfNanRemoveLogitsProcessor",
     "TFLogitNormalization",
 ]
