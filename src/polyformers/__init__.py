@@ -206,6 +206,14 @@ _export(
     "EosTokenCriteria",
     "StopStringCriteria",
 )
+_export(".pt.generation", "ForceTokensLogitsProcessor", "UnbatchedClassifierFreeGuidanceLogitsProcessor")
+_export(
+    ".pt.constraints",
+    "Constraint",
+    "PhrasalConstraint",
+    "DisjunctiveConstraint",
+    "ConstraintListState",
+)
 _export(".pt.streamers", "TextStreamer", "TextIteratorStreamer")
 _export(
     ".pt.models.gptj",

@@ -138,6 +138,56 @@ def _id_lists(name: str, value: Any) -> Any:
     raise _error(name, "a non-empty list of non-empty lists of token ids >= 0, or None", value)
 
 
+def _force_words(name: str, value: Any) -> Any:
+    """Words the output must contain: each entry a list of token ids (a phrase) or a list of such lists
+    (any one of them)."""
+    if value is None:
+        return None
+
+    def ids(seq: Any) -> bool:
+        return isinstance(seq, list) and len(seq) > 0 and all(_is_int(v) and v >= 0 for v in seq)
+
+    if isinstance(value, list) and value and all(
+        ids(entry) or (isinstance(entry, list) and entry and all(ids(word) for word in entry)) for entry in value
+    ):
+        return value
+    raise _error(name, "a non-empty list of words, each a non-empty list of token ids >= 0 (or a list of such lists, "
+                       "one of which must appear), or None", value)
+
+
+def _constraints(name: str, value: Any) -> Any:
+    """Constraint objects (polyformers.PhrasalConstraint, ...): checked by their methods, so that this module
+    stays framework-free."""
+    if value is None:
+        return None
+    methods = ("advance", "does_advance", "update", "reset", "remaining", "copy")
+    if isinstance(value, list) and value and all(all(callable(getattr(c, m, None)) for m in methods) for c in value):
+        return value
+    raise _error(name, "a non-empty list of Constraint objects (PhrasalConstraint, DisjunctiveConstraint, ...) or None",
+                 value)
+
+
+def _forced_decoder_ids(name: str, value: Any) -> Any:
+    """[index, token id] pairs; a None token (as in Whisper's files) leaves that position free."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_int(pair[0]) and pair[0] >= 0
+        and (pair[1] is None or _is_int(pair[1]) and pair[1] >= 0)
+        for pair in value
+    ):
+        return [[int(index), None if token is None else int(token)] for index, token in value]
+    raise _error(name, "a non-empty list of [index >= 0, token id >= 0 or None] pairs, or None", value)
+
+
+def _guidance_scale(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return value
+    raise _error(name, "a number (1 turns guidance off) or None", value)
+
+
 def _early_stopping(name: str, value: Any) -> Any:
     if not isinstance(value, bool) and value != "never":
         raise _error(name, "True, False or 'never'", value)
@@ -194,18 +244,18 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "length_penalty": (1.0, _number),
     "no_repeat_ngram_size": (0, _field(count(optional=True))),
     "bad_words_ids": (None, _id_lists),
-    "force_words_ids": (None, _ANY),
+    "force_words_ids": (None, _force_words),
     "renormalize_logits": (False, _BOOL),
-    "constraints": (None, _ANY),
+    "constraints": (None, _constraints),
     "forced_bos_token_id": (None, _token_ids()),
     "forced_eos_token_id": (None, _token_ids()),
     "remove_invalid_values": (False, _BOOL),
     "exponential_decay_length_penalty": (None, _decay),
     "suppress_tokens": (None, _id_list),
     "begin_suppress_tokens": (None, _id_list),
-    "forced_decoder_ids": (None, _ANY),
+    "forced_decoder_ids": (None, _forced_decoder_ids),
     "sequence_bias": (None, _sequence_bias),
-    "guidance_scale": (None, _ANY),
+    "guidance_scale": (None, _guidance_scale),
     "low_memory": (None, _ANY),
     # outputs
     "num_return_sequences": (1, _field(positive_int())),
@@ -221,9 +271,9 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "encoder_no_repeat_ngram_size": (0, _field(count(optional=True))),
     "decoder_start_token_id": (None, _token_ids()),
     # assisted generation
-    "num_assistant_tokens": (5, _ANY),
-    "num_assistant_tokens_schedule": ("heuristic", _ANY),
-    "prompt_lookup_num_tokens": (None, _ANY),
+    "num_assistant_tokens": (5, _positive_number(False)),  # the reference's schedule makes it a float
+    "num_assistant_tokens_schedule": ("heuristic", _ANY),  # checked when an assistant uses it
+    "prompt_lookup_num_tokens": (None, _field(positive_int(optional=True))),
     "generation_kwargs": ({}, _ANY),
 }
 
@@ -233,11 +283,6 @@ _NEWER_FIELDS = ("stop_strings",)
 
 # A non-default value here selects a decoding mode that generate does not implement.
 UNSUPPORTED = {
-    "constraints": "constrained beam search",
-    "force_words_ids": "constrained beam search",
-    "guidance_scale": "classifier-free guidance",
-    "forced_decoder_ids": "forced decoder ids",
-    "prompt_lookup_num_tokens": "prompt lookup decoding",
 }
 
 
@@ -319,6 +364,17 @@ class GenerationConfig:
                         f"`{name}`.{where}",
                         UserWarning,
                     )
+        if self.num_beams > 1 and (self.constraints is not None or self.force_words_ids is not None):
+            # Constrained beam search is deterministic and has one group. Like the reference, do_sample is refused
+            # with constraints only (with force_words_ids alone it is ignored).
+            constrained = "constraints / force_words_ids select constrained beam search, so "
+            if self.do_sample and self.constraints is not None:
+                raise ValueError(f"GenerationConfig argument 'do_sample': {constrained}it must be False, given True")
+            if self.num_beam_groups != 1:
+                raise ValueError(
+                    f"GenerationConfig argument 'num_beam_groups': {constrained}it must be 1, given "
+                    f"{self.num_beam_groups}"
+                )
         if self.num_beams > 1 and (self.diversity_penalty != 0.0 or self.num_beam_groups != 1):
             group = "diversity_penalty != 0.0 or num_beam_groups != 1 selects group beam search, so "
             if self.do_sample:

@@ -367,7 +367,7 @@ def _ids(rows=2, length=5, seed=0):
     (dict(do_sample=True, temperature=0.0), ["temperature", "0.0"]),
     (dict(do_sample=True, temperature=-1.0), ["temperature", "-1.0"]),
     (dict(max_new_tokens=2, atention_mask=1), ["atention_mask"]),
-    (dict(max_new_tokens=2, num_beams=2, force_words_ids=[[5]]), ["force_words_ids"]),
+    (dict(max_new_tokens=2, num_beams=2, force_words_ids=[[5, -1]]), ["force_words_ids", "-1"]),
     (dict(max_new_tokens=2, stop_strings="cat"), ["tokenizer", "stop_strings"]),
     (dict(max_new_tokens=2, num_beams=2, streamer=TextStreamer(None)), ["streamer", "num_beams"]),
     (dict(max_new_tokens=2, logits_processor=G.LogitsProcessorList([G.RepetitionPenaltyLogitsProcessor(2.0)]),

@@ -255,8 +255,8 @@ def test_processor_cases_are_not_trivial(reference, name):
 
 
 @pytest.mark.parametrize("settings, argument", [
-    (dict(force_words_ids=[[5]], num_beams=2), "force_words_ids"),
-    (dict(guidance_scale=1.5), "guidance_scale"),
+    (dict(force_words_ids=[[5, -1]], num_beams=2), "force_words_ids"),
+    (dict(guidance_scale="strong"), "guidance_scale"),
     (dict(sequence_bias={(5,): "a lot"}), "sequence_bias"),
     (dict(sequence_bias={5: 1.0}), "sequence_bias"),
     (dict(exponential_decay_length_penalty=(2,)), "exponential_decay_length_penalty"),

@@ -543,6 +543,88 @@ class LogitNormalization(LogitsWarper):
         return scores.log_softmax(dim=-1)
 
 
+class ForceTokensLogitsProcessor(LogitsProcessor):
+    """Forces chosen tokens at chosen positions: ``force_token_map`` is a list of ``[index, token_id]``
+    pairs, where ``index`` is the length of the sequence (prompt or decoder start included) when the token
+    is chosen; a ``None`` token leaves that position free."""
+
+    def __init__(self, force_token_map):
+        try:
+            self.force_token_map = dict(force_token_map)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"forced_decoder_ids: expected a list of [index, token_id] pairs, given {force_token_map!r}"
+            ) from None
+
+    def __call__(self, input_ids, scores):
+        token = self.force_token_map.get(input_ids.shape[-1])
+        if token is None:
+            return scores
+        return _force(scores, [token])
+
+
+class UnbatchedClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
+    """Classifier-free guidance for decoder-only models (Sanchez et al. 2023): the next-token log-probs are
+    pushed away from those of an unconditional (or negative) prompt, ``uncond + guidance_scale * (cond -
+    uncond)``. The unconditional prompt is ``unconditional_ids`` (default: the last token of the prompt); it
+    is run through ``model`` alongside generation, one token per step, with its own cache when ``use_cache``.
+    A scale of 1 returns the log-probs unchanged."""
+
+    def __init__(self, guidance_scale: float, model, unconditional_ids: Optional[torch.LongTensor] = None,
+                 unconditional_attention_mask: Optional[torch.LongTensor] = None, use_cache: Optional[bool] = True):
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"guidance_scale: expected a number, given {guidance_scale!r}")
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            # The reference runs the unconditional pass as model(input_ids, attention_mask=...), which gives
+            # an encoder-decoder model no decoder input: it fails at the first step. Fail before starting.
+            raise ValueError(
+                f"guidance_scale: classifier-free guidance runs the unconditional prompt as a decoder-only model, "
+                f"which {type(model).__name__} (an encoder-decoder model) is not; given guidance_scale={guidance_scale}"
+            )
+        for name, value in (("negative_prompt_ids", unconditional_ids),
+                            ("negative_prompt_attention_mask", unconditional_attention_mask)):
+            if value is not None and (not isinstance(value, torch.Tensor) or value.dim() != 2):
+                raise ValueError(f"{name}: expected a 2-D tensor (batch, sequence), given {value!r}")
+        self.guidance_scale = guidance_scale
+        self.model = model
+        self.unconditional_context = {
+            "input_ids": unconditional_ids, "attention_mask": unconditional_attention_mask, "use_cache": use_cache,
+            "past_key_values": None, "first_pass": True,
+        }
+
+    def get_unconditional_logits(self, input_ids):
+        context = self.unconditional_context
+        if context["first_pass"]:
+            if context["input_ids"] is None:
+                context["input_ids"] = input_ids[:, -1:]
+            if context["attention_mask"] is None:
+                context["attention_mask"] = torch.ones_like(context["input_ids"], dtype=torch.long)
+            ids, mask = context["input_ids"], context["attention_mask"]
+            context["first_pass"] = False
+        else:
+            # The token generated last is appended; with a cache only it is fed.
+            mask = torch.cat([context["attention_mask"], torch.ones_like(input_ids[:, -1:], dtype=torch.long)], dim=1)
+            ids = input_ids[:, -1:] if context["use_cache"] else torch.cat([context["input_ids"], input_ids[:, -1:]], 1)
+            context["input_ids"], context["attention_mask"] = ids, mask
+        out = self.model(ids, attention_mask=mask, use_cache=context["use_cache"],
+                         past_key_values=context["past_key_values"])
+        context["past_key_values"] = out.get("past_key_values", None)
+        return out.logits
+
+    def __call__(self, input_ids, scores):
+        scores = nn.functional.log_softmax(scores, dim=-1)
+        if self.guidance_scale == 1:
+            return scores
+        logits = self.get_unconditional_logits(input_ids)
+        if logits.shape[0] not in (1, scores.shape[0]):
+            raise ValueError(
+                f"negative_prompt_ids: expected 1 or {scores.shape[0]} rows (one per sequence generated), given "
+                f"{logits.shape[0]}"
+            )
+        unconditional = nn.functional.log_softmax(logits[:, -1].to(scores.dtype), dim=-1)
+        return self.guidance_scale * (scores - unconditional) + unconditional
+
+
 # ===================================================================================================
 # Stopping criteria: (input_ids, scores) -> one bool per sequence ("this one is done"), or one bool for all.
 
@@ -885,9 +967,7 @@ class GenerationMixin:
                 f"{type(self).__name__} cannot generate: generation needs a language-modelling head class that "
                 "defines prepare_inputs_for_generation"
             )
-        for name, value in (("synced_gpus", synced_gpus), ("assistant_model", assistant_model),
-                            ("negative_prompt_ids", negative_prompt_ids),
-                            ("negative_prompt_attention_mask", negative_prompt_attention_mask)):
+        for name, value in (("synced_gpus", synced_gpus),):
             if value:
                 raise ValueError(f"{name}: not supported by polyformers' generate, given {type(value).__name__}")
         tokenizer = kwargs.pop("tokenizer", None)
@@ -947,6 +1027,9 @@ class GenerationMixin:
             )
         processors = self._logits_processors(config, prompt_length, inputs_tensor, prefix_allowed_tokens_fn,
                                              logits_processor)
+        if config.guidance_scale is not None and config.guidance_scale != 1:
+            processors.insert(0, UnbatchedClassifierFreeGuidanceLogitsProcessor(
+                config.guidance_scale, self, negative_prompt_ids, negative_prompt_attention_mask, config.use_cache))
         beam = config.num_beams > 1
         criteria = self._stopping_criteria(config, stopping_criteria, tokenizer, with_eos=not beam)
         if "cache_position" in inspect.signature(self.prepare_inputs_for_generation).parameters:
@@ -961,6 +1044,15 @@ class GenerationMixin:
             model_kwargs["past_key_values"] = StaticCache(self.config, max_batch_size=input_ids.shape[0],
                                                           max_cache_len=config.max_length)
         warpers = self._logits_warpers(config) if config.do_sample else LogitsProcessorList()
+        if assistant_model is not None or config.prompt_lookup_num_tokens is not None:
+            from .assisted import assisted_generate
+
+            return assisted_generate(self, assistant_model, input_ids, inputs_tensor, batch_size, config, processors,
+                                     warpers, criteria, streamer, model_kwargs, logits_processor)
+        if config.constraints is not None or config.force_words_ids is not None:
+            from .constraints import constrained_beam_search
+
+            return constrained_beam_search(self, input_ids, config, processors, criteria, batch_size, model_kwargs)
         if _is_contrastive(config):
             return self._contrastive_search(input_ids, config, processors, criteria, streamer, model_kwargs)
         if beam and config.num_beam_groups > 1:
@@ -1189,7 +1281,11 @@ class GenerationMixin:
         if config.begin_suppress_tokens is not None:
             # With a forced first token, the first free position is one later.
             begin = prompt_length + (1 if prompt_length == 1 and config.forced_bos_token_id is not None else 0)
+            if config.forced_decoder_ids is not None:
+                begin += config.forced_decoder_ids[-1][0]  # the first free position follows the forced ones
             processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin))
+        if config.forced_decoder_ids is not None:
+            processors.append(ForceTokensLogitsProcessor(config.forced_decoder_ids))
         for mine in processors:
             for theirs in custom:
                 if type(theirs) is type(mine):
@@ -1646,6 +1742,8 @@ __all__ = [
     "InfNanRemoveLogitsProcessor",
     "HammingDiversityLogitsProcessor",
     "LogitNormalization",
+    "ForceTokensLogitsProcessor",
+    "UnbatchedClassifierFreeGuidanceLogitsProcessor",
     "StoppingCriteria",
     "StoppingCriteriaList",
     "MaxLengthCriteria",
