@@ -12,7 +12,13 @@ The model is a reduced GPT-J with random weights (n_embd 1024, 12 layers, 16 hea
 vocab 50400, as bench/decode_speed.py), float32, no end-of-sequence token so every request decodes
 exactly ``--max-tokens`` tokens; built once by polyformers into ``.cache/bench/``.
 
-    .venv/bin/python bench/serve_load.py [--repeat 1] [--clients 1 4 16] [--max-tokens 64]
+``--model pegasus`` runs the same load against a reduced Pegasus instead (as bench/pegasus_generate.py
+builds it: d_model 512, 6 + 6 layers, 8 heads, ffn 2048, vocab 96103, random weights, float32), with the
+small SentencePiece test tokenizer of the test assets (prompts of about ``--prompt-tokens`` tokens), and
+a logit bias of -1e4 on the end-of-sequence token and on the ids the tokenizer lacks, so that every
+request decodes ``--max-tokens`` tokens and streams text from its first token on.
+
+    .venv/bin/python bench/serve_load.py [--model gptj|pegasus] [--repeat 1] [--clients 1 4 16] [--max-tokens 64]
 
 Only 127.0.0.1 is contacted; every loop is bounded in count and each request in time.
 """
@@ -34,8 +40,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
 GPT2_VOCAB = ROOT / ".cache" / "assets" / "gpt2"
+SPM_MODEL = ROOT / ".cache" / "assets" / "spm" / "test_model.model"
 CONFIG = dict(vocab_size=50400, n_positions=2048, n_embd=1024, n_layer=12, n_head=16, rotary_dim=64,
               bos_token_id=None, eos_token_id=None, pad_token_id=None)
+PEGASUS_CONFIG = dict(
+    vocab_size=96103, d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+    decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=512,
+    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=None,
+)
 WORDS = ("river city merchant market bridge winter harvest letter captain garden window morning story "
          "mountain silver engine library number orange island").split()
 
@@ -59,15 +71,40 @@ def build() -> Path:
     return folder
 
 
-def prompt(i: int, tokens: int) -> str:
+def build_pegasus() -> Path:
+    folder = CACHE / "serve-pegasus-reduced"
+    if (folder / "model.safetensors").exists():
+        return folder
+    print(f"building {folder} (once)", flush=True)
+    import torch
+
+    from polyformers import PegasusConfig, PegasusForConditionalGeneration, PegasusTokenizer
+
+    tokenizer = PegasusTokenizer(str(SPM_MODEL))
+    torch.manual_seed(0)
+    model = PegasusForConditionalGeneration(PegasusConfig(**PEGASUS_CONFIG)).eval()
+    with torch.no_grad():
+        # Never end early, and choose only ids the tokenizer has text for (so the stream carries text from
+        # the first token on); the head still scores the whole vocabulary.
+        model.final_logits_bias[0, PEGASUS_CONFIG["eos_token_id"]] = -1e4
+        model.final_logits_bias[0, len(tokenizer):] = -1e4
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def prompt(i: int, tokens: int, model: str = "gptj") -> str:
+    if model == "pegasus":  # the test tokenizer splits these words into 2.6 pieces each on average
+        tokens = max(1, round(tokens / 2.6))
     # Distinct prompts: GPT-2 splits these words into one token each, so the length is about ``tokens``.
     return " ".join(WORDS[(i * 7 + k * (i % 5 + 1)) % len(WORDS)] for k in range(tokens))
 
 
 class Server:
-    def __init__(self, folder: Path, max_batch: int, threads: int, context: int):
+    def __init__(self, folder: Path, max_batch: int, threads: int, context: int, name: str = "gptj"):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "polyformers", "serve", "--model", f"gptj={folder}", "--host", "127.0.0.1",
+            [sys.executable, "-m", "polyformers", "serve", "--model", f"{name}={folder}", "--host", "127.0.0.1",
              "--port", "0", "--max-batch", str(max_batch), "--max-queue", "64", "--threads", str(threads),
              "--max-model-len", str(context)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -85,9 +122,9 @@ class Server:
         self.proc.wait(60)
 
 
-def one_request(http, url: str, text: str, max_tokens: int) -> tuple:
+def one_request(http, url: str, text: str, max_tokens: int, model: str = "gptj") -> tuple:
     """(time to first token, completion tokens) of one streamed greedy completion."""
-    body = {"model": "gptj", "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first, tokens = None, 0
@@ -104,14 +141,15 @@ def one_request(http, url: str, text: str, max_tokens: int) -> tuple:
     return first if first is not None else time.perf_counter() - start, tokens
 
 
-def phase(url: str, clients: int, requests: int, prompt_tokens: int, max_tokens: int) -> dict:
+def phase(url: str, clients: int, requests: int, prompt_tokens: int, max_tokens: int, model: str = "gptj") -> dict:
     import httpx
 
     def client(c):
         results = []
         with httpx.Client(timeout=600) as http:
             for r in range(requests):
-                results.append(one_request(http, url, prompt(c * requests + r, prompt_tokens), max_tokens))
+                results.append(one_request(http, url, prompt(c * requests + r, prompt_tokens, model), max_tokens,
+                                           model))
         return results
 
     start = time.perf_counter()
@@ -125,6 +163,8 @@ def phase(url: str, clients: int, requests: int, prompt_tokens: int, max_tokens:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("gptj", "pegasus"), default="gptj",
+                        help="the reduced model to serve (default: gptj)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=2, help="requests per client per phase (default: 2)")
@@ -132,19 +172,20 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="server torch threads (default: 2)")
     args = parser.parse_args()
-    folder = build()
+    folder = build() if args.model == "gptj" else build_pegasus()
     context = args.prompt_tokens + args.max_tokens + 16
     print(f"load average before: {open('/proc/loadavg').read().strip()}", flush=True)
     figures = {mode: {c: [] for c in args.clients} for mode in ("batched", "serial")}
     for round_ in range(args.repeat):
         order = ("batched", "serial") if round_ % 2 == 0 else ("serial", "batched")
         for mode in order:
-            server = Server(folder, 16 if mode == "batched" else 1, args.threads, context)
+            server = Server(folder, 16 if mode == "batched" else 1, args.threads, context, args.model)
             try:
-                one_request_warm = phase(server.url, 1, 1, args.prompt_tokens, 4)  # first-call costs
+                one_request_warm = phase(server.url, 1, 1, args.prompt_tokens, 4, args.model)  # first-call costs
                 del one_request_warm
                 for clients in args.clients:
-                    result = phase(server.url, clients, args.requests, args.prompt_tokens, args.max_tokens)
+                    result = phase(server.url, clients, args.requests, args.prompt_tokens, args.max_tokens,
+                                   args.model)
                     figures[mode][clients].append(result)
                     print(f"round {round_ + 1} {mode:8s} clients {clients:2d}: {result['tokens_per_s']:7.1f} tok/s  "
                           f"TTFT p50 {result['p50'] * 1000:7.0f} ms  p95 {result['p95'] * 1000:7.0f} ms", flush=True)
@@ -155,7 +196,9 @@ def main() -> int:
         return statistics.median(r[key] for r in figures[mode][clients])
 
     print()
-    print(f"reduced GPT-J (n_embd 1024, 12 layers), float32, {args.threads} threads; {args.requests} streamed "
+    described = ("reduced GPT-J (n_embd 1024, 12 layers)" if args.model == "gptj"
+                 else "reduced Pegasus (d_model 512, 6 + 6 layers, vocab 96103)")
+    print(f"{described}, float32, {args.threads} threads; {args.requests} streamed "
           f"requests per client, ~{args.prompt_tokens}-token prompts, {args.max_tokens} new tokens; "
           f"median of {args.repeat} round(s)")
     print(f"{'clients':>7}  {'mode':<8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12}")

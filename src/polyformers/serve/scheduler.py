@@ -29,8 +29,10 @@ from typing import Callable, Optional
 
 import torch
 
+from ..pt import layers as L
 from ..pt.cache import StaticCache
 from ..pt.generation import TopPLogitsWarper
+from ..pt.models.pegasus import _feed_forward as _pegasus_feed_forward
 from .protocol import SamplingParams
 
 logger = logging.getLogger("polyformers.serve")
@@ -257,9 +259,22 @@ class CausalRunner:
 
 
 class Seq2SeqRunner:
-    """An encoder-decoder (Pegasus): the encoder reads the prompt once, then the decoder steps from
-    ``decoder_start_token_id``. Each sequence keeps its own cache; a step runs the running sequences one
-    after another (their caches differ in length), so requests still interleave token by token."""
+    """An encoder-decoder (Pegasus) on preallocated per-slot storage, decoding every running sequence in
+    one forward per step.
+
+    Prefill runs the encoder on the prompt and the decoder on ``decoder_start_token_id`` (the model's own
+    forward, as ``generate``'s first step), then copies what that step cached into the sequence's slot:
+    the decoder's self-attention keys/values of position 0, and the cross-attention keys/values of the
+    encoder states, projected once per request. Each slot then holds its decoder keys/values at its own
+    length and its encoder keys/values at its own source length (the storage is as long as the longest
+    source the context allows; the tail is masked row by row).
+
+    A decoding step feeds the last chosen token of each sequence at its own position through the
+    decoder's layers over the first ``n`` slots (``n`` past the highest slot decoding): the self-attention
+    mask hides, per row, the positions past its own, and the cross-attention mask the encoder positions
+    past its own source. The layers are the model's own modules, applied as the model applies them, so a
+    row computes what it computes alone; only the shapes of the matrix products change.
+    """
 
     chunked_prefill = False
 
@@ -268,7 +283,6 @@ class Seq2SeqRunner:
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
         self.max_len = min(max_len or context_length(model.config), context_length(model.config))
-        self._used = 0
         config = model.config
         start = config.decoder_start_token_id
         if start is None:
@@ -278,53 +292,133 @@ class Seq2SeqRunner:
         if start is None:
             raise ValueError("the model config has no decoder_start_token_id (nor bos_token_id)")
         self.start_token = int(start)
+        self.decoder = model.get_decoder()
+        self.heads = config.decoder_attention_heads
+        self._free = list(range(max_batch))  # a heap, as CausalRunner's
+        heapq.heapify(self._free)
+        self._source = torch.zeros(max_batch, dtype=torch.long)  # encoder length held by each slot
+        # Per layer, (slots, heads, positions, head_dim): allocated on the first prefill, in the dtype and
+        # on the device of the states the model produces.
+        self.self_keys: list = []
+        self.self_values: list = []
+        self.cross_keys: list = []
+        self.cross_values: list = []
 
     @property
     def free_slots(self) -> int:
-        return self.max_batch - self._used
+        return len(self._free)
 
     def acquire(self, seq: Sequence) -> None:
-        self._used += 1
-        seq.slot = -1
+        seq.slot = heapq.heappop(self._free)
 
     def release(self, seq: Sequence) -> None:
         if seq.slot is not None:
-            self._used -= 1
+            heapq.heappush(self._free, seq.slot)
             seq.slot = None
             seq.state = None
 
+    def _allocate(self, like: torch.Tensor) -> None:
+        _, heads, _, head_dim = like.shape
+        layers = len(self.decoder.layers)
+
+        def storage():
+            return [torch.zeros((self.max_batch, heads, self.max_len, head_dim), dtype=like.dtype, device=like.device)
+                    for _ in range(layers)]
+
+        self.self_keys, self.self_values = storage(), storage()
+        self.cross_keys, self.cross_values = storage(), storage()
+
     def prefill(self, seq: Sequence, start: int, end: int, all_logits: bool) -> torch.Tensor:
+        length = len(seq.prompt_ids)
+        if length > self.max_len:
+            raise ValueError(f"prompt of {length} tokens: the encoder takes at most {self.max_len} (max_len)")
         ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
         mask = torch.ones_like(ids)
         encoder_outputs = self.model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
         first = torch.tensor([[self.start_token]], dtype=torch.long, device=self.device)
         out = self.model(attention_mask=mask, encoder_outputs=encoder_outputs, decoder_input_ids=first,
                          use_cache=True, return_dict=True)
-        seq.state = {"encoder_outputs": encoder_outputs, "mask": mask, "past": out.past_key_values}
+        past = out.past_key_values
+        if not self.self_keys:
+            self._allocate(past[0][0])
+        slot = seq.slot
+        for i, (key, value, cross_key, cross_value) in enumerate(past):
+            self.self_keys[i][slot, :, :1] = key[0]
+            self.self_values[i][slot, :, :1] = value[0]
+            self.cross_keys[i][slot, :, :length] = cross_key[0]
+            self.cross_values[i][slot, :, :length] = cross_value[0]
+        self._source[slot] = length
         logits = out.logits[0, -1:].float()
         if all_logits:  # no language-model scores exist for an encoder's input: NaN rows, then the real one
-            unknown = torch.full((len(seq.prompt_ids) - 1, logits.shape[-1]), float("nan"), device=logits.device)
+            unknown = torch.full((length - 1, logits.shape[-1]), float("nan"), device=logits.device)
             return torch.cat([unknown, logits])
         return logits
 
     def fork(self, source: Sequence, target: Sequence) -> None:
-        target.state = dict(source.state)  # caches are replaced, never written in place: sharing is safe
+        a, b, length = source.slot, target.slot, int(self._source[source.slot])
+        for tensors in (self.self_keys, self.self_values):
+            for tensor in tensors:
+                tensor[b, :, :1] = tensor[a, :, :1]
+        for tensors in (self.cross_keys, self.cross_values):
+            for tensor in tensors:
+                tensor[b, :, :length] = tensor[a, :, :length]
+        self._source[b] = length
 
     def full(self, seq: Sequence) -> bool:
         # The decoder's own length (its start token and the outputs) is what its positions limit.
         return 1 + len(seq.output_ids) >= self.max_len
 
     def decode(self, seqs: list) -> torch.Tensor:
-        rows = []
+        """One token for each sequence, all in one decoder forward; (len(seqs), vocab) logits."""
+        n = max(s.slot for s in seqs) + 1
+        tokens = torch.zeros((n, 1), dtype=torch.long)
+        positions = torch.zeros(n, dtype=torch.long)
         for s in seqs:
-            state = s.state
-            token = torch.tensor([[s.output_ids[-1]]], dtype=torch.long, device=self.device)
-            out = self.model(attention_mask=state["mask"], encoder_outputs=state["encoder_outputs"],
-                             decoder_input_ids=token, past_key_values=state["past"], use_cache=True,
-                             return_dict=True)
-            state["past"] = out.past_key_values
-            rows.append(out.logits[0, -1].float())
-        return torch.stack(rows)
+            tokens[s.slot, 0] = s.output_ids[-1]
+            positions[s.slot] = len(s.output_ids)  # the start token sits at 0
+        rows = torch.tensor([s.slot for s in seqs])
+        sources = self._source[:n]
+        longest = int(positions.max()) + 1
+        longest_source = int(sources[rows].max())
+        # Row i sees its decoder positions 0..positions[i] and its own encoder states. A row in between
+        # that is not decoding (free, or prefilled in an earlier step and since released) computes a
+        # throwaway token and writes nothing.
+        keep_self = torch.arange(longest)[None, :] <= positions[:, None]
+        keep_cross = torch.arange(longest_source)[None, :] < sources[:, None]
+        decoder, model = self.decoder, self.model
+        dtype = self.self_keys[0].dtype
+        device = self.device
+        minimum = torch.finfo(dtype).min
+        self_bias = ((~keep_self).to(dtype) * minimum)[:, None, None, :].to(device)
+        cross_bias = ((~keep_cross).to(dtype) * minimum)[:, None, None, :].to(device)
+        tokens, positions, rows = tokens.to(device), positions.to(device), rows.to(device)
+        where = positions[rows]
+
+        hidden = decoder.embed_tokens(tokens) * decoder.embed_scale
+        hidden = hidden + decoder.embed_positions.weight[positions][:, None, :].to(hidden.dtype)
+        for i, layer in enumerate(decoder.layers):
+            attention = layer.self_attn
+            residual = hidden
+            query, key, value = (L.split_heads(part, self.heads) for part in L.stacked_linear(
+                layer.self_attn_layer_norm(hidden), attention.q_proj, attention.k_proj, attention.v_proj
+            ).chunk(3, dim=-1))
+            keys, values = self.self_keys[i], self.self_values[i]
+            keys[rows, :, where] = key[rows, :, 0]
+            values[rows, :, where] = value[rows, :, 0]
+            context, _ = L.attend(query, keys[:n, :, :longest], values[:n, :, :longest], self_bias,
+                                  scale=attention.scaling)
+            hidden = residual + attention.out_proj(L.merge_heads(context))
+
+            attention = layer.encoder_attn
+            residual = hidden
+            query = L.split_heads(attention.q_proj(layer.encoder_attn_layer_norm(hidden)), self.heads)
+            context, _ = L.attend(query, self.cross_keys[i][:n, :, :longest_source],
+                                  self.cross_values[i][:n, :, :longest_source], cross_bias, scale=attention.scaling)
+            hidden = residual + attention.out_proj(L.merge_heads(context))
+            hidden = _pegasus_feed_forward(layer, hidden)
+        hidden = decoder.layer_norm(hidden[rows])
+        logits = model.lm_head(hidden) + model.final_logits_bias.to(hidden.dtype)
+        return logits[:, -1].float()
 
 
 # ----------------------------------------------------------------------------------------------------
