@@ -58,10 +58,43 @@ def test_template_from_the_tokenizer_and_its_folder(gpt2, assets, tmp_path):
             gpt2.apply_chat_template(MESSAGES, chat_template=CHAT_TEMPLATE, add_generation_prompt=True)
 
 
-def test_default_template_is_chatml(gpt2):
-    assert gpt2.chat_template is None
-    text = gpt2.apply_chat_template(MESSAGES[1:], tokenize=False, add_generation_prompt=True)
-    assert text == "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
+_DEFAULTS_JOB = r"""
+import json, sys
+from transformers import GPT2Tokenizer, GPT2TokenizerFast, GPTNeoXTokenizerFast, RobertaTokenizer
+vocab, merges, neox, messages = json.loads(sys.stdin.read())
+made = {"GPT2Tokenizer": GPT2Tokenizer(vocab, merges), "GPT2TokenizerFast": GPT2TokenizerFast(vocab, merges),
+        "RobertaTokenizer": RobertaTokenizer(vocab, merges),
+        "GPTNeoXTokenizerFast": GPTNeoXTokenizerFast.from_pretrained(neox)}
+print(json.dumps({name: [tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                         tok.apply_chat_template(messages)] for name, tok in made.items()}))
+"""
+
+
+def test_default_templates_are_the_reference_classes(assets, legacy_python):
+    """With no template set, each class uses 4.37's default for it: GPT-2 and GPT-NeoX (GPT-J's and MPT's
+    tokenizers) join the messages' texts with the end-of-text token, others use ChatML."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import polyformers
+
+    vocab, merges = str(assets / "gpt2" / "vocab.json"), str(assets / "gpt2" / "merges.txt")
+    neox = str(Path(__file__).resolve().parents[1] / "fixtures" / "neox")
+    proc = subprocess.run([str(legacy_python), "-c", _DEFAULTS_JOB], input=json.dumps([vocab, merges, neox, MESSAGES]),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = {"GPT2Tokenizer": polyformers.GPT2Tokenizer(vocab, merges),
+            "GPT2TokenizerFast": polyformers.GPT2TokenizerFast(vocab, merges),
+            "RobertaTokenizer": polyformers.RobertaTokenizer(vocab, merges),
+            "GPTNeoXTokenizerFast": polyformers.GPTNeoXTokenizerFast.from_pretrained(neox)}
+    for name, tok in ours.items():
+        assert tok.chat_template is None
+        text = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+        assert [text, tok.apply_chat_template(MESSAGES)] == reference[name], name
+    assert reference["GPT2Tokenizer"][0] == "Be brief.<|endoftext|>Hello there<|endoftext|>"
+    assert reference["RobertaTokenizer"][0].startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
 def test_raise_exception_and_the_sandbox(gpt2):

@@ -66,6 +66,9 @@ _CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# The default of the GPT-2 and GPT-NeoX tokenizers (so of GPT-J and MPT) in the reference's 4.37 release:
+# roles are dropped, each message's text is followed by the end-of-text token.
+CONCAT_EOS_TEMPLATE = "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}"
 
 
 @functools.lru_cache(maxsize=16)
@@ -1593,14 +1596,20 @@ class PreTrainedTokenizerBase:
 
     @property
     def default_chat_template(self) -> str:
-        """The template used when neither ``chat_template`` nor ``tokenizer.chat_template`` is set: ChatML
+        """The template used when neither ``chat_template`` nor ``tokenizer.chat_template`` is set: the class's
+        own default where the reference's 4.37 release has one (GPT-2 and GPT-NeoX: each message's text then
+        the end-of-text token, :data:`CONCAT_EOS_TEMPLATE`), else ChatML
         (``<|im_start|>role\ncontent<|im_end|>``), without beginning or end tokens. A warning says so once,
         since the model was probably not trained on it."""
+        template = self._class_chat_template or _CHATML_TEMPLATE
         _warn_once(
-            "No chat template is defined for this tokenizer: using the default ChatML template. If it does "
+            f"No chat template is defined for this tokenizer: using {type(self).__name__}'s default. If it does "
             "not suit the model, set tokenizer.chat_template to the template the model was trained with."
         )
-        return _CHATML_TEMPLATE
+        return template
+
+    # A class whose reference tokenizer has its own default chat template names it here.
+    _class_chat_template: Optional[str] = None
 
     def apply_chat_template(
         self,

@@ -16,7 +16,7 @@ import regex
 
 from tokenizers import AddedToken
 
-from .base import _atomic_write_text
+from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text
 from .slow import PreTrainedTokenizer
 
 __all__ = [
@@ -280,6 +280,8 @@ class GPT2Tokenizer(ByteLevelBPETokenizer):
         add_prefix_space: put a space before the text.
         add_bos_token: start every sequence with ``bos_token``.
     """
+
+    _class_chat_template = CONCAT_EOS_TEMPLATE
 
     pretrained_vocab_files_map = _hub_files(_GPT2_CHECKPOINTS)
     max_model_input_sizes = {name: 1024 for name in _GPT2_CHECKPOINTS}

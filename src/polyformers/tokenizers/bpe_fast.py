@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from .base import BatchEncoding, _atomic_write_text
+from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text
 from .bpe import GPT2Tokenizer, RobertaTokenizer, read_bpe_files
 from .convert import register_converter
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
@@ -275,6 +275,8 @@ class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
         add_bos_token: start every sequence with ``bos_token`` (when building from vocab and merges).
     """
 
+    _class_chat_template = CONCAT_EOS_TEMPLATE
+
     slow_tokenizer_class = GPT2Tokenizer
     pretrained_vocab_files_map = GPT2Tokenizer.pretrained_vocab_files_map
     max_model_input_sizes = GPT2Tokenizer.max_model_input_sizes
@@ -408,6 +410,8 @@ class GPTNeoXTokenizerFast(_ByteLevelTokenizerFast):
         unk_token, bos_token, eos_token: the special tokens, all ``<|endoftext|>`` by default.
         add_prefix_space: put a space before the text.
     """
+
+    _class_chat_template = CONCAT_EOS_TEMPLATE
 
     pretrained_vocab_files_map = {
         "tokenizer_file": {
