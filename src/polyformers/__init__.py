@@ -177,9 +177,9 @@ _export(
 )
 _export(".generation_config", "GenerationConfig")
 _export(".pipelines", "pipeline", "Pipeline", "PipelineError")
+_export(".pt.generation.mixin", "GenerationMixin")
 _export(
-    ".pt.generation",
-    "GenerationMixin",
+    ".pt.generation.processors",
     "LogitsProcessor",
     "LogitsWarper",
     "LogitsProcessorList",
@@ -199,6 +199,11 @@ _export(
     "PrefixConstrainedLogitsProcessor",
     "InfNanRemoveLogitsProcessor",
     "LogitNormalization",
+    "ForceTokensLogitsProcessor",
+    "UnbatchedClassifierFreeGuidanceLogitsProcessor",
+)
+_export(
+    ".pt.generation.stopping",
     "StoppingCriteria",
     "StoppingCriteriaList",
     "MaxLengthCriteria",
@@ -206,9 +211,8 @@ _export(
     "EosTokenCriteria",
     "StopStringCriteria",
 )
-_export(".pt.generation", "ForceTokensLogitsProcessor", "UnbatchedClassifierFreeGuidanceLogitsProcessor")
 _export(
-    ".pt.constraints",
+    ".pt.generation.constrained",
     "Constraint",
     "PhrasalConstraint",
     "DisjunctiveConstraint",

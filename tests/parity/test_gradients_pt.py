@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import polyformers
-from polyformers.pt import generation
+from polyformers.pt.generation import mixin as generation  # generate() builds its StaticCache there
 from polyformers.pt import layers as L
 from polyformers.pt.unpad import skip_padding
 from tests.parity import grads as G

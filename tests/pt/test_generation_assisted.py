@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import polyformers
-from polyformers.pt.assisted import PromptLookupCandidateGenerator, crop_cache
+from polyformers.pt.generation.assisted import PromptLookupCandidateGenerator, crop_cache
 from polyformers.pt.cache import DynamicCache, StaticCache
 
 ORACLE = Path(__file__).with_name("_generation_assisted_oracle.py")

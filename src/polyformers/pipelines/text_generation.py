@@ -1,6 +1,6 @@
 """``text-generation`` (decoder-only models) and ``summarization`` (encoder-decoder models).
 
-Both hand the decoding to the model's ``generate`` (``pt/generation.py``); the pipeline only encodes the
+Both hand the decoding to the model's ``generate`` (``pt/generation/``); the pipeline only encodes the
 prompt, passes the generation arguments through and decodes. Prompts run one at a time: a batch of
 prompts would need left padding, which changes nothing in the result but the speed on one CPU.
 """

@@ -27,15 +27,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .generation import (
-    GenerateBeamDecoderOnlyOutput,
-    GenerateBeamEncoderDecoderOutput,
-    _as_list,
-    _assemble,
-    _Hypotheses,
-    _Recorder,
-    reorder_cache,
-)
+from .hypotheses import _assemble, _Hypotheses, reorder_cache
+from .processors import _as_list
+from .records import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, _Recorder
 
 
 def _check_token(name: str, token_id) -> None:

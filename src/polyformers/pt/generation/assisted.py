@@ -32,8 +32,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import outputs as _outputs
-from .cache import Cache, StaticCache
+from ... import outputs as _outputs
+from ..cache import Cache, StaticCache
 
 
 # ===================================================================================================

@@ -1,0 +1,43 @@
+"""Greedy decoding and multinomial sampling: one token per step, the argmax of the processed scores or a
+draw from their softmax after the warpers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .records import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, _Recorder
+
+
+def sample(model, input_ids, config, processors, warpers, criteria, streamer, model_kwargs):
+    """Greedy decoding (argmax) or, with ``do_sample``, multinomial sampling, one token per step."""
+    is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    record = _Recorder(config, model_kwargs, is_encoder_decoder)
+    pad = config.pad_token_id
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    while True:
+        outputs, logits = model._step(input_ids, model_kwargs, config)
+        scores = processors(input_ids, logits)
+        if config.do_sample:
+            scores = warpers(input_ids, scores)
+            next_tokens = torch.multinomial(nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            next_tokens = torch.argmax(scores, dim=-1)
+        record.step(scores, outputs)
+        if not bool(unfinished.all()):
+            if pad is None:
+                raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
+            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
+        model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
+        unfinished = unfinished & ~criteria(input_ids, record.scores)
+        if not bool(unfinished.any()):
+            break
+    if streamer is not None:
+        streamer.end()
+    if not config.return_dict_in_generate:
+        return input_ids
+    cls = GenerateEncoderDecoderOutput if is_encoder_decoder else GenerateDecoderOnlyOutput
+    return cls(sequences=input_ids, **record.fields(model_kwargs.get("past_key_values")))
