@@ -8,16 +8,24 @@ rounds in which the contenders run one after another, in alternating order. Prin
 - decode tokens/s (new tokens / wall time of ``generate``) of polyformers and the reference, and the ratio;
 - prefill of a 512-token prompt (prompt tokens / time of ``generate`` with one new token);
 - batch 8 decode throughput (new tokens over the batch / time) against batch 1;
-- the memory bandwidth of this run (a float32 ``torch.mv`` on a matrix far bigger than the caches) and the
-  fraction of it a decoded token reaches (weight bytes read per token / time per token);
-- ``quantize_int8``: tokens/s, and whether its greedy tokens equal float32's on a prompt written with the
-  real GPT-2 vocabulary;
-- CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed.
+- the machine's read bandwidth, the bound of decoding: a streaming read of the bench's own (a small C
+  program with OpenMP, compiled into ``.cache/bench/`` when a C compiler is present, else numpy; arrays of
+  256 MB to 1 GB, far bigger than the caches, best of 5 runs each, ``THREADS`` threads), and each
+  contender's fraction of it: bytes of weights read per token (as that contender stores them) x tokens/s /
+  bound. A float32 ``torch.mv`` is printed beside it: it does not reach the machine's limit;
+- ``quantize(bits=8)`` (``quantize_int8``) and ``quantize(bits=4, group_size=--group-size)``: tokens/s,
+  and whether their greedy tokens equal float32's on prompts written with the real GPT-2 vocabulary;
+- CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed;
+- llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
+  by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
+  converted by its ``convert_hf_to_gguf.py`` and quantized by its ``llama-quantize`` (once, cached), and
+  ``llama-bench -t THREADS -p 0 -n NEW`` decodes, in the same rounds as the others.
 
-    .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt] [--skip ...]
+    .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt] [--skip ...] [--group-size 32]
 
-``--skip fp32 prefill batch ct2 kernels`` leaves the int8 decode against the reference (and the int8
-token check).
+``--skip fp32 prefill batch ct2 kernels int4 llamacpp`` leaves the int8 decode against the reference (and
+the int8 token check). The load average is printed before and after; a run whose load average exceeds
+the thread count says so.
 """
 
 from __future__ import annotations
@@ -71,11 +79,69 @@ def build(family: str) -> Path:
     torch.manual_seed(0)
     model = model_class(config).eval()
     model.save_pretrained(folder)
-    tokenizer = transformers.GPT2TokenizerFast(
+    # polyformers' tokenizer: the reference's (transformers 5) writes a tokenizer.json with an empty
+    # vocabulary from these files, which llama.cpp's converter rejects.
+    import polyformers
+
+    tokenizer = polyformers.GPT2TokenizerFast(
         vocab_file=str(GPT2_VOCAB / "vocab.json"), merges_file=str(GPT2_VOCAB / "merges.txt")
     )
     tokenizer.save_pretrained(folder)
     return folder
+
+
+LLAMACPP_TYPES = ("f32", "f16", "Q8_0", "Q4_0")
+
+
+def llamacpp_contenders(folder: Path, llamacpp: Path) -> list:
+    """llama.cpp's decode of the MPT ``folder`` at each of ``LLAMACPP_TYPES``, timed by its llama-bench
+    (tokens/s over ``NEW`` new tokens after an empty prompt, which it reports itself): contenders whose
+    ``generate`` runs llama-bench once, or [] when llama-bench is not built."""
+    import json
+    import subprocess
+    import sys
+
+    bench, quantizer = llamacpp / "bin" / "llama-bench", llamacpp / "bin" / "llama-quantize"
+    if not bench.exists() or not quantizer.exists():
+        print(f"(llama.cpp not built in {llamacpp}: run ../shared/llamacpp/build.sh {llamacpp})")
+        return []
+    out = CACHE / f"{folder.name}-gguf"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {kind: out / f"model-{kind}.gguf" for kind in LLAMACPP_TYPES}
+    if not all(f.exists() for f in files.values()):
+        # the converter knows MPT by the original code's architecture name
+        source = out / "hf"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(folder, source)
+        config = json.loads((source / "config.json").read_text())
+        config["architectures"] = ["MPTForCausalLM"]
+        (source / "config.json").write_text(json.dumps(config))
+        env = dict(os.environ, PYTHONPATH=str(llamacpp / "src" / "gguf-py"))
+        for kind in ("f32", "f16"):
+            print(f"converting {folder.name} for llama.cpp ({kind}, once)", flush=True)
+            subprocess.run([sys.executable, str(llamacpp / "src" / "convert_hf_to_gguf.py"), str(source),
+                            "--outtype", kind, "--outfile", str(files[kind])], env=env, check=True,
+                           capture_output=True)
+        for kind in ("Q8_0", "Q4_0"):
+            subprocess.run([str(quantizer), str(files["f32"]), str(files[kind]), kind], check=True,
+                           capture_output=True)
+
+    contenders = []
+    for kind, path in files.items():
+        def generate(ids, new, path=path):
+            # llama-bench decodes `new` tokens after an empty prompt; the wall time of this call includes
+            # loading the file, so the rounds use the tokens/s it reports (see rounds_llamacpp)
+            result = subprocess.run([str(bench), "-m", str(path), "-t", str(THREADS), "-p", "0", "-n", str(new),
+                                     "-r", "1", "-o", "json"], check=True, capture_output=True, text=True)
+            return json.loads(result.stdout)[0]["avg_ts"]
+
+        contender = Contender(f"llama.cpp-{kind}", generate)
+        contender.reported = True  # its tokens/s come from llama-bench, not from the wall time
+        # bytes read per token: the file's size, an upper bound (it also holds the token embedding, of
+        # which one row is read, beside the output matrix where quantizing stores that on its own)
+        contender.bytes_per_token = path.stat().st_size
+        contenders.append(contender)
+    return contenders
 
 
 def median_time(fn, repeat: int = 1) -> float:
@@ -105,19 +171,99 @@ def bandwidth() -> tuple[float, float]:
 
 
 def weight_bytes_per_token(model) -> int:
-    """Bytes of weights a decoded token reads: every matrix but the input embedding (one row of it)."""
-    embedding = model.get_input_embeddings().weight
+    """Bytes of weights a decoded token reads, as the model stores them: every matrix but the input
+    embedding (one row of it); a quantized layer counts its packed weight and its scales."""
+    from torch import nn
+
+    from polyformers.pt.quantize import Int4Linear, Int8Linear
+
+    embedding = model.get_input_embeddings()
     total = 0
     seen = set()
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.data_ptr() in seen or tensor.dim() < 2:
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            groups = module.in_features // module.group_size
+            # the kernel's packed nibbles, and a bfloat16 scale and offset per group
+            total += module.out_features * (module.in_features // 2 + 4 * groups)
+        elif isinstance(module, Int8Linear):
+            total += module.out_features * (module.in_features + 4)
+        elif isinstance(module, nn.Embedding) and module is embedding:
             continue
-        seen.add(tensor.data_ptr())
-        total += tensor.numel() * tensor.element_size()
-    head = model.get_output_embeddings().weight
-    if head.data_ptr() != embedding.data_ptr():
-        total -= embedding.numel() * embedding.element_size()
+        else:
+            for tensor in module.parameters(recurse=False):
+                if tensor.dim() < 2 or tensor.data_ptr() in seen:
+                    continue
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
     return total
+
+
+STREAM_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <omp.h>
+/* Reads an array of n floats, threads sharing it, and prints the best bytes/s of `runs` passes. */
+int main(int argc, char **argv) {
+    long n = atol(argv[1]); int runs = atoi(argv[2]);
+    float *a = aligned_alloc(64, n * sizeof(float));
+    #pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) a[i] = (float)(i & 1023);
+    double best = 0; float sink = 0;
+    for (int r = 0; r < runs; r++) {
+        double start = omp_get_wtime(); float total = 0;
+        #pragma omp parallel for simd schedule(static) reduction(+:total)
+        for (long i = 0; i < n; i++) total += a[i];
+        double rate = n * sizeof(float) / (omp_get_wtime() - start);
+        if (rate > best) best = rate;
+        sink += total;
+    }
+    printf("%.6e %g\n", best, sink);
+    free(a);
+    return 0;
+}
+"""
+
+STREAM_SIZES_MB = (256, 512, 1024)  # 8x the last-level cache and more
+
+
+def stream_bandwidth(runs: int = 5) -> tuple[float, str]:
+    """The machine's read bandwidth in bytes/s with ``THREADS`` threads: the best, over several array
+    sizes far bigger than the caches, of the best of ``runs`` streaming reads; and how it was measured."""
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler:
+        binary = CACHE / "stream_read"
+        source = CACHE / "stream_read.c"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        if not binary.exists() or not source.exists() or source.read_text() != STREAM_C:
+            source.write_text(STREAM_C)
+            subprocess.run([compiler, "-O3", "-march=native", "-fopenmp", "-o", str(binary), str(source)],
+                           check=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OMP_PROC_BIND="spread")
+        rates = [float(subprocess.run([str(binary), str(mb * 2**20 // 4), str(runs)], env=env, check=True,
+                                      capture_output=True, text=True).stdout.split()[0])
+                 for mb in STREAM_SIZES_MB]
+        how = f"C/OpenMP streaming read, {THREADS} threads"
+    else:
+        import numpy as np
+        from concurrent.futures import ThreadPoolExecutor
+
+        rates = []
+        with ThreadPoolExecutor(THREADS) as pool:
+            for mb in STREAM_SIZES_MB:
+                array = np.ones(mb * 2**20 // 4, dtype=np.float32)
+                parts = np.array_split(array, THREADS)
+                best = 0.0
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    list(pool.map(np.sum, parts))
+                    best = max(best, array.nbytes / (time.perf_counter() - start))
+                rates.append(best)
+                del array, parts
+        how = f"numpy streaming read (np.sum), {THREADS} threads"
+    sizes = ", ".join(f"{mb} MB {rate / 1e9:.1f}" for mb, rate in zip(STREAM_SIZES_MB, rates))
+    return max(rates), f"{how}; best of {runs} per size, GB/s: {sizes}"
 
 
 class Contender:
@@ -184,14 +330,16 @@ def ct2_generators(family: str, folder: Path):
 
 def rounds(contenders, fn, repeat: int, after_round=None) -> dict[str, float]:
     """Median over ``repeat`` rounds of ``fn(contender)`` seconds, the order alternating each round;
-    ``after_round()``, untimed, after each round."""
+    ``after_round()``, untimed, after each round. A contender that times itself (llama-bench: ``fn``
+    returns its tokens/s) gets the seconds of ``NEW`` tokens at that rate."""
     times = {c.name: [] for c in contenders}
     for r in range(repeat):
         order = contenders if r % 2 == 0 else contenders[::-1]
         for c in order:
             start = time.perf_counter()
-            fn(c)
-            times[c.name].append(time.perf_counter() - start)
+            result = fn(c)
+            seconds = time.perf_counter() - start
+            times[c.name].append(NEW / result if getattr(c, "reported", False) else seconds)
         if after_round is not None:
             after_round()
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -202,7 +350,7 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     import transformers
 
     import polyformers
-    from polyformers.pt.quantize import quantize_int8
+    from polyformers.pt.quantize import quantize, quantize_int8
 
     folder = build(family)
     ref_class = {"gptj": transformers.GPTJForCausalLM, "mpt": transformers.MptForCausalLM}[family]
@@ -215,9 +363,15 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     if "int8" not in args.skip:
         ours_int8 = quantize_int8(pf_class.from_pretrained(folder, dtype=torch.float32).eval())
         contenders.append(torch_contender("polyformers-int8", ours_int8))
+    if "int4" not in args.skip:
+        ours_int4 = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=4,
+                             group_size=args.group_size)
+        contenders.append(torch_contender(f"polyformers-int4-g{args.group_size}", ours_int4))
     if "ct2" not in args.skip:
         for quantization, generator in ct2_generators(family, folder).items():
             contenders.append(ct2_contender(f"ctranslate2-{quantization}", generator))
+    if "llamacpp" not in args.skip and family == "mpt":
+        contenders += llamacpp_contenders(folder, args.llamacpp)
     names = [c.name for c in contenders]
     by_name = dict(zip(names, contenders))
 
@@ -228,10 +382,21 @@ def bench_family(family: str, args, bw_samples: list) -> None:
 
     for c in contenders:  # warm-up: allocators, kernels' first-call costs
         c.generate(prompt, 4)
+    timed = [c for c in contenders if not getattr(c, "reported", False)]
 
     print(f"\n== {family}: {type(ours).__name__}, {sum(p.numel() for p in ours.parameters()) / 1e6:.0f}M "
           f"parameters, {THREADS} threads, medians of {args.repeat} rounds", flush=True)
     per_token_bytes = weight_bytes_per_token(ours)
+    bytes_per_token = {"polyformers": per_token_bytes, "reference": per_token_bytes,
+                       "ctranslate2-float32": per_token_bytes}
+    if "int8" not in args.skip:
+        bytes_per_token["polyformers-int8"] = weight_bytes_per_token(ours_int8)
+        bytes_per_token["ctranslate2-int8"] = bytes_per_token["polyformers-int8"]
+    if "int4" not in args.skip:
+        bytes_per_token[f"polyformers-int4-g{args.group_size}"] = weight_bytes_per_token(ours_int4)
+    for c in contenders:
+        if hasattr(c, "bytes_per_token"):
+            bytes_per_token[c.name] = c.bytes_per_token
 
     # The bandwidth is sampled between rounds, outside the timed decoding: its 256 MB matrix takes
     # longer to fill than an int8 model takes to decode.
@@ -240,20 +405,24 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     bw = statistics.median(mv for mv, _ in bw_samples)
     bw_linear = statistics.median(ours for _, ours in bw_samples)
     ref_tps = NEW / decode_s["reference"]
-    print(f"decode, batch 1, {PROMPT}-token prompt, {NEW} new tokens (tokens/s):")
+    stream = args.stream_bandwidth
+    print(f"decode, batch 1, {PROMPT}-token prompt, {NEW} new tokens (tokens/s; MB of weights read per token; "
+          f"fraction of the read bound {stream / 1e9:.1f} GB/s):")
     for name in names:
         tps = NEW / decode_s[name]
-        print(f"  {name:20s} {tps:7.2f}   x{tps / ref_tps:4.2f} of the reference")
+        read = bytes_per_token.get(name)
+        bound = "" if read is None else f"   {read / 1e6:6.1f} MB  {read * tps / stream:4.0%} of the bound"
+        print(f"  {name:24s} {tps:7.2f}   x{tps / ref_tps:4.2f} of the reference{bound}")
     if "polyformers" in decode_s:
         pf_tps = NEW / decode_s["polyformers"]
-        print(f"bandwidth (torch.mv, float32, 256 MB): {bw / 1e9:.1f} GB/s -> bound {bw / per_token_bytes:.1f} "
+        print(f"not the bound: torch.mv, float32, 256 MB: {bw / 1e9:.1f} GB/s -> {bw / per_token_bytes:.1f} "
               f"tokens/s for {per_token_bytes / 1e6:.0f} MB of weights per token; polyformers reaches "
               f"{per_token_bytes * pf_tps / bw:.0%} of it")
         print(f"  (the same product through polyformers' oneDNN linear: {bw_linear / 1e9:.1f} GB/s -> "
               f"{per_token_bytes * pf_tps / bw_linear:.0%} of that)")
 
     if "prefill" not in args.skip:
-        prefill_s = rounds(contenders, lambda c: c.generate(long_prompt, 1), args.repeat)
+        prefill_s = rounds(timed, lambda c: c.generate(long_prompt, 1), args.repeat)
         print(f"prefill of a {PREFILL}-token prompt (prompt tokens/s):")
         for name, seconds in prefill_s.items():
             print(f"  {name:20s} {PREFILL / seconds:7.1f}   x{prefill_s['reference'] / seconds:4.2f} of the reference")
@@ -267,27 +436,31 @@ def bench_family(family: str, args, bw_samples: list) -> None:
             single = NEW / decode_s[name]
             print(f"  {name:20s} {BATCH * NEW / seconds:7.1f}   x{BATCH * NEW / seconds / single:4.2f} of its batch 1")
 
+    checked = []
     if "int8" not in args.skip:
+        checked.append(("int8", ours_int8))
+    if "int4" not in args.skip:
+        checked.append((f"int4 (group {args.group_size})", ours_int4))
+    if checked:
         tokenizer = polyformers.GPT2TokenizerFast(
             vocab_file=str(GPT2_VOCAB / "vocab.json"), merges_file=str(GPT2_VOCAB / "merges.txt")
         )
-        print("int8 greedy tokens equal to float32's (of 16 new; float32's top-2 margin where they part):")
+    for label, quantized in checked:
+        print(f"{label} greedy tokens equal to float32's (of 16 new; float32's top-2 margin where they part):")
         for text in REAL_PROMPTS:
             real = torch.tensor([tokenizer(text)["input_ids"]])
             with torch.inference_mode():
                 fp32 = ours.generate(real, max_new_tokens=16, do_sample=False, return_dict_in_generate=True,
                                      output_scores=True)
-                int8 = ours_int8.generate(real, max_new_tokens=16, do_sample=False)
-            new_fp32, new_int8 = fp32.sequences[0, real.shape[1]:], int8[0, real.shape[1]:]
-            same = int((new_fp32 == new_int8).cumprod(0).sum())
+                low = quantized.generate(real, max_new_tokens=16, do_sample=False)
+            new_fp32, new_low = fp32.sequences[0, real.shape[1]:], low[0, real.shape[1]:]
+            same = int((new_fp32 == new_low).cumprod(0).sum())
             where = ""
             if same < 16:
                 top2 = fp32.scores[same][0].topk(2).values
                 where = f" (margin {float(top2[0] - top2[1]):.3f})"
             print(f"  {same:2d}/16{where}  {text!r}")
-    del contenders, by_name, reference, ours
-    if "int8" not in args.skip:
-        del ours_int8
+    del contenders, by_name, reference, ours, checked
     gc.collect()
 
 
@@ -336,7 +509,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--family", nargs="*", default=["gptj", "mpt"], choices=sorted(CONFIGS))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["fp32", "prefill", "batch", "int8", "ct2", "kernels"],
+    parser.add_argument("--group-size", type=int, default=32, help="group size of the 4-bit rows (32, 64, 128)")
+    parser.add_argument("--llamacpp", type=Path, default=ROOT / ".cache" / "llamacpp",
+                        help="where ../shared/llamacpp/build.sh built llama-bench")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["fp32", "prefill", "batch", "int8", "int4", "ct2", "kernels", "llamacpp"],
                         help="fp32: polyformers' float32 decode (the reference stays, as the base of the ratios)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["batch-reference"],
                         help="also time the reference at batch 8 (slow)")
@@ -345,13 +522,22 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(THREADS)
-    print(f"torch {torch.__version__}, {THREADS} threads; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores")
+    print(f"torch {torch.__version__}, {THREADS} threads; {load_average()}", flush=True)
+    args.stream_bandwidth, how = stream_bandwidth()
+    print(f"read bound: {args.stream_bandwidth / 1e9:.1f} GB/s ({how})", flush=True)
     if "kernels" not in args.skip:
         int8_kernels(args.repeat)
     bw_samples: list[tuple[float, float]] = []
     for family in args.family:
         bench_family(family, args, bw_samples)
+    print(f"\nafter: {load_average()}")
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    note = (f" -- above the {THREADS} threads: the machine is shared and busy, ratios between rows are "
+            "noisier than usual" if one > THREADS else "")
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores{note}"
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ class PreTrainedModel(nn.Module):
     def tie_weights(self) -> None:
         """Share the output embedding matrix with the input one when the config asks for it."""
         output = self.get_output_embeddings()
-        if output is not None and getattr(self.config, "tie_word_embeddings", True):
+        if output is not None and getattr(self.config, "tie_word_embeddings", True) \
+                and not getattr(output, "quantized", False):  # a quantized head keeps its own copy
             output.weight = self.get_input_embeddings().weight
 
     @property
@@ -289,7 +290,15 @@ class PreTrainedModel(nn.Module):
             target_dtype = _resolve_dtype(dtype, config, reader)
             with init_empty_weights():
                 model = cls(config, *model_args, **model_kwargs)
+            # A folder saved by a model of quantize.quantize: its 4-bit layers are built, then loaded as stored.
+            from . import quantize as _quantize
+
+            quantization = _quantize._quantization_settings(config)
+            if quantization is not None:
+                _quantize.prepare_quantized(model, quantization)
             info = model._load_weights(reader, target_dtype, ignore_mismatched_sizes, path)
+            if quantization is not None:
+                _quantize.finish_quantized(model)
         if model.can_generate():
             # Generation settings live in generation_config.json when the checkpoint has one; otherwise the
             # model derives them from its config on first use.
