@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .hypotheses import _BeamScorer, reorder_cache
+from .hypotheses import _BeamScorer, beam_output, reorder_model_state
 from .processors import _as_list
-from .records import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, _Recorder
+from .records import _Recorder
 
 
 def beam_search(model, input_ids, config, processors, warpers, criteria, batch_size, model_kwargs):
@@ -48,10 +48,7 @@ def beam_search(model, input_ids, config, processors, warpers, criteria, batch_s
             input_ids, totals, tokens, sources, config.pad_token_id, eos, trails, prompt_len
         )
         input_ids = torch.cat([input_ids[beam_idx, :], next_tokens.unsqueeze(-1)], dim=-1)
-        model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
-        if model_kwargs.get("past_key_values") is not None:
-            reorder = getattr(model, "_reorder_cache", None) or reorder_cache
-            model_kwargs["past_key_values"] = reorder(model_kwargs["past_key_values"], beam_idx)
+        model_kwargs = reorder_model_state(model, outputs, model_kwargs, is_encoder_decoder, beam_idx)
         if trails is not None:
             trails = tuple(trails[i] + (i,) for i in beam_idx.tolist())
         if scorer.is_done or bool(criteria(input_ids, record.scores).all()):
@@ -59,12 +56,4 @@ def beam_search(model, input_ids, config, processors, warpers, criteria, batch_s
     sequences, sequence_scores, beam_indices = scorer.finalize(
         input_ids, beam_scores, config.pad_token_id, eos, criteria.max_length, trails, prompt_len
     )
-    if not config.return_dict_in_generate:
-        return sequences
-    cls = GenerateBeamEncoderDecoderOutput if is_encoder_decoder else GenerateBeamDecoderOnlyOutput
-    return cls(
-        sequences=sequences,
-        sequences_scores=sequence_scores if config.output_scores else None,
-        beam_indices=beam_indices,
-        **record.fields(model_kwargs.get("past_key_values")),
-    )
+    return beam_output(config, is_encoder_decoder, sequences, sequence_scores, beam_indices, record, model_kwargs)

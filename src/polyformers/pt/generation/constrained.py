@@ -27,9 +27,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .hypotheses import _assemble, _Hypotheses, reorder_cache
+from .hypotheses import _assemble, _Hypotheses, beam_output, reorder_model_state
 from .processors import _as_list
-from .records import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, _Recorder
+from .records import _Recorder
 
 
 def _check_token(name: str, token_id) -> None:
@@ -581,10 +581,7 @@ def constrained_beam_search(model, input_ids, config, processors, criteria, batc
             input_ids, totals, candidates % vocab, sources, cumulative, config.pad_token_id, eos, trails, prompt_len
         )
         input_ids = torch.cat([input_ids[beam_idx, :], next_tokens.unsqueeze(-1)], dim=-1)
-        model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
-        if model_kwargs.get("past_key_values") is not None:
-            reorder = getattr(model, "_reorder_cache", None) or reorder_cache
-            model_kwargs["past_key_values"] = reorder(model_kwargs["past_key_values"], beam_idx)
+        model_kwargs = reorder_model_state(model, outputs, model_kwargs, is_encoder_decoder, beam_idx)
         if trails is not None:
             trails = tuple(trails[i] + (i,) for i in beam_idx.tolist())
         if scorer.is_done or bool(criteria(input_ids, record.scores).all()):
@@ -592,15 +589,7 @@ def constrained_beam_search(model, input_ids, config, processors, criteria, batc
     sequences, sequence_scores, beam_indices = scorer.finalize(
         input_ids, beam_scores, config.pad_token_id, eos, criteria.max_length, trails, prompt_len
     )
-    if not config.return_dict_in_generate:
-        return sequences
-    cls = GenerateBeamEncoderDecoderOutput if is_encoder_decoder else GenerateBeamDecoderOnlyOutput
-    return cls(
-        sequences=sequences,
-        sequences_scores=sequence_scores if config.output_scores else None,
-        beam_indices=beam_indices,
-        **record.fields(model_kwargs.get("past_key_values")),
-    )
+    return beam_output(config, is_encoder_decoder, sequences, sequence_scores, beam_indices, record, model_kwargs)
 
 
 __all__ = [

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .hypotheses import _assemble, _BeamScorer, reorder_cache
+from .hypotheses import _assemble, _BeamScorer, beam_output, reorder_model_state
 from .processors import _as_list
-from .records import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, _Recorder
+from .records import _Recorder
 
 
 def group_beam_search(model, input_ids, config, processors, criteria, batch_size, model_kwargs):
@@ -67,10 +67,7 @@ def group_beam_search(model, input_ids, config, processors, criteria, batch_size
             reorder[rows] = beams * torch.div(chosen, size, rounding_mode="floor") + g * size + chosen % size
         record.step(processed, outputs)
         input_ids = torch.cat([input_ids, current[:, None]], dim=-1)
-        model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
-        if model_kwargs.get("past_key_values") is not None:
-            reorder_fn = getattr(model, "_reorder_cache", None) or reorder_cache
-            model_kwargs["past_key_values"] = reorder_fn(model_kwargs["past_key_values"], reorder)
+        model_kwargs = reorder_model_state(model, outputs, model_kwargs, is_encoder_decoder, reorder)
         if all(scorer.is_done for scorer in scorers) or bool(criteria(input_ids, record.scores).all()):
             break
     flat = sum(trails, ()) if trails is not None else None
@@ -86,12 +83,4 @@ def group_beam_search(model, input_ids, config, processors, criteria, batch_size
     sequences, sequence_scores, beam_indices = _assemble(
         candidates, config.num_return_sequences, input_ids, config.pad_token_id, eos, criteria.max_length
     )
-    if not config.return_dict_in_generate:
-        return sequences
-    cls = GenerateBeamEncoderDecoderOutput if is_encoder_decoder else GenerateBeamDecoderOnlyOutput
-    return cls(
-        sequences=sequences,
-        sequences_scores=sequence_scores if config.output_scores else None,
-        beam_indices=beam_indices,
-        **record.fields(model_kwargs.get("past_key_values")),
-    )
+    return beam_output(config, is_encoder_decoder, sequences, sequence_scores, beam_indices, record, model_kwargs)

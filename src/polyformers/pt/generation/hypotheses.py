@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from .processors import _as_list
+from .records import GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput
 
 
 class _Hypotheses:
@@ -149,3 +150,26 @@ def reorder_cache(past_key_values, beam_idx: torch.Tensor):
         result = past_key_values.reorder_cache(beam_idx)
         return past_key_values if result is None else result
     return tuple(tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer) for layer in past_key_values)
+
+
+def reorder_model_state(model, outputs, model_kwargs: dict, is_encoder_decoder: bool, beam_idx: torch.Tensor) -> dict:
+    """The model inputs for the next step once the beams are chosen: the step's outputs folded in, and the
+    cache rows reordered to follow ``beam_idx`` (the model's own ``_reorder_cache`` when it has one)."""
+    model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
+    if model_kwargs.get("past_key_values") is not None:
+        reorder = getattr(model, "_reorder_cache", None) or reorder_cache
+        model_kwargs["past_key_values"] = reorder(model_kwargs["past_key_values"], beam_idx)
+    return model_kwargs
+
+
+def beam_output(config, is_encoder_decoder: bool, sequences, sequence_scores, beam_indices, record, model_kwargs):
+    """What a beam strategy returns: the sequences, or with ``return_dict_in_generate`` the output record."""
+    if not config.return_dict_in_generate:
+        return sequences
+    cls = GenerateBeamEncoderDecoderOutput if is_encoder_decoder else GenerateBeamDecoderOnlyOutput
+    return cls(
+        sequences=sequences,
+        sequences_scores=sequence_scores if config.output_scores else None,
+        beam_indices=beam_indices,
+        **record.fields(model_kwargs.get("past_key_values")),
+    )
