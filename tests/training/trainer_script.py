@@ -3,9 +3,12 @@
 
 ``python trainer_script.py JOB.json``; the job gives the family, the output folder and the
 TrainingArguments. Process 0 prints the log history as one JSON line at the end. With ``kill_at_step``
-the process kills itself (SIGKILL, nothing flushed) right after that optimisation step.
+the process kills itself (SIGKILL, nothing flushed) right after that optimisation step. With
+``exit_report`` each process writes, as the last thing before the interpreter finalises, whether its
+process group is still alive (``exit_report``.RANK).
 """
 
+import atexit
 import json
 import os
 import signal
@@ -59,6 +62,14 @@ def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as f:
         job = json.load(f)
     torch.set_num_threads(1)
+    if job.get("exit_report"):
+        # registered before anything of polyformers', so it runs after their exit handlers
+        def report():
+            alive = torch.distributed.is_available() and torch.distributed.is_initialized()
+            with open(f"{job['exit_report']}.{os.environ.get('RANK', '0')}", "w", encoding="utf-8") as f:
+                f.write(json.dumps({"process_group_alive": alive}))
+
+        atexit.register(report)
     model = tiny_model(job["family"], job.get("dropout", 0.0))
     if job.get("load"):
         model = type(model).from_pretrained(job["load"])

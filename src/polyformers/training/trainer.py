@@ -14,6 +14,7 @@ Differences from 4.37, each deliberate:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import json
@@ -79,6 +80,30 @@ class EvalPrediction:
 
     def __getitem__(self, index):
         return tuple(self)[index]
+
+
+_TRAINING_IN_FLIGHT = 0
+_RELEASE_REGISTERED = False
+
+
+def _release_process_group_at_exit() -> None:
+    """Destroy the process group before the interpreter finalises, as torch asks scripts to do.
+
+    A script written for the reference never calls ``destroy_process_group``; left alive, gloo's worker
+    threads can still hold tensors while Python tears down, and the process aborts (SIGABRT, "terminate
+    called without an active exception") after a run that succeeded. After a failed ``train`` the group is
+    left alone: destroying it while other processes may still wait in a collective can hang.
+    """
+    global _RELEASE_REGISTERED
+    if _RELEASE_REGISTERED:
+        return
+    _RELEASE_REGISTERED = True
+
+    def release() -> None:
+        if _TRAINING_IN_FLIGHT == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(release)
 
 
 class TrainOutput(NamedTuple):
@@ -265,6 +290,7 @@ class Trainer:
         if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
             # The process group is torch's (gloo on CPU unless ddp_backend says otherwise).
             PartialState(cpu=cpu, backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout or 1800))
+            _release_process_group_at_exit()
         # accelerate keeps one process-wide state that refuses a second Accelerator with another precision;
         # each Trainer sets its own (the process group, which is PartialState's, stays).
         from accelerate.state import AcceleratorState
@@ -595,6 +621,13 @@ class Trainer:
             raise TypeError(f"train() got unexpected keyword arguments {sorted(kwargs)}")
         if trial is not None:
             raise NotImplementedError("hyper-parameter search (trial) is not supported")
+        global _TRAINING_IN_FLIGHT
+        _TRAINING_IN_FLIGHT += 1  # stays raised if this raises: see _release_process_group_at_exit
+        output = self._train(resume_from_checkpoint, ignore_keys_for_eval)
+        _TRAINING_IN_FLIGHT -= 1
+        return output
+
+    def _train(self, resume_from_checkpoint, ignore_keys_for_eval) -> TrainOutput:
         args = self.args
         if resume_from_checkpoint is None and args.resume_from_checkpoint is not None:
             resume_from_checkpoint = args.resume_from_checkpoint
