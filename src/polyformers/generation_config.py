@@ -256,7 +256,7 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     "forced_decoder_ids": (None, _forced_decoder_ids),
     "sequence_bias": (None, _sequence_bias),
     "guidance_scale": (None, _guidance_scale),
-    "low_memory": (None, _ANY),
+    "low_memory": (None, _ANY),  # read as a truth value, as the reference does (contrastive search only)
     # outputs
     "num_return_sequences": (1, _field(positive_int())),
     "output_attentions": (False, _BOOL),

@@ -20,6 +20,27 @@ if hasattr(transformers.modeling_utils, "is_torchdynamo_compiling"):
     transformers.modeling_utils.is_torchdynamo_compiling = lambda: False
 
 
+STATE_FIELDS = ("attentions", "decoder_attentions", "cross_attentions", "encoder_attentions", "hidden_states",
+                "decoder_hidden_states", "encoder_hidden_states")
+
+
+def shapes(value):
+    """The nested structure of tuples of tensors, with each tensor's shape (and None kept)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    return [shapes(item) for item in value]
+
+
+def leaves(value, path=()):
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif value is not None:
+        for i, item in enumerate(value):
+            yield from leaves(item, path + (i,))
+
+
 def build(spec, workdir):
     config = getattr(transformers, spec["config_cls"])(**spec["config"])
     torch.manual_seed(spec.get("seed", 0))
@@ -61,6 +82,19 @@ def run(job):
                 flat[f"{case['name']}.{key}"] = result[key].contiguous()
         for i, step in enumerate(result.get("scores") or ()):
             flat[f"{case['name']}.scores.{i}"] = step.contiguous()
+        # Attentions and hidden states: the encoder's are a tuple per layer, the others a tuple per step of
+        # a tuple per layer. The summary keeps their structure (shapes, None where an entry is None), the
+        # tensors go under <case>.<field>.<step>.<layer> (<case>.<field>.<layer> for the encoder's).
+        structure = {}
+        for field in STATE_FIELDS:
+            value = result.get(field)
+            if value is None:
+                continue
+            structure[field] = shapes(value)
+            for path, tensor in leaves(value):
+                flat[".".join([case["name"], field, *map(str, path)])] = tensor.contiguous()
+        if structure:
+            summary[case["name"]]["states"] = structure
     save_file(flat, os.path.join(workdir, "generate.out.safetensors"))
     return summary
 

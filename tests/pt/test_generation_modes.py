@@ -2,7 +2,9 @@
 
 The reference builds perturbed random tiny models of several families (RoBERTa decoder, GPT-J, MPT,
 Pegasus), saves them, and runs every case in one subprocess (tests/pt/_generation_modes_oracle.py);
-polyformers loads the folders and runs the same cases. Sequences must be identical, scores equal within 1e-4.
+polyformers loads the folders and runs the same cases. Sequences must be identical, scores equal within 1e-4,
+and where a case asks for attentions and hidden states, those must have the reference's structure and shapes,
+with values within 1e-4 wherever they are defined (not at padding).
 """
 
 from __future__ import annotations
@@ -54,14 +56,25 @@ def _tensors() -> dict[str, torch.Tensor]:
     for row, length in enumerate((8, 5, 3)):  # sources are padded on the right
         source[row, length:] = PAD
         source_mask[row, length:] = 0
-    return {"ids": ids, "left": left, "left_mask": left_mask, "source": source, "source_mask": source_mask}
+    return {"ids": ids, "left": left, "left_mask": left_mask, "source": source, "source_mask": source_mask,
+            "one": ids[:1].clone(), "source_one": source[:1].clone(), "source_one_mask": source_mask[:1].clone()}
 
 
 SCORES = dict(return_dict_in_generate=True, output_scores=True)
 IDS = {"input_ids": "ids"}
 LEFT = {"input_ids": "left", "attention_mask": "left_mask"}
 SOURCE = {"input_ids": "source", "attention_mask": "source_mask"}
+ONE = {"input_ids": "one"}
+SOURCE_ONE = {"input_ids": "source_one", "attention_mask": "source_one_mask"}
 CS = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=10)
+# Attentions and hidden states (with the scores), a few steps of every decoding mode.
+STATES = dict(return_dict_in_generate=True, output_scores=True, output_attentions=True, output_hidden_states=True,
+              max_new_tokens=4)
+STATE_MODES = {
+    "greedy": {}, "sample": dict(do_sample=True), "beam": dict(num_beams=2), "beam_sample": dict(num_beams=2, do_sample=True),
+    "cs": dict(penalty_alpha=0.6, top_k=3), "gbs": dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0),
+    "constrained": dict(num_beams=2, force_words_ids=[[40]]),
+}
 GBS = dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=8)
 
 # name: (model, inputs, generate kwargs)
@@ -113,7 +126,21 @@ CASES = {
     "eta_sample": ("gptj", LEFT, dict(max_new_tokens=12, do_sample=True, top_k=0, eta_cutoff=0.05, **SCORES)),
     "eta_beam_sample": ("pegasus", SOURCE, dict(num_beams=2, max_new_tokens=8, do_sample=True, eta_cutoff=0.1,
                                                 epsilon_cutoff=0.01, **SCORES)),
+    # low_memory: contrastive search one candidate at a time. 4.37's own sequential path runs one prompt
+    # row only, and without output_attentions (it fails otherwise); the other low_memory checks compare
+    # with the reference's batched contrastive search. Other modes ignore the setting.
+    "cs_low_memory_gptj": ("gptj", ONE, dict(CS, low_memory=True, output_hidden_states=True, **SCORES)),
+    "cs_low_memory_pegasus": ("pegasus", SOURCE_ONE, dict(CS, low_memory=True, output_hidden_states=True, **SCORES)),
+    "low_memory_beam": ("gptj", IDS, dict(num_beams=2, max_new_tokens=5, low_memory=True, **SCORES)),
+    # attentions and hidden states in every mode, on a left-padded decoder-only model and on Pegasus
+    **{f"states_{mode}_{model}": (model, inputs, dict(STATES, **settings))
+       for model, inputs in (("mpt", LEFT), ("pegasus", SOURCE)) for mode, settings in STATE_MODES.items()},
+    "states_attentions_only_cs_pegasus": ("pegasus", SOURCE, dict(STATES, penalty_alpha=0.6, top_k=3,
+                                                                  output_hidden_states=False)),
+    "states_hidden_only_beam_mpt": ("mpt", LEFT, dict(STATES, num_beams=2, output_attentions=False)),
 }
+STATE_FIELDS = ("attentions", "decoder_attentions", "cross_attentions", "encoder_attentions", "hidden_states",
+                "decoder_hidden_states", "encoder_hidden_states")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -156,13 +183,64 @@ def _run(models, tensors, name, **extra):
     return models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **kwargs, **extra)
 
 
-def _assert_matches(summary, expected, name, result):
+def _shapes(value):
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    return [_shapes(item) for item in value]
+
+
+def _valid(name, field, path, shape, tensors):
+    """Where a state of case ``name`` is defined: False at padding. A left-padded prompt's first pad
+    positions attend to nothing at all (every key is masked), so what a model computes there, and every
+    attention weight on a pad key, is arbitrary in both libraries; only positions whose attention mask
+    is 1 are compared (shapes are compared everywhere)."""
+    model, inputs, _ = CASES[name]
+    mask = tensors.get(inputs.get("attention_mask"))
+    if mask is None or (field.startswith("decoder_") and model == "pegasus"):
+        return torch.ones(shape, dtype=torch.bool)  # nothing of these is padding
+    rows = torch.arange(shape[0]) // (shape[0] // mask.shape[0])  # beams or candidates of one prompt are neighbours
+    if field.startswith("encoder_") or field == "cross_attentions":
+        keys = mask[rows].bool()  # the source, padded on the right
+        queries = torch.ones(shape[0], shape[-2], dtype=torch.bool) if field == "cross_attentions" else keys
+    else:
+        width = shape[-1] if "attentions" in field else mask.shape[1] + path[0]
+        keys = torch.cat([mask[rows].bool(), torch.ones(shape[0], width - mask.shape[1], dtype=torch.bool)], dim=1)
+        queries = keys[:, width - shape[-2]:] if "attentions" in field else keys[:, width - shape[1]:]
+    if "attentions" in field:
+        return queries[:, None, :, None] & keys[:, None, None, :]
+    return queries[:, :, None].expand(shape)
+
+
+def _assert_states_match(summary, expected, name, result, tensors):
+    structure = summary[name].get("states", {})
+    for field in STATE_FIELDS:
+        got = result.get(field) if hasattr(result, "get") else None
+        assert _shapes(got) == structure.get(field), f"{name}: {field} has another structure than the reference's"
+        if got is None:
+            continue
+        encoder = field.startswith("encoder_")  # a tuple per layer; the others a tuple per step of those
+        for step_index, step in enumerate((got,) if encoder else got):
+            for layer, tensor in enumerate(step):
+                path = (layer,) if encoder else (step_index, layer)
+                want = expected[".".join([name, field, *map(str, path)])]
+                valid = _valid(name, field, path, tuple(want.shape), tensors).expand(want.shape)
+                assert valid.any(), f"{name}: {field} {path} has nothing to compare"
+                assert torch.allclose(tensor[valid].float(), want[valid].float(), atol=ATOL), \
+                    f"{name}: {field} {path} differs by {(tensor[valid].float() - want[valid].float()).abs().max()}"
+
+
+def _assert_matches(summary, expected, name, result, tensors=None):
     assert "error" not in summary[name], summary[name]
     if isinstance(result, torch.Tensor):
         assert summary[name] == {"type": "Tensor"}
         result = {"sequences": result}
     else:
-        assert {"type": type(result).__name__, "keys": list(result.keys())} == summary[name]
+        assert {"type": type(result).__name__, "keys": list(result.keys())} == \
+            {key: summary[name][key] for key in ("type", "keys")}
+        if tensors is not None:
+            _assert_states_match(summary, expected, name, result, tensors)
     want = expected[f"{name}.sequences"]
     assert torch.equal(result["sequences"], want), f"{name}:\n{result['sequences']}\nreference:\n{want}"
     for key in ("sequences_scores", "beam_indices"):
@@ -183,7 +261,7 @@ def _assert_matches(summary, expected, name, result):
 @pytest.mark.parametrize("name", list(CASES))
 def test_generate_matches_reference(reference, name):
     summary, expected, models, tensors = reference
-    _assert_matches(summary, expected, name, _run(models, tensors, name))
+    _assert_matches(summary, expected, name, _run(models, tensors, name), tensors)
 
 
 def test_contrastive_cases_are_not_greedy(reference):
@@ -206,6 +284,63 @@ def test_contrastive_search_cache_and_errors(reference):
     assert result.past_key_values[0][2].shape[2] == tensors["source"].shape[1]
     with pytest.raises(ValueError, match="use_cache"):
         _run(models, tensors, "cs_roberta", use_cache=False)
+
+
+def _forward_batches(model, **generate_kwargs):
+    """Generate, recording for every forward call the rows of its input ids and of the cache it reads."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("decoder_input_ids")
+        ids = kwargs.get("input_ids") if ids is None else ids
+        past = kwargs.get("past_key_values")
+        seen.append((ids.shape[0], None if past is None or len(past) == 0 else past[0][0].shape[0]))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        result = model.generate(**generate_kwargs)
+    finally:
+        handle.remove()
+    return result, seen
+
+
+@pytest.mark.parametrize("name", ["cs_gptj", "cs_mpt", "cs_pegasus", "cs_roberta_left_eos", "cs_pegasus_min_length"])
+def test_low_memory_runs_candidates_one_at_a_time(reference, name):
+    """With low_memory every forward sees the batch's own rows (the cache is never repeated top_k times),
+    top_k forwards per new token, and the tokens and scores are the reference's batched ones."""
+    summary, expected, models, tensors = reference
+    model, inputs, kwargs = CASES[name]
+    arguments = dict({arg: tensors[key] for arg, key in inputs.items()}, **kwargs)
+    rows, k = tensors[inputs["input_ids"]].shape[0], kwargs["top_k"]
+    result, seen = _forward_batches(models[model], low_memory=True, **arguments)
+    _assert_matches(summary, expected, name, result, tensors)
+    new_tokens = result.sequences.shape[1] - (1 if model == "pegasus" else tensors[inputs["input_ids"]].shape[1])
+    assert len(seen) == 1 + k * new_tokens
+    assert {batch for batch, _ in seen} == {rows}
+    assert {cached for _, cached in seen[1:]} == {rows}
+    # The batched path, for contrast: rows x top_k candidates in one forward, on a repeated cache.
+    _, seen = _forward_batches(models[model], **arguments)
+    assert len(seen) == 1 + new_tokens and {batch for batch, _ in seen[1:]} == {rows * k}
+
+
+@pytest.mark.parametrize("name", ["states_cs_mpt", "states_cs_pegasus", "states_attentions_only_cs_pegasus"])
+def test_low_memory_attentions_and_hidden_states(reference, name):
+    """Where 4.37's sequential path fails (several prompt rows, output_attentions), low_memory gives what
+    its batched path gives, attentions and hidden states included."""
+    summary, expected, models, tensors = reference
+    _assert_matches(summary, expected, name, _run(models, tensors, name, low_memory=True), tensors)
+
+
+def test_state_cases_are_not_trivial(reference):
+    """The state cases differ from one another: each mode's attentions come from its own search."""
+    summary, expected, _, _ = reference
+    for model in ("mpt", "pegasus"):
+        sequences = {mode: expected[f"states_{mode}_{model}.sequences"] for mode in STATE_MODES}
+        assert not torch.equal(sequences["greedy"], sequences["cs"]), model
+        assert not torch.equal(sequences["greedy"], sequences["sample"]), model
+        assert all("states" in summary[f"states_{mode}_{model}"] for mode in STATE_MODES)
+    assert (expected["states_greedy_mpt.sequences"][:, 6:] == 40).sum() < \
+        (expected["states_constrained_mpt.sequences"][:, 6:] == 40).sum()
 
 
 def test_group_beam_search_groups_differ(reference):

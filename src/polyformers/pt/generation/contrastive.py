@@ -26,7 +26,9 @@ def contrastive_search(model, input_ids, config, processors, criteria, streamer,
 
     Each step runs the model once on all ``top_k`` candidates of every row (a batch of rows x top_k, with
     the cache repeated), keeps the chosen candidate's cache, hidden state and logits, so the next step's
-    distribution is already known.
+    distribution is already known. With ``low_memory`` (any true value, as in the reference) the
+    candidates are run one after the other instead, each on the batch's own rows and the cache as it is,
+    and only the best candidate so far is kept per row: nothing is ever held top_k times.
     """
     is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     if not config.use_cache:
@@ -48,6 +50,9 @@ def contrastive_search(model, input_ids, config, processors, criteria, streamer,
     model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
     if model_kwargs.get("past_key_values") is None:
         raise ValueError(f"{type(model).__name__} returned no cache, which contrastive search needs")
+    if config.low_memory:
+        return _sequential(model, input_ids, config, processors, criteria, streamer, model_kwargs, record,
+                           context, logits, outputs)
     # Masks and encoder states are kept at top_k rows per prompt row from now on (the caches are
     # repeated each step, since the model returns them for the chosen candidate only).
     _, model_kwargs = model._expand_inputs(input_ids, k, is_encoder_decoder, model_kwargs)
@@ -87,6 +92,78 @@ def contrastive_search(model, input_ids, config, processors, criteria, streamer,
         unfinished = unfinished & ~criteria(input_ids, record.scores)
         if not bool(unfinished.any()):
             break
+    return _finish(input_ids, config, streamer, record, model_kwargs, is_encoder_decoder)
+
+
+def _sequential(model, input_ids, config, processors, criteria, streamer, model_kwargs, record, context, logits,
+                chosen_outputs):
+    """Contrastive search with ``low_memory``: the same choice as the batched loop above, from one forward
+    per candidate on the batch's own rows. The cache is not repeated: each candidate's forward reads it
+    as it is (a ``Cache`` object that grows in place is cut back to its length afterwards), and of every
+    candidate only what the row would keep if it won (last hidden state, logits, the outputs recorded,
+    the key/value states of the new position) survives, while it is the best so far."""
+    is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    k, alpha = config.top_k, float(config.penalty_alpha)
+    prefix = "decoder_" if is_encoder_decoder else ""
+    # Only the outputs the caller asked for are kept of each candidate.
+    recorded = [name for name, wanted in ((prefix + "hidden_states", record.hidden_states),
+                                          (prefix + "attentions", record.attentions),
+                                          ("cross_attentions", record.cross_attentions))
+                if wanted is not None and chosen_outputs.get(name) is not None]
+    batch = input_ids.shape[0]
+    pad = config.pad_token_id
+    unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+    while True:
+        scores = processors(input_ids, logits)
+        top_probs, top_ids = torch.topk(nn.functional.softmax(scores, dim=-1), k=k, dim=-1)
+        record.step(scores, chosen_outputs)
+
+        past = model_kwargs["past_key_values"]
+        length = _cache_length(past)
+        unit_context = context / context.norm(dim=2, keepdim=True)
+        best = None
+        for i in range(k):
+            inputs = model.prepare_inputs_for_generation(torch.cat([input_ids, top_ids[:, i:i + 1]], dim=-1),
+                                                         **model_kwargs)
+            outputs = model(**inputs, return_dict=True, output_attentions=config.output_attentions,
+                            output_hidden_states=True)
+            hidden = outputs[prefix + "hidden_states"][-1]  # (batch, 1, hidden)
+            unit = hidden / hidden.norm(dim=2, keepdim=True)
+            degeneration = torch.matmul(unit_context, unit.transpose(1, 2)).squeeze(-1).max(dim=-1).values
+            score = (1.0 - alpha) * top_probs[:, i] - alpha * degeneration
+            candidate = {
+                "score": score, "token": top_ids[:, i], "hidden": hidden,
+                "logits": outputs.logits[:, -1, :].to(dtype=torch.float32, copy=True),
+                "new_states": _new_position(outputs["past_key_values"], length),
+                **{name: outputs[name] for name in recorded},
+            }
+            _cut_back(past, length)  # a cache that grew in place forgets the candidate again
+            # The first of equal scores wins, as with the batched loop's max.
+            best = candidate if best is None else _keep_better(best, candidate)
+            del outputs, candidate
+
+        next_tokens = best["token"]
+        context = torch.cat([context, best["hidden"]], dim=1)
+        logits = best["logits"]
+        chosen_outputs = {name: best[name] for name in recorded}
+        model_kwargs = model._update_model_kwargs({"past_key_values": _append(past, best["new_states"])},
+                                                  model_kwargs, is_encoder_decoder)
+        del best
+
+        if not bool(unfinished.all()):
+            if pad is None:
+                raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
+            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
+        unfinished = unfinished & ~criteria(input_ids, record.scores)
+        if not bool(unfinished.any()):
+            break
+    return _finish(input_ids, config, streamer, record, model_kwargs, is_encoder_decoder)
+
+
+def _finish(input_ids, config, streamer, record, model_kwargs, is_encoder_decoder):
     if streamer is not None:
         streamer.end()
     if not config.return_dict_in_generate:
@@ -96,6 +173,51 @@ def contrastive_search(model, input_ids, config, processors, criteria, streamer,
     past = _drop_last_position(model_kwargs["past_key_values"], is_encoder_decoder)
     cls = GenerateEncoderDecoderOutput if is_encoder_decoder else GenerateDecoderOnlyOutput
     return cls(sequences=input_ids, **record.fields(past))
+
+
+def _keep_better(best: dict, candidate: dict) -> dict:
+    """Row by row, the candidate where it scores strictly higher, else the best so far."""
+    wins = candidate["score"] > best["score"]
+
+    def pick(old, new):
+        if isinstance(old, torch.Tensor):
+            return torch.where(wins.view(-1, *([1] * (old.dim() - 1))), new, old)
+        return type(old)(pick(o, n) for o, n in zip(old, new))
+
+    return {name: pick(best[name], candidate[name]) for name in best}
+
+
+def _cache_length(past) -> int:
+    if hasattr(past, "get_seq_length"):
+        return past.get_seq_length()
+    return past[0][0].shape[-2]
+
+
+def _new_position(past, length: int) -> tuple:
+    """The key/value states a forward added after ``length`` positions: per layer, its self-attention
+    (key, value) at the new position (an encoder-decoder's cross-attention states do not grow)."""
+    return tuple((layer[0][..., length:, :].clone(), layer[1][..., length:, :].clone()) for layer in past)
+
+
+def _cut_back(past, length: int) -> None:
+    """Undo a candidate's forward on a cache object that grew in place (legacy tuples never do)."""
+    if hasattr(past, "get_seq_length") and past.get_seq_length() > length:
+        if not hasattr(past, "crop"):
+            raise ValueError(f"low_memory: contrastive search one candidate at a time needs a cache that can be cut "
+                             f"back (crop), given a {type(past).__name__}")
+        past.crop(length)
+
+
+def _append(past, new_states: tuple):
+    """The cache with the chosen candidates' key/value states added at the end."""
+    if hasattr(past, "update"):
+        for layer, (key, value) in enumerate(new_states):
+            past.update(key, value, layer)
+        return past
+    return tuple(
+        (torch.cat([layer[0], key], dim=-2), torch.cat([layer[1], value], dim=-2), *layer[2:])
+        for layer, (key, value) in zip(past, new_states)
+    )
 
 
 def _contrastive_choice(context, candidates, probs, alpha: float, k: int) -> torch.Tensor:
