@@ -164,6 +164,44 @@ def test_int8_outlier_columns_survive_stacking():
         Int8Linear.stack([Int8Linear.from_linear(linears[0]), Int8Linear.from_linear(linears[1], 3.0)])
 
 
+def test_int8_per_row_rounds_each_row_as_it_would_be_alone():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 40)
+    # rows of very different ranges and offsets: one range for the call would round the small ones coarsely
+    x = torch.randn(6, 64) * torch.tensor([0.01, 1.0, 30.0, 0.5, 3.0, 1.0])[:, None] + torch.linspace(-2, 5, 6)[:, None]
+    x[5] = 0.25  # a constant row
+    with torch.no_grad():
+        want = linear(x)
+        per_row = Int8Linear.from_linear(linear, per_row=True)
+        plain = Int8Linear.from_linear(linear)
+        got = per_row(x)
+        assert torch.equal(got, torch.cat([per_row(row[None]) for row in x]))
+        assert torch.equal(per_row(x.view(2, 3, 64)), got.view(2, 3, 40))
+        assert not torch.equal(plain(x), torch.cat([plain(row[None]) for row in x]))  # what per_row fixes
+        assert per_row(x[:0]).shape == (0, 40)
+        for i in range(6):
+            scale = want[i].norm()
+            assert (got[i] - want[i]).norm() / scale < 0.02, i
+        # against the int8 weight in float, what is left is the inputs' rounding: the narrow row is rounded
+        # on its own range, not on the 30x row's
+        weight, scales, bias = per_row.unpack()
+        exact = x @ (weight.float() * scales[:, None]).t() + bias
+        assert (got[0] - exact[0]).norm() < 0.1 * (plain(x)[0] - exact[0]).norm()
+        # stacked layers keep their rows
+        linears = [nn.Linear(64, n) for n in (24, 8)]
+        layers = [Int8Linear.from_linear(lin, per_row=True) for lin in linears]
+        alone = torch.cat([layer(x) for layer in layers], dim=-1)
+        stack = Int8Linear.stack(layers)
+        assert stack.per_row and torch.allclose(stack(x), alone, atol=1e-5)
+        assert torch.equal(layers[1](x), stack(x)[:, 24:])
+    with pytest.raises(ValueError, match="all per_row or none"):
+        Int8Linear.stack([Int8Linear.from_linear(linears[0]), Int8Linear.from_linear(linears[1], per_row=True)])
+    with pytest.raises(ValueError, match="per_row=True takes outlier_threshold=None, given 3.0"):
+        quantize_int8(nn.Sequential(linear), outlier_threshold=3.0, per_row=True)
+    with pytest.raises(TypeError, match="per_row: expected a bool, given 'yes'"):
+        quantize_int8(nn.Sequential(linear), per_row="yes")
+
+
 def test_quantized_model_is_close_to_float32():
     model, inputs = _model("mpnet", "ForSequenceClassification", num_labels=3), _inputs("mpnet")
     skip_padding(model)

@@ -93,6 +93,9 @@ def _reduce_range() -> bool:
     return _REDUCE_RANGE
 
 
+_SENTINELS = torch.tensor([1.0, -1.0])
+
+
 def _pack(weight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor]):
     """fbgemm's prepacked form of int8 ``weight`` (out, in) with per-row ``scales``."""
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
@@ -115,23 +118,34 @@ class Int8Linear(nn.Module):
     quantized = True  # PreTrainedModel.tie_weights leaves a quantized output layer untied
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                 outlier_threshold: Optional[float] = None):
+                 outlier_threshold: Optional[float] = None, per_row: bool = False):
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        if per_row and outlier_threshold is not None:
+            raise ValueError(f"Int8Linear: per_row=True takes outlier_threshold=None, given {outlier_threshold!r}")
         self.outlier_threshold = outlier_threshold
-        self._packed = _pack(weight, scales, bias)
+        self.per_row = per_row
         self._reduce_range = _reduce_range()
+        if per_row:
+            # Two input columns of zero weights hold the +1/-1 that pin the kernel's range (see _per_row).
+            sentinels = torch.zeros(weight.shape[0], 2, dtype=torch.int8)
+            self._packed = _pack(torch.cat([weight, sentinels], 1), scales, None)
+            self._bias = bias
+            self._row_sums = (weight.float() * scales[:, None]).sum(1)  # of the weight the kernel multiplies by
+        else:
+            self._packed = _pack(weight, scales, bias)
         # The outlier columns are taken from the int8 weight as it is, unpacked.
         self._unpacked = None if outlier_threshold is None else (weight, scales)
         self._part = None  # (stacked Int8Linear, first row, end row) once stacked
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, outlier_threshold: Optional[float] = None) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, outlier_threshold: Optional[float] = None,
+                    per_row: bool = False) -> "Int8Linear":
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
         quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        return cls(quantized, scales, bias, outlier_threshold)
+        return cls(quantized, scales, bias, outlier_threshold, per_row)
 
     def unpack(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """(int8 weight, per-row scales, float bias or None)."""
@@ -140,7 +154,10 @@ class Int8Linear(nn.Module):
             weight, scales, bias = stack.unpack()
             return weight[start:end], scales[start:end], None if bias is None else bias[start:end]
         quantized, bias = torch.ops.quantized.linear_unpack(self._packed)
-        return quantized.int_repr(), quantized.q_per_channel_scales().float(), bias
+        weight = quantized.int_repr()
+        if self.per_row:
+            weight, bias = weight[:, :self.in_features], self._bias
+        return weight, quantized.q_per_channel_scales().float(), bias
 
     @staticmethod
     def stack(layers) -> "Int8Linear":
@@ -159,13 +176,17 @@ class Int8Linear(nn.Module):
         thresholds = {layer.outlier_threshold for layer in layers}
         if len(thresholds) > 1:
             raise ValueError(f"Int8Linear.stack: expected one outlier_threshold, given {sorted(thresholds, key=str)}")
+        per_row = {layer.per_row for layer in layers}
+        if len(per_row) > 1:
+            raise ValueError("Int8Linear.stack: expected layers all per_row or none, given a mix")
         stack = Int8Linear(
             torch.cat([weight for weight, _, _ in parts]), torch.cat([scales for _, scales, _ in parts]),
-            None if biases[0] is None else torch.cat(biases), thresholds.pop(),
+            None if biases[0] is None else torch.cat(biases), thresholds.pop(), per_row.pop(),
         )
         start = 0
         for layer in layers:
             layer._packed, layer._unpacked = None, None
+            layer._bias = layer._row_sums = None
             layer._part = (stack, start, start + layer.out_features)
             start += layer.out_features
         return stack
@@ -176,9 +197,39 @@ class Int8Linear(nn.Module):
             return stack(x)[..., start:end]
         if x.dtype != torch.float32 or x.shape[-1] != self.in_features:
             raise self._wrong_input(x)
+        if self.per_row:
+            return self._per_row(x)
         if self.outlier_threshold is None:
             return _linear_dynamic(x, self._packed, self._reduce_range)
         return self._with_outliers(x)
+
+    def _per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """The product with every row of ``x`` rounded to 8 bits on its own range, so that a row's result
+        does not depend on the other rows of the call (a batch of sequences decodes as each would alone).
+
+        fbgemm takes one range per call, the span of all its inputs. Each row is mapped affinely onto
+        [-1, 1] (``x = center + half * u``), and two extra input columns holding +1 and -1 (with zero
+        weights) make [-1, 1] the span of every call, whatever its rows: each row is rounded as it would be
+        alone. ``x W^T = half * (u W^T) + center * (row sums of W)`` then undoes the mapping."""
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] == 0:
+            return x.new_empty(*x.shape[:-1], self.out_features)
+        if flat.shape[0] == 1:  # one token (decoding): the whole-tensor reduction is 3x faster
+            low, high = (t.view(1, 1) for t in torch.aminmax(flat))
+        else:
+            low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+        half = (high - low).mul_(0.5).clamp_min_(torch.finfo(torch.float32).tiny)
+        center = low.add_(half)
+        unit = torch.empty(flat.shape[0], self.in_features + 2, dtype=flat.dtype)
+        torch.sub(flat, center, out=unit[:, :self.in_features])
+        unit[:, :self.in_features].div_(half).clamp_(-1.0, 1.0)
+        unit[:, self.in_features:] = _SENTINELS
+        product = _linear_dynamic(unit, self._packed, self._reduce_range)
+        if self._bias is None:
+            out = torch.addcmul(product.mul_(half), center, self._row_sums)
+        else:
+            out = torch.addcmul(self._bias, center, self._row_sums).addcmul_(product, half)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def _wrong_input(self, x: torch.Tensor) -> Exception:
         if x.dtype != torch.float32:
@@ -201,7 +252,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         threshold = "" if self.outlier_threshold is None else f", outlier_threshold={self.outlier_threshold}"
-        return f"in_features={self.in_features}, out_features={self.out_features}{threshold}"
+        per_row = ", per_row=True" if self.per_row else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}{threshold}{per_row}"
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         raise RuntimeError(
@@ -210,12 +262,17 @@ class Int8Linear(nn.Module):
         )
 
 
-def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None) -> nn.Module:
+def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, per_row: bool = False) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` of a float32 PyTorch ``model`` by an :class:`Int8Linear`
     (int8 weights, per-channel scales) and return the model, in eval mode, for faster CPU inference.
 
     ``outlier_threshold``: None (decoders) or a number > 0, above which an input column is multiplied in
     float32; :data:`OUTLIER_THRESHOLD` for post-norm encoders (see the module docstring).
+
+    ``per_row``: round each input row (token) to 8 bits on its own range instead of one range per call,
+    so that a sequence gets the same outputs whatever else is in its batch (``polyformers serve --int8``
+    needs this: a request must decode as it would alone). It costs a few element-wise operations per
+    layer; with ``outlier_threshold`` None only.
 
     Greedy decoding usually picks the same tokens as in float32; logits move by about a percent. The
     float weights of the replaced layers are released, so ``copy.deepcopy`` the model first to keep a
@@ -246,11 +303,15 @@ def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None) -
                 f"quantize_int8: expected float32 weights on the CPU, given {linear.weight.dtype} on "
                 f"{linear.weight.device} in {name!r}; load with dtype=torch.float32"
             )
+    if not isinstance(per_row, bool):
+        raise TypeError(f"quantize_int8: per_row: expected a bool, given {per_row!r}")
+    if per_row and outlier_threshold is not None:
+        raise ValueError(f"quantize_int8: per_row=True takes outlier_threshold=None, given {outlier_threshold!r}")
     threshold = None if outlier_threshold is None else float(outlier_threshold)
     replaced: dict[int, Int8Linear] = {}  # a layer reachable twice becomes one Int8Linear
     for parent, name, linear in linears:
         if id(linear) not in replaced:
-            replaced[id(linear)] = Int8Linear.from_linear(linear, threshold)
+            replaced[id(linear)] = Int8Linear.from_linear(linear, threshold, per_row)
         setattr(parent, name, replaced[id(linear)])
     model.eval()
     model.requires_grad_(False)

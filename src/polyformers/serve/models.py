@@ -108,7 +108,10 @@ def load_served_model(name: str, path: str, *, dtype: Optional[str] = None, int8
     if int8:
         from ..pt.quantize import OUTLIER_THRESHOLD, quantize_int8
 
-        quantize_int8(model, OUTLIER_THRESHOLD if kind == "encoder" else None)
+        if kind == "encoder":
+            quantize_int8(model, OUTLIER_THRESHOLD)
+        else:  # each request decodes as it would alone, whatever shares its batch
+            quantize_int8(model, per_row=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
     served = ServedModel(name=name, path=path, kind=kind, tokenizer=tokenizer, model=model,
                          context=context_length(config))
