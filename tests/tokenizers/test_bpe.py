@@ -300,6 +300,29 @@ def _build_spec(assets: Path, work: Path, ids_for_decode: dict[str, list[list[in
     call("words", "gpt2-prefixFast", plain_words, is_split_into_words=True, probes=[["word_ids", [0]],
                                                                                  ["word_to_tokens", [0, 3]]])
 
+    # add_prefix_space=True: the space is put in front by polyformers (by the slow tokenizer's rule), yet every
+    # position (offsets, char_to_token, token_to_chars, char_to_word, word_to_chars) is in the caller's text,
+    # as the reference's fast tokenizers (whose backend puts the space) report it
+    prefix_texts = [EDGE_TEXTS[0], "hi  there!", "a b\tc\nd", EDGE_TEXTS[6], EDGE_TEXTS[10], ROBERTA_TEXTS[0]]
+    for name in ("gpt2-prefixFast", "roberta-prefixFast"):
+        for text in prefix_texts:
+            probes = [["char_to_token", [i]] for i in range(len(text))]
+            probes += [["char_to_word", [i]] for i in range(len(text))]
+            probes += [["token_to_chars", [i]] for i in range(len(text) // 2)]
+            probes += [["word_to_chars", [i]] for i in range(2)]
+            call("prefix", name, text, probes=probes, **rich)
+        call("prefix", name, prefix_texts[:4], padding=name.startswith("roberta"), probes=[
+            ["char_to_token", [1, 3]], ["token_to_chars", [2, 1]], ["char_to_word", [3, 2]], ["word_to_chars", [0, 1]]],
+            **rich)
+        first, second = prefix_texts[0], prefix_texts[1]
+        probes = [["char_to_token", [i, 1]] for i in range(len(second))]
+        probes += [["token_to_chars", [i]] for i in range(6)] + [["word_to_chars", [1, 1]]]
+        call("prefix", name, first, second, probes=probes, **rich)
+        call("prefix", name, ["Hello", "world", "again"], is_split_into_words=True, **rich,
+             probes=[["word_to_chars", [i]] for i in range(3)] + [["char_to_token", [i]] for i in range(5)])
+        call("prefix", name, prefix_texts[0] * 3, truncation=True, max_length=5, stride=1,
+             return_overflowing_tokens=True, probes=[["token_to_chars", [1, 1]], ["char_to_token", [1, 6]]], **rich)
+
     # decoding, ids and tokens
     gpt2_ids = [15496, 11, 995, 0, 314, 1101, 994, 13, 50256, 220, 198, 198, 40792, 23877, 229]
     bad_utf8 = [15496, 220, 3581, 10263, 224, 254]  # ends with the first bytes of a 3-byte character
@@ -436,7 +459,7 @@ def _group(results, group: str) -> list[str]:
     return [c["id"] for c in results["spec"]["calls"] if c["id"].split("/")[0] == group and c["side"] == "both"]
 
 
-GROUPS = ["corpus", "neox", "edge", "added", "pairs", "words", "decode", "gptj", "grow"]
+GROUPS = ["corpus", "neox", "edge", "added", "pairs", "words", "decode", "gptj", "grow", "prefix"]
 
 
 def test_tokenizers_build_alike(results):

@@ -240,27 +240,109 @@ class _WordsNeedPrefixSpace:
         data = dict(output)
         processor = backend.post_processor
         trimmed = processor is not None and '"trim_offsets":true' in processor.__getstate__().decode().replace(" ", "")
+        samples = data.get("overflow_to_sample_mapping") or list(range(len(output.encodings)))
+        encodings = [_InUserText(encoding, shifts[sample], trimmed) for sample, encoding in zip(samples, output.encodings)]
         if "offset_mapping" in data:
-            samples = data.get("overflow_to_sample_mapping") or list(range(len(data["offset_mapping"])))
-            for row, (sample, encoding) in enumerate(zip(samples, output.encodings)):
-                fixed = []
-                tokens = zip(data["offset_mapping"][row], encoding.sequence_ids, encoding.word_ids)
-                for offset, sequence, word in tokens:
-                    shift, length = 0, 0
-                    if sequence is not None:
-                        added = shifts[sample][sequence]
-                        if isinstance(added, list):
-                            added = added[word] if word is not None else (0, 0)
-                        shift, length = added
-                    if shift:
-                        # A token of the space put in front alone spans the text's first character, or
-                        # nothing where offsets are trimmed, as with the backend's own prefix space.
-                        start, end = offset[0] - shift, offset[1] - shift
-                        fixed.append((max(0, start), end if end > 0 else 0 if trimmed else min(1, length)))
-                    else:
-                        fixed.append(tuple(offset))
-                data["offset_mapping"][row] = fixed
-        return BatchEncoding(data, output.encodings, tensor_type=return_tensors)
+            data["offset_mapping"] = [encoding.offsets for encoding in encodings]
+        return BatchEncoding(data, encodings, tensor_type=return_tensors)
+
+
+def _offsets_in_user_text(encoding: Any, shifts: tuple, trimmed: bool) -> list[tuple[int, int]]:
+    """The backend's offsets (in the text with the space put in front) as positions in the caller's text.
+
+    `shifts` holds, per sequence, ``(1, length)`` where a space was put in front of a text of `length`
+    characters and ``(0, 0)`` where none was, or (pre-split words) a list of those, one per word.
+    """
+    fixed = []
+    for offset, sequence, word in zip(encoding.offsets, encoding.sequence_ids, encoding.word_ids):
+        shift, length = 0, 0
+        if sequence is not None and sequence < len(shifts):
+            added = shifts[sequence]
+            if isinstance(added, list):
+                added = added[word] if word is not None and word < len(added) else (0, 0)
+            shift, length = added
+        if shift:
+            # A token of the space put in front alone spans the text's first character, or nothing where
+            # offsets are trimmed, as with the backend's own prefix space.
+            start, end = offset[0] - shift, offset[1] - shift
+            fixed.append((max(0, start), end if end > 0 else 0 if trimmed else min(1, length)))
+        else:
+            fixed.append(tuple(offset))
+    return fixed
+
+
+class _InUserText:
+    """A backend `Encoding` whose character positions are those of the caller's text.
+
+    The byte-level tokenizers put the slow tokenizer's prefix space in front of a text themselves, so the
+    backend's positions count that space. This view gives every position-reporting method
+    (``offsets``, ``token_to_chars``, ``char_to_token``, ``char_to_word``, ``word_to_chars``) in the text
+    the caller passed, answering as the backend does (the first token whose span holds a character);
+    everything else is the backend encoding's own.
+    """
+
+    __slots__ = ("_encoding", "_shifts", "_trimmed", "_offsets")
+
+    def __init__(self, encoding: Any, shifts: tuple, trimmed: bool) -> None:
+        self._encoding = encoding
+        self._shifts = shifts
+        self._trimmed = trimmed
+        self._offsets = _offsets_in_user_text(encoding, shifts, trimmed)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in _InUserText.__slots__:
+            raise AttributeError(name)
+        return getattr(self._encoding, name)
+
+    def __len__(self) -> int:
+        return len(self._encoding)
+
+    def __repr__(self) -> str:
+        return f"Encoding(num_tokens={len(self._encoding)}, offsets in the caller's text)"
+
+    def __getstate__(self) -> dict:
+        return {"encoding": self._encoding, "shifts": self._shifts, "trimmed": self._trimmed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["encoding"], state["shifts"], state["trimmed"])
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        return list(self._offsets)
+
+    @property
+    def overflowing(self) -> list["_InUserText"]:
+        return [_InUserText(item, self._shifts, self._trimmed) for item in self._encoding.overflowing]
+
+    def token_to_chars(self, token_index: int):
+        if self._encoding.token_to_chars(token_index) is None:
+            return None
+        return self._offsets[token_index]
+
+    def _sequence_range(self, sequence_index: int) -> range:
+        # The backend looks in the tokens of that sequence, or in all of them when it has no such range.
+        tokens = [index for index, sequence in enumerate(self._encoding.sequence_ids) if sequence == sequence_index]
+        if not tokens or self._encoding.n_sequences < 2 and None not in self._encoding.sequence_ids:
+            return range(len(self._offsets))
+        return range(tokens[0], tokens[-1] + 1)
+
+    def char_to_token(self, char_pos: int, sequence_index: int = 0):
+        self._encoding.char_to_token(char_pos, sequence_index)  # the backend's own argument checks
+        for index in self._sequence_range(sequence_index):
+            start, end = self._offsets[index]
+            if start <= char_pos < end:
+                return index
+        return None
+
+    def char_to_word(self, char_pos: int, sequence_index: int = 0):
+        token = self.char_to_token(char_pos, sequence_index)
+        return None if token is None else self._encoding.word_ids[token]
+
+    def word_to_chars(self, word_index: int, sequence_index: int = 0):
+        span = self._encoding.word_to_tokens(word_index, sequence_index)
+        if span is None or span[1] == 0:
+            return None
+        return self._offsets[span[0]][0], self._offsets[span[1] - 1][1]
 
 
 class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):

@@ -8,6 +8,7 @@ SentencePiece piece ``i`` has id ``i + offset``; its own first two pieces (pad a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -52,6 +53,7 @@ class SentencePieceModel:
 
 
 UNIGRAM = 1
+_UNKNOWN, _CONTROL = 2, 3  # SentencePiece piece types
 
 
 class _WireError(ValueError):
@@ -376,6 +378,51 @@ class PegasusTokenizer(PreTrainedTokenizer):
 # ----------------------------------------------------------------------------------- fast
 
 
+def _spaces_as_sentencepiece() -> List[Any]:
+    """The normalizer steps after the model's own character map: SentencePiece drops trailing spaces and
+    runs of spaces become one boundary marker. Only spaces: other whitespace that the model's normalization
+    keeps ("\n", "\t" with some models) is text, as in the slow tokenizer (the reference's fast one drops
+    it)."""
+    return [normalizers.Replace(Regex(" +\\z"), ""), normalizers.Replace(Regex(" {2,}"), SPIECE_UNDERLINE)]
+
+
+def _words_as_sentencepiece() -> Any:
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(" ", "removed"),
+            pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always"),
+        ]
+    )
+
+
+def _spaces_like_the_slow_tokenizer(backend: Tokenizer) -> Tokenizer:
+    """`backend` (a loaded tokenizer.json), with the reference's whitespace handling replaced by the slow one's.
+
+    The reference's converter writes a normalizer ``[Precompiled, Strip(right), Replace(" {2,}", "▁")]`` (older
+    versions: ``[Precompiled, Replace(" {2,}", " ")]``) and a pre-tokenizer ``[WhitespaceSplit, Metaspace]``,
+    which drop every newline and tab; SentencePiece (the slow tokenizer) keeps those its character map keeps.
+    The character map is in the file, so the pipeline is rebuilt as
+    :func:`pegasus_tokenizer` builds it from a spiece.model. Any other pipeline is left as it is.
+    """
+    pipeline = json.loads(backend.to_str())
+    pre = pipeline.get("pre_tokenizer") or {}
+    kinds = [step.get("type") for step in pre.get("pretokenizers") or [pre]]
+    if kinds != ["WhitespaceSplit", "Metaspace"]:
+        return backend
+    normalizer = pipeline.get("normalizer") or {}
+    steps = normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else [normalizer]
+    steps = [step for step in steps or [] if step]
+    charmaps = [step for step in steps if step.get("type") == "Precompiled"]
+    spaces = [step for step in steps if step.get("type") == "Strip"
+              or step.get("type") == "Replace" and step.get("content") in (" ", SPIECE_UNDERLINE)]
+    if len(charmaps) + len(spaces) != len(steps):
+        return backend  # a normalizer of another kind: not the reference's Pegasus pipeline
+    ours = [json.loads(step.__getstate__()) for step in _spaces_as_sentencepiece()]
+    pipeline["normalizer"] = {"type": "Sequence", "normalizers": charmaps + ours}
+    pipeline["pre_tokenizer"] = json.loads(_words_as_sentencepiece().__getstate__())
+    return Tokenizer.from_str(json.dumps(pipeline))
+
+
 def pegasus_tokenizer(
     vocab_file: str | os.PathLike,
     *,
@@ -408,21 +455,14 @@ def pegasus_tokenizer(
         vocab.append((str(mask_token), 0.0))
     # Fillers score so low that the Unigram model never picks them for text.
     vocab += [(f"<unk_{i}>", -100.0) for i in range(2, offset)]
-    vocab += [(piece, score) for piece, score, _ in model.pieces[2:]]
+    # SentencePiece never produces a control or unknown piece (e.g. a model's own "</s>") from text; here they
+    # keep their ids but score as low as the fillers, so that text spells them with ordinary pieces.
+    vocab += [(piece, -100.0 if kind in (_UNKNOWN, _CONTROL) else score) for piece, score, kind in model.pieces[2:]]
     tokenizer = Tokenizer(models.Unigram(vocab, model.unk_id + offset))
 
     steps = [normalizers.Precompiled(model.precompiled_charsmap)] if model.precompiled_charsmap else []
-    # SentencePiece drops trailing spaces; runs of spaces become one boundary marker. Only spaces: other
-    # whitespace the model's normalization keeps ("\n", "\t" with some models) is text, as in the slow
-    # tokenizer (the reference's fast one drops it).
-    steps += [normalizers.Replace(Regex(" +$"), ""), normalizers.Replace(Regex(" {2,}"), SPIECE_UNDERLINE)]
-    tokenizer.normalizer = normalizers.Sequence(steps)
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(" ", "removed"),
-            pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always"),
-        ]
-    )
+    tokenizer.normalizer = normalizers.Sequence(steps + _spaces_as_sentencepiece())
+    tokenizer.pre_tokenizer = _words_as_sentencepiece()
     tokenizer.decoder = decoders.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always")
     tokenizer.post_processor = processors.TemplateProcessing(
         single=["$A", str(eos_token)],
@@ -469,6 +509,10 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
     max_model_input_sizes = dict(_PEGASUS_CHECKPOINTS)
     slow_tokenizer_class = PegasusTokenizer
     model_input_names = ["input_ids", "attention_mask"]
+    # backend id -> slow id where they differ, and back (see _slow_id_layout)
+    _to_slow_ids: Dict[int, int] = {}
+    _to_backend_ids: Dict[int, int] = {}
+    _piece_unk_id: Optional[int] = None  # the Unigram model's unknown id
 
     def __init__(
         self,
@@ -506,6 +550,83 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
         )
         self.vocab_file = vocab_file
         self.mask_token_sent = mask_token_sent
+        self._tokenizer = _spaces_like_the_slow_tokenizer(self._tokenizer)
+        self._to_slow_ids, self._to_backend_ids = self._slow_id_layout()
+
+    def _slow_id_layout(self) -> Tuple[Dict[int, int], Dict[int, int]]:
+        """Where the slow tokenizer numbers an added token otherwise than the backend: backend id -> slow id,
+        and back.
+
+        The slow tokenizer numbers its tokens by a dict of the vocabulary's contents: a content that a
+        SentencePiece piece repeats (a model's own "</s>" piece) keeps the reserved id (eos: 1) where the
+        backend takes the piece's, and a special token that is no piece (an "<unk>" whose piece lies under the
+        reserved ids) gets the count of distinct contents as its id, one less per repeat than the backend's.
+        """
+        backend = self._tokenizer
+        model = backend.model
+        if not isinstance(model, models.Unigram):
+            return {}, {}
+        self._piece_unk_id = json.loads(model.__getstate__()).get("unk_id")
+        size = backend.get_vocab_size(with_added_tokens=False)
+        contents = [model.id_to_token(index) for index in range(size)]
+        numbering = {content: index for index, content in enumerate(contents)}
+        numbering.update({contents[index]: index for index in range(min(self.offset, size))})
+        following = len(numbering)
+        to_slow = {}
+        for index, token in sorted(backend.get_added_tokens_decoder().items()):
+            wanted = numbering.get(token.content)
+            if wanted is None:
+                wanted, following = following, following + 1
+                numbering[token.content] = wanted
+            if wanted != index:
+                to_slow[index] = wanted
+        return to_slow, {slow: index for index, slow in to_slow.items()}
+
+    def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        added = super()._add_tokens(new_tokens, special_tokens=special_tokens)
+        self._to_slow_ids, self._to_backend_ids = self._slow_id_layout()  # the new tokens' ids too
+        return added
+
+    def _convert_token_to_id_with_added_voc(self, token: str) -> Optional[int]:
+        index = self._tokenizer.token_to_id(token)
+        if index is None:
+            # like the slow tokenizer: SentencePiece's unknown piece (shifted by the offset), which is the
+            # unknown token's id unless a model's own "<unk>" piece lies under the reserved ids
+            return self.unk_token_id if self._piece_unk_id is None else self._piece_unk_id
+        return self._to_slow_ids.get(index, index)
+
+    def _convert_id_to_token(self, index: int) -> Optional[str]:
+        return super()._convert_id_to_token(self._to_backend_ids.get(int(index), int(index)))
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        if isinstance(ids, int):
+            return self._convert_id_to_token(ids)
+        skipped = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._convert_id_to_token(index) for index in ids if int(index) not in skipped]
+
+    def get_vocab(self) -> Dict[str, int]:
+        vocab = super().get_vocab()
+        return {token: self._to_slow_ids.get(index, index) for token, index in vocab.items()}
+
+    @property
+    def added_tokens_decoder(self) -> Dict[int, AddedToken]:
+        """Added tokens by id, numbered as the slow tokenizer numbers them."""
+        tokens = super().added_tokens_decoder
+        return dict(sorted((self._to_slow_ids.get(index, index), token) for index, token in tokens.items()))
+
+    def _convert_encoding(self, encoding, *args, **kwargs):
+        columns, encodings = super()._convert_encoding(encoding, *args, **kwargs)
+        if self._to_slow_ids:
+            columns["input_ids"] = [[self._to_slow_ids.get(index, index) for index in ids]
+                                    for ids in columns["input_ids"]]
+        return columns, encodings
+
+    def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs):
+        if self._to_backend_ids:
+            if isinstance(token_ids, int):
+                token_ids = [token_ids]
+            token_ids = [self._to_backend_ids.get(int(index), int(index)) for index in token_ids]
+        return super()._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)
 
     @property
     def can_save_slow_tokenizer(self) -> bool:  # type: ignore[override]
