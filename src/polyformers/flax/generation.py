@@ -1,4 +1,5 @@
-"""Generation for the Flax models: greedy search, sampling and beam search, each one compiled program.
+"""Generation for the Flax models: greedy search, sampling, beam search and beam sampling, each one compiled
+program.
 
 The whole of ``generate`` — encoder, cache, decoding loop — runs under one ``jax.jit`` whose loop is a
 ``lax.while_loop`` over fixed-shape state: the sequences are preallocated at ``max_length`` (padded
@@ -8,6 +9,13 @@ so a second call with the same shapes runs without tracing.
 
 Models provide ``encode``, ``init_cache(batch, max_length, encoder_outputs)`` and ``decode`` with a cache
 and positions; the logits processors below follow the reference's ``Flax*LogitsProcessor`` classes.
+
+Beam sampling (``do_sample=True`` with ``num_beams > 1``), which the reference's 4.37 Flax ``generate``
+refuses, follows its PyTorch ``beam_sample``: the same loop as beam search, but the ``2 * num_beams``
+candidates of each step are drawn without replacement from the softmax of the warped scores plus the
+beam scores (every beam starting at score 0), instead of being the best ones. Finished hypotheses are then
+kept as the Flax beam search keeps them: an end token anywhere among the candidates can finish one, where
+the reference's PyTorch scorer takes only those ranked within the first ``num_beams``.
 """
 
 from __future__ import annotations
@@ -152,7 +160,7 @@ class FlaxSuppressTokensLogitsProcessor(FlaxLogitsProcessor):
 
 @dataclasses.dataclass(frozen=True)
 class _Settings:
-    mode: str  # "greedy", "sample" or "beam"
+    mode: str  # "greedy", "sample" or "beam" (beam sampling: "beam" with do_sample)
     max_length: int
     pad_token_id: int
     eos_token_ids: tuple
@@ -160,6 +168,7 @@ class _Settings:
     length_penalty: float = 1.0
     early_stopping: Any = False
     num_return_sequences: int = 1
+    do_sample: bool = False
 
 
 def _processors(config, max_length: int, prompt_length: int) -> FlaxLogitsProcessorList:
@@ -179,12 +188,17 @@ def _processors(config, max_length: int, prompt_length: int) -> FlaxLogitsProces
 
 def _warpers(config) -> FlaxLogitsProcessorList:
     warpers = FlaxLogitsProcessorList()
+    # As the reference's beam methods: each beam keeps at least one token besides the end tokens, so that
+    # a continuation can always be drawn (the reference counts the end tokens only when given as a list).
+    keep = 1
+    if config.num_beams > 1:
+        keep = len(config.eos_token_id) + 1 if isinstance(config.eos_token_id, list) else 2
     if config.temperature is not None and config.temperature != 1.0:
         warpers.append(FlaxTemperatureLogitsWarper(config.temperature))
     if config.top_k is not None and config.top_k != 0:
-        warpers.append(FlaxTopKLogitsWarper(config.top_k))
+        warpers.append(FlaxTopKLogitsWarper(config.top_k, min_tokens_to_keep=keep))
     if config.top_p is not None and config.top_p < 1.0:
-        warpers.append(FlaxTopPLogitsWarper(config.top_p))
+        warpers.append(FlaxTopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
     return warpers
 
 
@@ -210,9 +224,15 @@ class FlaxGenerationMixin:
         ``decoder_input_ids``, ``decoder_attention_mask`` and ``encoder_outputs`` go to the model.
         ``prng_key`` seeds sampling. ``trace=False`` runs the loop step by step in Python, for debugging.
 
-        Returns ``FlaxGreedySearchOutput`` / ``FlaxSampleOutput`` / ``FlaxBeamSearchOutput`` whose
-        ``sequences`` are (batch * num_return_sequences, max_length), the decoder start token first and
-        ``pad_token_id`` after each sequence's end.
+        ``do_sample=True`` with ``num_beams > 1`` is beam sampling (as the reference's PyTorch
+        ``beam_sample``; its Flax ``generate`` refuses it): each step draws ``2 * num_beams`` candidates
+        without replacement from the warped distribution, and the beam search goes on with them.
+
+        Returns ``FlaxGreedySearchOutput`` / ``FlaxSampleOutput`` / ``FlaxBeamSearchOutput`` (beam search
+        and beam sampling) whose ``sequences`` are (batch * num_return_sequences, max_length), the decoder
+        start token first and ``pad_token_id`` after each sequence's end; a beam output's ``scores`` are
+        the sequences' scores (summed log-probabilities, after the processors and warpers, divided by
+        ``generated length ** length_penalty`` once finished), best first for each input.
         """
         from ..generation_config import GenerationConfig
 
@@ -229,8 +249,6 @@ class FlaxGenerationMixin:
                 f"generate() got keyword arguments that are neither generation settings nor model inputs: {unknown}; "
                 f"model inputs are {list(self._MODEL_KWARGS)}"
             )
-        if config.num_beams > 1 and config.do_sample:
-            raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported by Flax generate")
         if config.pad_token_id is None and config.eos_token_id is not None:
             eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
             logger.warning("Setting `pad_token_id` to `eos_token_id`:%s for open-end generation.", eos)
@@ -263,7 +281,7 @@ class FlaxGenerationMixin:
         eos = () if config.eos_token_id is None else tuple(np.atleast_1d(config.eos_token_id).tolist())
         settings = _Settings(mode, int(max_length), int(config.pad_token_id if config.pad_token_id is not None else 0),
                              eos, config.num_beams, float(config.length_penalty), config.early_stopping,
-                             config.num_return_sequences)
+                             config.num_return_sequences, bool(config.do_sample))
         if mode == "beam" and config.num_return_sequences > config.num_beams:
             raise ValueError(
                 f"num_return_sequences ({config.num_return_sequences}) must be at most num_beams ({config.num_beams})"
@@ -277,7 +295,7 @@ class FlaxGenerationMixin:
                     "create; change the settings instead"
                 )
             processors.extend(logits_processor)
-        warpers = _warpers(config) if mode == "sample" else FlaxLogitsProcessorList()
+        warpers = _warpers(config) if config.do_sample else FlaxLogitsProcessorList()
 
         encoder_outputs = model_kwargs.get("encoder_outputs")
         arrays = dict(
@@ -287,7 +305,7 @@ class FlaxGenerationMixin:
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=model_kwargs.get("decoder_attention_mask"),
             encoder_states=None if encoder_outputs is None else encoder_outputs[0],
-            prng_key=jax.random.PRNGKey(0) if prng_key is None else prng_key,
+            prng_key=jax.random.PRNGKey(0) if prng_key is None else _checked_key(prng_key),
         )
         if arrays["attention_mask"] is not None:
             arrays["attention_mask"] = jnp.asarray(arrays["attention_mask"], dtype=jnp.int32)
@@ -304,6 +322,17 @@ class FlaxGenerationMixin:
         return compiled[key](**arrays)
 
 
+def _checked_key(prng_key):
+    """``prng_key`` as given when it is a JAX random key: a typed key, or a raw (2,) uint32 one."""
+    shape, dtype = getattr(prng_key, "shape", None), getattr(prng_key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return prng_key
+    if dtype == jnp.uint32 and shape == (2,):
+        return prng_key
+    given = type(prng_key).__name__ if shape is None else f"{type(prng_key).__name__} of shape {tuple(shape)}, {dtype}"
+    raise ValueError(f"prng_key must be a JAX random key such as jax.random.PRNGKey(0) (shape (2,), uint32), got {given}")
+
+
 def _python_loop(cond, body, state):
     while bool(cond(state)):
         state = body(state)
@@ -317,8 +346,8 @@ def _generate(model, settings: _Settings, processors, warpers, *, loop, params, 
     if encoder_states is None:
         encoder_states = model.encode(input_ids, attention_mask, params=params, return_dict=True).last_hidden_state
     if settings.mode == "beam":
-        return _beam_search(model, settings, processors, loop, params, encoder_states, attention_mask,
-                            decoder_input_ids, decoder_attention_mask)
+        return _beam_search(model, settings, processors, warpers, loop, params, encoder_states, attention_mask,
+                            decoder_input_ids, decoder_attention_mask, prng_key)
     return _greedy_or_sample(model, settings, processors, warpers, loop, params, encoder_states, attention_mask,
                              decoder_input_ids, decoder_attention_mask, prng_key)
 
@@ -356,7 +385,7 @@ def _greedy_or_sample(model, settings, processors, warpers, loop, params, encode
         scores = processors(sequences, out.logits[:, -1].astype(jnp.float32), cur_len)
         if settings.mode == "sample":
             key, now = jax.random.split(key)
-            scores = warpers(scores, scores, cur_len)
+            scores = warpers(sequences, scores, cur_len)
             next_tokens = jax.random.categorical(now, scores, axis=-1)
         else:
             next_tokens = jnp.argmax(scores, axis=-1)
@@ -378,11 +407,36 @@ def _greedy_or_sample(model, settings, processors, warpers, loop, params, encode
     return output_class(sequences=state[1])
 
 
-def _beam_search(model, settings, processors, loop, params, encoder_states, attention_mask, decoder_input_ids,
-                 decoder_attention_mask):
+def _best_candidates(totals, width: int):
+    """Beam search's candidates: the ``width`` best (beam, token) scores of each row, best first."""
+    return lax.top_k(totals, width)
+
+
+def _sampled_candidates(totals, width: int, key):
+    """Beam sampling's candidates: ``width`` (beam, token) pairs of each row drawn without replacement
+    from ``softmax(totals)`` (the reference's ``torch.multinomial(probs, width)``), with their scores.
+
+    Adding independent Gumbel noise to the log-weights and keeping the ``width`` largest draws a sample
+    without replacement with exactly the probabilities of drawing one item at a time, each in proportion
+    to its weight among those left; pairs of weight zero (score ``-inf``) come last. The reference then
+    sorts the draws by score; the beam search below picks from the candidates by score, so their order
+    does not matter here.
+    """
+    noisy = totals + jax.random.gumbel(key, totals.shape, dtype=totals.dtype)
+    drawn = lax.top_k(noisy, width)[1]
+    return jnp.take_along_axis(totals, drawn, axis=-1), drawn
+
+
+def _beam_search(model, settings, processors, warpers, loop, params, encoder_states, attention_mask,
+                 decoder_input_ids, decoder_attention_mask, prng_key):
     """Beam search as the reference's Flax version (after the Flax WMT example): ``num_beams`` running
     hypotheses and ``num_beams`` finished ones per source, scores divided by ``length ** length_penalty``
-    when a hypothesis finishes."""
+    when a hypothesis finishes.
+
+    With ``settings.do_sample`` it is beam sampling, as the reference's PyTorch ``beam_sample``: the warpers
+    follow the processors, every beam starts at score 0 (so the first step draws from ``num_beams`` copies
+    of the same distribution), and the ``2 * num_beams`` candidates of a step are drawn rather than the best.
+    """
     batch, prompt_length = decoder_input_ids.shape
     beams, max_length, pad = settings.num_beams, settings.max_length, settings.pad_token_id
     length_penalty, early_stopping = settings.length_penalty, settings.early_stopping
@@ -404,14 +458,18 @@ def _beam_search(model, settings, processors, loop, params, encoder_states, atte
     cache = model.init_cache(batch * beams, max_length, encoder_outputs)
     running = lax.dynamic_update_slice(jnp.full((batch, beams, max_length), pad, dtype=jnp.int32), prompt, (0, 0, 0))
     initial_processor_ids = flat(running)
-    running_scores = jnp.tile(jnp.array([0.0] + [_NEG] * (beams - 1), dtype=jnp.float32), (batch, 1))
+    sample = settings.do_sample
+    # Identical beams at the start: beam search expands the first only; beam sampling (the reference's
+    # PyTorch beam_sample) starts them all at 0.
+    running_scores = jnp.tile(jnp.array([0.0] + [0.0 if sample else _NEG] * (beams - 1), dtype=jnp.float32),
+                              (batch, 1))
     finished_sequences = jnp.full((batch, beams, max_length), pad, dtype=jnp.int32)
     finished_scores = jnp.full((batch, beams), _NEG, dtype=jnp.float32)
     is_finished = jnp.zeros((batch, beams), dtype=bool)
     eos = settings.eos_token_ids
 
     def cond(state):
-        cur_len, running, running_scores, _, finished_scores, is_finished, _, _ = state
+        cur_len, running, running_scores, _, finished_scores, is_finished = state[:6]
         if early_stopping == "never" and length_penalty > 0.0:
             best_running = running_scores[:, :1] / float(max_length - prompt_length) ** length_penalty
         else:
@@ -422,15 +480,22 @@ def _beam_search(model, settings, processors, loop, params, encoder_states, atte
         return (cur_len < max_length) & open_beams & improvable
 
     def body(state, width=1):
-        cur_len, running, running_scores, finished_sequences, finished_scores, is_finished, positions, cache = state
+        cur_len, running, running_scores, finished_sequences, finished_scores, is_finished, positions, cache, key = state
         tokens = flat(lax.dynamic_slice(running, (0, 0, cur_len - width), (batch, beams, width)))
         out = model.decode(tokens, encoder_outputs, attention_mask, slots_mask, positions, past_key_values=cache,
                            params=params, return_dict=True)
         log_probs = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32))
         log_probs = processors(initial_processor_ids, log_probs, cur_len)
+        if sample:
+            log_probs = warpers(initial_processor_ids, log_probs, cur_len)
         log_probs = log_probs.reshape(batch, beams, -1) + running_scores[:, :, None]
         vocab = log_probs.shape[-1]
-        top_scores, top_indices = lax.top_k(log_probs.reshape(batch, beams * vocab), 2 * beams)
+        totals = log_probs.reshape(batch, beams * vocab)
+        if sample:
+            key, now = jax.random.split(key)
+            top_scores, top_indices = _sampled_candidates(totals, 2 * beams, now)
+        else:
+            top_scores, top_indices = _best_candidates(totals, 2 * beams)
         top_beams = top_indices // vocab
         top_sequences = gather(running, top_beams)
         top_sequences = lax.dynamic_update_slice(top_sequences, (top_indices % vocab)[:, :, None].astype(jnp.int32),
@@ -457,13 +522,13 @@ def _beam_search(model, settings, processors, loop, params, encoder_states, atte
         rows = (jnp.arange(batch)[:, None] * beams + source_beams).reshape(-1)
         cache = L.reorder_cache(out.past_key_values, rows)
         return (cur_len + 1, next_running, next_running_scores, finished_sequences, finished_scores, is_finished,
-                positions[:, -1:] + 1, cache)
+                positions[:, -1:] + 1, cache, key)
 
     state = (jnp.array(prompt_length), running, running_scores, finished_sequences, finished_scores, is_finished,
-             positions, cache)
+             positions, cache, prng_key)
     state = body(state, width=prompt_length)
     state = loop(cond, body, state)
-    _, running, running_scores, finished_sequences, finished_scores, is_finished, _, _ = state
+    _, running, running_scores, finished_sequences, finished_scores, is_finished = state[:6]
     # A source with no finished hypothesis returns its running ones.
     any_finished = jnp.any(is_finished, axis=1)
     sequences = jnp.where(any_finished[:, None, None], finished_sequences, running)
