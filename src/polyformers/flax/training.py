@@ -9,10 +9,15 @@ masked off biases and LayerNorm parameters, as in that example.
 
 On a mesh, :func:`make_train_step` compiles the step with ``jax.jit(in_shardings=..., out_shardings=...)``:
 parameters and the optimiser's moments are laid out by a rule table of :mod:`.sharding`, the batch is
-split on ``data``; XLA inserts the collectives, so the step computes what one device computes.
+split on ``data``; XLA inserts the collectives, so the step computes what one device computes. When the
+layout splits parameters over ``data`` (``fully_sharded``), each ``Dense`` layer gathers its weight just
+for its own product, again in the backward pass, activations stay split by batch, and on CPU the step is
+scheduled for memory: a device then peaks at about half of what it does with replicated parameters
+(``bench/flax_sharding.py``).
 """
 
 from __future__ import annotations
+
 
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -151,6 +156,74 @@ def state_shardings(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, dropout_rng=replicated)
 
 
+def _splits_data(sharding: NamedSharding) -> bool:
+    return any(entry == S.DATA or (isinstance(entry, tuple) and S.DATA in entry) for entry in sharding.spec)
+
+
+def _without_data_axis(sharding: NamedSharding) -> NamedSharding:
+    """The sharding a parameter is computed with: its stored one with the ``data`` axis dropped."""
+    def drop(entry):
+        if isinstance(entry, tuple):
+            kept = tuple(axis for axis in entry if axis != S.DATA)
+            return kept or None
+        return None if entry == S.DATA else entry
+
+    return NamedSharding(sharding.mesh, P(*(drop(entry) for entry in sharding.spec)))
+
+
+def _gathered_layers(mesh: Mesh, param_shardings) -> Callable:
+    """A flax method interceptor for a step whose parameters are split over ``data`` (fully sharded).
+
+    Left alone, XLA may keep such a weight split and move the batch to it instead, so that a device
+    holds activations of the whole global batch, and it keeps every gathered weight from the forward pass
+    alive for the backward pass. Here each ``Dense`` layer gathers its weight in a rematerialised
+    function (``jax.checkpoint``): the backward pass gathers it again rather than keeping it, and the
+    transpose of the gather reduce-scatters the gradient. The inputs and outputs of ``Dense`` and
+    ``Embed`` are pinned to the ``data`` axis on their batch dimension. The arithmetic is ``nn.Dense``'s
+    own, so losses and updates equal the unsharded step's."""
+    compute = {path: _without_data_axis(sh) for path, sh in flatten_dict(unfreeze(param_shardings)).items()}
+
+    def on_batch(x):
+        if not isinstance(x, jax.Array) or x.ndim < 2:
+            return x
+        spec = P(S.DATA, *([P.UNCONSTRAINED] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    def dense(module, x):
+        path = tuple(module.scope.path)
+        kernel = module.get_variable("params", "kernel")
+        bias = module.get_variable("params", "bias") if module.use_bias else None
+        kernel_sh, bias_sh = compute.get(path + ("kernel",)), compute.get(path + ("bias",))
+
+        @jax.checkpoint
+        def gathered(x, kernel, bias):
+            if kernel_sh is not None:
+                kernel = jax.lax.with_sharding_constraint(kernel, kernel_sh)
+            if bias is not None and bias_sh is not None:
+                bias = jax.lax.with_sharding_constraint(bias, bias_sh)
+            x, kernel, bias = flax.linen.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+            y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=module.precision)
+            return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+        return gathered(x, kernel, bias)
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if type(module) is flax.linen.Dense and context.method_name == "__call__" and not kwargs \
+                and module.dot_general is None and module.dot_general_cls is None:
+            return on_batch(dense(module, on_batch(args[0])))
+        if isinstance(module, (flax.linen.Dense, flax.linen.Embed)) and context.method_name in ("__call__", "attend"):
+            return on_batch(next_fun(*(on_batch(a) for a in args), **kwargs))
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+# XLA:CPU's default scheduler orders for concurrency and ignores memory; a fully sharded step scheduled for
+# memory peaks at about half of what it does otherwise (bench/flax_sharding.py).
+_CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None,
                     rules: Union[str, S.Rules] = "data_parallel", label_smoothing: float = 0.0,
                     shardings: Optional[TrainState] = None, donate: bool = True):
@@ -163,11 +236,19 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Option
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
 
+    gather = None  # with a mesh that splits parameters over data, set below; read when the step is traced
+
     def step(state: TrainState, batch):
         dropout_rng, next_rng = jax.random.split(state.dropout_rng)
 
         def objective(params):
-            return loss_fn(model, params, batch, dropout_rng=dropout_rng, train=True, label_smoothing=label_smoothing)
+            if gather is None:
+                return loss_fn(model, params, batch, dropout_rng=dropout_rng, train=True,
+                               label_smoothing=label_smoothing)
+            # The model's own compiled programs are bypassed: a cached trace would not see the interceptor.
+            with flax.linen.intercept_methods(gather), jax.disable_jit():
+                return loss_fn(model, params, batch, dropout_rng=dropout_rng, train=True,
+                               label_smoothing=label_smoothing)
 
         (loss, count), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -187,10 +268,15 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Option
         return checked(jax.jit(step, donate_argnums=donate_argnums))
     if shardings is None:
         shardings = state_shardings(model, optimizer, mesh, rules)
+    options = None
+    if any(_splits_data(sh) for sh in jax.tree_util.tree_leaves(shardings.params)):
+        gather = _gathered_layers(mesh, shardings.params)
+        if all(device.platform == "cpu" for device in mesh.devices.flat):
+            options = _CPU_MEMORY_SCHEDULER
     data = NamedSharding(mesh, P(S.DATA))
     replicated = S.replicated(mesh)
     compiled = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated),
-                       donate_argnums=donate_argnums)
+                       donate_argnums=donate_argnums, compiler_options=options)
     return checked(compiled)
 
 
