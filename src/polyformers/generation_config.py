@@ -104,17 +104,19 @@ def _sequence_bias(name: str, value: Any) -> Any:
     raise _error(name, "a non-empty dict {tuple of token ids: float bias} or None", value)
 
 
-def _token_ids(optional: bool = True):
-    """An int or a list of ints (several end-of-sequence tokens, for instance), each >= 0."""
+def _token_ids(optional: bool = True, empty: bool = False):
+    """An int or a list of ints (several end-of-sequence tokens, for instance), each >= 0; with ``empty`` the
+    empty list too (``eos_token_id=[]``: no end-of-sequence token, where None means the model's own)."""
 
     def check(name: str, value: Any) -> Any:
         if value is None and optional:
             return None
         if _is_int(value) and value >= 0:
             return int(value)
-        if isinstance(value, (list, tuple)) and value and all(_is_int(v) and v >= 0 for v in value):
+        if isinstance(value, (list, tuple)) and (value or empty) and all(_is_int(v) and v >= 0 for v in value):
             return [int(v) for v in value]
-        raise _error(name, "a token id >= 0 or a non-empty list of them" + (" or None" if optional else ""), value)
+        kinds = "a token id >= 0 or a " + ("" if empty else "non-empty ") + "list of them"
+        raise _error(name, kinds + (" or None" if optional else ""), value)
 
     return check
 
@@ -266,7 +268,7 @@ FIELDS: dict[str, tuple[Any, Any]] = {
     # special tokens
     "pad_token_id": (None, _token_ids()),
     "bos_token_id": (None, _token_ids()),
-    "eos_token_id": (None, _token_ids()),
+    "eos_token_id": (None, _token_ids(empty=True)),
     # encoder-decoder models
     "encoder_no_repeat_ngram_size": (0, _field(count(optional=True))),
     "decoder_start_token_id": (None, _token_ids()),
@@ -540,3 +542,27 @@ class GenerationConfig:
 
 
 __all__ = ["GenerationConfig", "GENERATION_CONFIG_NAME"]
+
+
+def use_model_tokens(config: "GenerationConfig", own: "GenerationConfig", refuse_missing_pad: bool) -> None:
+    """Set ``config``'s end and pad tokens to the ones the decoding loops use, as 4.37 does (PyTorch and TF).
+
+    In 4.37 ``eos_token_id=None`` (or ``pad_token_id=None``), passed to ``generate`` or in the
+    ``generation_config`` given, does not mean "no end token": every decoding loop replaces a None by the
+    model's own ``generation_config`` value (``own``), while the logits processors (``min_length``,
+    ``min_new_tokens``, ...), the warpers, the default attention mask and the pad-from-eos fallback were built
+    from the value given. "No end token" is ``eos_token_id=[]`` there and here. With ``refuse_missing_pad``
+    (greedy search, sampling, contrastive search, assisted decoding: 4.37 raises at their first step), an end
+    token without a pad token is refused; beam searches need a pad token only once beams need padding.
+    """
+    if config.eos_token_id is None and own.eos_token_id is not None:
+        config.eos_token_id = copy.copy(own.eos_token_id)
+    if config.pad_token_id is None and own.pad_token_id is not None:
+        config.pad_token_id = own.pad_token_id
+    if refuse_missing_pad and config.eos_token_id is not None and config.pad_token_id is None:
+        raise ValueError(
+            f"pad_token_id: needed with an end-of-sequence token, to pad the sequences that end early, given "
+            f"None; eos_token_id=None was replaced by the model's generation_config.eos_token_id="
+            f"{config.eos_token_id!r} (as 4.37 does), whose generation_config has no pad_token_id either. Pass "
+            f"pad_token_id=..., or eos_token_id=[] with a pad_token_id for no end token"
+        )

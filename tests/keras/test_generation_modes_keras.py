@@ -52,6 +52,29 @@ CASES = {
     "contrastive_top_k_too_big": dict(penalty_alpha=0.6, top_k=500, eos_token_id=None),
 }
 REFUSED = ["contrastive_two_sequences", "contrastive_top_k_too_big"]
+# eos_token_id=None (issue 12): 4.37's TF loops replace it by the model's own generation_config end token, here
+# set to tokens this draw produces early (19, 39); the processors (min_length) see None. With no pad
+# token anywhere, greedy search, sampling and contrastive search refuse, beam search pads with 0.
+OWN_EOS = {"eos_token_id": [19, 39]}
+NO_PAD = {"eos_token_id": [19, 39], "pad_token_id": None}
+FALLBACK = {
+    "eos_none_greedy": (dict(eos_token_id=None), OWN_EOS),
+    "eos_none_sample": (dict(do_sample=True, seed=[7, 11], top_k=10, eos_token_id=None), OWN_EOS),
+    "eos_none_beam": (dict(num_beams=3, eos_token_id=None), OWN_EOS),
+    "eos_none_contrastive": (dict(CONTRASTIVE, eos_token_id=None), OWN_EOS),
+    "eos_none_min_length": (dict(eos_token_id=None, min_length=START + 5), OWN_EOS),
+    "eos_none_pad_none": (dict(eos_token_id=None, pad_token_id=None), OWN_EOS),  # the model's pad (1) pads
+    "no_pad_beam": (dict(num_beams=3, eos_token_id=None, pad_token_id=None), NO_PAD),
+}
+# "No end token": eos_token_id=[] (4.37's PyTorch generate takes it; its TF generate fails on it, and has no
+# other way to say it). Ours takes it in both, and gives what polyformers' PyTorch generate gives.
+EMPTY = {"eos_empty_greedy": dict(eos_token_id=[], pad_token_id=PAD),
+         "eos_empty_beam": dict(num_beams=3, eos_token_id=[], pad_token_id=PAD)}
+FALLBACK_REFUSED = {
+    "no_pad_greedy": (dict(eos_token_id=None, pad_token_id=None), NO_PAD),
+    "no_pad_sample": (dict(do_sample=True, seed=[7, 11], top_k=10, eos_token_id=None), NO_PAD),
+    "no_pad_contrastive": (dict(CONTRASTIVE, eos_token_id=None), NO_PAD),
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +88,10 @@ def models(tmp_path_factory, legacy_python):
     pt.eval()
     pt.save_pretrained(folder)
     cases = {name: {"settings": dict(case, max_new_tokens=NEW, output_scores=True)} for name, case in CASES.items()}
+    cases.update({name: {"settings": dict(case, max_new_tokens=NEW, output_scores=True), "model_generation_config": own}
+                  for name, (case, own) in {**FALLBACK, **FALLBACK_REFUSED}.items()})
+    cases.update({name: {"settings": dict(case, max_new_tokens=NEW, output_scores=True), "model_generation_config": OWN_EOS}
+                  for name, case in EMPTY.items()})
     job = dict(folder=str(folder), prompts=PROMPTS.tolist(), mask=MASK.tolist(), cases=cases)
     (folder / "job.json").write_text(json.dumps(job))
     worker = Path(__file__).with_name("_generation_modes_oracle.py")
@@ -316,3 +343,87 @@ def test_refusals_match_the_reference(models):
         _tf(tf_model, **CASES["contrastive_two_sequences"])
     with pytest.raises(ValueError, match=r"top_k: .* at most 99, given 500"):
         _tf(tf_model, **CASES["contrastive_top_k_too_big"])
+
+
+# -- eos_token_id=None / pad_token_id=None fall back to the model's own tokens (issue 12) -------------------
+
+
+def _with_own(tf_model, own, **settings):
+    """Generate with ``own`` set on the model's generation_config for this call only."""
+    saved = {key: getattr(tf_model.generation_config, key) for key in own}
+    for key, value in own.items():
+        setattr(tf_model.generation_config, key, value)
+    try:
+        return _tf(tf_model, **settings)
+    finally:
+        for key, value in saved.items():
+            setattr(tf_model.generation_config, key, value)
+
+
+@pytest.mark.parametrize("name", list(FALLBACK))
+def test_eos_none_falls_back_as_the_reference(models, name):
+    _, tf_model, reference = models
+    settings, own = FALLBACK[name]
+    ours = _with_own(tf_model, own, **settings)
+    entry, sequences, scores, _ = _reference_case(reference, name)
+    assert type(ours).__name__ == entry["class"]
+    if "num_beams" in settings:
+        # 4.37's eager TF beam search returns as many columns as its loop ran, padded (see
+        # test_beam_keras.test_beam_search_equals_reference_437); ours stops where PyTorch's does.
+        width, pad = ours.sequences.shape[1], PAD if own.get("pad_token_id", PAD) is not None else 0
+        assert sequences.shape[1] >= width
+        assert (sequences[:, width:] == pad).all(), sequences
+        np.testing.assert_array_equal(ours.sequences.numpy(), sequences[:, :width])
+        return  # (how many steps of scores each records differs too: test_beam_keras compares the searches)
+    np.testing.assert_array_equal(ours.sequences.numpy(), sequences)
+    _assert_scores([s.numpy() for s in ours.scores], scores)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beam"])
+def test_eos_none_is_not_no_end_token(models, mode):
+    """With eos_token_id=None the reference's rows end at the model's end tokens (19, 39) and are padded
+    after them; "no end token" (eos_token_id=[], which the reference's TF generate cannot run) gives other
+    tokens, the ones polyformers' PyTorch generate gives."""
+    pt, tf_model, reference = models
+    report, _ = reference()
+    assert "error" in report[f"eos_empty_{mode}"], report[f"eos_empty_{mode}"]
+    _, fallback, _, _ = _reference_case(reference, f"eos_none_{mode}")
+    empty = _with_own(tf_model, OWN_EOS, **EMPTY[f"eos_empty_{mode}"]).sequences.numpy()
+    pt.generation_config.eos_token_id = OWN_EOS["eos_token_id"]
+    try:
+        np.testing.assert_array_equal(empty, _pt(pt, **EMPTY[f"eos_empty_{mode}"]).sequences.numpy())
+    finally:
+        pt.generation_config.eos_token_id = EOS
+    assert fallback.shape != empty.shape or (fallback != empty).any()
+    if mode == "greedy":
+        generated = fallback[:, START:]
+        ended = [row for row in range(len(generated)) if np.isin(generated[row, :-1], [19, 39]).any()]
+        assert ended, fallback
+        for row in ended:
+            first = int(np.flatnonzero(np.isin(generated[row], [19, 39]))[0])
+            assert (generated[row, first + 1:] == PAD).all(), fallback
+
+
+def test_eos_none_skips_min_length(models):
+    """min_length sees eos_token_id=None and bans nothing: a row ends at 19 within 5 new tokens."""
+    _, tf_model, reference = models
+    _, sequences, _, _ = _reference_case(reference, "eos_none_min_length")
+    assert np.isin(sequences[:, START:START + 4], [19, 39]).any()
+    explicit = _tf(tf_model, eos_token_id=[19, 39], min_length=START + 5)
+    assert not np.isin(explicit.sequences.numpy()[:, START:START + 5], [19, 39]).any()
+
+
+@pytest.mark.parametrize("name", list(FALLBACK_REFUSED))
+def test_eos_from_the_model_without_a_pad_token_is_refused(models, name):
+    _, tf_model, reference = models
+    report, _ = reference()
+    assert report[name].get("error") == "ValueError" and "pad_token_id" in report[name]["message"], report[name]
+    settings, own = FALLBACK_REFUSED[name]
+    with pytest.raises(ValueError, match=r"pad_token_id: needed .* given None.*eos_token_id=\[19, 39\]"):
+        _with_own(tf_model, own, **settings)
+
+
+def test_no_end_token_without_a_pad_token_is_refused(models):
+    _, tf_model, _ = models
+    with pytest.raises(ValueError, match=r"pad_token_id: needed with eos_token_id=\[\] .* given None"):
+        _with_own(tf_model, {"pad_token_id": None}, eos_token_id=[], pad_token_id=None)

@@ -66,6 +66,8 @@ def run(job):
         kwargs.update(case["kwargs"])
         if "sequence_bias" in kwargs:  # JSON has no tuple keys: [[token ids], bias] pairs
             kwargs["sequence_bias"] = {tuple(ids): bias for ids, bias in kwargs["sequence_bias"]}
+        if "assistant_model" in kwargs:  # the name of one of the job's models
+            kwargs["assistant_model"] = models[kwargs["assistant_model"]]
         torch.manual_seed(case.get("seed", 0))
         try:
             result = models[case["model"]].generate(**kwargs)

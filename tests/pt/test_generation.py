@@ -338,10 +338,10 @@ def test_gptj_batch_gives_each_prompt_alone(gptj_pair):
     """Left padding changes nothing: every row of a padded batch continues as its prompt would alone."""
     _, ours = gptj_pair
     ids, mask = _gptj_prompts()
-    batch = ours.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, pad_token_id=0, eos_token_id=None)
+    batch = ours.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, pad_token_id=0, eos_token_id=[])
     for row in range(ids.shape[0]):
         alone = ids[row : row + 1, mask[row].bool()]
-        single = ours.generate(input_ids=alone, max_new_tokens=10, pad_token_id=0, eos_token_id=None)
+        single = ours.generate(input_ids=alone, max_new_tokens=10, pad_token_id=0, eos_token_id=[])
         assert torch.equal(single[0, alone.shape[1]:], batch[row, ids.shape[1]:])
 
 

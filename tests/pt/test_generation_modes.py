@@ -39,6 +39,10 @@ MODELS = [
                      decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=40,
                      pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD, forced_eos_token_id=1)),
 ]
+# The GPT-J above with its end token (2) raised further, so that every mode produces it early, and no pad
+# token in its config: for the cases where eos_token_id=None falls back to the model's own end token.
+MODELS.append(dict(MODELS[1], name="gptj_eos", boost={"2": 3.0},
+                   config={k: v for k, v in MODELS[1]["config"].items() if k != "pad_token_id"}))
 AUTO = {"RobertaForCausalLM": "AutoModelForCausalLM", "GPTJForCausalLM": "AutoModelForCausalLM",
         "MptForCausalLM": "AutoModelForCausalLM", "PegasusForConditionalGeneration": "AutoModelForSeq2SeqLM"}
 
@@ -57,7 +61,8 @@ def _tensors() -> dict[str, torch.Tensor]:
         source[row, length:] = PAD
         source_mask[row, length:] = 0
     return {"ids": ids, "left": left, "left_mask": left_mask, "source": source, "source_mask": source_mask,
-            "one": ids[:1].clone(), "source_one": source[:1].clone(), "source_one_mask": source_mask[:1].clone()}
+            "one": ids[:1].clone(), "source_one": source[:1].clone(), "source_one_mask": source_mask[:1].clone(),
+            "second": ids[1:].clone()}
 
 
 SCORES = dict(return_dict_in_generate=True, output_scores=True)
@@ -139,6 +144,47 @@ CASES = {
                                                                   output_hidden_states=False)),
     "states_hidden_only_beam_mpt": ("mpt", LEFT, dict(STATES, num_beams=2, output_attentions=False)),
 }
+# eos_token_id=None (issue 12): in 4.37 the decoding loops replace it by the model's own generation_config
+# end token (2 for gptj_eos, 1 for Pegasus), and pad_token_id=None by the model's pad token; the processors
+# (min_new_tokens here) see None. gptj_eos has no pad token: the loops that need one refuse, unless the call
+# passes one. eos_token_id=[] is 4.37's "no end token".
+FALLBACK_MODES = {
+    "greedy": {}, "sample": dict(do_sample=True), "beam": dict(num_beams=2), "beam_sample": dict(num_beams=2, do_sample=True),
+    "cs": dict(penalty_alpha=0.6, top_k=3), "gbs": dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0),
+    "constrained": dict(num_beams=2, force_words_ids=[[40]]),
+}
+FALLBACK = dict(max_new_tokens=10, eos_token_id=None, pad_token_id=PAD)
+NO_PAD = dict(max_new_tokens=10, eos_token_id=None, pad_token_id=None)
+SECOND = {"input_ids": "second"}
+FALLBACK_CASES = {
+    **{f"eos_none_{mode}": ("gptj_eos", IDS, dict(FALLBACK, **settings)) for mode, settings in FALLBACK_MODES.items()},
+    "eos_none_assisted": ("gptj_eos", SECOND, dict(FALLBACK, assistant_model="gptj")),
+    "eos_none_assisted_sample": ("gptj_eos", SECOND, dict(FALLBACK, assistant_model="gptj", do_sample=True)),
+    "eos_none_prompt_lookup": ("gptj_eos", SECOND, dict(FALLBACK, prompt_lookup_num_tokens=2)),
+    # the model's pad token stands in for pad_token_id=None (Pegasus: 0), its end token for eos_token_id=None
+    "eos_none_pegasus_beam": ("pegasus", SOURCE, dict(NO_PAD, num_beams=3, forced_eos_token_id=None)),
+    "eos_none_pegasus_greedy": ("pegasus", SOURCE, dict(NO_PAD, forced_eos_token_id=None, **SCORES)),
+    # min_new_tokens is not applied (its processor sees None), yet the loop stops at the model's end token
+    "eos_none_min_new_tokens": ("gptj_eos", IDS, dict(FALLBACK, min_new_tokens=6, **SCORES)),
+    "eos_none_min_new_tokens_cs": ("gptj_eos", IDS, dict(FALLBACK, min_new_tokens=6, penalty_alpha=0.6, top_k=3)),
+    # no pad token anywhere: beam searches run while nothing needs padding
+    "no_pad_beam": ("gptj_eos", IDS, dict(NO_PAD, **FALLBACK_MODES["beam"])),
+    "no_pad_beam_one": ("gptj_eos", ONE, dict(NO_PAD, num_beams=2, num_return_sequences=2)),
+    # "no end token": the same runs with eos_token_id=[]
+    **{f"eos_empty_{mode}": ("gptj_eos", IDS, dict(FALLBACK, **settings, eos_token_id=[]))
+       for mode, settings in FALLBACK_MODES.items()},
+}
+# 4.37 raises (ValueError: "If `eos_token_id` is defined, make sure that `pad_token_id` is defined."):
+# an end token from the model's generation_config but no pad token, in the modes that pad every step; and
+# in a beam search once a finished prompt's (or group's) beams need padding.
+REFUSED = {
+    **{f"no_pad_{mode}": ("gptj_eos", IDS, dict(NO_PAD, **FALLBACK_MODES[mode])) for mode in ("greedy", "sample", "cs")},
+    "no_pad_assisted": ("gptj_eos", SECOND, dict(NO_PAD, assistant_model="gptj")),
+    "no_pad_gbs": ("gptj_eos", IDS, dict(NO_PAD, **FALLBACK_MODES["gbs"])),
+}
+PADS_EVERY_STEP = ("no_pad_greedy", "no_pad_sample", "no_pad_cs", "no_pad_assisted")
+CASES.update(FALLBACK_CASES)
+ORACLE_CASES = dict(CASES, **REFUSED)
 STATE_FIELDS = ("attentions", "decoder_attentions", "cross_attentions", "encoder_attentions", "hidden_states",
                 "decoder_hidden_states", "encoder_hidden_states")
 
@@ -159,7 +205,7 @@ def reference(tmp_path_factory, legacy_python):
     job = {
         "workdir": str(workdir), "tensors": str(workdir / "inputs.safetensors"), "models": MODELS,
         "runs": [dict(name=name, model=model, inputs=inputs, kwargs=kwargs)
-                 for name, (model, inputs, kwargs) in CASES.items()],
+                 for name, (model, inputs, kwargs) in ORACLE_CASES.items()],
     }
     result = subprocess.run(
         [str(legacy_python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, timeout=600,
@@ -176,9 +222,11 @@ def reference(tmp_path_factory, legacy_python):
 
 
 def _run(models, tensors, name, **extra):
-    model, inputs, kwargs = CASES[name]
+    model, inputs, kwargs = ORACLE_CASES[name]
     if "sequence_bias" in kwargs:
         kwargs = dict(kwargs, sequence_bias={tuple(ids): bias for ids, bias in kwargs["sequence_bias"]})
+    if "assistant_model" in kwargs:
+        kwargs = dict(kwargs, assistant_model=models[kwargs["assistant_model"]])
     torch.manual_seed(0)
     return models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **kwargs, **extra)
 
@@ -403,3 +451,68 @@ def test_unsupported_or_bad_settings_are_named(reference, settings, argument):
     _, _, models, tensors = reference
     with pytest.raises(ValueError, match=argument):
         models["roberta"].generate(tensors["ids"], max_new_tokens=3, **settings)
+
+
+# -- eos_token_id=None / pad_token_id=None fall back to the model's own tokens (issue 12) -------------------
+
+
+@pytest.mark.parametrize("mode", list(FALLBACK_MODES))
+def test_eos_none_is_not_no_end_token(reference, mode):
+    """The fallback shows: with eos_token_id=None the reference stops at the model's end token (2), which
+    "no end token" (eos_token_id=[], also the reference's) does not, so treating None as "no end token"
+    would give other tokens (beam searches: other beams win once hypotheses end at token 2)."""
+    _, expected, models, tensors = reference
+    fallback, empty = expected[f"eos_none_{mode}.sequences"], expected[f"eos_empty_{mode}.sequences"]
+    assert fallback.shape != empty.shape or not torch.equal(fallback, empty), mode
+    if FALLBACK_MODES[mode].get("num_beams", 1) == 1:  # a row ends at token 2 and is padded after it
+        generated = fallback[:, tensors["ids"].shape[1]:-1]
+        ended = [row for row in range(generated.shape[0]) if (generated[row] == 2).any()]
+        assert ended, f"{mode}: no row ended early\n{fallback}"
+        for row in ended:
+            after = generated[row, int((generated[row] == 2).nonzero()[0]) + 1:]
+            assert bool((after == PAD).all()), fallback
+        # while with no end token (eos_token_id=[]) the rows run on
+        assert not (expected[f"eos_empty_{mode}.sequences"][ended, -1] == PAD).all()
+
+
+def test_eos_none_in_a_generation_config(reference):
+    """A GenerationConfig whose eos_token_id is None does the same as the keyword argument."""
+    _, expected, models, tensors = reference
+    config = polyformers.GenerationConfig(max_new_tokens=10, eos_token_id=None, pad_token_id=PAD)
+    result = models["gptj_eos"].generate(tensors["ids"], generation_config=config)
+    assert torch.equal(result, expected["eos_none_greedy.sequences"])
+    # and an end token given explicitly is the same as the model's own one
+    assert torch.equal(models["gptj_eos"].generate(tensors["ids"], max_new_tokens=10, eos_token_id=2, pad_token_id=PAD),
+                       result)
+
+
+def test_eos_none_skips_min_new_tokens(reference):
+    """min_new_tokens bans the end token only when one is given: with eos_token_id=None the model's end token
+    comes within the first 6 new tokens and ends the row; with eos_token_id=2 it cannot."""
+    _, expected, models, tensors = reference
+    fallback = expected["eos_none_min_new_tokens.sequences"][:, tensors["ids"].shape[1]:]
+    assert (fallback[:, :5] == 2).any()
+    explicit = models["gptj_eos"].generate(tensors["ids"], **dict(CASES["eos_none_min_new_tokens"][2], eos_token_id=2))
+    assert not (explicit.sequences[:, tensors["ids"].shape[1]:][:, :6] == 2).any()
+    assert not torch.equal(explicit.sequences, expected["eos_none_min_new_tokens.sequences"])
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_eos_from_the_model_without_a_pad_token_is_refused(reference, name):
+    """Without any pad token, the model's end token is refused where 4.37 refuses it: before the first step
+    in the modes that pad every step, when beams need padding in beam searches."""
+    summary, _, models, tensors = reference
+    assert summary[name]["error"].startswith("ValueError") and "pad_token" in summary[name]["error"], summary[name]
+    message = r"pad_token_id: needed .* given None.*eos_token_id=2" if name in PADS_EVERY_STEP else \
+        r"pad_token_id: needed .* given None"
+    with pytest.raises(ValueError, match=message):
+        _run(models, tensors, name)
+
+
+def test_no_end_token_without_a_pad_token_is_refused(reference):
+    """eos_token_id=[] cannot stand in for a missing pad token (4.37 fails there with an IndexError)."""
+    _, _, models, tensors = reference
+    with pytest.raises(ValueError, match=r"pad_token_id: needed with eos_token_id=\[\] .* given None"):
+        models["gptj_eos"].generate(tensors["ids"], max_new_tokens=2, eos_token_id=[])
+    with pytest.raises(ValueError, match=r"eos_token_id': expected a token id >= 0 or a list of them or None, given -1"):
+        models["gptj_eos"].generate(tensors["ids"], max_new_tokens=2, eos_token_id=-1)

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from ...generation_config import FIELDS, GenerationConfig
+from ...generation_config import FIELDS, GenerationConfig, use_model_tokens
 from .beam_search import beam_search
 from .contrastive import contrastive_search
 from .greedy import sample
@@ -137,6 +137,9 @@ class TFGenerationMixin:
             raise ValueError("input_ids: generate needs a prompt length known when tracing, given a free length")
         self._resolve_max_length(config, kwargs, generation_config, prompt_length)
         eos = _ids(config.eos_token_id)
+        if config.pad_token_id is None and config.eos_token_id is not None and not eos:
+            raise ValueError("pad_token_id: needed with eos_token_id=[] (no end-of-sequence token, which cannot "
+                             "stand in for the pad token), given None")
         if config.pad_token_id is None and eos:
             logger.warning("Setting `pad_token_id` to `eos_token_id`:%s for open-end generation.", eos[0])
             config.pad_token_id = eos[0]
@@ -156,6 +159,9 @@ class TFGenerationMixin:
                 f"prompt, so it must be 1, given {config.num_return_sequences}"
             )
         beam = config.num_beams > 1 and not contrastive
+        # The processors and warpers above saw the end and pad tokens as the call gave them; the decoding
+        # loops below see them after the fallback to the model's own.
+        self._loop_tokens(config, refuse_missing_pad=not beam)
         copies = config.num_beams if beam else config.num_return_sequences if config.do_sample else 1
         if copies > 1:  # the copies of a prompt are neighbours
             input_ids = tf.repeat(input_ids, copies, axis=0)
@@ -172,6 +178,11 @@ class TFGenerationMixin:
                       fixed_seed)
 
     # -- preparation ----------------------------------------------------------------------------------
+
+    @tf.autograph.experimental.do_not_convert  # plain Python on settings, also inside a tf.function
+    def _loop_tokens(self, config, refuse_missing_pad: bool) -> None:
+        """The end and pad tokens of the decoding loops: see :func:`generation_config.use_model_tokens`."""
+        use_model_tokens(config, self.generation_config, refuse_missing_pad)
 
     def _generation_settings(self, generation_config, kwargs):
         if generation_config is None:

@@ -130,7 +130,10 @@ class AssistedCandidateGenerator(CandidateGenerator):
         self.generation_config.output_hidden_states = False
         self.logits_processor = logits_processor if logits_processor is not None else []
         self.is_encoder_decoder = bool(getattr(assistant.config, "is_encoder_decoder", False))
-        self.eos = torch.tensor(_as_list(generation_config.eos_token_id), dtype=torch.long, device=device)
+        # The assistant stops at the end token given, else at its own (its generate's loop falls back so).
+        eos = generation_config.eos_token_id
+        eos = settings.eos_token_id if eos is None else eos
+        self.eos = torch.tensor(_as_list(eos), dtype=torch.long, device=device)
         self.kwargs: dict = {}
         mask = model_kwargs.get("attention_mask")
         mask = mask.detach().to(device) if mask is not None else None
@@ -460,15 +463,20 @@ def assisted_decoding(model, input_ids, candidate_generator, config, processors,
 
 
 def assisted_generate(model, assistant_model, input_ids, inputs_tensor, batch_size, config, processors, warpers,
-                      criteria, streamer, model_kwargs, logits_processor):
+                      criteria, streamer, model_kwargs, logits_processor, passed_config=None):
     """``generate``'s entry for ``assistant_model=`` or ``prompt_lookup_num_tokens=``: checks the settings,
-    builds the candidate generator, runs :func:`assisted_decoding`."""
+    builds the candidate generator, runs :func:`assisted_decoding`.
+
+    ``config`` holds the end and pad tokens the model's loop uses; ``passed_config`` (default ``config``) the
+    ones the call gave, which the assistant reads as its own ``generate`` call would in 4.37 (an end token
+    left at None falls back to the assistant's own generation_config, not the model's)."""
     check_assisted_settings(model, assistant_model, config, batch_size)
     if config.prompt_lookup_num_tokens is not None:
         generator = PromptLookupCandidateGenerator(num_output_tokens=config.prompt_lookup_num_tokens)
     else:
-        generator = AssistedCandidateGenerator(input_ids, assistant_model, config, logits_processor, model_kwargs,
-                                               inputs_tensor)
+        generator = AssistedCandidateGenerator(input_ids, assistant_model,
+                                               config if passed_config is None else passed_config,
+                                               logits_processor, model_kwargs, inputs_tensor)
     return assisted_decoding(model, input_ids, generator, config, processors, warpers, criteria, streamer,
                              model_kwargs)
 

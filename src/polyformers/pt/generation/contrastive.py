@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .greedy import append_tokens
 from .hypotheses import reorder_cache
 from .records import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, _Recorder
 
@@ -82,13 +83,7 @@ def contrastive_search(model, input_ids, config, processors, criteria, streamer,
         model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
         model_kwargs["past_key_values"] = reorder_cache(model_kwargs["past_key_values"], pick)
 
-        if not bool(unfinished.all()):
-            if pad is None:
-                raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
-            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
+        input_ids = append_tokens(input_ids, next_tokens, unfinished, pad, streamer)
         unfinished = unfinished & ~criteria(input_ids, record.scores)
         if not bool(unfinished.any()):
             break
@@ -150,13 +145,7 @@ def _sequential(model, input_ids, config, processors, criteria, streamer, model_
                                                   model_kwargs, is_encoder_decoder)
         del best
 
-        if not bool(unfinished.all()):
-            if pad is None:
-                raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
-            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
+        input_ids = append_tokens(input_ids, next_tokens, unfinished, pad, streamer)
         unfinished = unfinished & ~criteria(input_ids, record.scores)
         if not bool(unfinished.any()):
             break

@@ -9,6 +9,18 @@ from torch import nn
 from .records import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, _Recorder
 
 
+def append_tokens(input_ids, next_tokens, unfinished, pad, streamer):
+    """``input_ids`` with one more column: ``next_tokens``, or ``pad`` in the rows already finished; the new
+    column goes to the ``streamer``."""
+    if not bool(unfinished.all()):
+        if pad is None:
+            raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
+        next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
+    if streamer is not None:
+        streamer.put(next_tokens.cpu())
+    return torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+
+
 def sample(model, input_ids, config, processors, warpers, criteria, streamer, model_kwargs):
     """Greedy decoding (argmax) or, with ``do_sample``, multinomial sampling, one token per step."""
     is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -24,13 +36,7 @@ def sample(model, input_ids, config, processors, warpers, criteria, streamer, mo
         else:
             next_tokens = torch.argmax(scores, dim=-1)
         record.step(scores, outputs)
-        if not bool(unfinished.all()):
-            if pad is None:
-                raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
-            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
+        input_ids = append_tokens(input_ids, next_tokens, unfinished, pad, streamer)
         model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
         unfinished = unfinished & ~criteria(input_ids, record.scores)
         if not bool(unfinished.any()):

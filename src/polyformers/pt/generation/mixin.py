@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ...generation_config import UNSUPPORTED, FIELDS, GenerationConfig
+from ...generation_config import UNSUPPORTED, FIELDS, GenerationConfig, use_model_tokens
 from ..cache import StaticCache
 from .assisted import assisted_generate
 from .beam_search import beam_search
@@ -158,6 +158,9 @@ class GenerationMixin:
                     "neither attention_mask nor pad_token_id was given: padded prompts may generate unexpected "
                     "tokens; pass the attention_mask the tokenizer returned"
                 )
+            if not _as_list(config.eos_token_id):
+                raise ValueError("pad_token_id: needed with eos_token_id=[] (no end-of-sequence token, which cannot "
+                                 "stand in for the pad token), given None")
             eos = _as_list(config.eos_token_id)[0]
             logger.warning("Setting `pad_token_id` to `eos_token_id`:%s for open-end generation.", eos)
             config.pad_token_id = eos
@@ -206,6 +209,11 @@ class GenerationMixin:
             processors.insert(0, UnbatchedClassifierFreeGuidanceLogitsProcessor(
                 config.guidance_scale, self, negative_prompt_ids, negative_prompt_attention_mask, config.use_cache))
         beam = config.num_beams > 1
+        warpers = self._logits_warpers(config) if config.do_sample else LogitsProcessorList()
+        # The processors and warpers above saw the end and pad tokens as the call gave them; the stopping
+        # criteria and the decoding loops below see them after the fallback to the model's own.
+        passed = copy.copy(config)
+        self._loop_tokens(config, refuse_missing_pad=not beam)
         criteria = self._stopping_criteria(config, stopping_criteria, tokenizer, with_eos=not beam)
         if "cache_position" in inspect.signature(self.prepare_inputs_for_generation).parameters:
             model_kwargs["cache_position"] = torch.arange(prompt_length, device=input_ids.device)
@@ -218,10 +226,9 @@ class GenerationMixin:
         if self._wants_static_cache(config, model_kwargs, beam, input_ids.shape[-1]):
             model_kwargs["past_key_values"] = StaticCache(self.config, max_batch_size=input_ids.shape[0],
                                                           max_cache_len=config.max_length)
-        warpers = self._logits_warpers(config) if config.do_sample else LogitsProcessorList()
         if assistant_model is not None or config.prompt_lookup_num_tokens is not None:
             return assisted_generate(self, assistant_model, input_ids, inputs_tensor, batch_size, config, processors,
-                                     warpers, criteria, streamer, model_kwargs, logits_processor)
+                                     warpers, criteria, streamer, model_kwargs, logits_processor, passed)
         if config.constraints is not None or config.force_words_ids is not None:
             return constrained_beam_search(self, input_ids, config, processors, criteria, batch_size, model_kwargs)
         if _is_contrastive(config):
@@ -233,6 +240,10 @@ class GenerationMixin:
         return sample(self, input_ids, config, processors, warpers, criteria, streamer, model_kwargs)
 
     # -- preparation ----------------------------------------------------------------------------------
+
+    def _loop_tokens(self, config, refuse_missing_pad: bool) -> None:
+        """The end and pad tokens of the decoding loops: see :func:`generation_config.use_model_tokens`."""
+        use_model_tokens(config, self.generation_config, refuse_missing_pad)
 
     def _wants_static_cache(self, config, model_kwargs: dict, beam: bool, prompt_length: int) -> bool:
         """Decode through a preallocated cache (written in place, nothing reallocated per token) where the
