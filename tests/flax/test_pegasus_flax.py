@@ -361,3 +361,24 @@ def test_spec_examples(checkpoint):
     summary_ids = model.generate(inputs["input_ids"], max_new_tokens=6).sequences
     summary = tokenizer.batch_decode(summary_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     assert isinstance(summary, list) and len(summary) == 1 and isinstance(summary[0], str)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(min_length=6)])  # (beams: Flax keeps other hypotheses)
+def test_eos_none_takes_the_models_end_token_as_4_37(checkpoint, model, settings):
+    # 4.37 (Flax as PyTorch): the loops replace eos_token_id=None by the model's generation_config value, the
+    # processors (min_length) see None; eos_token_id=[] is "no end token". Token 370 comes second here.
+    pt = checkpoint[1]
+    before = (model.generation_config.eos_token_id, pt.generation_config.eos_token_id)
+    model.generation_config.eos_token_id = pt.generation_config.eos_token_id = 370
+    try:
+        kwargs = dict(max_new_tokens=9, eos_token_id=None, pad_token_id=0, **settings)
+        ours = np.asarray(model.generate(IDS, attention_mask=MASK, **kwargs).sequences)
+        theirs = _torch_generate(pt, **kwargs)
+        none = np.asarray(model.generate(IDS, attention_mask=MASK, **dict(kwargs, eos_token_id=[])).sequences)
+    finally:
+        model.generation_config.eos_token_id, pt.generation_config.eos_token_id = before
+    padded = np.full(ours.shape, 0)
+    padded[:, : theirs.shape[1]] = theirs
+    np.testing.assert_array_equal(ours, padded)
+    assert (ours == 370).any(axis=1).all() and (ours[:, -1] == 0).all()  # each stopped at 370, then padding
+    assert not np.array_equal(ours, none) and (none[:, -1] != 0).all()

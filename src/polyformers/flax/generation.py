@@ -174,7 +174,7 @@ class _Settings:
 def _processors(config, max_length: int, prompt_length: int) -> FlaxLogitsProcessorList:
     processors = FlaxLogitsProcessorList()
     eos = config.eos_token_id
-    if config.min_length is not None and eos is not None and config.min_length > -1:
+    if config.min_length is not None and eos not in (None, []) and config.min_length > -1:
         processors.append(FlaxMinLengthLogitsProcessor(config.min_length, eos))
     if config.forced_bos_token_id is not None:
         processors.append(FlaxForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
@@ -234,7 +234,7 @@ class FlaxGenerationMixin:
         the sequences' scores (summed log-probabilities, after the processors and warpers, divided by
         ``generated length ** length_penalty`` once finished), best first for each input.
         """
-        from ..generation_config import GenerationConfig
+        from ..generation_config import GenerationConfig, use_model_tokens
 
         if generation_config is None:
             generation_config = self.generation_config
@@ -250,6 +250,9 @@ class FlaxGenerationMixin:
                 f"model inputs are {list(self._MODEL_KWARGS)}"
             )
         if config.pad_token_id is None and config.eos_token_id is not None:
+            if config.eos_token_id == []:
+                raise ValueError("pad_token_id: needed with eos_token_id=[] (no end-of-sequence token, which cannot "
+                                 "stand in for the pad token), given None")
             eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
             logger.warning("Setting `pad_token_id` to `eos_token_id`:%s for open-end generation.", eos)
             config.pad_token_id = eos
@@ -277,15 +280,6 @@ class FlaxGenerationMixin:
                 f"max_length ({max_length}) must exceed the decoder prompt length ({prompt_length}); raise max_new_tokens"
             )
 
-        mode = "beam" if config.num_beams > 1 else "sample" if config.do_sample else "greedy"
-        eos = () if config.eos_token_id is None else tuple(np.atleast_1d(config.eos_token_id).tolist())
-        settings = _Settings(mode, int(max_length), int(config.pad_token_id if config.pad_token_id is not None else 0),
-                             eos, config.num_beams, float(config.length_penalty), config.early_stopping,
-                             config.num_return_sequences, bool(config.do_sample))
-        if mode == "beam" and config.num_return_sequences > config.num_beams:
-            raise ValueError(
-                f"num_return_sequences ({config.num_return_sequences}) must be at most num_beams ({config.num_beams})"
-            )
         processors = _processors(config, max_length, prompt_length)
         if logits_processor:
             clash = {type(p) for p in processors} & {type(p) for p in logits_processor}
@@ -296,6 +290,19 @@ class FlaxGenerationMixin:
                 )
             processors.extend(logits_processor)
         warpers = _warpers(config) if config.do_sample else FlaxLogitsProcessorList()
+        # The processors and warpers above saw the end and pad tokens as given; the decoding loops fall back to
+        # the model's own where they are None, as 4.37's do.
+        loop = copy.copy(config)
+        use_model_tokens(loop, self.generation_config, refuse_missing_pad=False)
+        mode = "beam" if config.num_beams > 1 else "sample" if config.do_sample else "greedy"
+        eos = () if loop.eos_token_id is None else tuple(int(t) for t in np.atleast_1d(loop.eos_token_id))
+        settings = _Settings(mode, int(max_length), int(loop.pad_token_id if loop.pad_token_id is not None else 0),
+                             eos, config.num_beams, float(config.length_penalty), config.early_stopping,
+                             config.num_return_sequences, bool(config.do_sample))
+        if mode == "beam" and config.num_return_sequences > config.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({config.num_return_sequences}) must be at most num_beams ({config.num_beams})"
+            )
 
         encoder_outputs = model_kwargs.get("encoder_outputs")
         arrays = dict(
