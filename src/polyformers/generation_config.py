@@ -566,3 +566,44 @@ def use_model_tokens(config: "GenerationConfig", own: "GenerationConfig", refuse
             f"{config.eos_token_id!r} (as 4.37 does), whose generation_config has no pad_token_id either. Pass "
             f"pad_token_id=..., or eos_token_id=[] with a pad_token_id for no end token"
         )
+
+
+def warper_plan(config: "GenerationConfig") -> list[tuple[str, tuple, dict]]:
+    """The logits warpers ``config`` asks for, in the reference's order, as ``(kind, args, kwargs)``; each
+    framework builds its own class of each kind with ``cls(*args, **kwargs)`` (and skips kinds it has none of).
+
+    Kinds: ``temperature``, ``top_k``, ``top_p``, ``typical_p``, ``epsilon``, ``eta`` (each with its value,
+    and ``min_tokens_to_keep`` but temperature) and ``renormalize``. Beam sampling keeps at least one token
+    besides the end tokens per beam, so that a beam can always continue (the reference counts the end
+    tokens only when given as a list).
+    """
+    keep = 1
+    if config.num_beams > 1:
+        keep = len(config.eos_token_id) + 1 if isinstance(config.eos_token_id, list) else 2
+    kept = {"min_tokens_to_keep": keep}
+    plan: list[tuple[str, tuple, dict]] = []
+    if config.temperature is not None and config.temperature != 1.0:
+        plan.append(("temperature", (config.temperature,), {}))
+    if config.top_k is not None and config.top_k != 0:
+        plan.append(("top_k", (config.top_k,), kept))
+    if config.top_p is not None and config.top_p < 1.0:
+        plan.append(("top_p", (config.top_p,), kept))
+    if config.typical_p is not None and config.typical_p < 1.0:
+        plan.append(("typical_p", (config.typical_p,), kept))
+    if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
+        plan.append(("epsilon", (config.epsilon_cutoff,), kept))
+    if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
+        plan.append(("eta", (config.eta_cutoff,), kept))
+    if config.renormalize_logits:
+        plan.append(("renormalize", (), {}))
+    return plan
+
+
+def reject_duplicate_processors(settings_made: list, passed: list) -> None:
+    """A processor passed to ``generate`` may not repeat one that the generation settings create."""
+    for theirs in passed:
+        if any(type(theirs) is type(mine) for mine in settings_made):
+            raise ValueError(
+                f"logits_processor: a {type(theirs).__name__} was passed, but the generation settings already "
+                "create one; change the setting instead of passing the processor"
+            )

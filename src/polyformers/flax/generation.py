@@ -187,19 +187,12 @@ def _processors(config, max_length: int, prompt_length: int) -> FlaxLogitsProces
 
 
 def _warpers(config) -> FlaxLogitsProcessorList:
-    warpers = FlaxLogitsProcessorList()
-    # As the reference's beam methods: each beam keeps at least one token besides the end tokens, so that
-    # a continuation can always be drawn (the reference counts the end tokens only when given as a list).
-    keep = 1
-    if config.num_beams > 1:
-        keep = len(config.eos_token_id) + 1 if isinstance(config.eos_token_id, list) else 2
-    if config.temperature is not None and config.temperature != 1.0:
-        warpers.append(FlaxTemperatureLogitsWarper(config.temperature))
-    if config.top_k is not None and config.top_k != 0:
-        warpers.append(FlaxTopKLogitsWarper(config.top_k, min_tokens_to_keep=keep))
-    if config.top_p is not None and config.top_p < 1.0:
-        warpers.append(FlaxTopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
-    return warpers
+    from ..generation_config import warper_plan
+
+    # The Flax classes of 4.37: temperature, top-k and top-p (other kinds are left out, as there).
+    classes = {"temperature": FlaxTemperatureLogitsWarper, "top_k": FlaxTopKLogitsWarper, "top_p": FlaxTopPLogitsWarper}
+    return FlaxLogitsProcessorList(classes[kind](*args, **kwargs) for kind, args, kwargs in warper_plan(config)
+                                   if kind in classes)
 
 
 def _processors_key(processors) -> tuple:

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from ...generation_config import FIELDS, GenerationConfig, use_model_tokens
+from ...generation_config import FIELDS, GenerationConfig, reject_duplicate_processors, use_model_tokens, warper_plan
 from .beam_search import beam_search
 from .contrastive import contrastive_search
 from .greedy import sample
@@ -76,6 +76,12 @@ def _seed_pair(seed):
     if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) for s in pair):
         raise ValueError(f"seed: expected an int or two ints for the stateless sampler, given {seed!r}")
     return tf.constant(pair, dtype=tf.int32)
+
+
+_WARPERS = {
+    "temperature": TFTemperatureLogitsWarper, "top_k": TFTopKLogitsWarper, "top_p": TFTopPLogitsWarper,
+    "renormalize": TFLogitNormalization,
+}
 
 
 class TFGenerationMixin:
@@ -293,12 +299,7 @@ class TFGenerationMixin:
                 f"logits_processor: expected a TFLogitsProcessorList of processors called as "
                 f"processor(input_ids, scores, cur_len), given {type(custom).__name__}"
             )
-        for theirs in custom:
-            if any(type(theirs) is type(mine) for mine in processors):
-                raise ValueError(
-                    f"logits_processor: a {type(theirs).__name__} was passed, but the generation settings already "
-                    "create one; change the setting instead of passing the processor"
-                )
+        reject_duplicate_processors(processors, custom)
         processors.extend(custom)
         if config.renormalize_logits:
             processors.append(TFLogitNormalization())
@@ -306,19 +307,9 @@ class TFGenerationMixin:
 
     @staticmethod
     def _logits_warpers(config) -> TFLogitsProcessorList:
-        # Beam sampling must keep at least one token besides the end-of-sequence ones, so beams can continue.
-        keep = (len(_ids(config.eos_token_id)) + 1 if isinstance(config.eos_token_id, list) else 2) \
-            if config.num_beams > 1 else 1
-        warpers = TFLogitsProcessorList()
-        if config.temperature is not None and config.temperature != 1.0:
-            warpers.append(TFTemperatureLogitsWarper(config.temperature))
-        if config.top_k is not None and config.top_k != 0:
-            warpers.append(TFTopKLogitsWarper(config.top_k, min_tokens_to_keep=keep))
-        if config.top_p is not None and config.top_p < 1.0:
-            warpers.append(TFTopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
-        if config.renormalize_logits:
-            warpers.append(TFLogitNormalization())
-        return warpers
+        # typical_p, epsilon and eta have no TF class in 4.37 either: they are left out, as there.
+        return TFLogitsProcessorList(_WARPERS[kind](*args, **kwargs) for kind, args, kwargs in warper_plan(config)
+                                     if kind in _WARPERS)
 
     # -- the model, one step at a time ----------------------------------------------------------------
 

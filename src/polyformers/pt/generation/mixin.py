@@ -28,7 +28,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ...generation_config import UNSUPPORTED, FIELDS, GenerationConfig, use_model_tokens
+from ...generation_config import (
+    UNSUPPORTED, FIELDS, GenerationConfig, reject_duplicate_processors, use_model_tokens, warper_plan,
+)
 from ..cache import StaticCache
 from .assisted import assisted_generate
 from .beam_search import beam_search
@@ -77,6 +79,13 @@ def _submodule(model, name: str):
         base = getattr(model, getattr(model, "base_model_prefix", ""), None) if getattr(model, "base_model_prefix", "") else None
         found = getattr(base, name, None) if base is not None else None
     return found
+
+
+_WARPERS = {
+    "temperature": TemperatureLogitsWarper, "top_k": TopKLogitsWarper, "top_p": TopPLogitsWarper,
+    "typical_p": TypicalLogitsWarper, "epsilon": EpsilonLogitsWarper, "eta": EtaLogitsWarper,
+    "renormalize": LogitNormalization,
+}
 
 
 class GenerationMixin:
@@ -468,13 +477,7 @@ class GenerationMixin:
             processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin))
         if config.forced_decoder_ids is not None:
             processors.append(ForceTokensLogitsProcessor(config.forced_decoder_ids))
-        for mine in processors:
-            for theirs in custom:
-                if type(theirs) is type(mine):
-                    raise ValueError(
-                        f"logits_processor: a {type(theirs).__name__} was passed, but the generation settings already "
-                        "create one; change the setting instead of passing the processor"
-                    )
+        reject_duplicate_processors(processors, custom)
         processors.extend(custom)
         if config.renormalize_logits:
             processors.append(LogitNormalization())
@@ -482,25 +485,7 @@ class GenerationMixin:
 
     @staticmethod
     def _logits_warpers(config) -> LogitsProcessorList:
-        # Beam sampling must keep at least one token besides the end-of-sequence ones, so beams can continue.
-        keep = (len(_as_list(config.eos_token_id)) + 1 if isinstance(config.eos_token_id, list) else 2) \
-            if config.num_beams > 1 else 1
-        warpers = LogitsProcessorList()
-        if config.temperature is not None and config.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k is not None and config.top_k != 0:
-            warpers.append(TopKLogitsWarper(config.top_k, min_tokens_to_keep=keep))
-        if config.top_p is not None and config.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
-        if config.typical_p is not None and config.typical_p < 1.0:
-            warpers.append(TypicalLogitsWarper(config.typical_p, min_tokens_to_keep=keep))
-        if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
-            warpers.append(EpsilonLogitsWarper(config.epsilon_cutoff, min_tokens_to_keep=keep))
-        if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
-            warpers.append(EtaLogitsWarper(config.eta_cutoff, min_tokens_to_keep=keep))
-        if config.renormalize_logits:
-            warpers.append(LogitNormalization())
-        return warpers
+        return LogitsProcessorList(_WARPERS[kind](*args, **kwargs) for kind, args, kwargs in warper_plan(config))
 
     def _stopping_criteria(self, config, custom, tokenizer, with_eos: bool) -> StoppingCriteriaList:
         criteria = StoppingCriteriaList()
