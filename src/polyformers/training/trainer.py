@@ -92,8 +92,9 @@ def _release_process_group_at_exit() -> None:
 
     A script written for the reference never calls ``destroy_process_group``; left alive until Python tears
     down, the group (and the DDP wrapper holding it) is destroyed with no interpreter left, and the process
-    can abort (SIGABRT, "terminate called without an active exception") after a run that succeeded. After a failed ``train`` the group is
-    left alone: destroying it while other processes may still wait in a collective can hang.
+    can abort (SIGABRT, "terminate called without an active exception") after a run that succeeded. After
+    a failed ``train`` the group is left alone: destroying it while other processes may still wait in a
+    collective can hang.
     """
     global _RELEASE_REGISTERED
     if _RELEASE_REGISTERED:
