@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .hypotheses import _BeamScorer, beam_output, reorder_model_state
+from .hypotheses import _BeamScorer, beam_output, follow_beams
 from .processors import _as_list
 from .records import _Recorder
 
@@ -47,10 +47,8 @@ def beam_search(model, input_ids, config, processors, warpers, criteria, batch_s
         beam_scores, next_tokens, beam_idx = scorer.process(
             input_ids, totals, tokens, sources, config.pad_token_id, eos, trails, prompt_len
         )
-        input_ids = torch.cat([input_ids[beam_idx, :], next_tokens.unsqueeze(-1)], dim=-1)
-        model_kwargs = reorder_model_state(model, outputs, model_kwargs, is_encoder_decoder, beam_idx)
-        if trails is not None:
-            trails = tuple(trails[i] + (i,) for i in beam_idx.tolist())
+        input_ids, model_kwargs, trails = follow_beams(model, outputs, input_ids, model_kwargs, is_encoder_decoder,
+                                                       beam_idx, next_tokens, trails)
         if scorer.is_done or bool(criteria(input_ids, record.scores).all()):
             break
     sequences, sequence_scores, beam_indices = scorer.finalize(

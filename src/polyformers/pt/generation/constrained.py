@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .hypotheses import _assemble, _Hypotheses, beam_output, reorder_model_state
+from .hypotheses import _assemble, _Hypotheses, beam_output, follow_beams
 from .processors import _as_list
 from .records import _Recorder
 
@@ -580,10 +580,8 @@ def constrained_beam_search(model, input_ids, config, processors, criteria, batc
         beam_scores, next_tokens, beam_idx = scorer.process(
             input_ids, totals, candidates % vocab, sources, cumulative, config.pad_token_id, eos, trails, prompt_len
         )
-        input_ids = torch.cat([input_ids[beam_idx, :], next_tokens.unsqueeze(-1)], dim=-1)
-        model_kwargs = reorder_model_state(model, outputs, model_kwargs, is_encoder_decoder, beam_idx)
-        if trails is not None:
-            trails = tuple(trails[i] + (i,) for i in beam_idx.tolist())
+        input_ids, model_kwargs, trails = follow_beams(model, outputs, input_ids, model_kwargs, is_encoder_decoder,
+                                                       beam_idx, next_tokens, trails)
         if scorer.is_done or bool(criteria(input_ids, record.scores).all()):
             break
     sequences, sequence_scores, beam_indices = scorer.finalize(

@@ -162,6 +162,17 @@ def reorder_model_state(model, outputs, model_kwargs: dict, is_encoder_decoder: 
     return model_kwargs
 
 
+def follow_beams(model, outputs, input_ids, model_kwargs: dict, is_encoder_decoder: bool, beam_idx: torch.Tensor,
+                 next_tokens: torch.Tensor, trails):
+    """After a step's beams are chosen: the sequences extended along ``beam_idx`` by ``next_tokens``, the
+    model state reordered (:func:`reorder_model_state`), and each beam's trail of rows (or None) followed."""
+    input_ids = torch.cat([input_ids[beam_idx, :], next_tokens.unsqueeze(-1)], dim=-1)
+    model_kwargs = reorder_model_state(model, outputs, model_kwargs, is_encoder_decoder, beam_idx)
+    if trails is not None:
+        trails = tuple(trails[i] + (i,) for i in beam_idx.tolist())
+    return input_ids, model_kwargs, trails
+
+
 def beam_output(config, is_encoder_decoder: bool, sequences, sequence_scores, beam_indices, record, model_kwargs):
     """What a beam strategy returns: the sequences, or with ``return_dict_in_generate`` the output record."""
     if not config.return_dict_in_generate:
