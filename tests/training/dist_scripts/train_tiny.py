@@ -29,6 +29,7 @@ and in any mode (a sharded FSDP checkpoint loads into a plain single-process mod
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -249,6 +250,10 @@ def main(argv=None) -> int:
         every = [None] * world
         dist.all_gather_object(every, mine)
         dist.barrier()
+        # The DDP wrapper goes before the group it holds (destroying the group under a live wrapper can
+        # abort at exit: "terminate called without an active exception").
+        del model, bare, optimizer
+        gc.collect()
         dist.destroy_process_group()
     else:
         every = [mine]
