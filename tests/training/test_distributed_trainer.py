@@ -79,12 +79,15 @@ def _same_losses(got: list, want: list) -> None:
 def test_ddp_and_fsdp_give_the_losses_of_one_process(tmp_path, one_process):
     single, single_final = one_process
     report = tmp_path / "ddp-exit"
-    ddp = _result(_torchrun(2, _job(tmp_path, "ddp", 2, state_bytes=True, exit_report=str(report))))
+    ddp = _result(_torchrun(2, _job(tmp_path, "ddp", 2, state_bytes=True, exit_report=str(report),
+                                    keep_trainer=True)))
     _same_losses(_losses(ddp), _losses(single))
-    # The script never destroys its process group; the Trainer does so before Python finalises (a group
-    # left to finalisation can abort a run that succeeded).
+    # The script never destroys its process group and still holds its trainer at exit; the Trainer drops
+    # its DDP wrapper and destroys the group before Python finalises (a group left to finalisation, or
+    # destroyed under a live wrapper, can abort a run that succeeded).
     for rank in (0, 1):
-        assert json.loads(Path(f"{report}.{rank}").read_text()) == {"process_group_alive": False}
+        assert json.loads(Path(f"{report}.{rank}").read_text()) == {"process_group_alive": False,
+                                                                    "ddp_wrappers_alive": 0}
     fsdp = _result(_torchrun(2, _job(tmp_path, "fsdp", 2, state_bytes=True, args=dict(fsdp="full_shard auto_wrap"))))
     _same_losses(_losses(fsdp), _losses(single))
     # Each process holds half the parameters and optimizer state under FSDP, all of them under DDP.

@@ -9,6 +9,7 @@ process group is still alive (``exit_report``.RANK).
 """
 
 import atexit
+import gc
 import json
 import os
 import signal
@@ -58,6 +59,9 @@ class KillAt(pf.TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+KEPT = []
+
+
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as f:
         job = json.load(f)
@@ -66,8 +70,9 @@ def main() -> None:
         # registered before anything of polyformers', so it runs after their exit handlers
         def report():
             alive = torch.distributed.is_available() and torch.distributed.is_initialized()
+            wrappers = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
             with open(f"{job['exit_report']}.{os.environ.get('RANK', '0')}", "w", encoding="utf-8") as f:
-                f.write(json.dumps({"process_group_alive": alive}))
+                f.write(json.dumps({"process_group_alive": alive, "ddp_wrappers_alive": wrappers}))
 
         atexit.register(report)
     model = tiny_model(job["family"], job.get("dropout", 0.0))
@@ -79,6 +84,8 @@ def main() -> None:
     trainer = pf.Trainer(model, args, train_dataset=data, eval_dataset=data[:8] if job.get("eval") else None,
                          callbacks=callbacks)
     trainer.train(resume_from_checkpoint=job.get("resume"))
+    if job.get("keep_trainer"):  # as a script whose trainer is a module-level name: alive at exit
+        KEPT.append(trainer)
     if job.get("save_model"):
         trainer.save_model(job["save_model"])
     if job.get("state_bytes"):

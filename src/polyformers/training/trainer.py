@@ -25,6 +25,7 @@ import random
 import re
 import shutil
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -85,6 +86,7 @@ class EvalPrediction:
 
 _TRAINING_IN_FLIGHT = 0
 _RELEASE_REGISTERED = False
+_LIVE_TRAINERS: "weakref.WeakSet[Trainer]" = weakref.WeakSet()  # trainers in a multi-process group
 
 
 def _release_process_group_at_exit() -> None:
@@ -92,9 +94,12 @@ def _release_process_group_at_exit() -> None:
 
     A script written for the reference never calls ``destroy_process_group``; left alive until Python tears
     down, the group (and the DDP wrapper holding it) is destroyed with no interpreter left, and the process
-    can abort (SIGABRT, "terminate called without an active exception") after a run that succeeded. After
-    a failed ``train`` the group is left alone: destroying it while other processes may still wait in a
-    collective can hang.
+    can abort (SIGABRT, "terminate called without an active exception") after a run that succeeded.
+    Destroying the group while a DDP wrapper still holds it aborts the same way once the wrapper goes, so
+    the wrappers go first: those of trainers the script still holds (a module-level ``trainer``) are
+    dropped, and those of trainers it no longer holds (reference cycles keep them until a collection) are
+    collected. After a failed ``train`` the group is left alone: destroying it while other processes may
+    still wait in a collective can hang.
     """
     global _RELEASE_REGISTERED
     if _RELEASE_REGISTERED:
@@ -103,9 +108,8 @@ def _release_process_group_at_exit() -> None:
 
     def release() -> None:
         if _TRAINING_IN_FLIGHT == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Trainers the script no longer holds (reference cycles keep them until a collection) are freed
-            # first, so that their DDP wrappers let go of the group while Python is whole; without this a
-            # DDP run still aborted at exit about one time in four.
+            for trainer in list(_LIVE_TRAINERS):
+                trainer._release_wrappers()
             gc.collect()
             torch.distributed.destroy_process_group()
             gc.collect()
@@ -298,6 +302,7 @@ class Trainer:
             # The process group is torch's (gloo on CPU unless ddp_backend says otherwise).
             PartialState(cpu=cpu, backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout or 1800))
             _release_process_group_at_exit()
+            _LIVE_TRAINERS.add(self)
         # accelerate keeps one process-wide state that refuses a second Accelerator with another precision;
         # each Trainer sets its own (the process group, which is PartialState's, stays).
         from accelerate.state import AcceleratorState
@@ -527,6 +532,18 @@ class Trainer:
         else:
             self._wrapped = self.accelerator.prepare_model(self.model)
         return self._wrapped
+
+    def _release_wrappers(self) -> None:
+        """Let go of the DDP wrapper (and accelerate's references to it) before the group is destroyed.
+
+        Only for the exit handler: the trainer is not used after it. An FSDP2 model is sharded in place and
+        has no wrapper to drop.
+        """
+        if self._wrapped is not None and self._wrapped is not self.model:
+            self._wrapped = None
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None:
+            accelerator.free_memory()
 
     def _model_for_eval(self) -> nn.Module:
         if self._wrapped is not None:

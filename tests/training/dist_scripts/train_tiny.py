@@ -298,6 +298,11 @@ def main_accelerate(args) -> int:
         every = [mine]
     if rank == 0:
         emit({"kind": "state_bytes", "mode": "accelerate", "per_rank": every})
+    # As in main(): the DDP wrapper goes before the group. The Accelerator keeps its own references to
+    # what it prepared; free_memory() drops them, then nothing holds the wrapper.
+    del model, optimizer, bare
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
     return 0
 
