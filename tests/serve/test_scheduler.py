@@ -156,3 +156,46 @@ def test_cancel_frees_the_slot_and_queue_bounds(serve_checkpoints):
         assert first.sequences[0].slot is None
     finally:
         served.scheduler.stop()
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_logprobs_are_of_the_chosen_distribution(serve_checkpoints, mode):
+    """``raw``: the model's log-softmax; ``processed``: after logit_bias and penalties (and, sampling, the
+    temperature and top_p), recomputed here from a plain forward over prompt + output at each step."""
+    from polyformers.pt.generation import TopPLogitsWarper
+
+    served = load_served_model("gptj", str(serve_checkpoints["gptj"]), max_batch=2, logprobs_mode=mode)
+    try:
+        ids = served.tokenizer("Once upon a time")["input_ids"]
+        biased = 1000
+        settings = [
+            dict(temperature=0.0, logit_bias={biased: 3.0}, frequency_penalty=1.5, presence_penalty=0.5),
+            dict(temperature=0.05, top_p=0.6, seed=5, logit_bias={biased: 3.0}, frequency_penalty=1.0),
+        ]
+        for setting in settings:
+            params = SamplingParams(max_tokens=4, logprobs=3, **setting)
+            collector = Collector()
+            request = GenerationRequest([ids], params, 1, collector)
+            served.scheduler.submit(request)
+            assert collector.done.wait(60)
+            output = request.sequences[0].output_ids
+            entries = [e for event in collector.events for e in event.logprobs]
+            assert len(entries) == len(output) == 4
+            with torch.no_grad():
+                logits = served.model(torch.tensor([ids + output])).logits[0, len(ids) - 1:-1].float()
+            for step, (token, entry) in enumerate(zip(output, entries)):
+                row = logits[step].clone()
+                if mode == "processed":
+                    row[biased] += 3.0
+                    counts = torch.bincount(torch.tensor(output[:step], dtype=torch.long), minlength=row.numel())
+                    row -= setting["frequency_penalty"] * counts + setting.get("presence_penalty", 0.0) * (counts > 0)
+                    if setting["temperature"]:
+                        row = TopPLogitsWarper(setting["top_p"])(None, (row / setting["temperature"])[None])[0]
+                want = torch.log_softmax(row, dim=-1).clamp_min(-9999.0)
+                assert entry.logprob == pytest.approx(float(want[token]), abs=1e-4)
+                best = torch.topk(want, 3).values.tolist()
+                assert sorted(entry.top.values(), reverse=True) == pytest.approx(best, abs=1e-4)
+        if mode == "processed":  # the sharp, narrow nucleus leaves impossible tokens among the top 3
+            assert -9999.0 in entries[0].top.values()
+    finally:
+        served.scheduler.stop()

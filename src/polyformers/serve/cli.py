@@ -39,6 +39,9 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
                    help="cap the context (and the preallocated cache) below the model's maximum")
     p.add_argument("--prefill-chunk", type=_positive, default=512,
                    help="prompt tokens prefilled between two decoding steps (default: 512)")
+    p.add_argument("--logprobs-mode", choices=["raw", "processed"], default="raw",
+                   help="log-probabilities of generated tokens: the model's own (raw, default) or those the "
+                        "token was chosen from, after logit_bias, penalties, temperature and top_p (processed)")
     p.add_argument("--api-key", default=os.environ.get("POLYFORMERS_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $POLYFORMERS_API_KEY, else none)")
     p.add_argument("--threads", type=_positive, default=None, help="torch intra-op threads (default: torch's)")
@@ -70,7 +73,8 @@ def cmd_serve(args) -> int:
             raise ValueError(f"--model: two models are named {name!r}; name them with NAME=PATH")
         models[name] = load_served_model(name, path, dtype=args.dtype, int8=args.int8, max_batch=args.max_batch,
                                          max_queue=args.max_queue, max_model_len=args.max_model_len,
-                                         prefill_chunk=args.prefill_chunk, device=args.device)
+                                         prefill_chunk=args.prefill_chunk, device=args.device,
+                                         logprobs_mode=args.logprobs_mode)
     app = create_app(models, api_key=args.api_key)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

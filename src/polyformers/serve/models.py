@@ -95,7 +95,8 @@ def parse_model_arg(value: str) -> tuple:
 
 def load_served_model(name: str, path: str, *, dtype: Optional[str] = None, int8: bool = False,
                       max_batch: int = 8, max_queue: int = 64, max_model_len: Optional[int] = None,
-                      prefill_chunk: int = 512, device: Optional[str] = None) -> ServedModel:
+                      prefill_chunk: int = 512, device: Optional[str] = None,
+                      logprobs_mode: str = "raw") -> ServedModel:
     from ..auto import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path)
@@ -127,7 +128,7 @@ def load_served_model(name: str, path: str, *, dtype: Optional[str] = None, int8
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     eos.append(tokenizer.eos_token_id)
     served.scheduler = Scheduler(runner, tokenizer, eos_token_ids=eos, max_queue=max_queue,
-                                 prefill_chunk=prefill_chunk, name=name).start()
+                                 prefill_chunk=prefill_chunk, name=name, logprobs_mode=logprobs_mode).start()
     logger.info("serving %s (%s, %s) from %s: context %d, %d slots", name, type(model).__name__, kind, path,
                 served.context, max_batch)
     return served

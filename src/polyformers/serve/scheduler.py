@@ -38,6 +38,9 @@ from .protocol import SamplingParams
 logger = logging.getLogger("polyformers.serve")
 
 
+IMPOSSIBLE_LOGPROB = -9999.0  # the log-probability reported for a token of probability 0
+
+
 class QueueFull(Exception):
     """Raised by :meth:`Scheduler.submit` when ``max_queue`` requests already wait."""
 
@@ -433,10 +436,22 @@ class Scheduler:
     ``prefill_chunk`` bounds the prompt tokens prefilled between two decoding steps. Whoever else uses
     the tokenizer holds :attr:`tokenizer_lock` meanwhile: a fast tokenizer reconfigures its backend on
     each encoding call, which must not overlap a decoding call from this thread.
+
+    ``logprobs_mode`` says which distribution the reported log-probabilities of generated tokens are of:
+    ``"raw"`` (default, as vLLM's default), the model's own (log-softmax of its logits); ``"processed"``,
+    the one the token was chosen from: after ``logit_bias`` and the presence and frequency penalties, and
+    for a sampled request after the temperature and ``top_p`` too (tokens ``top_p`` removes have
+    probability 0, reported as -9999.0 as JSON has no infinity). Prompt tokens (``echo``) are always scored
+    raw: no request setting applies to them.
     """
 
+    LOGPROBS_MODES = ("raw", "processed")
+
     def __init__(self, runner, tokenizer, *, eos_token_ids=(), max_queue: int = 64, prefill_chunk: int = 512,
-                 name: str = "model"):
+                 name: str = "model", logprobs_mode: str = "raw"):
+        if logprobs_mode not in self.LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode: expected one of {', '.join(self.LOGPROBS_MODES)}, got {logprobs_mode!r}")
+        self.logprobs_mode = logprobs_mode
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos = set(int(t) for t in eos_token_ids if t is not None)
@@ -597,8 +612,9 @@ class Scheduler:
         self._advance(running, logits)
 
     def _advance(self, seqs: list, logits: torch.Tensor) -> None:
-        tokens = self._choose(seqs, logits)
-        for seq, token, row in zip(seqs, tokens, logits):
+        tokens, processed = self._choose(seqs, logits)
+        rows = processed if self.logprobs_mode == "processed" else logits
+        for seq, token, row in zip(seqs, tokens, rows):
             entry = None
             if seq.params.logprobs is not None:
                 entry = self._entry(row, token, seq.params.logprobs, len(seq.text))
@@ -608,8 +624,9 @@ class Scheduler:
                 seq.counts[token] += 1
             self._after_token(seq, token, entry)
 
-    def _choose(self, seqs: list, logits: torch.Tensor) -> list:
-        """Next tokens: argmax for greedy rows, a draw for the others, each with its own settings."""
+    def _choose(self, seqs: list, logits: torch.Tensor) -> tuple:
+        """Next tokens: argmax for greedy rows, a draw for the others, each with its own settings; and the
+        scores each was chosen from (a list of rows; ``logits``' own rows where nothing changed them)."""
         scores = logits
         adjusted = [i for i, s in enumerate(seqs) if s.params.logit_bias or s.params.presence_penalty
                     or s.params.frequency_penalty]
@@ -625,6 +642,7 @@ class Scheduler:
                         seq.counts = torch.zeros(scores.shape[-1], device=scores.device)
                     scores[i] -= params.frequency_penalty * seq.counts + params.presence_penalty * (seq.counts > 0)
         chosen = torch.argmax(scores, dim=-1).tolist()
+        processed = list(scores)
         for i, seq in enumerate(seqs):
             params = seq.params
             if params.greedy:
@@ -642,10 +660,12 @@ class Scheduler:
                     seq.generator.seed()
             probs = torch.softmax(row, dim=-1)
             chosen[i] = int(torch.multinomial(probs, 1, generator=seq.generator)[0, 0])
-        return chosen
+            processed[i] = row[0]
+        return chosen, processed
 
     def _entry(self, row: torch.Tensor, token: int, top: int, offset: int) -> LogprobEntry:
-        logprobs = torch.log_softmax(row, dim=-1)
+        # A token the processing ruled out has probability 0: -9999.0 stands for its -inf (not JSON).
+        logprobs = torch.log_softmax(row, dim=-1).clamp_min(IMPOSSIBLE_LOGPROB)
         alternatives = None
         if top:
             values, ids = torch.topk(logprobs, top)
