@@ -29,10 +29,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..pt import layers as L
 from ..pt.cache import StaticCache
 from ..pt.generation import TopPLogitsWarper
-from ..pt.models.pegasus import _feed_forward as _pegasus_feed_forward
 from .protocol import SamplingParams
 
 logger = logging.getLogger("polyformers.serve")
@@ -275,8 +273,11 @@ class Seq2SeqRunner:
     A decoding step feeds the last chosen token of each sequence at its own position through the
     decoder's layers over the first ``n`` slots (``n`` past the highest slot decoding): the self-attention
     mask hides, per row, the positions past its own, and the cross-attention mask the encoder positions
-    past its own source. The layers are the model's own modules, applied as the model applies them, so a
-    row computes what it computes alone; only the shapes of the matrix products change.
+    past its own source. Each layer runs its own ``forward`` on a cache of views into the storage (its
+    self-attention appends the new keys after them, its cross-attention takes the stored ones), and the
+    new keys/values go back into each row's slot at its own position; so a row computes what it computes
+    alone, only the shapes of the matrix products change. The embedding (token and per-row position),
+    the final LayerNorm and the head are the model's modules too, applied as its forward applies them.
     """
 
     chunked_prefill = False
@@ -296,7 +297,6 @@ class Seq2SeqRunner:
             raise ValueError("the model config has no decoder_start_token_id (nor bos_token_id)")
         self.start_token = int(start)
         self.decoder = model.get_decoder()
-        self.heads = config.decoder_attention_heads
         self._free = list(range(max_batch))  # a heap, as CausalRunner's
         heapq.heapify(self._free)
         self._source = torch.zeros(max_batch, dtype=torch.long)  # encoder length held by each slot
@@ -381,16 +381,16 @@ class Seq2SeqRunner:
             positions[s.slot] = len(s.output_ids)  # the start token sits at 0
         rows = torch.tensor([s.slot for s in seqs])
         sources = self._source[:n]
-        longest = int(positions.max()) + 1
+        # Row i has positions 0..positions[i]-1 in its slot; each layer is given the first ``past`` of
+        # every slot and appends the new token's keys after them, as in ``generate``. Its mask hides, per
+        # row, the stored positions past its own, and the encoder positions past its own source. A row in
+        # between that is not decoding (free, or since released) computes a throwaway token.
+        past = int(positions.max())
         longest_source = int(sources[rows].max())
-        # Row i sees its decoder positions 0..positions[i] and its own encoder states. A row in between
-        # that is not decoding (free, or prefilled in an earlier step and since released) computes a
-        # throwaway token and writes nothing.
-        keep_self = torch.arange(longest)[None, :] <= positions[:, None]
+        keep_self = torch.cat([torch.arange(past)[None, :] < positions[:, None], torch.ones(n, 1, dtype=torch.bool)], 1)
         keep_cross = torch.arange(longest_source)[None, :] < sources[:, None]
         decoder, model = self.decoder, self.model
-        dtype = self.self_keys[0].dtype
-        device = self.device
+        dtype, device = self.self_keys[0].dtype, self.device
         minimum = torch.finfo(dtype).min
         self_bias = ((~keep_self).to(dtype) * minimum)[:, None, None, :].to(device)
         cross_bias = ((~keep_cross).to(dtype) * minimum)[:, None, None, :].to(device)
@@ -399,26 +399,16 @@ class Seq2SeqRunner:
 
         hidden = decoder.embed_tokens(tokens) * decoder.embed_scale
         hidden = hidden + decoder.embed_positions.weight[positions][:, None, :].to(hidden.dtype)
+        # The layers take their cross-attention keys and values from the cache when its length is the
+        # encoder states'; these stand for states of that shape without holding any.
+        encoder_states = hidden.new_zeros(()).expand(n, longest_source, hidden.shape[-1])
         for i, layer in enumerate(decoder.layers):
-            attention = layer.self_attn
-            residual = hidden
-            query, key, value = (L.split_heads(part, self.heads) for part in L.stacked_linear(
-                layer.self_attn_layer_norm(hidden), attention.q_proj, attention.k_proj, attention.v_proj
-            ).chunk(3, dim=-1))
-            keys, values = self.self_keys[i], self.self_values[i]
-            keys[rows, :, where] = key[rows, :, 0]
-            values[rows, :, where] = value[rows, :, 0]
-            context, _ = L.attend(query, keys[:n, :, :longest], values[:n, :, :longest], self_bias,
-                                  scale=attention.scaling)
-            hidden = residual + attention.out_proj(L.merge_heads(context))
-
-            attention = layer.encoder_attn
-            residual = hidden
-            query = L.split_heads(attention.q_proj(layer.encoder_attn_layer_norm(hidden)), self.heads)
-            context, _ = L.attend(query, self.cross_keys[i][:n, :, :longest_source],
-                                  self.cross_values[i][:n, :, :longest_source], cross_bias, scale=attention.scaling)
-            hidden = residual + attention.out_proj(L.merge_heads(context))
-            hidden = _pegasus_feed_forward(layer, hidden)
+            cache = (self.self_keys[i][:n, :, :past], self.self_values[i][:n, :, :past],
+                     self.cross_keys[i][:n, :, :longest_source], self.cross_values[i][:n, :, :longest_source])
+            hidden, _, _, present = layer(hidden, attention_mask=self_bias, encoder_hidden_states=encoder_states,
+                                          encoder_attention_mask=cross_bias, past_key_value=cache)
+            self.self_keys[i][rows, :, where] = present[0][rows, :, -1]
+            self.self_values[i][rows, :, where] = present[1][rows, :, -1]
         hidden = decoder.layer_norm(hidden[rows])
         logits = model.lm_head(hidden) + model.final_logits_bias.to(hidden.dtype)
         return logits[:, -1].float()
