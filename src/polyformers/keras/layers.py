@@ -1,5 +1,6 @@
 """Keras 3 primitives shared by every family: activations, input checks, masks, attention with a cache,
-the BERT encoder stack and the heads' losses with the reference's TensorFlow semantics.
+the BERT encoder stack, the heads' losses with the reference's TensorFlow semantics, and what the
+encoder families' task heads share (classification and LM heads, multiple-choice inputs, outputs).
 
 Everything is written with ``keras.ops`` so the same layers run on any Keras backend. Attribute names
 of layers are the PyTorch checkpoint's module names (``attention.self.query``, ``LayerNorm``, ...):
@@ -17,6 +18,9 @@ import numpy as np
 
 import keras
 from keras import ops
+
+from ..outputs import TFMultipleChoiceModelOutput, TFQuestionAnsweringModelOutput, TFSequenceClassifierOutput
+from .modeling import as_output
 
 # ---------------------------------------------------------------------------------------------------
 # Activations and building blocks
@@ -186,8 +190,33 @@ def position_ids_after_padding(input_ids, padding_idx: int, past_length=0):
     return (ops.cumsum(real, axis=1) + past_length) * real + padding_idx
 
 
+def fairseq_positions(input_ids, inputs_embeds, padding_idx: int, past_length=0):
+    """Position ids of RoBERTa-style models: :func:`position_ids_after_padding` for ``input_ids``; for
+    ``inputs_embeds``, which do not say which rows are padding, every token takes the next position after
+    ``padding_idx`` (cached positions are not added, as in the reference)."""
+    if input_ids is not None:
+        return position_ids_after_padding(input_ids, padding_idx, past_length)
+    batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
+    return ops.broadcast_to(ops.arange(padding_idx + 1, padding_idx + 1 + length)[None], (batch, length))
+
+
+def largest(x) -> Optional[int]:
+    """The largest value of ``x`` when its values are known now and it is not empty, else None."""
+    values = concrete(x)
+    return int(values.max()) if values is not None and values.size else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Attention
+
+
+def check_head_split(config) -> None:
+    """The hidden size must split evenly into ``num_attention_heads`` heads."""
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
+            f"({config.num_attention_heads})"
+        )
 
 
 def split_heads(x, num_heads: int):
@@ -224,11 +253,7 @@ class BertSelfAttention(Block):
 
     def __init__(self, config, position_embedding_type: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        if config.hidden_size % config.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-                f"({config.num_attention_heads})"
-            )
+        check_head_split(config)
         self.num_heads = config.num_attention_heads
         self.head_size = config.hidden_size // config.num_attention_heads
         self.query = dense(config.hidden_size, config)
@@ -367,18 +392,23 @@ class BertLayer(Block):
 # axes name, per dimension, the mesh axis that splits it ("model") or None. Query, key, value and the
 # first feed-forward projection split their output columns (whole heads per device); the attention
 # output and the second projection split their input rows, so each block needs one sum across devices.
-BERT_LAYOUT_RULES = (
-    (r".*/(cross)?attention/self/(query|key|value)/kernel", (None, "model")),
-    (r".*/(cross)?attention/self/(query|key|value)/bias", ("model",)),
-    (r".*/(cross)?attention/output_/dense/kernel", ("model", None)),
+# The feed-forward rules also serve MPNet, whose blocks reuse BERT's feed-forward layers.
+BERT_FEED_FORWARD_LAYOUT_RULES = (
     (r".*/intermediate/dense/kernel", (None, "model")),
     (r".*/intermediate/dense/bias", ("model",)),
     (r".*/layer_\d+/output_/dense/kernel", ("model", None)),
 )
+BERT_LAYOUT_RULES = (
+    (r".*/(cross)?attention/self/(query|key|value)/kernel", (None, "model")),
+    (r".*/(cross)?attention/self/(query|key|value)/bias", ("model",)),
+    (r".*/(cross)?attention/output_/dense/kernel", ("model", None)),
+) + BERT_FEED_FORWARD_LAYOUT_RULES
 
 
 class BertEncoder(Block):
-    """The stack of :class:`BertLayer`; collects caches, attentions and hidden states as asked."""
+    """The stack of :class:`BertLayer`; collects caches, attentions and hidden states as asked. As in the
+    reference's TF classes, only a decoder caches, by default (``use_cache=None``) when
+    ``config.use_cache`` says so."""
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
@@ -387,6 +417,7 @@ class BertEncoder(Block):
 
     def call(self, hidden_states, mask, head_masks, encoder_hidden_states, encoder_mask, past_key_values,
              use_cache, output_attentions, output_hidden_states, training=False):
+        use_cache = bool(self.config.use_cache if use_cache is None else use_cache) and self.config.is_decoder
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         all_cross = () if output_attentions and self.config.add_cross_attention else None
@@ -481,8 +512,10 @@ class SequenceSummary(Block):
 
 
 def prepare_encoder_inputs(config, input_ids, inputs_embeds, embedding_size, attention_mask, head_mask,
-                           encoder_hidden_states, encoder_attention_mask, past_key_values, dtype):
-    """Validate the inputs of a BERT-style model and build its additive masks.
+                           encoder_hidden_states, encoder_attention_mask, past_key_values, dtype,
+                           token_type_ids=None, position_ids=None):
+    """Validate the inputs of a BERT-style model (``token_type_ids`` and ``position_ids`` too, where the
+    family takes them) and build its additive masks.
 
     Returns ``(past_length, mask, encoder_mask, head_masks)``; the causal mask is used when the config
     is a decoder, the encoder mask only when a decoder is given encoder states.
@@ -511,6 +544,10 @@ def prepare_encoder_inputs(config, input_ids, inputs_embeds, embedding_size, att
         check_shape("encoder_attention_mask", encoder_attention_mask, tuple(encoder_hidden_states.shape[:2]))
         encoder_mask = padding_bias(encoder_attention_mask, dtype)
     head_masks = expand_head_mask(head_mask, config.num_hidden_layers, dtype)
+    if token_type_ids is not None:
+        check_ids("token_type_ids", token_type_ids, config.type_vocab_size, f"type_vocab_size={config.type_vocab_size}")
+    check_ids("position_ids", position_ids, config.max_position_embeddings,
+              f"max_position_embeddings={config.max_position_embeddings}")
     return past_length, mask, encoder_mask, head_masks
 
 
@@ -569,3 +606,134 @@ def choice_loss(logits, labels):
     """Multiple choice: cross-entropy over the choices, one value per example."""
     return ops.sparse_categorical_crossentropy(ops.convert_to_tensor(labels), ops.cast(logits, "float32"),
                                                from_logits=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Heads: the layers and the input handling that the encoder families' task heads share
+
+
+def classifier_dropout_rate(config) -> float:
+    """``classifier_dropout`` where the config sets it, else ``hidden_dropout_prob``."""
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+class ClassificationHead(Block):
+    """Sentence-level head on the first token: dropout, dense, ``activation``, dropout, projection onto
+    the labels."""
+
+    def __init__(self, config, activation: str, dropout_rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense(config.hidden_size, config)
+        self.activation = get_activation(activation)
+        self.dropout = keras.layers.Dropout(dropout_rate)
+        self.out_proj = dense(config.num_labels, config)
+
+    def call(self, features, training=False):
+        x = self.dropout(features[:, 0, :], training=training)
+        x = self.dropout(self.activation(self.dense(x)), training=training)
+        return self.out_proj(x)
+
+
+def tied_logits(hidden_states, embedding_matrix, bias):
+    """Scores over the vocabulary through the (vocab, width) word embedding matrix, transposed, plus the
+    vocabulary bias."""
+    logits = ops.matmul(hidden_states, ops.transpose(ops.cast(embedding_matrix, hidden_states.dtype)))
+    return logits + ops.cast(bias, logits.dtype)
+
+
+class LMHead(Block):
+    """Dense, GELU, LayerNorm, then the projection onto the vocabulary, plus a vocabulary bias: through
+    the word embedding matrix when ``tied``, else through a ``decoder`` matrix of its own."""
+
+    def __init__(self, config, input_embeddings, tied: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense(config.hidden_size, config)
+        self.layer_norm = layer_norm(config)
+        self.activation = get_activation("gelu")
+        self.tied = tied
+        # A tied head reads the embedding layer's matrix without tracking that layer as its own: one
+        # variable, trained once and saved under the embedding's key.
+        self._embedding_matrix = lambda: input_embeddings.embeddings
+        if not tied:
+            self.decoder = dense(config.vocab_size, config, use_bias=False)
+        self.bias = self.add_weight(name="bias", shape=(config.vocab_size,), initializer="zeros")
+
+    def call(self, features):
+        hidden = self.layer_norm(self.activation(self.dense(features)))
+        if self.tied:
+            return tied_logits(hidden, self._embedding_matrix(), self.bias)
+        logits = self.decoder(hidden)
+        return logits + ops.cast(self.bias, logits.dtype)
+
+
+def count_choices(input_ids, inputs_embeds, width: str, exact_rank: bool = True):
+    """The number of choices of multiple-choice inputs: ``input_ids`` of shape (batch, num_choices,
+    sequence) or ``inputs_embeds`` with a ``width`` dimension more. ``exact_rank=False`` accepts any
+    rank from 3 up, as RoBERTa's check does."""
+    reference = input_ids if input_ids is not None else inputs_embeds
+    expected = 3 if input_ids is not None else 4
+    if reference is None or (len(reference.shape) != expected if exact_rank else len(reference.shape) < 3):
+        raise ValueError(
+            "pass input_ids of shape (batch, num_choices, sequence) or inputs_embeds of shape "
+            f"(batch, num_choices, sequence, {width}), got {None if reference is None else tuple(reference.shape)}"
+        )
+    return ops.shape(reference)[1]
+
+
+def choice_dummy_inputs() -> dict:
+    """Multiple-choice inputs for building the variables: one example, two choices."""
+    return {"input_ids": np.array([[[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]]], dtype="int32")}
+
+
+def flatten_choices(*tensors) -> tuple:
+    """Each (batch, num_choices, ...) tensor as (batch * num_choices, ...), the choices run as sequences of
+    their own; None stays None."""
+    flat = []
+    for t in tensors:
+        if t is not None:
+            t = ops.convert_to_tensor(t)
+            t = ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:]))
+        flat.append(t)
+    return tuple(flat)
+
+
+def check_span_labels(config) -> None:
+    """Extractive question answering scores a start and an end per token."""
+    if config.num_labels != 2:
+        raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {config.num_labels}")
+
+
+def head_output(output_class, body, return_dict: bool, **fields):
+    """A head's output: its own ``fields`` plus the main layer's (``body``) hidden states and attentions,
+    as ``output_class`` or, with ``return_dict=False``, the tuple of the fields that are set."""
+    return as_output(output_class(**fields, hidden_states=body.hidden_states, attentions=body.attentions),
+                     return_dict)
+
+
+def token_head_output(output_class, logits, labels, body, return_dict: bool):
+    """A per-token head (masked LM, token classification); its loss is :func:`token_loss`."""
+    loss = token_loss(logits, labels) if labels is not None else None
+    return head_output(output_class, body, return_dict, loss=loss, logits=logits)
+
+
+def sequence_head_output(logits, labels, config, body, return_dict: bool):
+    """Sequence classification or regression; its loss is :func:`sequence_classification_loss`."""
+    loss = sequence_classification_loss(logits, labels, config) if labels is not None else None
+    return head_output(TFSequenceClassifierOutput, body, return_dict, loss=loss, logits=logits)
+
+
+def choice_head_output(scores, num_choices, labels, body, return_dict: bool):
+    """Multiple choice: one score per flattened choice, regrouped as (batch, num_choices) logits."""
+    logits = ops.reshape(scores, (-1, num_choices))
+    loss = choice_loss(logits, labels) if labels is not None else None
+    return head_output(TFMultipleChoiceModelOutput, body, return_dict, loss=loss, logits=logits)
+
+
+def span_head_output(logits, start_positions, end_positions, body, return_dict: bool):
+    """Extractive QA from (batch, sequence, 2) logits; the loss needs both start and end positions."""
+    start_logits, end_logits = logits[..., 0], logits[..., 1]
+    loss = None
+    if start_positions is not None and end_positions is not None:
+        loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+    return head_output(TFQuestionAnsweringModelOutput, body, return_dict, loss=loss, start_logits=start_logits,
+                       end_logits=end_logits)

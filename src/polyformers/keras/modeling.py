@@ -199,6 +199,16 @@ class TFPreTrainedModel(keras.Model):
             config.use_return_dict if return_dict is None else bool(return_dict),
         )
 
+    def _encode(self, inputs: tuple, output_attentions, output_hidden_states, return_dict, training):
+        """A model's first step: the output flags resolved against the config, then the main layer run on
+        ``inputs`` (in the main layer's argument order). Returns (the main layer's output, return_dict)."""
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        body = self.base_model(*inputs, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states, training=training)
+        return body, return_dict
+
     @property
     def base_model(self):
         return getattr(self, self.base_model_prefix, self)

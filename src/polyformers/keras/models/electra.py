@@ -8,16 +8,11 @@ safetensors load by rule.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...configs import ElectraConfig
 from ...outputs import (
     TFBaseModelOutputWithPastAndCrossAttentions,
     TFElectraForPreTrainingOutput,
     TFMaskedLMOutput,
-    TFMultipleChoiceModelOutput,
-    TFQuestionAnsweringModelOutput,
-    TFSequenceClassifierOutput,
     TFTokenClassifierOutput,
 )
 from .. import layers as L
@@ -47,16 +42,10 @@ class TFElectraMainLayer(L.Block):
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=False, output_hidden_states=False, training=False):
         config = self.config
-        # As the reference's TF classes: only a decoder caches, by default when config.use_cache says so.
-        use_cache = bool(config.use_cache if use_cache is None else use_cache) and config.is_decoder
         past_length, mask, encoder_mask, head_masks = L.prepare_encoder_inputs(
-            config, input_ids, inputs_embeds, config.embedding_size, attention_mask, head_mask,
-            encoder_hidden_states, encoder_attention_mask, past_key_values, self.compute_dtype,
+            config, input_ids, inputs_embeds, config.embedding_size, attention_mask, head_mask, encoder_hidden_states,
+            encoder_attention_mask, past_key_values, self.compute_dtype, token_type_ids, position_ids,
         )
-        L.check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
-                    f"type_vocab_size={config.type_vocab_size}")
-        L.check_ids("position_ids", position_ids, config.max_position_embeddings,
-                    f"max_position_embeddings={config.max_position_embeddings}")
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         if (position_ids is None and config.position_embedding_type == "absolute" and isinstance(length, int)
                 and isinstance(past_length, int) and past_length + length > config.max_position_embeddings):
@@ -96,14 +85,9 @@ class TFElectraModel(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        output = self.electra(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds, encoder_hidden_states,
-            encoder_attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states,
-            training=training,
-        )
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                  encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache)
+        output, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         return as_output(output, return_dict)
 
 
@@ -147,17 +131,11 @@ class TFElectraForPreTraining(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.discriminator_predictions(body.last_hidden_state)
         loss = replaced_token_loss(logits, labels, attention_mask) if labels is not None else None
-        output = TFElectraForPreTrainingOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                               attentions=body.attentions)
-        return as_output(output, return_dict)
+        return L.head_output(TFElectraForPreTrainingOutput, body, return_dict, loss=loss, logits=logits)
 
 
 class TFElectraGeneratorPredictions(L.Block):
@@ -184,8 +162,7 @@ class TFElectraMaskedLMHead(L.Block):
         self.bias = self.add_weight(name="bias", shape=(config.vocab_size,), initializer="zeros")
 
     def call(self, hidden_states):
-        logits = ops.matmul(hidden_states, ops.transpose(ops.cast(self._embedding_matrix(), hidden_states.dtype)))
-        return logits + ops.cast(self.bias, logits.dtype)
+        return L.tied_logits(hidden_states, self._embedding_matrix(), self.bias)
 
 
 class TFElectraForMaskedLM(TFElectraPreTrainedModel):
@@ -213,36 +190,18 @@ class TFElectraForMaskedLM(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
-        output = TFMaskedLMOutput(
-            loss=L.token_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.token_head_output(TFMaskedLMOutput, logits, labels, body, return_dict)
 
 
-class TFElectraClassificationHead(L.Block):
+class TFElectraClassificationHead(L.ClassificationHead):
     """Sentence-level head on the first token: dropout, dense, GELU (where BERT has tanh), dropout,
     projection."""
 
     def __init__(self, config: ElectraConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = L.dense(config.hidden_size, config)
-        self.activation = L.get_activation("gelu")
-        rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = keras.layers.Dropout(rate)
-        self.out_proj = L.dense(config.num_labels, config)
-
-    def call(self, features, training=False):
-        x = self.dropout(features[:, 0, :], training=training)
-        x = self.dropout(self.activation(self.dense(x)), training=training)
-        return self.out_proj(x)
+        super().__init__(config, "gelu", L.classifier_dropout_rate(config), **kwargs)
 
 
 class TFElectraForSequenceClassification(TFElectraPreTrainedModel):
@@ -259,17 +218,10 @@ class TFElectraForSequenceClassification(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.classifier(body.last_hidden_state, training=training)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = TFSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                            attentions=body.attentions)
-        return as_output(output, return_dict)
+        return L.sequence_head_output(logits, labels, self.config, body, return_dict)
 
 
 class TFElectraForMultipleChoice(TFElectraPreTrainedModel):
@@ -284,41 +236,20 @@ class TFElectraForMultipleChoice(TFElectraPreTrainedModel):
 
     @property
     def dummy_inputs(self) -> dict:
-        return {"input_ids": np.array([[[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]]], dtype="int32")}
+        return L.choice_dummy_inputs()
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+        num_choices = L.count_choices(input_ids, inputs_embeds, "embedding_size")
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = L.flatten_choices(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        reference = input_ids if input_ids is not None else inputs_embeds
-        expected = 3 if input_ids is not None else 4
-        if reference is None or len(reference.shape) != expected:
-            raise ValueError(
-                "pass input_ids of shape (batch, num_choices, sequence) or inputs_embeds of shape "
-                f"(batch, num_choices, sequence, embedding_size), got "
-                f"{None if reference is None else tuple(reference.shape)}"
-            )
-        num_choices = ops.shape(reference)[1]
-
-        def flat(t):
-            if t is None:
-                return None
-            t = ops.convert_to_tensor(t)
-            return ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:]))
-
-        body = self.electra(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                            head_mask, flat(inputs_embeds), output_attentions=output_attentions,
-                            output_hidden_states=output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         summary = self.sequence_summary(body.last_hidden_state, training=training)
-        logits = ops.reshape(self.classifier(summary), (-1, num_choices))
-        output = TFMultipleChoiceModelOutput(
-            loss=L.choice_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.choice_head_output(self.classifier(summary), num_choices, labels, body, return_dict)
 
 
 class TFElectraForTokenClassification(TFElectraPreTrainedModel):
@@ -329,26 +260,17 @@ class TFElectraForTokenClassification(TFElectraPreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.num_labels = config.num_labels
         self.electra = TFElectraMainLayer(config, name="electra")
-        rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = keras.layers.Dropout(rate)
+        self.dropout = keras.layers.Dropout(L.classifier_dropout_rate(config))
         self.classifier = L.dense(config.num_labels, config)
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
-        output = TFTokenClassifierOutput(
-            loss=L.token_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
 
 
 class TFElectraForQuestionAnswering(TFElectraPreTrainedModel):
@@ -357,8 +279,7 @@ class TFElectraForQuestionAnswering(TFElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        if config.num_labels != 2:
-            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {config.num_labels}")
+        L.check_span_labels(config)
         self.num_labels = config.num_labels
         self.electra = TFElectraMainLayer(config, name="electra")
         self.qa_outputs = L.dense(config.num_labels, config)
@@ -367,22 +288,10 @@ class TFElectraForQuestionAnswering(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              start_positions=None, end_positions=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.qa_outputs(body.last_hidden_state)
-        start_logits, end_logits = logits[..., 0], logits[..., 1]
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = TFQuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.span_head_output(logits, start_positions, end_positions, body, return_dict)
 
 
 __all__ = [

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ...configs import MPNetConfig
 from ...outputs import (
     TFBaseModelOutputWithPooling,
     TFMaskedLMOutput,
-    TFMultipleChoiceModelOutput,
-    TFQuestionAnsweringModelOutput,
-    TFSequenceClassifierOutput,
     TFTokenClassifierOutput,
 )
 from .. import layers as L
@@ -39,15 +34,13 @@ MAX_DISTANCE = 128
 # Tensor-parallel layout for keras.distribution.ModelParallel (polyformers.keras.distribution.layout_map):
 # Keras matches each regex against a whole variable path; q, k, v and the first feed-forward projection
 # split their output columns over the "model" axis (whole heads per device), o and the second projection
-# their input rows. Embeddings, the relative position table and the heads stay replicated.
+# their input rows. The feed-forward layers are BERT's, and so are their rules. Embeddings, the relative
+# position table and the heads stay replicated.
 LAYOUT_RULES = (
     (r".*/attention/attn/(q|k|v)/kernel", (None, "model")),
     (r".*/attention/attn/(q|k|v)/bias", ("model",)),
     (r".*/attention/attn/o/kernel", ("model", None)),
-    (r".*/intermediate/dense/kernel", (None, "model")),
-    (r".*/intermediate/dense/bias", ("model",)),
-    (r".*/layer_\d+/output_/dense/kernel", ("model", None)),
-)
+) + L.BERT_FEED_FORWARD_LAYOUT_RULES
 
 
 class TFMPNetEmbeddings(L.Block):
@@ -88,11 +81,7 @@ class TFMPNetSelfAttention(L.Block):
 
     def __init__(self, config: MPNetConfig, **kwargs):
         super().__init__(**kwargs)
-        if config.hidden_size % config.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-                f"({config.num_attention_heads})"
-            )
+        L.check_head_split(config)
         self.num_heads = config.num_attention_heads
         self.q = L.dense(config.hidden_size, config)
         self.k = L.dense(config.hidden_size, config)
@@ -180,19 +169,13 @@ class TFMPNetMainLayer(L.Block):
         self.pooler = L.BertPooler(config) if add_pooling_layer else None
 
     def _positions(self, input_ids, inputs_embeds):
-        if input_ids is not None:
-            positions = L.position_ids_after_padding(input_ids, PADDING_IDX)
-        else:
-            # Embeddings cannot tell which rows are padding, so every token counts.
-            batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
-            positions = ops.broadcast_to(ops.arange(PADDING_IDX + 1, PADDING_IDX + 1 + length)[None], (batch, length))
-        table = self.config.max_position_embeddings
-        values = L.concrete(positions)
-        if values is not None and values.size and int(values.max()) >= table:
+        positions = L.fairseq_positions(input_ids, inputs_embeds, PADDING_IDX)
+        table, top = self.config.max_position_embeddings, L.largest(positions)
+        if top is not None and top >= table:
             raise ValueError(
-                f"the input needs position id {int(values.max())} but max_position_embeddings={table}: MPNet numbers "
+                f"the input needs position id {top} but max_position_embeddings={table}: MPNet numbers "
                 f"tokens from {PADDING_IDX + 1}, so at most {table - PADDING_IDX - 1} non-padding tokens fit, got "
-                f"{values.shape[1]} tokens"
+                f"{positions.shape[1]} tokens"
             )
         return positions
 
@@ -201,10 +184,8 @@ class TFMPNetMainLayer(L.Block):
         config = self.config
         _, mask, _, head_masks = L.prepare_encoder_inputs(
             config, input_ids, inputs_embeds, config.hidden_size, attention_mask, head_mask, None, None, None,
-            self.compute_dtype,
+            self.compute_dtype, position_ids=position_ids,
         )
-        L.check_ids("position_ids", position_ids, config.max_position_embeddings,
-                    f"max_position_embeddings={config.max_position_embeddings}")
         if position_ids is None:
             position_ids = self._positions(input_ids, inputs_embeds)
         hidden = self.embeddings(input_ids, position_ids, inputs_embeds, training=training)
@@ -233,31 +214,17 @@ class TFMPNetModel(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        output = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, output_attentions,
-                            output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
+        output, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         return as_output(output, return_dict)
 
 
-class TFMPNetLMHead(L.Block):
+class TFMPNetLMHead(L.LMHead):
     """Dense, GELU, LayerNorm, then the projection onto the vocabulary through the word embedding matrix
-    (transposed), plus a vocabulary bias."""
+    (transposed), plus a vocabulary bias: always tied, as in the reference's TF class."""
 
     def __init__(self, config: MPNetConfig, input_embeddings, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = L.dense(config.hidden_size, config)
-        self.layer_norm = L.layer_norm(config)
-        self.activation = L.get_activation("gelu")
-        # Read, not tracked: the matrix is the embedding layer's variable, trained and saved once.
-        self._embedding_matrix = lambda: input_embeddings.embeddings
-        self.bias = self.add_weight(name="bias", shape=(config.vocab_size,), initializer="zeros")
-
-    def call(self, features):
-        hidden = self.layer_norm(self.activation(self.dense(features)))
-        logits = ops.matmul(hidden, ops.transpose(ops.cast(self._embedding_matrix(), hidden.dtype)))
-        return logits + ops.cast(self.bias, logits.dtype)
+        super().__init__(config, input_embeddings, True, **kwargs)
 
 
 class TFMPNetForMaskedLM(TFMPNetPreTrainedModel):
@@ -279,32 +246,17 @@ class TFMPNetForMaskedLM(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, output_attentions,
-                          output_hidden_states, training=training)
-        logits = self.lm_head(body.last_hidden_state)
-        output = TFMaskedLMOutput(
-            loss=L.token_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        return L.token_head_output(TFMaskedLMOutput, self.lm_head(body.last_hidden_state), labels, body, return_dict)
 
 
-class TFMPNetClassificationHead(L.Block):
-    """Sentence-level head on the first token: dropout, dense with tanh, dropout, projection."""
+class TFMPNetClassificationHead(L.ClassificationHead):
+    """Sentence-level head on the first token: dropout, dense with tanh, dropout, projection; MPNet has no
+    ``classifier_dropout``, its dropout is ``hidden_dropout_prob``."""
 
     def __init__(self, config: MPNetConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = L.dense(config.hidden_size, config, activation="tanh")
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob)
-        self.out_proj = L.dense(config.num_labels, config)
-
-    def call(self, features, training=False):
-        x = self.dropout(features[:, 0, :], training=training)
-        x = self.dropout(self.dense(x), training=training)
-        return self.out_proj(x)
+        super().__init__(config, "tanh", config.hidden_dropout_prob, **kwargs)
 
 
 class TFMPNetForSequenceClassification(TFMPNetPreTrainedModel):
@@ -320,16 +272,10 @@ class TFMPNetForSequenceClassification(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, output_attentions,
-                          output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.classifier(body.last_hidden_state, training=training)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = TFSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                            attentions=body.attentions)
-        return as_output(output, return_dict)
+        return L.sequence_head_output(logits, labels, self.config, body, return_dict)
 
 
 class TFMPNetForMultipleChoice(TFMPNetPreTrainedModel):
@@ -344,38 +290,19 @@ class TFMPNetForMultipleChoice(TFMPNetPreTrainedModel):
 
     @property
     def dummy_inputs(self) -> dict:
-        return {"input_ids": np.array([[[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]]], dtype="int32")}
+        return L.choice_dummy_inputs()
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+        num_choices = L.count_choices(input_ids, inputs_embeds, "hidden_size")
+        input_ids, attention_mask, position_ids, inputs_embeds = L.flatten_choices(
+            input_ids, attention_mask, position_ids, inputs_embeds
         )
-        reference = input_ids if input_ids is not None else inputs_embeds
-        expected = 3 if input_ids is not None else 4
-        if reference is None or len(reference.shape) != expected:
-            raise ValueError(
-                "pass input_ids of shape (batch, num_choices, sequence) or inputs_embeds of shape "
-                f"(batch, num_choices, sequence, hidden_size), got {None if reference is None else tuple(reference.shape)}"
-            )
-        num_choices = ops.shape(reference)[1]
-
-        def flat(t):
-            if t is None:
-                return None
-            t = ops.convert_to_tensor(t)
-            return ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:]))
-
-        body = self.mpnet(flat(input_ids), flat(attention_mask), flat(position_ids), head_mask, flat(inputs_embeds),
-                          output_attentions, output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         pooled = self.dropout(body.pooler_output, training=training)
-        logits = ops.reshape(self.classifier(pooled), (-1, num_choices))
-        output = TFMultipleChoiceModelOutput(
-            loss=L.choice_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.choice_head_output(self.classifier(pooled), num_choices, labels, body, return_dict)
 
 
 class TFMPNetForTokenClassification(TFMPNetPreTrainedModel):
@@ -392,17 +319,10 @@ class TFMPNetForTokenClassification(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, output_attentions,
-                          output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
-        output = TFTokenClassifierOutput(
-            loss=L.token_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
 
 
 class TFMPNetForQuestionAnswering(TFMPNetPreTrainedModel):
@@ -411,8 +331,7 @@ class TFMPNetForQuestionAnswering(TFMPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        if config.num_labels != 2:
-            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {config.num_labels}")
+        L.check_span_labels(config)
         self.num_labels = config.num_labels
         self.mpnet = TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet")
         self.qa_outputs = L.dense(config.num_labels, config)
@@ -421,21 +340,10 @@ class TFMPNetForQuestionAnswering(TFMPNetPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, start_positions=None,
              end_positions=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, output_attentions,
-                          output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.qa_outputs(body.last_hidden_state)
-        start_logits, end_logits = logits[..., 0], logits[..., 1]
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = TFQuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.span_head_output(logits, start_positions, end_positions, body, return_dict)
 
 
 __all__ = [

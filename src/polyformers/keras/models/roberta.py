@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from ...configs import RobertaConfig
 from ...outputs import (
     TFBaseModelOutputWithPoolingAndCrossAttentions,
     TFCausalLMOutputWithCrossAttentions,
     TFMaskedLMOutput,
-    TFMultipleChoiceModelOutput,
-    TFQuestionAnsweringModelOutput,
-    TFSequenceClassifierOutput,
     TFTokenClassifierOutput,
 )
 from .. import layers as L
@@ -27,7 +22,6 @@ from ..generation import TFGenerationMixin
 from ..modeling import TFPreTrainedModel, as_output, unpack_inputs
 
 import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
-from keras import ops
 
 logger = logging.getLogger("polyformers")
 
@@ -55,20 +49,13 @@ class TFRobertaMainLayer(L.Block):
             raise ValueError(
                 "RoBERTa numbers positions after config.pad_token_id, which is None; set it or pass position_ids"
             )
-        if input_ids is not None:
-            name, positions = "input_ids", L.position_ids_after_padding(input_ids, padding_idx, past_length)
-        else:
-            # Embeddings do not say which rows are padding: every token gets the next position (cached
-            # positions are not added, as in the reference).
-            batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
-            positions = ops.broadcast_to(ops.arange(padding_idx + 1, padding_idx + 1 + length)[None], (batch, length))
-            name = "inputs_embeds"
-        table = self.config.max_position_embeddings
-        values = L.concrete(positions)
-        if values is not None and values.size and int(values.max()) >= table:
+        positions = L.fairseq_positions(input_ids, inputs_embeds, padding_idx, past_length)
+        table, top = self.config.max_position_embeddings, L.largest(positions)
+        if top is not None and top >= table:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
             raise ValueError(
-                f"{name} holds a sequence of {int(values.max()) - padding_idx} positions (non-padding tokens, cached "
-                f"ones included), expected at most {table - padding_idx - 1}: RoBERTa positions start at "
+                f"{name} holds a sequence of {top - padding_idx} positions (non-padding tokens, cached ones "
+                f"included), expected at most {table - padding_idx - 1}: RoBERTa positions start at "
                 f"pad_token_id + 1 = {padding_idx + 1} and max_position_embeddings is {table}"
             )
         return positions
@@ -77,16 +64,10 @@ class TFRobertaMainLayer(L.Block):
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=False, output_hidden_states=False, training=False):
         config = self.config
-        # Only a decoder caches, by default when config.use_cache says so.
-        use_cache = bool(config.use_cache if use_cache is None else use_cache) and config.is_decoder
         past_length, mask, encoder_mask, head_masks = L.prepare_encoder_inputs(
-            config, input_ids, inputs_embeds, config.hidden_size, attention_mask, head_mask,
-            encoder_hidden_states, encoder_attention_mask, past_key_values, self.compute_dtype,
+            config, input_ids, inputs_embeds, config.hidden_size, attention_mask, head_mask, encoder_hidden_states,
+            encoder_attention_mask, past_key_values, self.compute_dtype, token_type_ids, position_ids,
         )
-        L.check_ids("token_type_ids", token_type_ids, config.type_vocab_size,
-                    f"type_vocab_size={config.type_vocab_size}")
-        L.check_ids("position_ids", position_ids, config.max_position_embeddings,
-                    f"max_position_embeddings={config.max_position_embeddings}")
         if position_ids is None and self.embeddings.position_embedding_type == "absolute":
             position_ids = self._positions(input_ids, inputs_embeds, past_length)
 
@@ -118,41 +99,18 @@ class TFRobertaModel(TFRobertaPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        output = self.roberta(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds, encoder_hidden_states,
-            encoder_attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states,
-            training=training,
-        )
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                  encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache)
+        output, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         return as_output(output, return_dict)
 
 
-class TFRobertaLMHead(L.Block):
+class TFRobertaLMHead(L.LMHead):
     """Dense, GELU, LayerNorm, then the projection onto the vocabulary: the word embedding matrix
     (transposed) unless ``tie_word_embeddings`` is off, plus a vocabulary bias."""
 
     def __init__(self, config: RobertaConfig, input_embeddings, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = L.dense(config.hidden_size, config)
-        self.layer_norm = L.layer_norm(config)
-        self.activation = L.get_activation("gelu")
-        self.tied = getattr(config, "tie_word_embeddings", True)
-        # A tied head reads the embedding layer's matrix without tracking that layer as its own: one
-        # variable, trained once and saved under the embedding's key.
-        self._embedding_matrix = lambda: input_embeddings.embeddings
-        if not self.tied:
-            self.decoder = L.dense(config.vocab_size, config, use_bias=False)
-        self.bias = self.add_weight(name="bias", shape=(config.vocab_size,), initializer="zeros")
-
-    def call(self, features):
-        hidden = self.layer_norm(self.activation(self.dense(features)))
-        if self.tied:
-            logits = ops.matmul(hidden, ops.transpose(ops.cast(self._embedding_matrix(), hidden.dtype)))
-        else:
-            logits = self.decoder(hidden)
-        return logits + ops.cast(self.bias, logits.dtype)
+        super().__init__(config, input_embeddings, getattr(config, "tie_word_embeddings", True), **kwargs)
 
 
 class _TFRobertaLMHeadModel(TFRobertaPreTrainedModel):
@@ -188,14 +146,9 @@ class TFRobertaForCausalLM(TFGenerationMixin, _TFRobertaLMHeadModel):
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.roberta(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds, encoder_hidden_states,
-            encoder_attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states,
-            training=training,
-        )
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                  encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.lm_head(body.last_hidden_state)
         output = TFCausalLMOutputWithCrossAttentions(
             loss=L.causal_lm_loss(logits, labels) if labels is not None else None, logits=logits,
@@ -230,34 +183,16 @@ class TFRobertaForMaskedLM(_TFRobertaLMHeadModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
-        logits = self.lm_head(body.last_hidden_state)
-        output = TFMaskedLMOutput(
-            loss=L.token_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        return L.token_head_output(TFMaskedLMOutput, self.lm_head(body.last_hidden_state), labels, body, return_dict)
 
 
-class TFRobertaClassificationHead(L.Block):
+class TFRobertaClassificationHead(L.ClassificationHead):
     """Sentence-level head on the ``<s>`` token: dropout, dense with tanh, dropout, projection."""
 
     def __init__(self, config: RobertaConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = L.dense(config.hidden_size, config, activation="tanh")
-        rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = keras.layers.Dropout(rate)
-        self.out_proj = L.dense(config.num_labels, config)
-
-    def call(self, features, training=False):
-        x = self.dropout(features[:, 0, :], training=training)
-        x = self.dropout(self.dense(x), training=training)
-        return self.out_proj(x)
+        super().__init__(config, "tanh", L.classifier_dropout_rate(config), **kwargs)
 
 
 class TFRobertaForSequenceClassification(TFRobertaPreTrainedModel):
@@ -274,17 +209,10 @@ class TFRobertaForSequenceClassification(TFRobertaPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.classifier(body.last_hidden_state, training=training)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = TFSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                            attentions=body.attentions)
-        return as_output(output, return_dict)
+        return L.sequence_head_output(logits, labels, self.config, body, return_dict)
 
 
 class TFRobertaForMultipleChoice(TFRobertaPreTrainedModel):
@@ -299,39 +227,20 @@ class TFRobertaForMultipleChoice(TFRobertaPreTrainedModel):
 
     @property
     def dummy_inputs(self) -> dict:
-        return {"input_ids": np.array([[[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]]], dtype="int32")}
+        return L.choice_dummy_inputs()
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+        num_choices = L.count_choices(input_ids, inputs_embeds, "hidden", exact_rank=False)
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = L.flatten_choices(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None or len(reference.shape) < 3:
-            raise ValueError(
-                "pass input_ids of shape (batch, num_choices, sequence) or inputs_embeds of shape "
-                f"(batch, num_choices, sequence, hidden), got {None if reference is None else tuple(reference.shape)}"
-            )
-        num_choices = ops.shape(reference)[1]
-
-        def flat(t):
-            if t is None:
-                return None
-            t = ops.convert_to_tensor(t)
-            return ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:]))
-
-        body = self.roberta(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), head_mask,
-                            flat(inputs_embeds), output_attentions=output_attentions,
-                            output_hidden_states=output_hidden_states, training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         pooled = self.dropout(body.pooler_output, training=training)
-        logits = ops.reshape(self.classifier(pooled), (-1, num_choices))
-        output = TFMultipleChoiceModelOutput(
-            loss=L.choice_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.choice_head_output(self.classifier(pooled), num_choices, labels, body, return_dict)
 
 
 class TFRobertaForTokenClassification(TFRobertaPreTrainedModel):
@@ -341,26 +250,17 @@ class TFRobertaForTokenClassification(TFRobertaPreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.num_labels = config.num_labels
         self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
-        rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = keras.layers.Dropout(rate)
+        self.dropout = keras.layers.Dropout(L.classifier_dropout_rate(config))
         self.classifier = L.dense(config.num_labels, config)
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
-        output = TFTokenClassifierOutput(
-            loss=L.token_loss(logits, labels) if labels is not None else None, logits=logits,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
 
 
 class TFRobertaForQuestionAnswering(TFRobertaPreTrainedModel):
@@ -369,8 +269,7 @@ class TFRobertaForQuestionAnswering(TFRobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        if config.num_labels != 2:
-            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {config.num_labels}")
+        L.check_span_labels(config)
         self.num_labels = config.num_labels
         self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
         self.qa_outputs = L.dense(config.num_labels, config)
@@ -379,22 +278,10 @@ class TFRobertaForQuestionAnswering(TFRobertaPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              start_positions=None, end_positions=None, training=False):
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
-        )
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
+        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
         logits = self.qa_outputs(body.last_hidden_state)
-        start_logits, end_logits = logits[..., 0], logits[..., 1]
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = TFQuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return as_output(output, return_dict)
+        return L.span_head_output(logits, start_positions, end_positions, body, return_dict)
 
 
 __all__ = [
