@@ -23,19 +23,38 @@ from .unpad import Packing
 STACKED_KEYS = [r"attention\.self\.(query|key|value)\.(weight|bias)$"]
 
 
+class BertEmbeddings(nn.Module):
+    """BERT's input layer: word + token-type (+ absolute position) embeddings, LayerNorm and dropout, in
+    ``width`` dimensions. Families subclass it for how positions are numbered (ELECTRA counts from 0,
+    RoBERTa after the padding index)."""
+
+    def __init__(self, config, width: int, position_padding_idx: Optional[int] = None):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width,
+                                                padding_idx=position_padding_idx)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
+
+    def combine(self, inputs_embeds, token_type_ids, position_ids):
+        """The sum of the embeddings (positions only when absolute), normalised and dropped out."""
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        if self.position_embedding_type == "absolute":
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head attention. In a decoder it keeps (key, value) per layer; as cross-attention it attends
     to the encoder's states, whose projections are cached once and reused at every decoding step."""
 
     def __init__(self, config, position_embedding_type: Optional[str] = None):
         super().__init__()
-        if config.hidden_size % config.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-                f"({config.num_attention_heads})"
-            )
         self.num_heads = config.num_attention_heads
-        self.head_size = config.hidden_size // config.num_attention_heads
+        self.head_size = L.attention_head_size(config.hidden_size, config.num_attention_heads)
         self.query = L.Linear(config.hidden_size, config.hidden_size)
         self.key = L.Linear(config.hidden_size, config.hidden_size)
         self.value = L.Linear(config.hidden_size, config.hidden_size)

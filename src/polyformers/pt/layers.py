@@ -1,4 +1,5 @@
-"""PyTorch primitives shared by every family: activations, masks, attention, heads' losses, input checks.
+"""PyTorch primitives shared by every family: activations, masks, attention, heads' losses and outputs,
+input checks, and the cache handling and block loop of the decoders.
 
 Family files compose these; anything family-specific (how positions enter attention, which norm goes
 where) stays in the family file.
@@ -6,12 +7,18 @@ where) stays in the family file.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..outputs import QuestionAnsweringModelOutput, SequenceClassifierOutputWithPast
+from .cache import Cache, as_cache, attended_length, prepare_generation_inputs
 
 # ---------------------------------------------------------------------------------------------------
 # Activations
@@ -393,6 +400,13 @@ class _Stacked:
         return self._where(layers) == self.parts
 
 
+def attention_head_size(hidden_size: int, num_heads: int) -> int:
+    """The width of one attention head; ``hidden_size`` must split evenly between the heads."""
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_heads})")
+    return hidden_size // num_heads
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(batch, seq, heads * dim) -> (batch, heads, seq, dim)."""
     b, s, _ = x.shape
@@ -597,3 +611,179 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     start = F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
     end = F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
     return (start + end) / 2
+
+
+def flatten_choices(inputs: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Multiple choice: (batch, num_choices, ...) -> (batch * num_choices, ...), so that the body scores
+    every candidate as a sequence of its own."""
+    return None if inputs is None else inputs.reshape(-1, *inputs.shape[2:])
+
+
+def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the (batch, num_choices) scores against the index of the right choice."""
+    return F.cross_entropy(logits.float(), labels.to(logits.device))
+
+
+def classifier_dropout(config) -> float:
+    """The dropout of a classification head: ``classifier_dropout``, or ``hidden_dropout_prob`` when unset."""
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+class ClassificationHead(nn.Module):
+    """Sentence-level head on the first token's final state: dropout, ``dense``, activation, dropout,
+    ``out_proj`` (the attribute names are the checkpoints' keys)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, activation=torch.tanh):
+        super().__init__()
+        self.dense = Linear(hidden_size, hidden_size)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = Linear(hidden_size, num_labels)
+
+    def forward(self, features):
+        x = self.dropout(features[:, 0, :])
+        x = self.dropout(self.activation(self.dense(x)))
+        return self.out_proj(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def output_flags(config, output_attentions, output_hidden_states, return_dict):
+    """A call's ``(output_attentions, output_hidden_states, return_dict)``, the config's value wherever
+    the call leaves one None."""
+    return (
+        config.output_attentions if output_attentions is None else output_attentions,
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.use_return_dict if return_dict is None else return_dict,
+    )
+
+
+def pack_output(output, return_dict: bool):
+    """A model's output as the caller asked for it: the ModelOutput, or with ``return_dict=False`` the
+    tuple of its non-None fields."""
+    return output if return_dict else output.to_tuple()
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_from_body(output_class: type, body_class: type) -> tuple[str, ...]:
+    body_fields = {f.name for f in dataclasses.fields(body_class)}
+    return tuple(f.name for f in dataclasses.fields(output_class) if f.name in body_fields)
+
+
+def head_output(output_class: type, body, return_dict: Optional[bool], config, /, **fields: Any):
+    """The output of a head over its body: ``fields`` (loss, logits, ...) plus every field of the same
+    name in the body's output (hidden states, attentions, cache, ...), packed as :func:`pack_output`
+    does; ``return_dict=None`` takes ``config.use_return_dict``."""
+    for name in _fields_from_body(output_class, type(body)):
+        if name not in fields:
+            fields[name] = getattr(body, name)
+    return pack_output(output_class(**fields), config.use_return_dict if return_dict is None else return_dict)
+
+
+def span_output(logits: torch.Tensor, start_positions, end_positions, body, return_dict: Optional[bool], config):
+    """The output of an extractive QA head from its (batch, seq, 2) logits: start and end logits, the
+    :func:`span_loss` when both positions are given, and the body's fields, as :func:`head_output`."""
+    if logits.shape[-1] != 2:
+        raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
+    start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+    loss = None
+    if start_positions is not None and end_positions is not None:
+        loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+    return head_output(QuestionAnsweringModelOutput, body, return_dict, config, loss=loss, start_logits=start_logits,
+                       end_logits=end_logits)
+
+
+def last_token_classifier_output(logits: torch.Tensor, input_ids, labels, body, return_dict: Optional[bool], config):
+    """The output of a decoder's sequence classifier from its per-token ``logits``: each row's logits at its
+    last real token (:func:`last_token_logits`), the loss chosen by ``config.problem_type`` when labels
+    are given, and the body's fields (cache included), as :func:`head_output`."""
+    logits = last_token_logits(logits, input_ids, config.pad_token_id)
+    loss = sequence_classification_loss(logits, labels, config) if labels is not None else None
+    return head_output(SequenceClassifierOutputWithPast, body, return_dict, config, loss=loss, logits=logits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoder stacks (GPT-J, MPT): the inputs of a forward over a key/value cache, and the blocks' loop
+
+
+class DecoderInputs(NamedTuple):
+    """What a decoder's forward works from: the input embeddings, the cache (None without one; legacy
+    when the caller gave tuples and expects tuples back), each query's cache slot, and how many slots
+    self-attention reads."""
+
+    inputs_embeds: torch.Tensor
+    cache: Optional[Cache]
+    legacy: bool
+    cache_position: torch.Tensor
+    key_length: int
+
+
+def decoder_inputs(
+    embed: nn.Module,
+    vocab_size: int,
+    input_ids: Optional[torch.Tensor],
+    inputs_embeds: Optional[torch.Tensor],
+    past_key_values,
+    attention_mask: Optional[torch.Tensor],
+    cache_position: Optional[torch.Tensor],
+    use_cache: bool,
+    output_attentions: bool,
+) -> DecoderInputs:
+    """Validate a decoder's inputs and place the new tokens after the cached ones.
+
+    Exactly one of ``input_ids`` (looked up in ``embed``) and ``inputs_embeds``; the padding mask must
+    cover the cached and new positions (see :func:`check_decoder_mask`). With ``output_attentions``
+    a preallocated cache is read in full, so that the weights are as wide as the reference's.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if inputs_embeds is None:
+        check_ids("input_ids", input_ids, vocab_size, f"vocab_size={vocab_size}")
+        inputs_embeds = embed(input_ids)
+    length = inputs_embeds.shape[1]
+    cache, legacy = as_cache(past_key_values, use_cache)
+    past = cache.get_seq_length() if cache is not None else 0
+    if cache_position is None:
+        cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
+    cache_position = cache_position.to(inputs_embeds.device)
+    key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
+    check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
+                       preallocated=cache is not None and cache.get_max_length() is not None)
+    key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
+    return DecoderInputs(inputs_embeds, cache, legacy, cache_position, key_length)
+
+
+def run_blocks(blocks, hidden: torch.Tensor, args: tuple, *, checkpointing: bool, output_hidden_states: bool,
+               output_attentions: bool):
+    """``hidden`` through each block in turn, called as ``block(hidden, *args) -> (hidden, probs)`` (under
+    activation checkpointing when ``checkpointing``). Returns the last block's output, the input of every
+    block (or None) and every block's attention probabilities (or None)."""
+    all_hidden = () if output_hidden_states else None
+    all_attn = () if output_attentions else None
+    for block in blocks:
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        if checkpointing:
+            hidden, probs = checkpoint(block, hidden, *args, use_reentrant=False)
+        else:
+            hidden, probs = block(hidden, *args)
+        if output_attentions:
+            all_attn += (probs,)
+    return hidden, all_hidden, all_attn
+
+
+def cached_decoder_generation_inputs(model, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
+                                     cache_position=None, **kwargs):
+    """``prepare_inputs_for_generation`` of a causal LM over a :class:`Cache` (GPT-J, MPT): one decoding
+    step's forward arguments, from :func:`cache.prepare_generation_inputs`."""
+    return prepare_generation_inputs(input_ids, past_key_values, attention_mask, inputs_embeds, cache_position,
+                                     **kwargs)
+
+
+def uncached_tokens(input_ids: torch.Tensor, past_key_values) -> torch.Tensor:
+    """The tokens a (key, value)-per-layer cache has not seen: those after its length, or the last one
+    when the ids do not reach past it."""
+    past = past_key_values[0][0].shape[2]
+    return input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]

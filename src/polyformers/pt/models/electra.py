@@ -19,28 +19,21 @@ from ...outputs import (
     ElectraForPreTrainingOutput,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import STACKED_KEYS, BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, init_bert_weights, prepare_encoder_inputs
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
 
-class ElectraEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm and dropout, in ``embedding_size`` dims."""
+class ElectraEmbeddings(BertEmbeddings):
+    """Word + position + token-type embeddings, LayerNorm and dropout, in ``embedding_size`` dims;
+    positions count from 0 (after any cached ones)."""
 
     def __init__(self, config: ElectraConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
-        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
-        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
+        super().__init__(config, config.embedding_size)
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, past_length=0):
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
@@ -52,10 +45,7 @@ class ElectraEmbeddings(nn.Module):
             )
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
-        if self.position_embedding_type == "absolute":
-            embeddings = embeddings + self.position_embeddings(position_ids)
-        return self.dropout(self.LayerNorm(embeddings))
+        return self.combine(inputs_embeds, token_type_ids, position_ids)
 
 
 class ElectraPreTrainedModel(PreTrainedModel):
@@ -66,18 +56,6 @@ class ElectraPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         init_bert_weights(module, self.config.initializer_range)
-
-    def _flags(self, output_attentions, output_hidden_states, return_dict):
-        config = self.config
-        return (
-            config.output_attentions if output_attentions is None else output_attentions,
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            config.use_return_dict if return_dict is None else return_dict,
-        )
-
-
-def _as_tuple(output, return_dict: bool):
-    return output if return_dict else output.to_tuple()
 
 
 class ElectraModel(ElectraPreTrainedModel):
@@ -115,8 +93,8 @@ class ElectraModel(ElectraPreTrainedModel):
         return_dict: Optional[bool] = None,
     ):
         config = self.config
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
         # As in the reference's 4.37 ELECTRA, a cache is returned only when asked for explicitly (config.use_cache
         # is not consulted), and only by a decoder.
@@ -142,7 +120,7 @@ class ElectraModel(ElectraPreTrainedModel):
             last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden, attentions=all_attn,
             cross_attentions=all_cross,
         )
-        return _as_tuple(output, return_dict)
+        return L.pack_output(output, return_dict)
 
 
 class ElectraDiscriminatorPredictions(nn.Module):
@@ -171,7 +149,6 @@ class ElectraForPreTraining(ElectraPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
@@ -184,10 +161,7 @@ class ElectraForPreTraining(ElectraPreTrainedModel):
                 loss = nn.functional.binary_cross_entropy_with_logits(logits[keep].float(), target[keep].float())
             else:
                 loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
-        output = ElectraForPreTrainingOutput(
-            loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(ElectraForPreTrainingOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class ElectraGeneratorPredictions(nn.Module):
@@ -228,14 +202,12 @@ class ElectraForMaskedLM(_ElectraLMHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(MaskedLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
@@ -255,7 +227,6 @@ class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         if labels is not None:
             use_cache = False
         body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
@@ -263,11 +234,8 @@ class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
                             output_attentions, output_hidden_states, return_dict=True)
         logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
         loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        output = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
-            attentions=body.attentions, cross_attentions=body.cross_attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
+                             logits=logits)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
                                       **kwargs):
@@ -276,27 +244,16 @@ class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if past_key_values is not None:
-            past = past_key_values[0][0].shape[2]
-            input_ids = input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]
+            input_ids = L.uncached_tokens(input_ids, past_key_values)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values,
                 "use_cache": use_cache}
 
 
-class ElectraClassificationHead(nn.Module):
+class ElectraClassificationHead(L.ClassificationHead):
     """Sentence-level head on the first token: dropout, dense, GELU, dropout, projection."""
 
     def __init__(self, config: ElectraConfig):
-        super().__init__()
-        self.dense = L.Linear(config.hidden_size, config.hidden_size)
-        self.activation = L.get_activation("gelu")
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = L.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, features):
-        x = self.dropout(features[:, 0, :])
-        x = self.dropout(self.activation(self.dense(x)))
-        return self.out_proj(x)
+        super().__init__(config.hidden_size, config.num_labels, L.classifier_dropout(config), L.get_activation("gelu"))
 
 
 class ElectraForSequenceClassification(ElectraPreTrainedModel):
@@ -312,16 +269,12 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(body.last_hidden_state)
         loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(SequenceClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class ElectraForTokenClassification(ElectraPreTrainedModel):
@@ -331,23 +284,19 @@ class ElectraForTokenClassification(ElectraPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.electra = ElectraModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(L.classifier_dropout(config))
         self.classifier = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                       attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class ElectraForQuestionAnswering(ElectraPreTrainedModel):
@@ -363,22 +312,11 @@ class ElectraForQuestionAnswering(ElectraPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
-        logits = self.qa_outputs(body.last_hidden_state)
-        if logits.shape[-1] != 2:
-            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
+                             return_dict, self.config)
 
 
 class ElectraForMultipleChoice(ElectraPreTrainedModel):
@@ -394,23 +332,17 @@ class ElectraForMultipleChoice(ElectraPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("pass input_ids or inputs_embeds of shape (batch, num_choices, sequence)")
         num_choices = reference.shape[1]
-
-        def flat(t):
-            return None if t is None else t.reshape(-1, *t.shape[2:])
-
+        flat = L.flatten_choices
         body = self.electra(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
                             head_mask, flat(inputs_embeds), output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.sequence_summary(body.last_hidden_state)).view(-1, num_choices)
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                           attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        loss = L.multiple_choice_loss(logits, labels) if labels is not None else None
+        return L.head_output(MultipleChoiceModelOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 __all__ = [

@@ -19,7 +19,6 @@ from ...outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -95,11 +94,7 @@ class MPNetSelfAttention(nn.Module):
 
     def __init__(self, config: MPNetConfig):
         super().__init__()
-        if config.hidden_size % config.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-                f"({config.num_attention_heads})"
-            )
+        L.attention_head_size(config.hidden_size, config.num_attention_heads)
         self.num_heads = config.num_attention_heads
         self.q = L.Linear(config.hidden_size, config.hidden_size)
         self.k = L.Linear(config.hidden_size, config.hidden_size)
@@ -216,18 +211,6 @@ class MPNetPreTrainedModel(PreTrainedModel):
         if isinstance(module, MPNetLMHead):
             module.bias.data.zero_()
 
-    def _flags(self, output_attentions, output_hidden_states, return_dict):
-        config = self.config
-        return (
-            config.output_attentions if output_attentions is None else output_attentions,
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            config.use_return_dict if return_dict is None else return_dict,
-        )
-
-
-def _as_tuple(output, return_dict: bool):
-    return output if return_dict else output.to_tuple()
-
 
 class MPNetModel(MPNetPreTrainedModel):
     """The bare MPNet encoder: hidden states and, unless ``add_pooling_layer=False``, the pooled first token."""
@@ -257,8 +240,8 @@ class MPNetModel(MPNetPreTrainedModel):
         return_dict: Optional[bool] = None,
     ):
         config = self.config
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
         _, _, _, mask, _, head_masks = prepare_encoder_inputs(
             config, input_ids, inputs_embeds, config.hidden_size, attention_mask, head_mask, None, None, None,
@@ -328,29 +311,19 @@ class MPNetForMaskedLM(MPNetPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds,
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.lm_head(body.last_hidden_state)
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(MaskedLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
-class MPNetClassificationHead(nn.Module):
+class MPNetClassificationHead(L.ClassificationHead):
     """Sentence-level head on the first token: dropout, dense, tanh, dropout, projection."""
 
     def __init__(self, config: MPNetConfig):
-        super().__init__()
-        self.dense = L.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.out_proj = L.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, features):
-        x = self.dropout(features[:, 0, :])
-        x = self.dropout(torch.tanh(self.dense(x)))
-        return self.out_proj(x)
+        super().__init__(config.hidden_size, config.num_labels, config.hidden_dropout_prob, torch.tanh)
 
 
 class MPNetForSequenceClassification(MPNetPreTrainedModel):
@@ -365,15 +338,12 @@ class MPNetForSequenceClassification(MPNetPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds,
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.classifier(body.last_hidden_state)
         loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                          attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(SequenceClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class MPNetForTokenClassification(MPNetPreTrainedModel):
@@ -389,15 +359,12 @@ class MPNetForTokenClassification(MPNetPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds,
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                       attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class MPNetForQuestionAnswering(MPNetPreTrainedModel):
@@ -413,22 +380,11 @@ class MPNetForQuestionAnswering(MPNetPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
                 start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.mpnet(input_ids, attention_mask, position_ids, head_mask, inputs_embeds,
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
-        logits = self.qa_outputs(body.last_hidden_state)
-        if logits.shape[-1] != 2:
-            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
+                             return_dict, self.config)
 
 
 class MPNetForMultipleChoice(MPNetPreTrainedModel):
@@ -444,7 +400,6 @@ class MPNetForMultipleChoice(MPNetPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None or reference.dim() != (3 if input_ids is not None else 4):
             given = None if reference is None else tuple(reference.shape)
@@ -453,18 +408,13 @@ class MPNetForMultipleChoice(MPNetPreTrainedModel):
                 f"(batch, num_choices, sequence, hidden_size), got {given}"
             )
         num_choices = reference.shape[1]
-
-        def flat(t):
-            return None if t is None else t.reshape(-1, *t.shape[2:])
-
+        flat = L.flatten_choices
         body = self.mpnet(flat(input_ids), flat(attention_mask), flat(position_ids), head_mask, flat(inputs_embeds),
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.classifier(self.dropout(body.pooler_output)).view(-1, num_choices)
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                           attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        loss = L.multiple_choice_loss(logits, labels) if labels is not None else None
+        return L.head_output(MultipleChoiceModelOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 __all__ = [

@@ -17,18 +17,15 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...configs import MptConfig
 from ...outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
-    QuestionAnsweringModelOutput,
-    SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..cache import Cache, as_cache, attended_length, prepare_generation_inputs, reorder_legacy_or_cache
+from ..cache import Cache, reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -131,19 +128,6 @@ class MptPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         L.init_normal_weights(module, self.config.initializer_range)
 
-    def _flags(self, output_attentions, output_hidden_states, use_cache, return_dict):
-        config = self.config
-        return (
-            config.output_attentions if output_attentions is None else output_attentions,
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            config.use_cache if use_cache is None else use_cache,
-            config.use_return_dict if return_dict is None else return_dict,
-        )
-
-
-def _as_tuple(output, return_dict: bool):
-    return output if return_dict else output.to_tuple()
-
 
 class MptModel(MptPreTrainedModel):
     """The bare MPT decoder: token embeddings, ``n_layers`` blocks, a final norm.
@@ -183,34 +167,22 @@ class MptModel(MptPreTrainedModel):
         """``position_ids`` is accepted so that every causal LM takes the same decoding arguments; ALiBi
         depends only on distances between cache slots, which left padding does not change."""
         config = self.config
-        output_attentions, output_hidden_states, use_cache, return_dict = self._flags(
-            output_attentions, output_hidden_states, use_cache, return_dict
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        if inputs_embeds is None:
-            L.check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
-            inputs_embeds = self.wte(input_ids)
-        length = inputs_embeds.shape[1]
-        cache, legacy = as_cache(past_key_values, use_cache)
-
-        past = cache.get_seq_length() if cache is not None else 0
-        if cache_position is None:
-            cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
-        cache_position = cache_position.to(inputs_embeds.device)
-        key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
-        L.check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
-                             preallocated=cache is not None and cache.get_max_length() is not None)
-        key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
+        checkpointing = self.gradient_checkpointing and self.training
+        use_cache = (config.use_cache if use_cache is None else use_cache) and not checkpointing
+        inputs_embeds, cache, legacy, cache_position, key_length = L.decoder_inputs(
+            self.wte, config.vocab_size, input_ids, inputs_embeds, past_key_values, attention_mask, cache_position,
+            use_cache, output_attentions,
+        )
         if self._slopes is None or self._slopes.device != inputs_embeds.device:
             # A maximum exponent of 8 whatever attn_config.alibi_bias_max says, as in the reference release.
             self._slopes = L.alibi_slopes(config.n_heads, 8, inputs_embeds.device)
         # ALiBi needs an explicit bias, so the causal mask is explicit too, but for a decoding step
         # without padding, which needs none.
         causal = L.decoder_self_attention_mask(attention_mask, cache_position, key_length, torch.float32,
-                                               explicit=length > 1 or output_attentions)
+                                               explicit=inputs_embeds.shape[1] > 1 or output_attentions)
         bias = L.alibi_bias(self._slopes, cache_position, key_length)
         if causal.bias is not None:
             # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
@@ -218,30 +190,20 @@ class MptModel(MptPreTrainedModel):
             bias = (bias + causal.bias).clamp(min=torch.finfo(inputs_embeds.dtype).min)
         bias = bias.to(inputs_embeds.dtype)
 
-        hidden = inputs_embeds  # no embedding dropout: the reference ignores emb_pdrop
-        all_hidden = () if output_hidden_states else None
-        all_attn = () if output_attentions else None
-        for block in self.blocks:
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            args = (hidden, bias, cache, cache_position, output_attentions)
-            if self.gradient_checkpointing and self.training:
-                hidden, probs = checkpoint(block, *args, use_reentrant=False)
-            else:
-                hidden, probs = block(*args)
-            if output_attentions:
-                all_attn += (probs,)
+        # No embedding dropout: the reference ignores emb_pdrop.
+        hidden, all_hidden, all_attn = L.run_blocks(
+            self.blocks, inputs_embeds, (bias, cache, cache_position, output_attentions), checkpointing=checkpointing,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
         hidden = self.norm_f(hidden)
         if output_hidden_states:
             all_hidden += (hidden,)
-
         if cache is not None and legacy:
             cache = cache.to_legacy_cache()
         output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden, past_key_values=cache,
-            hidden_states=all_hidden, attentions=all_attn,
+            last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden, attentions=all_attn
         )
-        return _as_tuple(output, return_dict)
+        return L.pack_output(output, return_dict)
 
 
 class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
@@ -278,27 +240,17 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
         cache_position: Optional[torch.LongTensor] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
     ):
-        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         body = self.transformer(
             input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
             output_hidden_states, return_dict=True, cache_position=cache_position,
         )
         logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
         loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        output = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
+                             logits=logits)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, cache_position=None, **kwargs):
-        return prepare_generation_inputs(input_ids, past_key_values, attention_mask, inputs_embeds, cache_position,
-                                         **kwargs)
-
-    @staticmethod
-    def _reorder_cache(past_key_values, beam_idx):
-        return reorder_legacy_or_cache(past_key_values, beam_idx)
+    prepare_inputs_for_generation = L.cached_decoder_generation_inputs
+    _reorder_cache = staticmethod(reorder_legacy_or_cache)
 
 
 class MptForSequenceClassification(MptPreTrainedModel):
@@ -324,18 +276,12 @@ class MptForSequenceClassification(MptPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
-        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         body = self.transformer(
             input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
             output_hidden_states, return_dict=True,
         )
-        logits = L.last_token_logits(self.score(body.last_hidden_state), input_ids, self.config.pad_token_id)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = SequenceClassifierOutputWithPast(
-            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.last_token_classifier_output(self.score(body.last_hidden_state), input_ids, labels, body,
+                                              return_dict, self.config)
 
 
 class MptForTokenClassification(MptPreTrainedModel):
@@ -365,16 +311,13 @@ class MptForTokenClassification(MptPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
-        *_, return_dict = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         body = self.transformer(
             input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
             output_hidden_states, return_dict=True,
         )
         logits = self.classifier(self.dropout(body.last_hidden_state))
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                       attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class MptForQuestionAnswering(MptPreTrainedModel):
@@ -397,21 +340,12 @@ class MptForQuestionAnswering(MptPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
-        *_, return_dict = self._flags(output_attentions, output_hidden_states, None, return_dict)
         body = self.transformer(
             input_ids, None, attention_mask, inputs_embeds, False, output_attentions, output_hidden_states,
             return_dict=True,
         )
-        logits = self.qa_outputs(body.last_hidden_state)
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
+                             return_dict, self.config)
 
 
 __all__ = [

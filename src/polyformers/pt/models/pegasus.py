@@ -28,6 +28,7 @@ from ...outputs import (
     Seq2SeqModelOutput,
 )
 from .. import layers as L
+from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -212,14 +213,6 @@ class PegasusDecoderLayer(nn.Module):
 # Input handling shared by the stacks
 
 
-def _flags(config, output_attentions, output_hidden_states, return_dict):
-    return (
-        config.output_attentions if output_attentions is None else output_attentions,
-        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-        config.use_return_dict if return_dict is None else return_dict,
-    )
-
-
 def _embed_inputs(stack, input_ids, inputs_embeds, prefix: str):
     """Token embeddings (scaled) of ``input_ids``, or the given ``inputs_embeds``; names the arguments
     as the caller knows them (``decoder_input_ids`` inside a seq2seq model)."""
@@ -265,25 +258,26 @@ def _dropped(layerdrop: float, training: bool) -> bool:
 # The stacks
 
 
-class PegasusEncoder(nn.Module):
-    """Token embeddings (times ``sqrt(d_model)`` with ``scale_embedding``) plus sinusoidal positions,
-    ``encoder_layers`` pre-norm blocks, and a final LayerNorm."""
+class _PegasusStack(nn.Module):
+    """What the encoder and the decoder share: token embeddings (times ``sqrt(d_model)`` with
+    ``scale_embedding``), the sinusoidal position table, ``num_layers`` blocks of ``layer_class``, a final
+    LayerNorm. ``prefix`` is how the caller names this stack's arguments (``decoder_`` in a seq2seq model)."""
 
     main_input_name = "input_ids"
 
-    def __init__(self, config: PegasusConfig, embed_tokens: Optional[nn.Embedding] = None, prefix: str = ""):
+    def __init__(self, config: PegasusConfig, embed_tokens: Optional[nn.Embedding], prefix: str, layer_class: type,
+                 num_layers: int, layerdrop: float):
         super().__init__()
         self.config = config
         self.dropout = config.dropout
-        self.layerdrop = config.encoder_layerdrop
+        self.layerdrop = layerdrop
         self.padding_idx = config.pad_token_id
-        self.max_source_positions = config.max_position_embeddings
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.d_model, self.padding_idx)
         self.embed_positions = PegasusSinusoidalPositionalEmbedding(
             config.max_position_embeddings, config.d_model, self.padding_idx
         )
-        self.layers = nn.ModuleList(PegasusEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.layers = nn.ModuleList(layer_class(config) for _ in range(num_layers))
         self.layer_norm = nn.LayerNorm(config.d_model)
         self.gradient_checkpointing = False
         self._prefix = prefix
@@ -305,9 +299,18 @@ class PegasusEncoder(nn.Module):
             new_num_position_embeddings, self.config.d_model, self.padding_idx
         ).to(device)
 
+
+class PegasusEncoder(_PegasusStack):
+    """Token embeddings plus sinusoidal positions, ``encoder_layers`` pre-norm blocks, and a final LayerNorm."""
+
+    def __init__(self, config: PegasusConfig, embed_tokens: Optional[nn.Embedding] = None, prefix: str = ""):
+        super().__init__(config, embed_tokens, prefix, PegasusEncoderLayer, config.encoder_layers,
+                         config.encoder_layerdrop)
+        self.max_source_positions = config.max_position_embeddings
+
     def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
-        output_attentions, output_hidden_states, return_dict = _flags(
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
         inputs_embeds = _embed_inputs(self, input_ids, inputs_embeds, self._prefix)
@@ -342,40 +345,21 @@ class PegasusEncoder(nn.Module):
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attn)
 
 
-class PegasusDecoder(nn.Module):
+class PegasusDecoder(_PegasusStack):
     """The encoder's embeddings and positions (positions continue after the cached ones), then
     ``decoder_layers`` pre-norm blocks with causal self-attention and cross-attention, and a final
     LayerNorm."""
 
-    main_input_name = "input_ids"
-
     def __init__(self, config: PegasusConfig, embed_tokens: Optional[nn.Embedding] = None, prefix: str = ""):
-        super().__init__()
-        self.config = config
-        self.dropout = config.dropout
-        self.layerdrop = config.decoder_layerdrop
-        self.padding_idx = config.pad_token_id
+        super().__init__(config, embed_tokens, prefix, PegasusDecoderLayer, config.decoder_layers,
+                         config.decoder_layerdrop)
         self.max_target_positions = config.max_position_embeddings
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.d_model, self.padding_idx)
-        self.embed_positions = PegasusSinusoidalPositionalEmbedding(
-            config.max_position_embeddings, config.d_model, self.padding_idx
-        )
-        self.layers = nn.ModuleList(PegasusDecoderLayer(config) for _ in range(config.decoder_layers))
-        self.layer_norm = nn.LayerNorm(config.d_model)
-        self.gradient_checkpointing = False
-        self._prefix = prefix
-
-    get_input_embeddings = PegasusEncoder.get_input_embeddings
-    set_input_embeddings = PegasusEncoder.set_input_embeddings
-    get_position_embeddings = PegasusEncoder.get_position_embeddings
-    resize_position_embeddings = PegasusEncoder.resize_position_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, use_cache=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
         config, prefix = self.config, self._prefix
-        output_attentions, output_hidden_states, return_dict = _flags(
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
             config, output_attentions, output_hidden_states, return_dict
         )
         use_cache = config.use_cache if use_cache is None else use_cache
@@ -466,10 +450,6 @@ class PegasusPreTrainedModel(PreTrainedModel):
             L.init_normal_weights(module, self.config.init_std)
 
 
-def _as_tuple(output, return_dict: bool):
-    return output if return_dict else output.to_tuple()
-
-
 def _as_encoder_output(encoder_outputs) -> BaseModelOutput:
     """``encoder_outputs`` as given by a caller that ran the encoder itself: a BaseModelOutput, or a
     tuple (last hidden state[, hidden states[, attentions]])."""
@@ -541,7 +521,7 @@ class PegasusModel(PegasusPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
-        output_attentions, output_hidden_states, return_dict = _flags(
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
         if encoder_outputs is None:
@@ -564,7 +544,7 @@ class PegasusModel(PegasusPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return _as_tuple(output, return_dict)
+        return L.pack_output(output, return_dict)
 
 
 class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
@@ -631,7 +611,6 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         if labels is not None:
             if use_cache:
                 logger.warning("use_cache=True is ignored when labels are given (training computes no cache)")
@@ -645,18 +624,7 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
         )
         logits = self.lm_head(body.last_hidden_state) + self.final_logits_bias.to(body.last_hidden_state.dtype)
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=body.past_key_values,
-            decoder_hidden_states=body.decoder_hidden_states,
-            decoder_attentions=body.decoder_attentions,
-            cross_attentions=body.cross_attentions,
-            encoder_last_hidden_state=body.encoder_last_hidden_state,
-            encoder_hidden_states=body.encoder_hidden_states,
-            encoder_attentions=body.encoder_attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(Seq2SeqLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -667,9 +635,7 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
         # The encoder ran once before decoding; each step feeds only the tokens the cache has not seen.
         # As in the reference, a decoder_attention_mask given to generate is not passed on.
         if past_key_values is not None:
-            past = past_key_values[0][0].shape[2]
-            decoder_input_ids = decoder_input_ids[:, past:] if decoder_input_ids.shape[1] > past \
-                else decoder_input_ids[:, -1:]
+            decoder_input_ids = L.uncached_tokens(decoder_input_ids, past_key_values)
         return {
             "input_ids": None,
             "encoder_outputs": encoder_outputs,
@@ -767,18 +733,14 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ):
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         body = self.model.decoder(
             input_ids, attention_mask, encoder_hidden_states, encoder_attention_mask, head_mask, cross_attn_head_mask,
             past_key_values, inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True,
         )
         logits = self.lm_head(body.last_hidden_state)
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
-            attentions=body.attentions, cross_attentions=body.cross_attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
+                             logits=logits)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
                                       **kwargs):
@@ -786,16 +748,11 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
         if attention_mask is None:
             attention_mask = input_ids.new_ones(input_ids.shape)
         if past_key_values:
-            past = past_key_values[0][0].shape[2]
-            input_ids = input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]
+            input_ids = L.uncached_tokens(input_ids, past_key_values)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values,
                 "use_cache": use_cache}
 
-    @staticmethod
-    def _reorder_cache(past_key_values, beam_idx):
-        return tuple(
-            tuple(state.index_select(0, beam_idx.to(state.device)) for state in layer) for layer in past_key_values
-        )
+    _reorder_cache = staticmethod(reorder_legacy_or_cache)
 
 
 __all__ = [

@@ -21,12 +21,12 @@ from ...outputs import (
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import STACKED_KEYS, BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -41,23 +41,15 @@ def create_position_ids_from_inputs_embeds(inputs_embeds: torch.Tensor, padding_
     return positions[None, :].expand(batch, length)
 
 
-class RobertaEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm and dropout; positions come from the tokens."""
+class RobertaEmbeddings(BertEmbeddings):
+    """Word + position + token-type embeddings, LayerNorm and dropout; positions come from the tokens.
+
+    The ``position_ids`` buffer is not used and not saved: older releases saved it in checkpoints, and a
+    model buffer of that name lets the loader skip the stale key quietly, as the reference does."""
 
     def __init__(self, config: RobertaConfig):
-        super().__init__()
+        super().__init__(config, config.hidden_size, position_padding_idx=config.pad_token_id)
         self.padding_idx = config.pad_token_id
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=self.padding_idx)
-        self.position_embeddings = nn.Embedding(
-            config.max_position_embeddings, config.hidden_size, padding_idx=self.padding_idx
-        )
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.position_embedding_type = getattr(config, "position_embedding_type", "absolute")
-        # Not used and not saved: older releases saved this buffer in checkpoints, and a model buffer of
-        # that name lets the loader skip the stale key quietly, as the reference does.
-        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, past_length=0):
         if position_ids is None and self.position_embedding_type == "absolute":
@@ -66,10 +58,7 @@ class RobertaEmbeddings(nn.Module):
             inputs_embeds = self.word_embeddings(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
-        if self.position_embedding_type == "absolute":
-            embeddings = embeddings + self.position_embeddings(position_ids)
-        return self.dropout(self.LayerNorm(embeddings))
+        return self.combine(inputs_embeds, token_type_ids, position_ids)
 
     def _positions(self, input_ids, inputs_embeds, past_length):
         if self.padding_idx is None:
@@ -113,18 +102,6 @@ class RobertaPreTrainedModel(PreTrainedModel):
         if isinstance(module, RobertaLMHead):
             module.bias.data.zero_()
 
-    def _flags(self, output_attentions, output_hidden_states, return_dict):
-        config = self.config
-        return (
-            config.output_attentions if output_attentions is None else output_attentions,
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            config.use_return_dict if return_dict is None else return_dict,
-        )
-
-
-def _as_tuple(output, return_dict: bool):
-    return output if return_dict else output.to_tuple()
-
 
 class RobertaModel(RobertaPreTrainedModel):
     """The bare RoBERTa encoder (or decoder, with ``is_decoder``; cross-attention with
@@ -160,8 +137,8 @@ class RobertaModel(RobertaPreTrainedModel):
         return_dict: Optional[bool] = None,
     ):
         config = self.config
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+        output_attentions, output_hidden_states, return_dict = L.output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
         # Only a decoder caches, by default when config.use_cache says so; checkpointed training
         # recomputes layers, so it cannot hand back their keys and values.
@@ -267,7 +244,6 @@ class RobertaForCausalLM(GenerationMixin, _RobertaLMHeadModel):
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         if labels is not None:
             use_cache = False
         body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
@@ -275,24 +251,18 @@ class RobertaForCausalLM(GenerationMixin, _RobertaLMHeadModel):
                             output_attentions, output_hidden_states, return_dict=True)
         logits = self.lm_head(body.last_hidden_state)
         loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        output = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=body.past_key_values, hidden_states=body.hidden_states,
-            attentions=body.attentions, cross_attentions=body.cross_attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
+                             logits=logits)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if past_key_values is not None:
-            past = past_key_values[0][0].shape[2]
-            input_ids = input_ids[:, past:] if input_ids.shape[1] > past else input_ids[:, -1:]
+            input_ids = L.uncached_tokens(input_ids, past_key_values)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past_key_values}
 
     def _reorder_cache(self, past_key_values, beam_idx):
-        return tuple(
-            tuple(state.index_select(0, beam_idx.to(state.device)) for state in layer) for layer in past_key_values
-        )
+        return reorder_legacy_or_cache(past_key_values, beam_idx)
 
 
 class RobertaForMaskedLM(_RobertaLMHeadModel):
@@ -306,30 +276,19 @@ class RobertaForMaskedLM(_RobertaLMHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.lm_head(body.last_hidden_state)
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(MaskedLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
-class RobertaClassificationHead(nn.Module):
+class RobertaClassificationHead(L.ClassificationHead):
     """Sentence-level head on the ``<s>`` token: dropout, dense, tanh, dropout, projection."""
 
     def __init__(self, config: RobertaConfig):
-        super().__init__()
-        self.dense = L.Linear(config.hidden_size, config.hidden_size)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = L.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, features):
-        x = self.dropout(features[:, 0, :])
-        x = self.dropout(torch.tanh(self.dense(x)))
-        return self.out_proj(x)
+        super().__init__(config.hidden_size, config.num_labels, L.classifier_dropout(config), torch.tanh)
 
 
 class RobertaForSequenceClassification(RobertaPreTrainedModel):
@@ -345,16 +304,12 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(body.last_hidden_state)
         loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions
-        )
-        return _as_tuple(output, return_dict)
+        return L.head_output(SequenceClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class RobertaForMultipleChoice(RobertaPreTrainedModel):
@@ -373,7 +328,6 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
     def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
                 head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None or reference.dim() < 3:
             raise ValueError(
@@ -381,18 +335,13 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
                 f"(batch, num_choices, sequence, hidden), got {None if reference is None else tuple(reference.shape)}"
             )
         num_choices = reference.shape[1]
-
-        def flat(t):
-            return None if t is None else t.reshape(-1, *t.shape[2:])
-
+        flat = L.flatten_choices
         body = self.roberta(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
                             head_mask, flat(inputs_embeds), output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(body.pooler_output)).view(-1, num_choices)
-        loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
-        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                           attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        loss = L.multiple_choice_loss(logits, labels) if labels is not None else None
+        return L.head_output(MultipleChoiceModelOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class RobertaForTokenClassification(RobertaPreTrainedModel):
@@ -402,23 +351,19 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.roberta = RobertaModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(L.classifier_dropout(config))
         self.classifier = L.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
         loss = L.token_loss(logits, labels) if labels is not None else None
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
-                                       attentions=body.attentions)
-        return _as_tuple(output, return_dict)
+        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
 
 
 class RobertaForQuestionAnswering(RobertaPreTrainedModel):
@@ -434,22 +379,11 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
-        _, _, return_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
-        logits = self.qa_outputs(body.last_hidden_state)
-        if logits.shape[-1] != 2:
-            raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {logits.shape[-1]}")
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = L.span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=body.hidden_states,
-            attentions=body.attentions,
-        )
-        return _as_tuple(output, return_dict)
+        return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
+                             return_dict, self.config)
 
 
 __all__ = [
