@@ -273,11 +273,11 @@ class Seq2SeqRunner:
     A decoding step feeds the last chosen token of each sequence at its own position through the
     decoder's layers over the first ``n`` slots (``n`` past the highest slot decoding): the self-attention
     mask hides, per row, the positions past its own, and the cross-attention mask the encoder positions
-    past its own source. Each layer runs its own ``forward`` on a cache of views into the storage (its
-    self-attention appends the new keys after them, its cross-attention takes the stored ones), and the
-    new keys/values go back into each row's slot at its own position; so a row computes what it computes
-    alone, only the shapes of the matrix products change. The embedding (token and per-row position),
-    the final LayerNorm and the head are the model's modules too, applied as its forward applies them.
+    past its own source. The step is the model's own decoder forward (with per-row ``position_ids``) on a
+    cache of views into the storage: its self-attention appends the new keys after them, its
+    cross-attention takes the stored ones. The new keys/values then go back into each row's slot at its
+    own position. So a row computes what it computes alone; only the shapes of the matrix products
+    change.
     """
 
     chunked_prefill = False
@@ -381,36 +381,32 @@ class Seq2SeqRunner:
             positions[s.slot] = len(s.output_ids)  # the start token sits at 0
         rows = torch.tensor([s.slot for s in seqs])
         sources = self._source[:n]
-        # Row i has positions 0..positions[i]-1 in its slot; each layer is given the first ``past`` of
-        # every slot and appends the new token's keys after them, as in ``generate``. Its mask hides, per
-        # row, the stored positions past its own, and the encoder positions past its own source. A row in
+        # Row i has positions 0..positions[i]-1 in its slot. The decoder is given the first ``past`` of
+        # every slot and appends the new token's keys after them, as in ``generate``; the masks hide, per
+        # row, the stored positions past its own and the encoder positions past its own source. A row in
         # between that is not decoding (free, or since released) computes a throwaway token.
         past = int(positions.max())
         longest_source = int(sources[rows].max())
-        keep_self = torch.cat([torch.arange(past)[None, :] < positions[:, None], torch.ones(n, 1, dtype=torch.bool)], 1)
-        keep_cross = torch.arange(longest_source)[None, :] < sources[:, None]
-        decoder, model = self.decoder, self.model
-        dtype, device = self.self_keys[0].dtype, self.device
-        minimum = torch.finfo(dtype).min
-        self_bias = ((~keep_self).to(dtype) * minimum)[:, None, None, :].to(device)
-        cross_bias = ((~keep_cross).to(dtype) * minimum)[:, None, None, :].to(device)
+        self_mask = torch.cat([torch.arange(past)[None, :] < positions[:, None], torch.ones(n, 1, dtype=torch.bool)], 1)
+        cross_mask = torch.arange(longest_source)[None, :] < sources[:, None]
+        device = self.device
         tokens, positions, rows = tokens.to(device), positions.to(device), rows.to(device)
-        where = positions[rows]
-
-        hidden = decoder.embed_tokens(tokens) * decoder.embed_scale
-        hidden = hidden + decoder.embed_positions.weight[positions][:, None, :].to(hidden.dtype)
+        cache = tuple((self.self_keys[i][:n, :, :past], self.self_values[i][:n, :, :past],
+                       self.cross_keys[i][:n, :, :longest_source], self.cross_values[i][:n, :, :longest_source])
+                      for i in range(len(self.self_keys)))
         # The layers take their cross-attention keys and values from the cache when its length is the
         # encoder states'; these stand for states of that shape without holding any.
-        encoder_states = hidden.new_zeros(()).expand(n, longest_source, hidden.shape[-1])
-        for i, layer in enumerate(decoder.layers):
-            cache = (self.self_keys[i][:n, :, :past], self.self_values[i][:n, :, :past],
-                     self.cross_keys[i][:n, :, :longest_source], self.cross_values[i][:n, :, :longest_source])
-            hidden, _, _, present = layer(hidden, attention_mask=self_bias, encoder_hidden_states=encoder_states,
-                                          encoder_attention_mask=cross_bias, past_key_value=cache)
-            self.self_keys[i][rows, :, where] = present[0][rows, :, -1]
-            self.self_values[i][rows, :, where] = present[1][rows, :, -1]
-        hidden = decoder.layer_norm(hidden[rows])
-        logits = model.lm_head(hidden) + model.final_logits_bias.to(hidden.dtype)
+        width = self.model.config.d_model
+        encoder_states = self.cross_keys[0].new_zeros(()).expand(n, longest_source, width)
+        out = self.decoder(input_ids=tokens, attention_mask=self_mask.long().to(device),
+                           encoder_hidden_states=encoder_states, encoder_attention_mask=cross_mask.long().to(device),
+                           past_key_values=cache, use_cache=True, return_dict=True, position_ids=positions[:, None])
+        where = positions[rows]
+        for i, (key, value, *_) in enumerate(out.past_key_values):
+            self.self_keys[i][rows, :, where] = key[rows, :, -1]
+            self.self_values[i][rows, :, where] = value[rows, :, -1]
+        hidden = out.last_hidden_state[rows]
+        logits = self.model.lm_head(hidden) + self.model.final_logits_bias.to(hidden.dtype)
         return logits[:, -1].float()
 
 

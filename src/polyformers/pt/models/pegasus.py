@@ -72,11 +72,19 @@ class PegasusSinusoidalPositionalEmbedding(nn.Embedding):
             self.weight.copy_(sinusoidal_table(*self.weight.shape))
 
     @torch.no_grad()
-    def forward(self, input_ids_shape, past_key_values_length: int = 0) -> torch.Tensor:
-        """Positions ``past_key_values_length, ...`` for a (batch, sequence) input: (sequence, dim)."""
-        length = input_ids_shape[1]
-        L.check_length(past_key_values_length + length, self.num_embeddings)
-        return self.weight[past_key_values_length : past_key_values_length + length]
+    def forward(self, input_ids_shape, past_key_values_length: int = 0, position_ids=None) -> torch.Tensor:
+        """Positions ``past_key_values_length, ...`` for a (batch, sequence) input: (sequence, dim); or, with
+        ``position_ids`` (batch, sequence), each row's own positions: (batch, sequence, dim)."""
+        if position_ids is None:
+            length = input_ids_shape[1]
+            L.check_length(past_key_values_length + length, self.num_embeddings)
+            return self.weight[past_key_values_length : past_key_values_length + length]
+        if tuple(position_ids.shape) != tuple(input_ids_shape):
+            raise ValueError(f"position_ids must have the inputs' shape (batch, sequence) = {tuple(input_ids_shape)}, "
+                             f"got {tuple(position_ids.shape)}")
+        L.check_ids("position_ids", position_ids, self.num_embeddings,
+                    f"max_position_embeddings={self.num_embeddings}")
+        return self.weight[position_ids.to(self.weight.device)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,7 +365,10 @@ class PegasusDecoder(_PegasusStack):
 
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, use_cache=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
+                output_attentions=None, output_hidden_states=None, return_dict=None, position_ids=None):
+        """As the reference's; beyond it, ``position_ids`` (batch, sequence) gives each row its own positions
+        (by default they continue after the cached ones, the same for every row), for a batch whose rows
+        have cached different lengths and mask the rest (what ``polyformers serve`` decodes)."""
         config, prefix = self.config, self._prefix
         output_attentions, output_hidden_states, return_dict = L.output_flags(
             config, output_attentions, output_hidden_states, return_dict
@@ -397,7 +408,7 @@ class PegasusDecoder(_PegasusStack):
         cross_head_masks = _layer_head_masks("cross_attn_head_mask", cross_attn_head_mask, len(self.layers), heads,
                                              dtype)
 
-        hidden = inputs_embeds + self.embed_positions((batch, length), past_length).to(dtype)
+        hidden = inputs_embeds + self.embed_positions((batch, length), past_length, position_ids).to(dtype)
         hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
         all_hidden = () if output_hidden_states else None
         all_attn = () if output_attentions else None
