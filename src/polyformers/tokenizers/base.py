@@ -109,6 +109,17 @@ class _ChoiceEnum(str, Enum):
         return str(self.value)
 
 
+def _choice(choices, value, error: str):
+    """``value`` as a member of the enum ``choices``; a value that is none of them raises a ValueError whose
+    message is ``error`` with the value's repr in place of ``{!r}``."""
+    if isinstance(value, choices):
+        return value
+    try:
+        return choices(value)
+    except ValueError:
+        raise ValueError(error.format(value)) from None
+
+
 class PaddingStrategy(_ChoiceEnum):
     """Values of ``padding``: pad to the longest sequence of the batch, to ``max_length``, or not at all."""
 
@@ -394,13 +405,11 @@ class BatchEncoding(UserDict):
         """Convert every value to a tensor of ``tensor_type`` ('pt', 'tf', 'np' or 'jax'), in place."""
         if tensor_type is None:
             return self
-        if not isinstance(tensor_type, TensorType):
-            try:
-                tensor_type = TensorType(tensor_type)
-            except ValueError:
-                raise ValueError(
-                    f"return_tensors must be one of 'pt', 'tf', 'np', 'jax' or None, got {tensor_type!r}"
-                ) from None
+        tensor_type = _choice(
+            TensorType,
+            tensor_type,
+            "return_tensors must be one of 'pt', 'tf', 'np', 'jax' or None, got {!r}",
+        )
         as_tensor, already = _tensor_factory(tensor_type)
         for key, value in self.items():
             if already(value):
@@ -730,6 +739,7 @@ class PreTrainedTokenizerBase:
 
     @property
     def vocab_size(self) -> int:
+        """Size of the base vocabulary, without added tokens."""
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -1026,49 +1036,13 @@ class PreTrainedTokenizerBase:
             **kwargs,
         )
 
-    def _encode_plus(
-        self,
-        text,
-        text_pair=None,
-        add_special_tokens: bool = True,
-        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
-        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
-        max_length: Optional[int] = None,
-        stride: int = 0,
-        is_split_into_words: bool = False,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: Union[None, str, TensorType] = None,
-        return_token_type_ids: Optional[bool] = None,
-        return_attention_mask: Optional[bool] = None,
-        return_overflowing_tokens: bool = False,
-        return_special_tokens_mask: bool = False,
-        return_offsets_mapping: bool = False,
-        return_length: bool = False,
-        verbose: bool = True,
-        **kwargs,
-    ) -> BatchEncoding:
+    def _encode_plus(self, text, text_pair=None, **options) -> BatchEncoding:
+        """Encode one example. Receives :meth:`encode_plus`'s arguments with ``padding`` / ``truncation``
+        already resolved into ``padding_strategy`` / ``truncation_strategy`` and ``max_length``."""
         raise NotImplementedError
 
-    def _batch_encode_plus(
-        self,
-        batch_text_or_text_pairs,
-        add_special_tokens: bool = True,
-        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
-        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
-        max_length: Optional[int] = None,
-        stride: int = 0,
-        is_split_into_words: bool = False,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: Union[None, str, TensorType] = None,
-        return_token_type_ids: Optional[bool] = None,
-        return_attention_mask: Optional[bool] = None,
-        return_overflowing_tokens: bool = False,
-        return_special_tokens_mask: bool = False,
-        return_offsets_mapping: bool = False,
-        return_length: bool = False,
-        verbose: bool = True,
-        **kwargs,
-    ) -> BatchEncoding:
+    def _batch_encode_plus(self, batch_text_or_text_pairs, **options) -> BatchEncoding:
+        """Encode a batch; receives :meth:`batch_encode_plus`'s arguments resolved as for :meth:`_encode_plus`."""
         raise NotImplementedError
 
     def encode(
@@ -1103,6 +1077,14 @@ class PreTrainedTokenizerBase:
 
     def convert_tokens_to_ids(self, tokens):
         """A token (str) gives an id, a list of tokens a list of ids; unknown tokens give the unknown id."""
+        if tokens is None:
+            return None
+        if isinstance(tokens, str):
+            return self._convert_token_to_id_with_added_voc(tokens)
+        return [self._convert_token_to_id_with_added_voc(token) for token in tokens]
+
+    def _convert_token_to_id_with_added_voc(self, token: str) -> Optional[int]:
+        """The id of one token, added tokens included."""
         raise NotImplementedError
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
@@ -1150,15 +1132,12 @@ class PreTrainedTokenizerBase:
                     "padding='max_length'"
                 )
             padding_strategy = PaddingStrategy.LONGEST
-        elif isinstance(padding, PaddingStrategy):
-            padding_strategy = padding
         else:
-            try:
-                padding_strategy = PaddingStrategy(padding)
-            except ValueError:
-                raise ValueError(
-                    f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad'; got {padding!r}"
-                ) from None
+            padding_strategy = _choice(
+                PaddingStrategy,
+                padding,
+                "padding must be True, False, 'longest', 'max_length' or 'do_not_pad'; got {!r}",
+            )
 
         if truncation is None and old_truncation_strategy != "do_not_truncate":
             if verbose:
@@ -1168,16 +1147,13 @@ class PreTrainedTokenizerBase:
             truncation_strategy = TruncationStrategy.DO_NOT_TRUNCATE
         elif truncation is True:
             truncation_strategy = TruncationStrategy.LONGEST_FIRST
-        elif isinstance(truncation, TruncationStrategy):
-            truncation_strategy = truncation
         else:
-            try:
-                truncation_strategy = TruncationStrategy(truncation)
-            except ValueError:
-                raise ValueError(
-                    "truncation must be True, False, 'longest_first', 'only_first', 'only_second' or "
-                    f"'do_not_truncate'; got {truncation!r}"
-                ) from None
+            truncation_strategy = _choice(
+                TruncationStrategy,
+                truncation,
+                "truncation must be True, False, 'longest_first', 'only_first', 'only_second' or "
+                "'do_not_truncate'; got {!r}",
+            )
 
         if max_length is None:
             no_limit = self.model_max_length > LARGE_INTEGER
@@ -1278,16 +1254,20 @@ class PreTrainedTokenizerBase:
         padding_strategy, _, max_length, _ = self._get_padding_truncation_strategies(
             padding=padding, max_length=max_length, verbose=verbose
         )
-        required = encoded_inputs[main]
-        if required and not isinstance(required[0], (list, tuple)):
-            encoded_inputs = self._pad(
-                dict(encoded_inputs),
+
+        def pad_one(example: Dict[str, Any]) -> Dict[str, Any]:
+            # Reads padding_strategy and max_length when called: a batch fixes them to its longest first.
+            return self._pad(
+                example,
                 max_length=max_length,
                 padding_strategy=padding_strategy,
                 pad_to_multiple_of=pad_to_multiple_of,
                 return_attention_mask=return_attention_mask,
             )
-            return BatchEncoding(encoded_inputs, tensor_type=return_tensors)
+
+        required = encoded_inputs[main]
+        if required and not isinstance(required[0], (list, tuple)):
+            return BatchEncoding(pad_one(dict(encoded_inputs)), tensor_type=return_tensors)
 
         batch_size = len(required)
         for key, value in encoded_inputs.items():
@@ -1301,14 +1281,7 @@ class PreTrainedTokenizerBase:
             padding_strategy = PaddingStrategy.MAX_LENGTH
         batch_outputs: Dict[str, list] = {}
         for i in range(batch_size):
-            example = {key: value[i] for key, value in encoded_inputs.items()}
-            padded = self._pad(
-                example,
-                max_length=max_length,
-                padding_strategy=padding_strategy,
-                pad_to_multiple_of=pad_to_multiple_of,
-                return_attention_mask=return_attention_mask,
-            )
+            padded = pad_one({key: value[i] for key, value in encoded_inputs.items()})
             for key, value in padded.items():
                 batch_outputs.setdefault(key, []).append(value)
         return BatchEncoding(batch_outputs, tensor_type=return_tensors)
@@ -1951,6 +1924,38 @@ class PreTrainedTokenizerBase:
                 continue
             init_kwargs[key] = added_tokens_map.get(str(init_kwargs[key]), init_kwargs[key])
         return cls(*init_inputs, **init_kwargs)
+
+
+# Special-token layouts that several families share, for their build_inputs_with_special_tokens and
+# create_token_type_ids_from_sequences.
+
+
+def _bert_style_inputs(
+    cls_id: int, sep_id: int, token_ids_0: List[int], token_ids_1: Optional[List[int]]
+) -> List[int]:
+    """``[CLS] A [SEP]``, or ``[CLS] A [SEP] B [SEP]`` for a pair."""
+    output = [cls_id] + list(token_ids_0) + [sep_id]
+    if token_ids_1 is None:
+        return output
+    return output + list(token_ids_1) + [sep_id]
+
+
+def _bert_style_token_types(token_ids_0: List[int], token_ids_1: Optional[List[int]]) -> List[int]:
+    """0 for ``[CLS] A [SEP]``, then 1 for ``B [SEP]``."""
+    first = [0] * (len(token_ids_0) + 2)
+    if token_ids_1 is None:
+        return first
+    return first + [1] * (len(token_ids_1) + 1)
+
+
+def _roberta_style_inputs(
+    cls_id: int, sep_id: int, token_ids_0: List[int], token_ids_1: Optional[List[int]]
+) -> List[int]:
+    """``<s> A </s>``, or ``<s> A </s></s> B </s>`` for a pair (families without token types)."""
+    output = [cls_id] + list(token_ids_0) + [sep_id]
+    if token_ids_1 is None:
+        return output
+    return output + [sep_id] + list(token_ids_1) + [sep_id]
 
 
 def _describe(value) -> str:

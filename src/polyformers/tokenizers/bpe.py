@@ -16,7 +16,7 @@ import regex
 
 from tokenizers import AddedToken
 
-from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text
+from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _roberta_style_inputs
 from .slow import PreTrainedTokenizer
 
 __all__ = [
@@ -323,20 +323,6 @@ class GPT2Tokenizer(ByteLevelBPETokenizer):
             output += bos + list(token_ids_1)
         return output
 
-    def get_special_tokens_mask(
-        self,
-        token_ids_0: List[int],
-        token_ids_1: Optional[List[int]] = None,
-        already_has_special_tokens: bool = False,
-    ) -> List[int]:
-        """1 where encoding adds ``bos_token`` (with ``add_bos_token``), 0 for sequence tokens."""
-        if already_has_special_tokens or not self.add_bos_token:
-            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens)
-        mask = [1] + [0] * len(token_ids_0)
-        if token_ids_1 is not None:
-            mask += [1] + [0] * len(token_ids_1)
-        return mask
-
 
 class RobertaTokenizer(ByteLevelBPETokenizer):
     """RoBERTa's tokenizer: GPT-2's byte-level BPE with BERT-like special tokens.
@@ -397,24 +383,7 @@ class RobertaTokenizer(ByteLevelBPETokenizer):
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        cls, sep = [self.cls_token_id], [self.sep_token_id]
-        if token_ids_1 is None:
-            return cls + list(token_ids_0) + sep
-        return cls + list(token_ids_0) + sep + sep + list(token_ids_1) + sep
-
-    def get_special_tokens_mask(
-        self,
-        token_ids_0: List[int],
-        token_ids_1: Optional[List[int]] = None,
-        already_has_special_tokens: bool = False,
-    ) -> List[int]:
-        """1 at the positions of the ``<s>`` / ``</s>`` that encoding adds, 0 elsewhere."""
-        if already_has_special_tokens:
-            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
-        mask = [1] + [0] * len(token_ids_0) + [1]
-        if token_ids_1 is not None:
-            mask += [1] + [0] * len(token_ids_1) + [1]
-        return mask
+        return _roberta_style_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
 
     def create_token_type_ids_from_sequences(
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None

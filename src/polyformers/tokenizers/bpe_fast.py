@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text
+from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text, _roberta_style_inputs
 from .bpe import GPT2Tokenizer, RobertaTokenizer, read_bpe_files
 from .convert import register_converter
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
@@ -107,8 +107,9 @@ def _with_options(state: dict, kinds: tuple[str, ...], options: dict[str, Any]) 
 
 
 class _ByteLevelTokenizerFast(PreTrainedTokenizerFast):
-    """What the fast byte-level tokenizers share: the files, and `add_prefix_space` (and, where the
-    post-processor trims offsets, `trim_offsets`) imposed on a loaded tokenizer.json."""
+    """What the fast byte-level tokenizers share: the files, and `add_prefix_space` imposed on the
+    pre-tokenizer of a loaded tokenizer.json (RoBERTa also imposes it, with `trim_offsets`, on the
+    post-processor)."""
 
     vocab_files_names = _FILES
     model_input_names = ["input_ids", "attention_mask"]
@@ -124,6 +125,9 @@ class _ByteLevelTokenizerFast(PreTrainedTokenizerFast):
             slow = self.slow_tokenizer_class(*args, **options)
             kwargs = {**kwargs, **slow.init_kwargs, "__slow_tokenizer": slow}
         super().__init__(*args, **kwargs)
+        add_prefix_space = kwargs.get("add_prefix_space", False)
+        self._impose("pre_tokenizer", ("ByteLevel",), add_prefix_space=add_prefix_space)
+        self.add_prefix_space = add_prefix_space
 
     def _impose(self, component: str, kinds: tuple[str, ...], **options: Any) -> None:
         current = getattr(self._tokenizer, component)
@@ -385,8 +389,6 @@ class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
             **kwargs,
         )
         self.add_bos_token = kwargs.get("add_bos_token", False)
-        self._impose("pre_tokenizer", ("ByteLevel",), add_prefix_space=add_prefix_space)
-        self.add_prefix_space = add_prefix_space
 
 
 class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
@@ -446,14 +448,12 @@ class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
             trim_offsets=trim_offsets,
             **kwargs,
         )
-        self._impose("pre_tokenizer", ("ByteLevel",), add_prefix_space=add_prefix_space)
         self._impose(
             "post_processor",
             ("RobertaProcessing", "ByteLevel"),
             add_prefix_space=add_prefix_space,
             trim_offsets=trim_offsets,
         )
-        self.add_prefix_space = add_prefix_space
 
     @property
     def mask_token(self) -> str | None:
@@ -470,10 +470,7 @@ class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
         self, token_ids_0: list[int], token_ids_1: list[int] | None = None
     ) -> list[int]:
         """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        output = [self.bos_token_id] + list(token_ids_0) + [self.eos_token_id]
-        if token_ids_1 is None:
-            return output
-        return output + [self.eos_token_id] + list(token_ids_1) + [self.eos_token_id]
+        return _roberta_style_inputs(self.bos_token_id, self.eos_token_id, token_ids_0, token_ids_1)
 
     def create_token_type_ids_from_sequences(
         self, token_ids_0: list[int], token_ids_1: list[int] | None = None
@@ -523,8 +520,6 @@ class GPTNeoXTokenizerFast(_ByteLevelTokenizerFast):
             add_prefix_space=add_prefix_space,
             **kwargs,
         )
-        self._impose("pre_tokenizer", ("ByteLevel",), add_prefix_space=add_prefix_space)
-        self.add_prefix_space = add_prefix_space
 
     def _backend_from_slow_files(self, vocab_file: str | None = None, merges_file: str | None = None,
                                  *args: Any, **kwargs: Any) -> Tokenizer:

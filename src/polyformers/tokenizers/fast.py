@@ -20,7 +20,14 @@ import tokenizers.processors
 import tokenizers.trainers
 from tokenizers import Encoding, Tokenizer, normalizers
 
-from .base import BatchEncoding, PaddingStrategy, PreTrainedTokenizerBase, TruncationStrategy
+from .base import (
+    BatchEncoding,
+    PaddingStrategy,
+    PreTrainedTokenizerBase,
+    TruncationStrategy,
+    _bert_style_inputs,
+    _bert_style_token_types,
+)
 from .convert import convert_slow_tokenizer, wordpiece_tokenizer
 from .wordpiece import ElectraTokenizer
 
@@ -28,6 +35,21 @@ __all__ = ["PreTrainedTokenizerFast", "ElectraTokenizerFast"]
 
 TOKENIZER_FILE = "tokenizer.json"
 ADDED_TOKENS_FILE = "added_tokens.json"
+
+# (constructor argument, key of the backend's truncation / padding settings), in the order they are applied.
+_TRUNCATION_ARGUMENTS = (
+    ("max_length", "max_length"),
+    ("truncation_side", "direction"),
+    ("stride", "stride"),
+    ("truncation_strategy", "strategy"),
+)
+_PADDING_ARGUMENTS = (
+    ("pad_token", "pad_token"),
+    ("pad_token_type_id", "pad_type_id"),
+    ("padding_side", "direction"),
+    ("max_length", "length"),
+    ("pad_to_multiple_of", "pad_to_multiple_of"),
+)
 
 
 def _backend_token(token: Any) -> str | tokenizers.AddedToken:
@@ -90,19 +112,10 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         self._decode_use_source_tokenizer = False
 
         # Truncation and padding stored in a tokenizer.json become this tokenizer's defaults.
-        truncation = backend.truncation
-        if truncation is not None:
-            kwargs.setdefault("max_length", truncation["max_length"])
-            kwargs.setdefault("truncation_side", truncation["direction"])
-            kwargs.setdefault("stride", truncation["stride"])
-            kwargs.setdefault("truncation_strategy", truncation["strategy"])
-        padding = backend.padding
-        if padding is not None:
-            kwargs.setdefault("pad_token", padding["pad_token"])
-            kwargs.setdefault("pad_token_type_id", padding["pad_type_id"])
-            kwargs.setdefault("padding_side", padding["direction"])
-            kwargs.setdefault("max_length", padding["length"])
-            kwargs.setdefault("pad_to_multiple_of", padding["pad_to_multiple_of"])
+        for stored, arguments in ((backend.truncation, _TRUNCATION_ARGUMENTS), (backend.padding, _PADDING_ARGUMENTS)):
+            if stored is not None:
+                for argument, key in arguments:
+                    kwargs.setdefault(argument, stored[key])
 
         super().__init__(**kwargs)
         self._register_added_tokens(added_tokens_decoder)
@@ -197,13 +210,6 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         return self._tokenizer.add_tokens(tokens)
 
     # ------------------------------------------------------------------------------ tokens and ids
-    def convert_tokens_to_ids(self, tokens: str | Iterable[str] | None) -> int | list[int] | None:
-        if tokens is None:
-            return None
-        if isinstance(tokens, str):
-            return self._convert_token_to_id_with_added_voc(tokens)
-        return [self._convert_token_to_id_with_added_voc(token) for token in tokens]
-
     def _convert_token_to_id_with_added_voc(self, token: str) -> int | None:
         index = self._tokenizer.token_to_id(token)
         return self.unk_token_id if index is None else index
@@ -237,15 +243,9 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
 
     # --------------------------------------------------------------------------------- encoding
     @contextmanager
-    def _backend_settings(
-        self,
-        padding_strategy: PaddingStrategy,
-        truncation_strategy: TruncationStrategy,
-        max_length: int | None,
-        stride: int,
-        pad_to_multiple_of: int | None,
-    ):
-        """Configure the backend's truncation and padding for one call, then put the old settings back.
+    def _backend_settings(self, *settings: Any):
+        """Configure the backend's truncation and padding for one call (``settings`` are the arguments of
+        :meth:`set_truncation_and_padding`), then put the old settings back.
 
         Restoring keeps one call's options from leaking into later direct backend use or into a saved
         tokenizer.json.
@@ -253,9 +253,7 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         backend = self._tokenizer
         saved_truncation, saved_padding = backend.truncation, backend.padding
         try:
-            self.set_truncation_and_padding(
-                padding_strategy, truncation_strategy, max_length, stride, pad_to_multiple_of
-            )
+            self.set_truncation_and_padding(*settings)
             yield backend
         finally:
             if saved_truncation is None:
@@ -430,50 +428,13 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
             self._warn_if_too_long(input_ids, max_length, verbose)
         return BatchEncoding(data, flat_encodings, tensor_type=return_tensors)
 
-    def _encode_plus(
-        self,
-        text: Any,
-        text_pair: Any = None,
-        add_special_tokens: bool = True,
-        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
-        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
-        max_length: int | None = None,
-        stride: int = 0,
-        is_split_into_words: bool = False,
-        pad_to_multiple_of: int | None = None,
-        return_tensors: Any = None,
-        return_token_type_ids: bool | None = None,
-        return_attention_mask: bool | None = None,
-        return_overflowing_tokens: bool = False,
-        return_special_tokens_mask: bool = False,
-        return_offsets_mapping: bool = False,
-        return_length: bool = False,
-        verbose: bool = True,
-        **kwargs: Any,
-    ) -> BatchEncoding:
-        # An empty second text is still a pair, as in the slow tokenizers (the reference's fast ones drop it).
+    def _encode_plus(self, text: Any, text_pair: Any = None, **options: Any) -> BatchEncoding:
+        # One example is a batch of one, encoded with the same options. An empty second text is still a
+        # pair, as in the slow tokenizers (the reference's fast ones drop it).
         batch = [(text, text_pair)] if text_pair is not None else [text]
-        output = self._batch_encode_plus(
-            batch,
-            add_special_tokens=add_special_tokens,
-            padding_strategy=padding_strategy,
-            truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            stride=stride,
-            is_split_into_words=is_split_into_words,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_tensors=return_tensors,
-            return_token_type_ids=return_token_type_ids,
-            return_attention_mask=return_attention_mask,
-            return_overflowing_tokens=return_overflowing_tokens,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_offsets_mapping=return_offsets_mapping,
-            return_length=return_length,
-            verbose=verbose,
-            **kwargs,
-        )
+        output = self._batch_encode_plus(batch, **options)
         # Without tensors or overflow a single input gives unbatched lists.
-        if return_tensors is None and not return_overflowing_tokens:
+        if options.get("return_tensors") is None and not options.get("return_overflowing_tokens", False):
             output = BatchEncoding(
                 {
                     key: value[0] if len(value) > 0 and isinstance(value[0], list) else value
@@ -481,7 +442,7 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
                 },
                 output.encodings,
             )
-        self._warn_if_too_long(output["input_ids"], max_length, verbose)
+        self._warn_if_too_long(output["input_ids"], options.get("max_length"), options.get("verbose", True))
         return output
 
     def _warn_if_too_long(self, ids: Any, max_length: int | None, verbose: bool) -> None:
@@ -894,17 +855,11 @@ class ElectraTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
         self, token_ids_0: list[int], token_ids_1: list[int] | None = None
     ) -> list[int]:
         """`[CLS] A [SEP]` for one sequence, `[CLS] A [SEP] B [SEP]` for a pair."""
-        output = [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
-        if token_ids_1 is not None:
-            output += list(token_ids_1) + [self.sep_token_id]
-        return output
+        return _bert_style_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
 
     def create_token_type_ids_from_sequences(
         self, token_ids_0: list[int], token_ids_1: list[int] | None = None
     ) -> list[int]:
         """Segment ids: 0 for `[CLS] A [SEP]`, 1 for `B [SEP]`."""
-        first = [0] * (len(token_ids_0) + 2)
-        if token_ids_1 is None:
-            return first
-        return first + [1] * (len(token_ids_1) + 1)
+        return _bert_style_token_types(token_ids_0, token_ids_1)
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from tokenizers import AddedToken, Tokenizer, normalizers, processors
 
-from .base import PreTrainedTokenizerBase
+from .base import PreTrainedTokenizerBase, _roberta_style_inputs
 from .convert import register_converter, wordpiece_tokenizer
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast, _BasicTokenizerSteps
 from .wordpiece import WordPieceTokenizer
@@ -108,34 +108,13 @@ class MPNetTokenizer(WordPieceTokenizer):
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        return _mpnet_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
-
-    def get_special_tokens_mask(
-        self,
-        token_ids_0: List[int],
-        token_ids_1: Optional[List[int]] = None,
-        already_has_special_tokens: bool = False,
-    ) -> List[int]:
-        """1 at the positions of the ``<s>`` / ``</s>`` that encoding adds, 0 elsewhere."""
-        if already_has_special_tokens:
-            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
-        mask = [1] + [0] * len(token_ids_0) + [1]
-        if token_ids_1 is not None:
-            mask += [1] + [0] * len(token_ids_1) + [1]
-        return mask
+        return _roberta_style_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
 
     def create_token_type_ids_from_sequences(
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """All zeros, one per token of the built input: MPNet has no token types."""
-        return [0] * len(_mpnet_inputs(0, 0, token_ids_0, token_ids_1))
-
-
-def _mpnet_inputs(cls_id: int, sep_id: int, token_ids_0: List[int], token_ids_1: Optional[List[int]]) -> List[int]:
-    output = [cls_id] + list(token_ids_0) + [sep_id]
-    if token_ids_1 is None:
-        return output
-    return output + [sep_id] + list(token_ids_1) + [sep_id]
+        return [0] * len(_roberta_style_inputs(0, 0, token_ids_0, token_ids_1))
 
 
 def mpnet_tokenizer(vocab: Any, *, cls_token: str, sep_token: str, **options: Any) -> Tokenizer:
@@ -264,10 +243,10 @@ class MPNetTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        return _mpnet_inputs(self.bos_token_id, self.eos_token_id, token_ids_0, token_ids_1)
+        return _roberta_style_inputs(self.bos_token_id, self.eos_token_id, token_ids_0, token_ids_1)
 
     def create_token_type_ids_from_sequences(
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """All zeros, one per token of the built input: MPNet has no token types."""
-        return [0] * len(_mpnet_inputs(0, 0, token_ids_0, token_ids_1))
+        return [0] * len(_roberta_style_inputs(0, 0, token_ids_0, token_ids_1))

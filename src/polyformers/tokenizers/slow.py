@@ -106,15 +106,6 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
     # -- vocabulary --------------------------------------------------------------------------------
 
     @property
-    def is_fast(self) -> bool:
-        return False
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the base vocabulary, without added tokens."""
-        raise NotImplementedError
-
-    @property
     def added_tokens_encoder(self) -> Dict[str, int]:
         """Added token content -> id, sorted by id."""
         return {t.content: i for i, t in sorted(self._added_tokens_decoder.items(), key=lambda item: item[0])}
@@ -188,10 +179,6 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
         for token in unique_no_split_tokens or []:
             self.tokens_trie.add(token)
 
-    def num_special_tokens_to_add(self, pair: bool = False) -> int:
-        """How many special tokens encoding adds to one sequence (or a pair)."""
-        return len(self.build_inputs_with_special_tokens([], [] if pair else None))
-
     # -- tokenizing --------------------------------------------------------------------------------
 
     def prepare_for_tokenization(self, text: str, is_split_into_words: bool = False, **kwargs) -> Tuple[str, Dict]:
@@ -261,14 +248,6 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
         raise NotImplementedError
 
     # -- ids ---------------------------------------------------------------------------------------
-
-    def convert_tokens_to_ids(self, tokens):
-        """Token (str) -> id, or list of tokens -> list of ids. Unknown tokens get the unknown token's id."""
-        if tokens is None:
-            return None
-        if isinstance(tokens, str):
-            return self._convert_token_to_id_with_added_voc(tokens)
-        return [self._convert_token_to_id_with_added_voc(t) for t in tokens]
 
     def _convert_token_to_id_with_added_voc(self, token: Optional[str]) -> Optional[int]:
         if token is None:
@@ -342,7 +321,11 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
                     "sequences and their special tokens"
                 )
             return super().get_special_tokens_mask(token_ids_0, None, already_has_special_tokens=True)
-        return [0] * (len(token_ids_0) + (len(token_ids_1) if token_ids_1 else 0))
+        # Lay out placeholders instead of the ids: whatever the layout puts besides them is a special token.
+        placeholder = object()
+        first = [placeholder] * len(token_ids_0)
+        second = None if token_ids_1 is None else [placeholder] * len(token_ids_1)
+        return [0 if item is placeholder else 1 for item in self.build_inputs_with_special_tokens(first, second)]
 
     # -- encoding ----------------------------------------------------------------------------------
 
@@ -367,6 +350,13 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
             f"input {text!r} is not valid: expected a str, a non-empty list/tuple of str (tokens) or of int (ids)"
         )
 
+    def _refuse_offsets(self, return_offsets_mapping: bool) -> None:
+        if return_offsets_mapping:
+            raise NotImplementedError(
+                "return_offsets_mapping=True needs a fast tokenizer (a PreTrainedTokenizerFast subclass such as "
+                f"{type(self).__name__}Fast); pure-Python tokenizers do not track character offsets"
+            )
+
     def _encode_plus(
         self,
         text,
@@ -388,11 +378,7 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
         verbose: bool = True,
         **kwargs,
     ) -> BatchEncoding:
-        if return_offsets_mapping:
-            raise NotImplementedError(
-                "return_offsets_mapping=True needs a fast tokenizer (a PreTrainedTokenizerFast subclass such as "
-                f"{type(self).__name__}Fast); pure-Python tokenizers do not track character offsets"
-            )
+        self._refuse_offsets(return_offsets_mapping)
         first_ids = self._text_to_ids(text, is_split_into_words, **kwargs)
         second_ids = self._text_to_ids(text_pair, is_split_into_words, **kwargs) if text_pair is not None else None
         return self.prepare_for_model(
@@ -434,11 +420,7 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
         verbose: bool = True,
         **kwargs,
     ) -> BatchEncoding:
-        if return_offsets_mapping:
-            raise NotImplementedError(
-                "return_offsets_mapping=True needs a fast tokenizer (a PreTrainedTokenizerFast subclass such as "
-                f"{type(self).__name__}Fast); pure-Python tokenizers do not track character offsets"
-            )
+        self._refuse_offsets(return_offsets_mapping)
         pairs = []
         for example in batch_text_or_text_pairs:
             if not isinstance(example, (list, tuple)):
@@ -455,43 +437,9 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
             first_ids = self._text_to_ids(first, is_split_into_words, **kwargs)
             second_ids = self._text_to_ids(second, is_split_into_words, **kwargs) if second is not None else None
             pairs.append((first_ids, second_ids))
-        return self._batch_prepare_for_model(
-            pairs,
-            add_special_tokens=add_special_tokens,
-            padding_strategy=padding_strategy,
-            truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            stride=stride,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_attention_mask=return_attention_mask,
-            return_token_type_ids=return_token_type_ids,
-            return_overflowing_tokens=return_overflowing_tokens,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_length=return_length,
-            return_tensors=return_tensors,
-            verbose=verbose,
-        )
-
-    def _batch_prepare_for_model(
-        self,
-        batch_ids_pairs: List[Tuple[List[int], Optional[List[int]]]],
-        add_special_tokens: bool = True,
-        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
-        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
-        max_length: Optional[int] = None,
-        stride: int = 0,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: Union[None, str, TensorType] = None,
-        return_token_type_ids: Optional[bool] = None,
-        return_attention_mask: Optional[bool] = None,
-        return_overflowing_tokens: bool = False,
-        return_special_tokens_mask: bool = False,
-        return_length: bool = False,
-        verbose: bool = True,
-    ) -> BatchEncoding:
         # Each example is prepared unpadded (so "length" is its own length) and the batch padded once.
         batch: Dict[str, list] = {}
-        for first_ids, second_ids in batch_ids_pairs:
+        for first_ids, second_ids in pairs:
             outputs = self.prepare_for_model(
                 first_ids,
                 second_ids,

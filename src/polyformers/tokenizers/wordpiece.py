@@ -13,6 +13,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .base import _atomic_write_text, _bert_style_inputs, _bert_style_token_types
 from .slow import PreTrainedTokenizer
 
 logger = logging.getLogger(__name__)
@@ -299,39 +300,16 @@ class WordPieceTokenizer(PreTrainedTokenizer):
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """``[CLS] A [SEP]`` or ``[CLS] A [SEP] B [SEP]``."""
-        cls = [self.cls_token_id]
-        sep = [self.sep_token_id]
-        if token_ids_1 is None:
-            return cls + list(token_ids_0) + sep
-        return cls + list(token_ids_0) + sep + list(token_ids_1) + sep
+        return _bert_style_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
 
     def create_token_type_ids_from_sequences(
         self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
     ) -> List[int]:
         """0 for ``[CLS] A [SEP]``, then 1 for ``B [SEP]``."""
-        first = [0] * (len(token_ids_0) + 2)
-        if token_ids_1 is None:
-            return first
-        return first + [1] * (len(token_ids_1) + 1)
-
-    def get_special_tokens_mask(
-        self,
-        token_ids_0: List[int],
-        token_ids_1: Optional[List[int]] = None,
-        already_has_special_tokens: bool = False,
-    ) -> List[int]:
-        """1 at the positions of ``[CLS]`` / ``[SEP]`` that encoding adds, 0 elsewhere."""
-        if already_has_special_tokens:
-            return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
-        mask = [1] + [0] * len(token_ids_0) + [1]
-        if token_ids_1 is not None:
-            mask += [0] * len(token_ids_1) + [1]
-        return mask
+        return _bert_style_token_types(token_ids_0, token_ids_1)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None) -> Tuple[str]:
         """Write ``vocab.txt`` (one token per line, in id order) and return its path."""
-        from .base import _atomic_write_text
-
         name = (filename_prefix + "-" if filename_prefix else "") + self.vocab_files_names["vocab_file"]
         if os.path.isdir(save_directory):
             path = os.path.join(save_directory, name)
@@ -380,33 +358,4 @@ class ElectraTokenizer(WordPieceTokenizer):
     max_model_input_sizes = {name: 512 for name in _ELECTRA_CHECKPOINTS}
     pretrained_init_configuration = {name: {"do_lower_case": True} for name in _ELECTRA_CHECKPOINTS}
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
-
-    def __init__(
-        self,
-        vocab_file,
-        do_lower_case=True,
-        do_basic_tokenize=True,
-        never_split=None,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        tokenize_chinese_chars=True,
-        strip_accents=None,
-        **kwargs,
-    ):
-        super().__init__(
-            vocab_file,
-            do_lower_case=do_lower_case,
-            do_basic_tokenize=do_basic_tokenize,
-            never_split=never_split,
-            unk_token=unk_token,
-            sep_token=sep_token,
-            pad_token=pad_token,
-            cls_token=cls_token,
-            mask_token=mask_token,
-            tokenize_chinese_chars=tokenize_chinese_chars,
-            strip_accents=strip_accents,
-            **kwargs,
-        )
+    # The constructor is WordPieceTokenizer's: ELECTRA's arguments and their defaults are BERT's.
