@@ -132,6 +132,12 @@ class LegacyWeights:
         raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8).copy()
         return torch.from_numpy(raw).view(_torch_dtype(array)).reshape(array.shape)
 
+    def read_into(self, key: str, out) -> None:
+        """The tensor ``key`` (PyTorch layout) copied into the torch tensor ``out`` of its shape."""
+        if tuple(out.shape) != self.shape(key):
+            raise ValueError(f"read_into {key!r}: out has shape {tuple(out.shape)}, the tensor {self.shape(key)}")
+        out.copy_(self.get(key, "pt"))
+
     def close(self) -> None:
         if not self._closed and self._on_close is not None:
             self._on_close()

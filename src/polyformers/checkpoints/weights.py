@@ -104,6 +104,12 @@ def _read_index(path: str) -> dict[str, str]:
     return weight_map
 
 
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
 class _SafetensorsShard:
     def __init__(self, path: str):
         self.path = path
@@ -144,6 +150,17 @@ class _SafetensorsShard:
             return self._torch_handle.get_tensor(key)
         except Exception as err:
             raise OSError(f"cannot read tensor {key!r} from {self.path!r}: {err}") from err
+
+    def read_into(self, key, out) -> None:
+        """The tensor ``key`` into the torch tensor ``out`` (its shape; any dtype): straight from the file
+        when ``out`` is contiguous and of the stored dtype, with no copy in between and no page mapped."""
+        from .dtypes import to_torch_dtype
+
+        entry = self.tensors[key]
+        if out.is_contiguous() and out.dtype == to_torch_dtype(entry.dtype) and out.device.type == "cpu":
+            self._read_into(key, out.view(-1).view(torch_uint8()).numpy())
+        else:
+            out.copy_(self.get(key, "pt", mapped=False))
 
     def _get_numpy(self, key):
         entry = self.tensors[key]
@@ -229,6 +246,9 @@ class _TorchPickleShard:
             return torch_to_numpy(tensor)
         # torch maps the whole zip, so a private copy still reads through the mapping.
         return tensor if mapped else tensor.clone()
+
+    def read_into(self, key, out) -> None:
+        out.copy_(self.tensors[key])
 
     def close(self):
         self.tensors = {}
@@ -324,6 +344,13 @@ class WeightsReader:
         if framework not in FRAMEWORKS:
             raise ValueError(f"framework must be one of {', '.join(map(repr, FRAMEWORKS))}, got {framework!r}")
         return self._shard(key).get(key, framework, mapped)
+
+    def read_into(self, key: str, out) -> None:
+        """The tensor ``key`` copied into the torch tensor ``out`` of its shape (cast to ``out``'s dtype),
+        read from a safetensors file straight into ``out``'s memory where the dtypes agree."""
+        if tuple(out.shape) != self.shape(key):
+            raise ValueError(f"read_into {key!r}: out has shape {tuple(out.shape)}, the tensor {self.shape(key)}")
+        self._shard(key).read_into(key, out)
 
     def close(self) -> None:
         self._closed = True

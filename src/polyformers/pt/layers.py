@@ -370,17 +370,33 @@ def stacked_linear(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
     return linear(x, stacked.weight, stacked.bias)
 
 
+def _adjacent(tensors: list) -> torch.Tensor:
+    """``torch.cat(tensors)``; without a copy when they already lie one after another in one storage (as
+    ``from_pretrained`` loads the weights a module stacks: see ``PreTrainedModel._stacked_slices``)."""
+    first = tensors[0]
+    offset, rows = first.storage_offset(), 0
+    for t in tensors:
+        if (t.device != first.device or t.dtype != first.dtype or t.shape[1:] != first.shape[1:]
+                or not t.is_contiguous() or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+                or t.storage_offset() != offset):
+            return torch.cat(tensors)
+        offset += t.numel()
+        rows += t.shape[0]
+    return first.detach().new_empty(0).set_(first.untyped_storage(), first.storage_offset(),
+                                            (rows, *first.shape[1:]), first.stride())
+
+
 class _Stacked:
     """One buffer holding the weights (and one the biases) of several linear layers, their parameters
     re-pointed into it."""
 
     def __init__(self, layers):
         with torch.inference_mode(False), torch.no_grad():  # the buffer must stay usable for training
-            self.weight = torch.cat([layer.weight for layer in layers])
+            self.weight = _adjacent([layer.weight for layer in layers])
             with_bias = [layer.bias is not None for layer in layers]
             if any(with_bias) and not all(with_bias):
                 raise ValueError("stacked_linear: expected every layer with a bias or none, given a mix")
-            self.bias = torch.cat([layer.bias for layer in layers]) if all(with_bias) else None
+            self.bias = _adjacent([layer.bias for layer in layers]) if all(with_bias) else None
         start = 0
         for layer in layers:
             end = start + layer.weight.shape[0]

@@ -35,6 +35,10 @@ def init_empty_weights():
     The same contract as accelerate's ``init_empty_weights()`` with its default ``include_buffers=False``.
     Buffers stay real because they are small and often computed in ``__init__`` (position ids); a
     buffer on meta would be lost if the checkpoint does not carry it.
+
+    ``torch.nn.init``'s initialisers leave a meta tensor as it is: there are no values to set, and
+    torch's meta ``normal_`` alone imports its compiler stack (about 70 MB of Python objects, the
+    largest part of what a load held beyond the weights).
     """
     original = nn.Module.register_parameter
 
@@ -43,11 +47,26 @@ def init_empty_weights():
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         original(module, name, param)
 
+    initialisers = {name: fn for name, fn in vars(nn.init).items()
+                    if callable(fn) and name.endswith("_") and not name.startswith("_")}
+
+    def skipping_meta(fn):
+        def initialise(tensor, *args, **kwargs):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+                return tensor
+            return fn(tensor, *args, **kwargs)
+
+        return initialise
+
     nn.Module.register_parameter = register_on_meta
+    for name, fn in initialisers.items():
+        setattr(nn.init, name, skipping_meta(fn))
     try:
         yield
     finally:
         nn.Module.register_parameter = original
+        for name, fn in initialisers.items():
+            setattr(nn.init, name, fn)
 
 
 def _resolve_dtype(dtype: Any, config: PretrainedConfig, reader) -> Optional[torch.dtype]:
@@ -109,8 +128,16 @@ class PreTrainedModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not define _init_weights")
 
     def post_init(self) -> None:
-        """Initialise every weight as the family prescribes, then tie shared weights."""
-        self.apply(self._init_weights)
+        """Initialise every weight as the family prescribes, then tie shared weights. Modules built with
+        empty (meta) weights are left alone: loading gives them values, and ``_materialise_missing``
+        initialises what it does not (initialising a meta tensor sets nothing but imports torch's
+        compiler stack)."""
+
+        def initialise(module):
+            if not any(p.device.type == "meta" for p in module.parameters(recurse=False)):
+                self._init_weights(module)
+
+        self.apply(initialise)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -350,7 +377,7 @@ class PreTrainedModel(nn.Module):
     def _load_weights(self, reader, dtype: Optional[torch.dtype], ignore_mismatched_sizes: bool, source: str):
         state = dict(self.state_dict(keep_vars=True))
         mapping, unexpected = self._checkpoint_key_map(list(reader.keys()))
-        mismatched = []
+        mismatched, plan = [], []
         for model_key, ckpt_key in mapping.items():
             current = state[model_key]
             shape = tuple(reader.shape(ckpt_key))
@@ -365,13 +392,20 @@ class PreTrainedModel(nn.Module):
                 continue
             stored = to_torch_dtype(reader.dtype(ckpt_key))
             wanted = (dtype or stored) if stored.is_floating_point else current.dtype
+            plan.append((model_key, ckpt_key, shape, stored, wanted))
+        stacked = self._stacked_slices([(key, shape, wanted) for key, _, shape, _, wanted in plan
+                                        if _matches(key, self._keys_loaded_unmapped)])
+        for model_key, ckpt_key, _, stored, wanted in plan:
             # Weights are views of the mapped file unless they will be copied anyway (a cast, or a layer
-            # that fuses them later); those are read into memory of their own, because a mapped page once
+            # that fuses them); those are read into memory of their own, because a mapped page once
             # touched stays resident for as long as any weight of its file lives, beside the copy.
-            mapped = wanted == stored and not _matches(model_key, self._keys_loaded_unmapped)
-            tensor = reader.get(ckpt_key, framework="pt", mapped=mapped)
-            if tensor.dtype != wanted:
-                tensor = tensor.to(wanted)
+            if model_key in stacked:
+                tensor = stacked[model_key]
+                reader.read_into(ckpt_key, tensor)
+            else:
+                tensor = reader.get(ckpt_key, framework="pt", mapped=wanted == stored)
+                if tensor.dtype != wanted:
+                    tensor = tensor.to(wanted)
             self._set_tensor(model_key, tensor)
 
         self.tie_weights()
@@ -405,6 +439,35 @@ class PreTrainedModel(nn.Module):
             "mismatched_keys": mismatched,
             "error_msgs": [],
         }
+
+    def _stacked_slices(self, entries: list) -> dict:
+        """Where the weights that ``layers.stacked_linear`` will stack load: ``entries`` are (key, shape,
+        dtype) of ``_keys_loaded_unmapped`` weights; the answer maps each key to its rows of one buffer per
+        module and leaf (weights and biases apart), the sibling layers' rows adjacent in the order the
+        module's class stacks them (its ``stack_order``, else the order it defines them). The first forward
+        then finds them stacked already and copies nothing: the model holds one copy of them from the start,
+        and no freed copies are left behind in the allocator."""
+        groups: dict = {}
+        for key, shape, dtype in entries:
+            layer, _, leaf = key.rpartition(".")
+            owner, _, part = layer.rpartition(".")
+            groups.setdefault((owner, leaf), []).append((part, key, shape, dtype))
+        slices = {}
+        for (owner, _), parts in groups.items():
+            module = self.get_submodule(owner)
+            order = list(getattr(type(module), "stack_order", None) or module._modules)
+            if len(parts) < 2 or any(part not in order for part, *_ in parts):
+                continue
+            parts.sort(key=lambda entry: order.index(entry[0]))
+            shape, dtype = parts[0][2], parts[0][3]
+            if any(s[1:] != shape[1:] or d != dtype or not s for _, _, s, d in parts):
+                continue
+            buffer = torch.empty((sum(s[0] for _, _, s, _ in parts), *shape[1:]), dtype=dtype)
+            start = 0
+            for _, key, rows, _ in parts:
+                slices[key] = buffer[start:start + rows[0]]
+                start += rows[0]
+        return slices
 
     def _set_tensor(self, key: str, tensor: torch.Tensor) -> None:
         module_name, _, leaf = key.rpartition(".")

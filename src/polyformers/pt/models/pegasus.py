@@ -95,6 +95,8 @@ class PegasusAttention(nn.Module):
     """Multi-head attention. As cross-attention (``key_value_states`` given) it attends to the encoder's
     states; in the decoder it returns its (key, value) so the next step only projects the new tokens."""
 
+    stack_order = ("q_proj", "k_proj", "v_proj")  # as stacked_linear reads them, not as defined
+
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, is_decoder: bool = False,
                  bias: bool = True):
         super().__init__()
