@@ -19,11 +19,14 @@ rounds in which the contenders run one after another, in alternating order. Prin
 - llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
   by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
   converted by its ``convert_hf_to_gguf.py`` and quantized by its ``llama-quantize`` (once, cached), and
-  ``llama-bench -t THREADS -p 0 -n NEW`` decodes, in the same rounds as the others.
+  ``llama-bench -t THREADS -p 0 -n NEW`` decodes, in the same rounds as the others;
+- the time between decoding steps outside the blocks, polyformers against the reference: from the end of
+  one step's LM head to the start of the next step's first block (hooks), the loop's own work and the
+  forward's set-up.
 
     .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt] [--skip ...] [--group-size 32]
 
-``--skip fp32 prefill batch ct2 kernels int4 llamacpp`` leaves the int8 decode against the reference (and
+``--skip fp32 prefill batch ct2 kernels int4 llamacpp overhead`` leaves the int8 decode against the reference (and
 the int8 token check). The load average is printed before and after; a run whose load average exceeds
 the thread count says so.
 """
@@ -421,6 +424,14 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         print(f"  (the same product through polyformers' oneDNN linear: {bw_linear / 1e9:.1f} GB/s -> "
               f"{per_token_bytes * pf_tps / bw_linear:.0%} of that)")
 
+    if "overhead" not in args.skip:
+        print(f"time between decoding steps outside the blocks (microseconds from the head's end to the first "
+              f"block's start: the decoding loop's own work, then the forward's set-up; median of {NEW - 1} steps, "
+              f"best of {args.repeat} generate calls):")
+        for name, model in (("polyformers", ours), ("reference", reference)):
+            gaps = [step_gap(model, family, prompt, NEW) for _ in range(args.repeat)]
+            print(f"  {name:20s} {min(gaps) * 1e6:7.0f}")
+
     if "prefill" not in args.skip:
         prefill_s = rounds(timed, lambda c: c.generate(long_prompt, 1), args.repeat)
         print(f"prefill of a {PREFILL}-token prompt (prompt tokens/s):")
@@ -462,6 +473,31 @@ def bench_family(family: str, args, bw_samples: list) -> None:
             print(f"  {same:2d}/16{where}  {text!r}")
     del contenders, by_name, reference, ours, checked
     gc.collect()
+
+
+def step_gap(model, family: str, prompt, new: int) -> float:
+    """Median seconds, over one greedy ``generate`` of ``new`` tokens, from the end of the LM head of a step
+    to the start of the first block of the next one (hooks on both; the prefill's gap is not counted)."""
+    import torch
+
+    first = (model.transformer.h if family == "gptj" else model.transformer.blocks)[0]
+    head_end, gaps = [None], []
+
+    def after_head(module, args, output):
+        head_end[0] = time.perf_counter()
+
+    def before_first(module, args):
+        if head_end[0] is not None:
+            gaps.append(time.perf_counter() - head_end[0])
+
+    hooks = [model.lm_head.register_forward_hook(after_head), first.register_forward_pre_hook(before_first)]
+    try:
+        with torch.inference_mode():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return statistics.median(gaps)
 
 
 def int8_kernels(repeat: int) -> None:
@@ -513,7 +549,8 @@ def main() -> None:
     parser.add_argument("--llamacpp", type=Path, default=ROOT / ".cache" / "llamacpp",
                         help="where ../shared/llamacpp/build.sh built llama-bench")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["fp32", "prefill", "batch", "int8", "int4", "ct2", "kernels", "llamacpp"],
+                        choices=["fp32", "prefill", "batch", "int8", "int4", "ct2", "kernels", "llamacpp",
+                                 "overhead"],
                         help="fp32: polyformers' float32 decode (the reference stays, as the base of the ratios)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["batch-reference"],
                         help="also time the reference at batch 8 (slow)")
