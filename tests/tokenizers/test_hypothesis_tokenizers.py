@@ -85,6 +85,9 @@ def _specs(assets: Path) -> dict:
         "gpt2_prefix": ("GPT2Tokenizer", "GPT2Tokenizer", "GPT2TokenizerFast", gpt2, dict(add_prefix_space=True)),
         "neox": ("GPTNeoXTokenizerFast", None, "GPTNeoXTokenizerFast", [], neox),
         "pegasus": ("PegasusTokenizer", "PegasusTokenizer", "PegasusTokenizerFast", spm, {}),
+        # the model's own "</s>" piece is then no special token: a control piece that text never produces
+        "pegasus_eos": ("PegasusTokenizer", "PegasusTokenizer", "PegasusTokenizerFast", spm,
+                        dict(eos_token="<eos>")),
     }
 
 
@@ -136,14 +139,6 @@ def test_slow_fast_and_reference_give_the_same_ids(assets, drawn, reference, nam
     if slow_cls is not None:
         sides["slow"] = getattr(polyformers, slow_cls)(*args, **kwargs)
     theirs = reference[name]
-    if name == "pegasus":  # see test_pegasus_fast_special_pieces_inside_text_known_difference
-        def known(text):
-            return "</s>" in text or "<unk>" in text
-        theirs = {"texts": [e if not known(t) else _encode(sides["slow"], "") for t, e in zip(texts, theirs["texts"])],
-                  "pairs": [e if not known("".join(p)) else _encode(sides["slow"], "", "")
-                            for p, e in zip(pairs, theirs["pairs"])]}
-        texts = [t if not known(t) else "" for t in texts]
-        pairs = [p if not known("".join(p)) else ["", ""] for p in pairs]
     failures = []
     for side, tokenizer in sides.items():
         mismatches = [
@@ -186,6 +181,10 @@ FOUND = [
     # (eos 1; the "<unk>" that the slow tokenizer adds after the vocabulary's distinct contents)
     ("pegasus", "a </s> b <unk> c"),
     ("pegasus", "a</s>b<unk>"),
+    # ... and where "</s>" is no special token (eos_token="<eos>"), text never gives the model's control piece
+    # "</s>" (105) nor "<s>", as SentencePiece never does: "▁", "</" (unknown), "s", ">"
+    ("pegasus_eos", "</s>"),
+    ("pegasus_eos", "a</s>b <s> c </s>"),
     # never_split: listed words stay whole (and out-of-vocabulary ones become the unknown id).
     ("electra_never_split", "use c++ and zzqx, or [CLS] a.b"),
 ]
@@ -239,3 +238,80 @@ def test_never_split_survives_save_and_load(assets, tmp_path):
     text = "c++ and c++, not c+"
     assert loaded(text)["input_ids"] == fast(text)["input_ids"] == slow(text)["input_ids"]
     assert polyformers.ElectraTokenizerFast(vocab)(text)["input_ids"] != slow(text)["input_ids"]
+
+
+@pytest.mark.parametrize("name, size", [("pegasus", 1102), ("pegasus_eos", 1104)])
+def test_pegasus_len_added_tokens_and_decoding_follow_the_slow_tokenizer(assets, tmp_path, name, size):
+    """test_model.model has its own "</s>" piece (105): with the default eos token it repeats the eos token's
+    content, and the "<unk>" the constructor adds takes the id 1102 (4.37's slow numbering, the count of
+    distinct contents), which is the piece "j"'s too. Fast and slow agree on len(), on the ids of tokens
+    added later (after the highest id in use, as 4.37's fast tokenizer numbers them: 4.37's slow one gives
+    each of them 1102 again), on decoding with skip_special_tokens and on the encodings' ids."""
+    _, slow_cls, fast_cls, args, kwargs = _specs(assets)[name]
+    slow = getattr(polyformers, slow_cls)(*args, **kwargs)
+    fast = getattr(polyformers, fast_cls)(*args, **kwargs)
+    assert len(fast) == len(slow) == size
+    assert fast.get_vocab() == slow.get_vocab()
+
+    first = max(slow.added_tokens_decoder) + 1  # 1103 (after "<unk>" at 1102), 1104 (after "<unk>" at 1103)
+    for number, token in enumerate(["AAA", "BBB", "CCC"]):
+        assert fast.add_tokens([token]) == slow.add_tokens([token]) == 1
+        assert fast.convert_tokens_to_ids(token) == slow.convert_tokens_to_ids(token) == first + number
+        assert len(fast) == len(slow) == size + number + 1
+    assert fast.add_special_tokens({"additional_special_tokens": ["<ent>"]}) == 1
+    assert slow.add_special_tokens({"additional_special_tokens": ["<ent>"]}) == 1
+    assert fast.convert_tokens_to_ids("<ent>") == slow.convert_tokens_to_ids("<ent>") == first + 3
+    ids = slow("x AAA BBB CCC <ent> <unk> j </s>")["input_ids"]
+    assert fast("x AAA BBB CCC <ent> <unk> j </s>")["input_ids"] == ids
+    assert ids[2:6] == [first, first + 1, first + 2, first + 3]
+    assert fast.convert_ids_to_tokens(ids) == slow.convert_ids_to_tokens(ids)
+    assert {index: token.content for index, token in fast.added_tokens_decoder.items()} == {
+        index: token.content for index, token in slow.added_tokens_decoder.items()}
+    assert fast.get_vocab() == slow.get_vocab() and len(fast) == len(slow)
+
+    # the piece 105 ("</s>") is no special id: skipping special ids keeps it (decoded as "</s>" where that is
+    # the eos token, as nothing where it is only the model's control piece). Ids after it are left out: the
+    # fast tokenizers' decoder puts a space after a special token, the slow ones none (4.37's too).
+    for sequence in ([114, 105, 1], [105], [114, 183, 105, 1, 0], [slow.unk_token_id, 114, 105]):
+        assert fast.convert_ids_to_tokens(sequence, skip_special_tokens=True) == slow.convert_ids_to_tokens(
+            sequence, skip_special_tokens=True)
+        assert fast.decode(sequence, skip_special_tokens=True) == slow.decode(sequence, skip_special_tokens=True)
+    assert ("</s>" in fast.decode([114, 105], skip_special_tokens=True)) == (name == "pegasus")
+
+    batch = fast(["a </s> b <unk> j", "j <s> AAA"], ["c", "d"], return_overflowing_tokens=True,
+                 truncation="only_first", max_length=8, stride=1)
+    assert [encoding.ids for encoding in batch.encodings] == batch["input_ids"]
+    assert batch["input_ids"][0] == slow("a </s> b <unk> j", "c", truncation="only_first",
+                                         max_length=8)["input_ids"]
+    assert len(batch["input_ids"]) > 2 and (1 in batch["input_ids"][0][:-1]) == (name == "pegasus")
+    assert [item.ids for item in batch.encodings[0].overflowing] == batch["input_ids"][1:len(
+        batch.encodings[0].overflowing) + 1]
+
+    # saved and loaded again, by either class (with eos_token="<eos>" the fast backend is rebuilt from the
+    # spiece.model, and the added tokens come from the saved list), the added tokens keep their ids
+    text = "x AAA BBB CCC <ent> <unk> j </s> <s>"
+    for tokenizer in (fast, slow):
+        folder = tmp_path / type(tokenizer).__name__
+        tokenizer.save_pretrained(folder)
+        for cls in (fast_cls, slow_cls):
+            loaded = getattr(polyformers, cls).from_pretrained(folder)
+            assert loaded(text)["input_ids"] == slow(text)["input_ids"], (type(tokenizer).__name__, cls)
+            assert len(loaded) == len(slow) and loaded.get_vocab() == slow.get_vocab()
+
+
+def test_pegasus_spaces_before_a_normalized_added_token_known_difference(assets):
+    """Not fixed (docs/differences-from-transformers-5.md, "Not fixed"): two or more spaces before a token
+    added with normalized=True (add_tokens' default for a plain string) give the fast tokenizer one more "▁"
+    token (107), as in 4.37's fast tokenizer: the backend normalizes the text (a run of spaces becomes "▁")
+    before it looks for such tokens, where the slow tokenizer splits at the token first and SentencePiece
+    drops the spaces ending the text before it. One space, or a special token, gives the same ids."""
+    _, slow_cls, fast_cls, args, kwargs = _specs(assets)["pegasus"]
+    slow = getattr(polyformers, slow_cls)(*args, **kwargs)
+    fast = getattr(polyformers, fast_cls)(*args, **kwargs)
+    for tokenizer in (slow, fast):
+        tokenizer.add_tokens(["AAA"])
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<ent>"]})
+    assert slow("a  AAA")["input_ids"] == [114, 1103, 1]
+    assert fast("a  AAA")["input_ids"] == [114, 107, 1103, 1]
+    for text in ("a AAA", "a  <ent>", "a AAA  b", "x\tAAA"):
+        assert fast(text)["input_ids"] == slow(text)["input_ids"], text

@@ -281,6 +281,27 @@ def test_slow_matches_reference(results, group):
     # only the two bad vocabulary files fail
     assert [case["init"].get("vocab_file") for case in failed] == [case["init"].get("vocab_file") for case in
                                                                     cases[-2:]]
+    if group == 1:
+        # test_model.model's own "</s>" piece repeats the eos token, so 4.37's slow tokenizer, which numbers a
+        # new token by its count of distinct contents (1102), gives tokens added after construction ids already
+        # in use: "NewTok" gets 1102, the id of "<unk>" (and of the piece "j"). Ours number them after the
+        # highest id in use, as 4.37's fast tokenizer does (and ours, fast and slow, agree:
+        # test_hypothesis_tokenizers.py::test_pegasus_len_added_tokens_and_decoding_follow_the_slow_tokenizer).
+        added = [index for index, case in enumerate(cases) if case.get("setup") and case["call"] != "tokenize"]
+        assert len(added) == 4
+        by_call = {(cases[index]["setup"][0][0], cases[index]["call"]): index for index in added}
+        first = by_call["add_tokens", "encode"]
+        assert theirs[first]["ok"][1:3] == [1102, 1103]  # "NewTok" gets "<unk>"'s id
+        assert ours[first]["ok"][1:3] == [1103, 1104]
+        assert (ours[by_call["add_tokens", "__len__"]]["ok"], theirs[by_call["add_tokens", "__len__"]]["ok"]) == (
+            1104, 1103)
+        special = by_call["add_special_tokens", "encode"]
+        assert (ours[special]["ok"][-3], theirs[special]["ok"][-3]) == (1103, 1102)  # "<ent>"
+        assert ours[special]["ok"][:-3] == theirs[special]["ok"][:-3]
+        assert (ours[by_call["add_special_tokens", "__len__"]]["ok"],
+                theirs[by_call["add_special_tokens", "__len__"]]["ok"]) == (1103, 1102)
+        cases, ours, theirs = ([values[index] for index in range(len(cases)) if index not in added]
+                               for values in (cases, ours, theirs))
     assert_same(cases, ours, theirs)
 
 
@@ -294,12 +315,13 @@ def test_fast_matches_reference(results):
             assert name == "nomask" and mine["__error__"] == state["__error__"] == "ValueError"
             continue
         if name in ("spm", "json-saver"):  # both of test_model.model
-            # test_model.model's own "</s>" piece duplicates the eos token; tokenizers 0.15 (the reference's)
-            # counts that content once in the vocabulary size with added tokens, current tokenizers twice
-            assert mine.pop("len") == state["len"] + 1
+            # test_model.model's own "</s>" piece duplicates the eos token; 4.37's slow tokenizer counts the
+            # vocabulary's distinct contents (1102, the "<unk>" it adds hiding the piece "j"), its fast one 1103
+            # (and current tokenizers would count 1104); ours, fast and slow, count as 4.37's slow one
+            slow = theirs["tokenizers"]["spm-slow"]
+            assert mine.pop("len") == slow["len"] == ours["tokenizers"]["spm-slow"]["len"] == 1102 != state["len"]
             # and 4.37's fast tokenizer numbers "</s>" and "<unk>" as the pieces 105 and 1103, where its slow
             # one (and ours, fast and slow) says 1 and 1102
-            slow = theirs["tokenizers"]["spm-slow"]
             assert mine.pop("all_special_ids") == slow["all_special_ids"] != state["all_special_ids"]
             assert _contents(mine.pop("added_tokens_decoder")) == _contents(slow["added_tokens_decoder"])
             state = {key: value for key, value in state.items()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ class SentencePieceModel:
 
 UNIGRAM = 1
 _UNKNOWN, _CONTROL = 2, 3  # SentencePiece piece types
+# the fast backend's score of the <unk_i> fillers and of SentencePiece's control and unknown pieces
+_UNMATCHED_SCORE = -100.0
+_FILLER = re.compile(r"<unk_\d+>")
 
 
 class _WireError(ValueError):
@@ -299,6 +303,39 @@ class PegasusTokenizer(PreTrainedTokenizer):
             sp_model_kwargs=self.sp_model_kwargs,
             **kwargs,
         )
+        self._constructed = True
+
+    _constructed = False
+
+    def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens; after construction each new content gets the id after the highest one in use.
+
+        The slow tokenizers number a new token by their count of distinct contents (kept here for the tokens
+        the constructor adds, so "<unk>" of a model whose own "<unk>" piece lies under the reserved ids gets
+        4.37's id). When a piece repeats a reserved token's content (a model's own "</s>"), that count is
+        below the highest id, and 4.37's slow tokenizer gives every later token an id already in use (each
+        one the same, hiding the tokens before it); 4.37's fast tokenizer numbers them after its highest id,
+        which is followed here (and by PegasusTokenizerFast).
+        """
+        if not self._constructed or new_tokens is None:
+            return super()._add_tokens(new_tokens, special_tokens=special_tokens)
+        added = 0
+        for token in [new_tokens] if isinstance(new_tokens, (str, AddedToken)) else list(new_tokens):
+            before = dict(self._added_tokens_decoder)
+            following = max([self.vocab_size - 1] + list(before)) + 1
+            count = super()._add_tokens([token], special_tokens=special_tokens)
+            added += count
+            if not count:
+                continue
+            (index,) = [index for index, new in self._added_tokens_decoder.items() if before.get(index) is not new]
+            if index == following:
+                continue
+            new = self._added_tokens_decoder.pop(index)
+            if index in before:
+                self._added_tokens_decoder[index] = before[index]
+            self._added_tokens_decoder[following] = new
+            self._added_tokens_encoder[new.content] = following
+        return added
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -454,10 +491,11 @@ def pegasus_tokenizer(
     if mask_token is not None and mask_token_id is not None and mask_token_id < offset:
         vocab.append((str(mask_token), 0.0))
     # Fillers score so low that the Unigram model never picks them for text.
-    vocab += [(f"<unk_{i}>", -100.0) for i in range(2, offset)]
+    vocab += [(f"<unk_{i}>", _UNMATCHED_SCORE) for i in range(2, offset)]
     # SentencePiece never produces a control or unknown piece (e.g. a model's own "</s>") from text; here they
-    # keep their ids but score as low as the fillers, so that text spells them with ordinary pieces.
-    vocab += [(piece, -100.0 if kind in (_UNKNOWN, _CONTROL) else score) for piece, score, kind in model.pieces[2:]]
+    # keep their ids but score as the fillers, which marks them for PegasusTokenizerFast._model_for_text.
+    vocab += [(piece, _UNMATCHED_SCORE if kind in (_UNKNOWN, _CONTROL) else score)
+              for piece, score, kind in model.pieces[2:]]
     tokenizer = Tokenizer(models.Unigram(vocab, model.unk_id + offset))
 
     steps = [normalizers.Precompiled(model.precompiled_charsmap)] if model.precompiled_charsmap else []
@@ -488,6 +526,42 @@ def _convert_pegasus(slow: PegasusTokenizer) -> Tokenizer:
 register_converter("PegasusTokenizer", _convert_pegasus)
 
 
+class _WithSlowIds:
+    """A backend `Encoding` whose ``ids`` are numbered as the slow tokenizer numbers them (the ``input_ids``
+    of the same call); everything else is the backend encoding's own."""
+
+    __slots__ = ("_encoding", "_to_slow")
+
+    def __init__(self, encoding: Any, to_slow: Dict[int, int]) -> None:
+        self._encoding = encoding
+        self._to_slow = to_slow
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in _WithSlowIds.__slots__:
+            raise AttributeError(name)
+        return getattr(self._encoding, name)
+
+    def __len__(self) -> int:
+        return len(self._encoding)
+
+    def __repr__(self) -> str:
+        return f"Encoding(num_tokens={len(self._encoding)}, ids of the slow tokenizer)"
+
+    def __getstate__(self) -> dict:
+        return {"encoding": self._encoding, "to_slow": self._to_slow}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["encoding"], state["to_slow"])
+
+    @property
+    def ids(self) -> List[int]:
+        return [self._to_slow.get(index, index) for index in self._encoding.ids]
+
+    @property
+    def overflowing(self) -> List["_WithSlowIds"]:
+        return [_WithSlowIds(item, self._to_slow) for item in self._encoding.overflowing]
+
+
 class PegasusTokenizerFast(PreTrainedTokenizerFast):
     """A fast Pegasus tokenizer (Unigram, backed by the `tokenizers` library).
 
@@ -513,6 +587,10 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
     _to_slow_ids: Dict[int, int] = {}
     _to_backend_ids: Dict[int, int] = {}
     _piece_unk_id: Optional[int] = None  # the Unigram model's unknown id
+    # the backend's model for text, in which SentencePiece's control and unknown pieces cannot match
+    _text_model: Any = None
+    _hidden_ids: frozenset = frozenset()  # the ids of those pieces
+    _constructed = False
 
     def __init__(
         self,
@@ -533,8 +611,10 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
         )
         from_slow = kwargs.pop("from_slow", None)
         from_slow = from_slow or str(pad_token) != "<pad>" or str(eos_token) != "</s>" or str(unk_token) != "<unk>"
-        # The reserved ids come from the backend's vocabulary, not from the saved added tokens.
-        kwargs.pop("added_tokens_decoder", None)
+        # The reserved ids come from the backend's vocabulary, not from the saved added tokens; the tokens saved
+        # after them are added again (in id order), so that a backend rebuilt from the spiece.model keeps them.
+        saved = kwargs.pop("added_tokens_decoder", None) or {}
+        kwargs["added_tokens_decoder"] = {int(index): token for index, token in saved.items() if int(index) >= offset}
         super().__init__(
             vocab_file,
             tokenizer_file=tokenizer_file,
@@ -552,6 +632,8 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
         self.mask_token_sent = mask_token_sent
         self._tokenizer = _spaces_like_the_slow_tokenizer(self._tokenizer)
         self._to_slow_ids, self._to_backend_ids = self._slow_id_layout()
+        self._text_model, self._hidden_ids = self._model_for_text()
+        self._constructed = True
 
     def _slow_id_layout(self) -> Tuple[Dict[int, int], Dict[int, int]]:
         """Where the slow tokenizer numbers an added token otherwise than the backend: backend id -> slow id,
@@ -582,10 +664,78 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
                 to_slow[index] = wanted
         return to_slow, {slow: index for index, slow in to_slow.items()}
 
+    def _model_for_text(self) -> Tuple[Any, frozenset]:
+        """A copy of the backend's Unigram model in which no control or unknown piece of the SentencePiece
+        model can match text (SentencePiece never produces them from text), and the ids of those pieces.
+
+        Such a piece is one that the converter marked (pegasus_tokenizer scores SentencePiece's control and
+        unknown pieces -100, and so do the tokenizer.json files saved from it), or one that repeats the content
+        of a reserved token (a model's own "</s>", also in a tokenizer.json the reference saved, which keeps
+        the pieces' scores). Its content gets a leading space, which no word holds once the pre-tokenizer has
+        split the text at spaces, so the lattice never contains it; ids and scores stay. The model's unknown id
+        keeps its content (the backend names unknown spans by it). ``(None, frozenset())`` when there is no
+        such piece or the pipeline keeps spaces inside words. The spiece.model is not read again: parsing a
+        large one in Python takes about a second.
+        """
+        backend = self._tokenizer
+        model = backend.model
+        if not isinstance(model, models.Unigram) or backend.pre_tokenizer is None:
+            return None, frozenset()
+        probe = backend.normalizer.normalize_str("a b") if backend.normalizer is not None else "a b"
+        if any(" " in word for word, _ in backend.pre_tokenizer.pre_tokenize_str(probe)):
+            return None, frozenset()
+        state = json.loads(model.__getstate__())
+        vocab = [list(entry) for entry in state["vocab"]]
+        unk_id = state.get("unk_id")
+        first = {}
+        for index, (piece, _) in enumerate(vocab):
+            first.setdefault(piece, index)
+        hidden = {index for index in range(self.offset, len(vocab)) if first[vocab[index][0]] < index
+                  or vocab[index][1] == _UNMATCHED_SCORE and not _FILLER.fullmatch(vocab[index][0])}
+        hidden.discard(unk_id)
+        if not hidden:
+            return None, frozenset()
+        for index in hidden:
+            vocab[index][0] = " " + vocab[index][0]
+        text_model = models.Unigram([(piece, score) for piece, score in vocab], unk_id,
+                                    bool(state.get("byte_fallback", False)))
+        return text_model, frozenset(hidden)
+
     def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        known = set(self._tokenizer.get_added_tokens_decoder())
         added = super()._add_tokens(new_tokens, special_tokens=special_tokens)
-        self._to_slow_ids, self._to_backend_ids = self._slow_id_layout()  # the new tokens' ids too
+        if not self._constructed:
+            self._to_slow_ids, self._to_backend_ids = self._slow_id_layout()  # the new tokens' ids too
+            return added
+        # After construction, new tokens follow the highest id in use, as in the slow tokenizer (see
+        # PegasusTokenizer._add_tokens); a content the model holds keeps the model's id.
+        backend = self._tokenizer
+        size = backend.get_vocab_size(with_added_tokens=False)
+        to_slow = dict(self._to_slow_ids)
+        following = max([size - 1] + [to_slow.get(index, index) for index in known]) + 1
+        for index in sorted(set(backend.get_added_tokens_decoder()) - known):
+            if index < size:
+                continue
+            if index != following:
+                to_slow[index] = following
+            following += 1
+        self._to_slow_ids, self._to_backend_ids = to_slow, {slow: index for index, slow in to_slow.items()}
         return added
+
+    def __len__(self) -> int:
+        # where ids are renumbered, the slow tokenizer's count: its vocabulary's distinct contents
+        return len(self.get_vocab()) if self._to_slow_ids else super().__len__()
+
+    def _batch_encode_plus(self, *args: Any, **kwargs: Any):
+        if self._text_model is None:
+            return super()._batch_encode_plus(*args, **kwargs)
+        backend = self._tokenizer
+        model = backend.model
+        backend.model = self._text_model
+        try:
+            return super()._batch_encode_plus(*args, **kwargs)
+        finally:
+            backend.model = model
 
     def _convert_token_to_id_with_added_voc(self, token: str) -> Optional[int]:
         index = self._tokenizer.token_to_id(token)
@@ -606,7 +756,12 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
 
     def get_vocab(self) -> Dict[str, int]:
         vocab = super().get_vocab()
-        return {token: self._to_slow_ids.get(index, index) for token, index in vocab.items()}
+        if not self._to_slow_ids:
+            return vocab
+        vocab = {token: self._to_slow_ids.get(index, index) for token, index in vocab.items()}
+        # as in the slow tokenizer, a piece whose id an added token of other content holds is left out
+        owners = {index: token.content for index, token in self.added_tokens_decoder.items()}
+        return {token: index for token, index in vocab.items() if owners.get(index, token) == token}
 
     @property
     def added_tokens_decoder(self) -> Dict[int, AddedToken]:
@@ -619,13 +774,21 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
         if self._to_slow_ids:
             columns["input_ids"] = [[self._to_slow_ids.get(index, index) for index in ids]
                                     for ids in columns["input_ids"]]
+            encodings = [_WithSlowIds(item, self._to_slow_ids) for item in encodings]
         return columns, encodings
 
     def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs):
-        if self._to_backend_ids:
-            if isinstance(token_ids, int):
-                token_ids = [token_ids]
-            token_ids = [self._to_backend_ids.get(int(index), int(index)) for index in token_ids]
+        if self._to_backend_ids or self._hidden_ids:
+            # The slow tokenizer's special ids are skipped before the ids become the backend's: a piece whose
+            # content is a special token ("</s>" at 105) is no special id there, and is kept. A control piece
+            # whose content is no special token decodes to nothing, as in SentencePiece.
+            token_ids = [int(token_ids)] if isinstance(token_ids, int) else [int(index) for index in token_ids]
+            dropped = set(self.all_special_ids) if skip_special_tokens else set()
+            if self._hidden_ids:
+                specials = set(self.all_special_tokens)
+                dropped |= {index for index in self._hidden_ids if self._convert_id_to_token(index) not in specials}
+            token_ids = [self._to_backend_ids.get(index, index) for index in token_ids if index not in dropped]
+            skip_special_tokens = False
         return super()._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)
 
     @property
