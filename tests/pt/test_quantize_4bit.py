@@ -15,6 +15,8 @@ from safetensors import safe_open
 import polyformers
 from polyformers.pt.quantize import Int4Linear, Int8Linear, quantize
 
+from .test_mpnet_real import SENTENCES
+
 VOCAB = 40
 
 
@@ -156,7 +158,7 @@ def test_a_folder_with_a_foreign_quantization_config_is_refused(tmp_path):
 
 def test_errors_name_the_argument():
     model = _tiny_gptj()
-    with pytest.raises(ValueError, match=r"bits: expected 4 or 8, given 3"):
+    with pytest.raises(ValueError, match=r"bits: expected 4, 8 or 16, given 3"):
         quantize(model, bits=3)
     with pytest.raises(ValueError, match=r"group_size: expected one of \(32, 64, 128\), given 48"):
         quantize(model, bits=4, group_size=48)
@@ -172,18 +174,6 @@ def test_errors_name_the_argument():
         layer(torch.randn(2, 64, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected an input of 64 features .* given shape \(2, 63\)"):
         layer(torch.randn(2, 63))
-
-
-SENTENCES = [
-    "A man is playing a guitar on the stage.",
-    "Someone is performing music with a guitar.",
-    "The central bank raised interest rates again this quarter.",
-    "A woman is slicing tomatoes in the kitchen.",
-    "Short one.",
-    "The new library opens at nine o'clock on weekdays and stays open until late in the evening.",
-    "Stock markets fell sharply after the announcement.",
-    "Le chat dort sur le canapé.",
-]
 
 
 def _mean_pooled(model, batch) -> torch.Tensor:

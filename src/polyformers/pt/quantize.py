@@ -1,5 +1,6 @@
-"""Opt-in quantized inference on CPU: :func:`quantize` (``bits=4`` or ``8``), :func:`quantize_int8` and
-their layers, :class:`Int4Linear` and :class:`Int8Linear`.
+"""Opt-in quantized inference on CPU: :func:`quantize` (``bits=4``, ``8`` or ``16``), :func:`quantize_int8`
+and their layers, :class:`Int4Linear`, :class:`Int8Linear` and :class:`Bf16Linear` (16 bits: bfloat16
+weights, described at the class).
 
 4 bits (weight-only). Each run of ``group_size`` (32, 64, 128) weights of a row is stored as integers
 0..15 with a scale and an offset (min-max), an eighth of float32's bytes plus the scales'; inputs,
@@ -295,27 +296,12 @@ def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, p
             "quantize_int8 needs torch's fbgemm int8 kernels (x86 CPUs); this build supports "
             f"{torch.backends.quantized.supported_engines}"
         )
-    linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if isinstance(child, nn.Linear)]
-    for parent, name, linear in linears:
-        if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
-            raise ValueError(
-                f"quantize_int8: expected float32 weights on the CPU, given {linear.weight.dtype} on "
-                f"{linear.weight.device} in {name!r}; load with dtype=torch.float32"
-            )
     if not isinstance(per_row, bool):
         raise TypeError(f"quantize_int8: per_row: expected a bool, given {per_row!r}")
     if per_row and outlier_threshold is not None:
         raise ValueError(f"quantize_int8: per_row=True takes outlier_threshold=None, given {outlier_threshold!r}")
     threshold = None if outlier_threshold is None else float(outlier_threshold)
-    replaced: dict[int, Int8Linear] = {}  # a layer reachable twice becomes one Int8Linear
-    for parent, name, linear in linears:
-        if id(linear) not in replaced:
-            replaced[id(linear)] = Int8Linear.from_linear(linear, threshold, per_row)
-        setattr(parent, name, replaced[id(linear)])
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    return _replace_linears(model, "quantize_int8", lambda linear: Int8Linear.from_linear(linear, threshold, per_row))
 
 
 
@@ -446,6 +432,69 @@ _int4_mm = getattr(torch.ops.aten._weight_int4pack_mm_for_cpu.default, "_op",
                    torch.ops.aten._weight_int4pack_mm_for_cpu.default)
 
 
+# ------------------------------------------------------------------------------------------------------
+# 16-bit weights
+
+class Bf16Linear(nn.Module):
+    """``y = x W^T + b`` with W stored in bfloat16 and multiplied in bfloat16 (float32 accumulation, oneDNN's
+    AVX512-BF16 kernels where the CPU has them; the product is rounded to bfloat16 once, as under autocast,
+    since torch's CPU matmul has no float32 output for bfloat16 operands); inputs, outputs and the bias stay
+    float32.
+
+    Half of float32's bytes per weight, and on CPUs with native bfloat16 arithmetic (see
+    :func:`has_native_bf16`) about twice float32's matmul rate on batches. Rounding the weights and the
+    inputs to bfloat16's 8 significant bits moves each output by a few parts in a thousand; all-mpnet-base-v2's
+    mean-pooled embeddings keep a cosine of 0.9999 to float32's (``tests/pt/test_quantize_bf16.py``).
+    The state dict keeps the layer's ``weight`` (bfloat16) and ``bias`` under their usual names, so
+    ``save_pretrained`` writes a checkpoint that loads anywhere; loading it gives float32 layers.
+    """
+
+    quantized = True  # PreTrainedModel.tie_weights leaves a 16-bit output layer untied from its embedding
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Bf16Linear":
+        return cls(linear.weight, linear.bias)
+
+    @staticmethod
+    def stack(layers) -> "Bf16Linear":
+        """One layer computing ``torch.cat([layer(x) for layer in layers], -1)`` (``layers.stacked_linear``).
+        It holds copies of the layers' weights (made once, then found again while the layers hold the same
+        tensors)."""
+        key = tuple((layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr())
+                    for layer in layers)
+        cached = layers[0].__dict__.get("_stack")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        biases = [layer.bias for layer in layers]
+        if any(bias is None for bias in biases) and not all(bias is None for bias in biases):
+            raise ValueError("Bf16Linear.stack: expected every layer with a bias or none, given a mix")
+        stack = Bf16Linear(torch.cat([layer.weight for layer in layers]),
+                           None if biases[0] is None else torch.cat(biases))
+        layers[0].__dict__["_stack"] = (key, stack)
+        return stack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"Bf16Linear: expected float32 inputs, given {x.dtype}")
+        y = F.linear(x.to(torch.bfloat16), self.weight).float()
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (oneDNN's AVX512-BF16 or AMX kernels): only there are
+    16-bit weights faster than float32 ones on batches."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _check_group_size(where: str, group_size, in_features: Optional[int] = None) -> None:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in GROUP_SIZES:
         raise ValueError(f"{where}: group_size: expected one of {GROUP_SIZES}, given {group_size!r}")
@@ -457,6 +506,24 @@ def _check_group_size(where: str, group_size, in_features: Optional[int] = None)
 def _linears(model: nn.Module):
     return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
             if isinstance(child, nn.Linear)]
+
+
+def _replace_linears(model: nn.Module, where: str, make) -> nn.Module:
+    """Replace every ``nn.Linear`` of a float32 CPU ``model`` by ``make(linear)`` (a layer reachable twice
+    becomes one), and return the model in eval mode without gradients."""
+    linears = _linears(model)
+    for _, name, linear in linears:
+        if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
+            raise ValueError(f"{where}: expected float32 weights on the CPU, given {linear.weight.dtype} on "
+                             f"{linear.weight.device} in {name!r}; load with dtype=torch.float32")
+    replaced: dict = {}
+    for parent, name, linear in linears:
+        if id(linear) not in replaced:
+            replaced[id(linear)] = make(linear)
+        setattr(parent, name, replaced[id(linear)])
+    model.eval()
+    model.requires_grad_(False)
+    return model
 
 
 def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
@@ -472,11 +539,20 @@ def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
 
     ``bits=8``: :func:`quantize_int8` (int8 weights per output channel, 8-bit inputs); ``group_size``
     must be None and ``outlier_threshold`` is passed on. An 8-bit model cannot be saved.
+
+    ``bits=16``: bfloat16 weights (:class:`Bf16Linear`), float32 inputs and outputs; ``group_size`` and
+    ``outlier_threshold`` must be None. ``save_pretrained`` writes the bfloat16 weights under their usual
+    names (a plain checkpoint; ``from_pretrained`` loads it as float32).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize: model: expected a torch.nn.Module, given {type(model).__name__}")
-    if isinstance(bits, bool) or bits not in (4, 8):
-        raise ValueError(f"quantize: bits: expected 4 or 8, given {bits!r}")
+    if isinstance(bits, bool) or bits not in (4, 8, 16):
+        raise ValueError(f"quantize: bits: expected 4, 8 or 16, given {bits!r}")
+    if bits == 16:
+        for name, value in (("group_size", group_size), ("outlier_threshold", outlier_threshold)):
+            if value is not None:
+                raise ValueError(f"quantize: {name}: expected None with bits=16, given {value!r}")
+        return _replace_linears(model, "quantize", lambda linear: Bf16Linear.from_linear(linear))
     if bits == 8:
         if group_size is not None:
             raise ValueError(f"quantize: group_size: expected None with bits=8 (one scale per output channel), "
@@ -487,24 +563,14 @@ def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
                          f"given {outlier_threshold!r}")
     group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
     _check_group_size("quantize", group_size)
-    linears = _linears(model)
-    for parent, name, linear in linears:
-        if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
-            raise ValueError(f"quantize: expected float32 weights on the CPU, given {linear.weight.dtype} on "
-                             f"{linear.weight.device} in {name!r}; load with dtype=torch.float32")
+    for _, name, linear in _linears(model):
         if linear.in_features % group_size:
             raise ValueError(f"quantize: group_size: expected a divisor of every layer's in_features, given "
                              f"group_size={group_size} for {name!r} with in_features={linear.in_features}")
-    replaced: dict[int, Int4Linear] = {}
-    for parent, name, linear in linears:
-        if id(linear) not in replaced:
-            replaced[id(linear)] = Int4Linear.from_linear(linear, group_size)
-        setattr(parent, name, replaced[id(linear)])
+    _replace_linears(model, "quantize", lambda linear: Int4Linear.from_linear(linear, group_size))
     config = getattr(model, "config", None)
     if config is not None:
         config.quantization_config = {"quant_method": QUANT_METHOD, "bits": 4, "group_size": group_size}
-    model.eval()
-    model.requires_grad_(False)
     return model
 
 
@@ -548,5 +614,5 @@ def finish_quantized(model: nn.Module) -> None:
     model.requires_grad_(False)
 
 
-__all__ = ["DEFAULT_GROUP_SIZE", "GROUP_SIZES", "Int4Linear", "Int8Linear", "OUTLIER_THRESHOLD", "quantize",
-           "quantize_int8"]
+__all__ = ["Bf16Linear", "DEFAULT_GROUP_SIZE", "GROUP_SIZES", "Int4Linear", "Int8Linear", "OUTLIER_THRESHOLD",
+           "has_native_bf16", "quantize", "quantize_int8"]

@@ -1,0 +1,123 @@
+"""16-bit weights (``quantize(model, bits=16)``, :class:`Bf16Linear`): the layer against its rounded weights,
+stacked projections, greedy tokens of a small decoder trained to be confident, the real all-mpnet-base-v2's
+embeddings, saving and loading, and errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+import polyformers
+from polyformers.pt.quantize import Bf16Linear, quantize
+
+from .test_mpnet_real import SENTENCES
+from .test_quantize_4bit import PROMPTS, _greedy, _mean_pooled, _tiny_gptj, _tiny_mpt, trained  # noqa: F401
+
+
+def test_the_layer_multiplies_bfloat16_rounded_inputs_and_weights():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    x = torch.randn(5, 96) * 3
+    layer = Bf16Linear.from_linear(linear)
+    assert layer.weight.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32
+    y = layer(x)
+    assert y.dtype == torch.float32
+    product = y - linear.bias.detach()
+    # The product of the rounded inputs and weights (exact in float32 but for the order of the sums),
+    # rounded once to bfloat16: within one bfloat16 step (2**-8 relative) of the exact value.
+    exact = x.bfloat16().float() @ linear.weight.detach().bfloat16().float().T
+    assert ((product - exact).abs() <= 2 ** -8 * exact.abs() + 1e-6).all()
+    unbiased = Bf16Linear(linear.weight)(x)
+    assert torch.equal(unbiased, unbiased.bfloat16().float())
+    torch.testing.assert_close(y, unbiased + linear.bias.detach(), rtol=0, atol=1e-6)
+    # ... and the rounding is real: float32's own product differs.
+    assert (y - linear(x).detach()).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", [_tiny_gptj, _tiny_mpt])  # MPT ties its head to the embedding
+def test_outputs_stay_close_and_stacked_projections_agree(family):
+    torch.manual_seed(1)
+    model = family().eval()
+    ids = torch.randint(0, 40, (3, 12))
+    with torch.no_grad():
+        reference = model(ids).logits
+        quantized = quantize(copy.deepcopy(model), bits=16)
+        logits = quantized(ids).logits
+    layers = [m for m in quantized.modules() if isinstance(m, Bf16Linear)]
+    assert layers and not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
+    assert isinstance(quantized.lm_head, Bf16Linear)
+    embedding = quantized.get_input_embeddings().weight
+    assert embedding.dtype == torch.float32  # a tied head got its own 16-bit copy
+    assert (logits - reference).abs().max() < 0.02 * reference.abs().max()
+    if family is _tiny_gptj:  # q, k and v run as one stacked 16-bit layer, equal to the three alone
+        attn = quantized.transformer.h[0].attn
+        assert "_stack" in attn.q_proj.__dict__
+        x = torch.randn(2, 7, 64)
+        stacked = attn.q_proj.__dict__["_stack"][1](x)
+        torch.testing.assert_close(stacked, torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_tokens_equal_float32s(trained):  # noqa: F811
+    model, _ = trained
+    quantized = quantize(copy.deepcopy(model), bits=16)
+    assert isinstance(quantized.transformer.h[0].mlp.fc_in, Bf16Linear)
+    assert torch.equal(_greedy(quantized, PROMPTS), _greedy(model, PROMPTS))
+
+
+@pytest.mark.parametrize("family", [_tiny_gptj, _tiny_mpt])
+def test_save_writes_bfloat16_weights_that_load_as_float32(tmp_path, family):
+    torch.manual_seed(2)
+    model = family().eval()
+    quantized = quantize(copy.deepcopy(model), bits=16)
+    quantized.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        dtypes = {key: f.get_tensor(key).dtype for key in f.keys()}
+    assert dtypes[next(k for k in dtypes if k.endswith("fc_in.weight") or k.endswith("up_proj.weight"))] \
+        == torch.bfloat16
+    assert "quantization_config" not in quantized.config.to_dict() or \
+        quantized.config.to_dict()["quantization_config"] is None
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    ids = torch.randint(0, 40, (2, 10))
+    with torch.no_grad():
+        expected = quantized(ids).logits
+        logits = loaded(ids).logits
+    # The reloaded float32 model multiplies the same (rounded) weights by unrounded inputs.
+    assert (logits - expected).abs().max() < 0.02 * expected.abs().max()
+    for name, module in quantized.named_modules():
+        if isinstance(module, Bf16Linear) and name != "lm_head":
+            assert torch.equal(loaded.get_submodule(name).weight, module.weight.float()), name
+
+
+def test_errors_name_the_argument():
+    model = _tiny_gptj()
+    with pytest.raises(ValueError, match=r"bits: expected 4, 8 or 16, given 12"):
+        quantize(model, bits=12)
+    with pytest.raises(ValueError, match=r"group_size: expected None with bits=16, given 32"):
+        quantize(model, bits=16, group_size=32)
+    with pytest.raises(ValueError, match=r"outlier_threshold: expected None with bits=16, given 3"):
+        quantize(model, bits=16, outlier_threshold=3)
+    with pytest.raises(ValueError, match=r"expected float32 weights on the CPU, given torch.bfloat16"):
+        quantize(_tiny_gptj().to(torch.bfloat16), bits=16)
+    assert isinstance(model.lm_head, torch.nn.Linear)  # nothing was replaced by a refused call
+    layer = Bf16Linear.from_linear(torch.nn.Linear(8, 4))
+    with pytest.raises(TypeError, match=r"expected float32 inputs, given torch.float64"):
+        layer(torch.randn(2, 8, dtype=torch.float64))
+
+
+def test_real_mpnet_bf16_embeddings_keep_float32s(assets):
+    import transformers
+
+    folder = assets / "mpnet"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    batch = dict(tokenizer(SENTENCES, padding=True, return_tensors="pt"))
+    model = polyformers.MPNetModel.from_pretrained(folder)
+    expected = _mean_pooled(model, batch)
+    cosine = F.cosine_similarity(_mean_pooled(quantize(model, bits=16), batch), expected, dim=-1)
+    print(f"bf16 weights: cosine to float32 min {float(cosine.min()):.6f}")
+    assert cosine.min() >= 0.9995
