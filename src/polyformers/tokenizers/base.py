@@ -842,24 +842,7 @@ class PreTrainedTokenizerBase:
         ``is_split_into_words=True``) or a list of lists of str (a batch of pre-split examples).
         ``text_target`` / ``text_pair_target`` are encoded the same way and returned as ``labels``.
         """
-        common = dict(
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            stride=stride,
-            is_split_into_words=is_split_into_words,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_tensors=return_tensors,
-            return_token_type_ids=return_token_type_ids,
-            return_attention_mask=return_attention_mask,
-            return_overflowing_tokens=return_overflowing_tokens,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_offsets_mapping=return_offsets_mapping,
-            return_length=return_length,
-            verbose=verbose,
-        )
-        common.update(kwargs)
+        common = _keyword_arguments(locals(), "text", "text_pair", "text_target", "text_pair_target")
         if text is None and text_target is None:
             raise ValueError("pass at least one of text or text_target to the tokenizer; both were None")
         encodings = None
@@ -958,34 +941,8 @@ class PreTrainedTokenizerBase:
         **kwargs,
     ) -> BatchEncoding:
         """Encode one example (a text, pre-split words or ids; optionally with a pair)."""
-        padding_strategy, truncation_strategy, max_length, kwargs = self._get_padding_truncation_strategies(
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
-            verbose=verbose,
-            **kwargs,
-        )
-        return self._encode_plus(
-            text=text,
-            text_pair=text_pair,
-            add_special_tokens=add_special_tokens,
-            padding_strategy=padding_strategy,
-            truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            stride=stride,
-            is_split_into_words=is_split_into_words,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_tensors=return_tensors,
-            return_token_type_ids=return_token_type_ids,
-            return_attention_mask=return_attention_mask,
-            return_overflowing_tokens=return_overflowing_tokens,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_offsets_mapping=return_offsets_mapping,
-            return_length=return_length,
-            verbose=verbose,
-            **kwargs,
-        )
+        strategies, options = self._resolve_strategies(_keyword_arguments(locals(), "text", "text_pair"))
+        return self._encode_plus(text=text, text_pair=text_pair, **strategies, **options)
 
     def batch_encode_plus(
         self,
@@ -1008,33 +965,24 @@ class PreTrainedTokenizerBase:
         **kwargs,
     ) -> BatchEncoding:
         """Encode a batch of examples; each is a text, a (text, pair) tuple, pre-split words or ids."""
-        padding_strategy, truncation_strategy, max_length, kwargs = self._get_padding_truncation_strategies(
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
-            verbose=verbose,
-            **kwargs,
-        )
-        return self._batch_encode_plus(
-            batch_text_or_text_pairs=batch_text_or_text_pairs,
-            add_special_tokens=add_special_tokens,
-            padding_strategy=padding_strategy,
-            truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            stride=stride,
-            is_split_into_words=is_split_into_words,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_tensors=return_tensors,
-            return_token_type_ids=return_token_type_ids,
-            return_attention_mask=return_attention_mask,
-            return_overflowing_tokens=return_overflowing_tokens,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_offsets_mapping=return_offsets_mapping,
-            return_length=return_length,
-            verbose=verbose,
-            **kwargs,
-        )
+        strategies, options = self._resolve_strategies(_keyword_arguments(locals(), "batch_text_or_text_pairs"))
+        return self._batch_encode_plus(batch_text_or_text_pairs=batch_text_or_text_pairs, **strategies, **options)
+
+    def _resolve_strategies(self, options: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The keyword arguments of :meth:`encode_plus` as :meth:`_encode_plus` takes them: ``padding`` and
+        ``truncation`` (and their older spellings) become ``padding_strategy`` and ``truncation_strategy``.
+
+        Returns those resolved settings and the other options apart, so that a caller passing both still
+        gets Python's error for an option given twice."""
+        padding_strategy, truncation_strategy, max_length, rest = self._get_padding_truncation_strategies(**options)
+        strategies = {
+            "padding_strategy": padding_strategy,
+            "truncation_strategy": truncation_strategy,
+            "max_length": max_length,
+            "pad_to_multiple_of": options["pad_to_multiple_of"],
+            "verbose": options["verbose"],
+        }
+        return strategies, rest
 
     def _encode_plus(self, text, text_pair=None, **options) -> BatchEncoding:
         """Encode one example. Receives :meth:`encode_plus`'s arguments with ``padding`` / ``truncation``
@@ -1058,18 +1006,8 @@ class PreTrainedTokenizerBase:
         **kwargs,
     ):
         """Encode one example and return only its ``input_ids`` (a list, or a tensor with a batch axis)."""
-        encoded = self.encode_plus(
-            text,
-            text_pair=text_pair,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            stride=stride,
-            return_tensors=return_tensors,
-            **kwargs,
-        )
-        return encoded["input_ids"]
+        options = _keyword_arguments(locals(), "text", "text_pair")
+        return self.encode_plus(text, text_pair=text_pair, **options)["input_ids"]
 
     def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False, **kwargs) -> List[str]:
         """Split ``text`` into tokens of the vocabulary (added tokens kept whole)."""
@@ -1535,13 +1473,8 @@ class PreTrainedTokenizerBase:
             for seq in sequences
         ]
 
-    def _decode(
-        self,
-        token_ids,
-        skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: Optional[bool] = None,
-        **kwargs,
-    ) -> str:
+    def _decode(self, token_ids, **options) -> str:
+        """Decode one sequence; receives :meth:`decode`'s arguments, ``token_ids`` as a Python list or int."""
         raise NotImplementedError
 
     # Undo the spaces that word-level detokenization leaves before punctuation and English contractions.
@@ -1956,6 +1889,44 @@ def _roberta_style_inputs(
     if token_ids_1 is None:
         return output
     return output + [sep_id] + list(token_ids_1) + [sep_id]
+
+
+class _RobertaStyleLayout:
+    """``<s> A </s>`` for one sequence, ``<s> A </s></s> B </s>`` for a pair, and token type ids all 0:
+    the layout of families without token types (RoBERTa, MPNet); listed first among a tokenizer's bases.
+
+    ``_layout_token_ids`` names the ids that frame the sequences: the slow tokenizers use ``cls_token`` and
+    ``sep_token``, the fast ones (as the reference's do) ``bos_token`` and ``eos_token``.
+    """
+
+    _layout_token_ids = ("cls_token_id", "sep_token_id")
+
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
+    ) -> List[int]:
+        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
+        first, last = (getattr(self, name) for name in self._layout_token_ids)
+        return _roberta_style_inputs(first, last, token_ids_0, token_ids_1)
+
+    def create_token_type_ids_from_sequences(
+        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
+    ) -> List[int]:
+        """All zeros, one per token of the built input: these families have no token types."""
+        return [0] * len(_roberta_style_inputs(0, 0, token_ids_0, token_ids_1))
+
+
+def _keyword_arguments(arguments: Dict[str, Any], *leave_out: str) -> Dict[str, Any]:
+    """A method's arguments as keywords, from ``locals()`` taken as its first statement: the named ones
+    (but ``self`` and those in ``leave_out``) merged with what its ``**kwargs`` caught.
+
+    The encoding entry points spell out the reference's long signatures and pass them on whole; this keeps
+    one list of those names (the signature) instead of one more per call.
+    """
+    options = dict(arguments)
+    for name in ("self", "kwargs", *leave_out):
+        del options[name]
+    options.update(arguments["kwargs"])
+    return options
 
 
 def _describe(value) -> str:

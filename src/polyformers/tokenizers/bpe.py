@@ -16,7 +16,7 @@ import regex
 
 from tokenizers import AddedToken
 
-from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _roberta_style_inputs
+from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _RobertaStyleLayout
 from .slow import PreTrainedTokenizer
 
 __all__ = [
@@ -324,7 +324,7 @@ class GPT2Tokenizer(ByteLevelBPETokenizer):
         return output
 
 
-class RobertaTokenizer(ByteLevelBPETokenizer):
+class RobertaTokenizer(_RobertaStyleLayout, ByteLevelBPETokenizer):
     """RoBERTa's tokenizer: GPT-2's byte-level BPE with BERT-like special tokens.
 
     One sequence is ``<s> A </s>``, a pair ``<s> A </s></s> B </s>``; token type ids are all 0.
@@ -378,15 +378,3 @@ class RobertaTokenizer(ByteLevelBPETokenizer):
         if (is_split_into_words or add_prefix_space) and text and not text[0].isspace():
             text = " " + text
         return text, kwargs
-
-    def build_inputs_with_special_tokens(
-        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
-    ) -> List[int]:
-        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        return _roberta_style_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
-
-    def create_token_type_ids_from_sequences(
-        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
-    ) -> List[int]:
-        """All zeros: RoBERTa does not use token types."""
-        return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text, _roberta_style_inputs
+from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text, _RobertaStyleLayout
 from .bpe import GPT2Tokenizer, RobertaTokenizer, read_bpe_files
 from .convert import register_converter
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
@@ -391,7 +391,7 @@ class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
         self.add_bos_token = kwargs.get("add_bos_token", False)
 
 
-class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
+class RobertaTokenizerFast(_RobertaStyleLayout, _WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
     """RoBERTa's tokenizer (GPT-2's byte-level BPE with ``<s> A </s></s> B </s>``), backed by `tokenizers`.
 
     Args:
@@ -405,6 +405,7 @@ class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
         trim_offsets: leave the leading space out of each token's character span.
     """
 
+    _layout_token_ids = ("bos_token_id", "eos_token_id")
     slow_tokenizer_class = RobertaTokenizer
     pretrained_vocab_files_map = RobertaTokenizer.pretrained_vocab_files_map
     max_model_input_sizes = RobertaTokenizer.max_model_input_sizes
@@ -465,18 +466,6 @@ class RobertaTokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
         if isinstance(value, str):
             value = AddedToken(value, lstrip=True, rstrip=False)
         PreTrainedTokenizerFast.mask_token.fset(self, value)
-
-    def build_inputs_with_special_tokens(
-        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
-    ) -> list[int]:
-        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        return _roberta_style_inputs(self.bos_token_id, self.eos_token_id, token_ids_0, token_ids_1)
-
-    def create_token_type_ids_from_sequences(
-        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
-    ) -> list[int]:
-        """All zeros: RoBERTa does not use token types."""
-        return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
 
 
 class GPTNeoXTokenizerFast(_ByteLevelTokenizerFast):

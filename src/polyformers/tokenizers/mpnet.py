@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from tokenizers import AddedToken, Tokenizer, normalizers, processors
 
-from .base import PreTrainedTokenizerBase, _roberta_style_inputs
+from .base import PreTrainedTokenizerBase, _RobertaStyleLayout
 from .convert import register_converter, wordpiece_tokenizer
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast, _BasicTokenizerSteps
 from .wordpiece import WordPieceTokenizer
@@ -43,7 +43,7 @@ def _special(token: Any, **flags: Any) -> Any:
     return AddedToken(token, **flags) if isinstance(token, str) else token
 
 
-class MPNetTokenizer(WordPieceTokenizer):
+class MPNetTokenizer(_RobertaStyleLayout, WordPieceTokenizer):
     """MPNet's pure-Python tokenizer (WordPiece, as BERT's).
 
     Args:
@@ -104,18 +104,6 @@ class MPNetTokenizer(WordPieceTokenizer):
         # vocab.txt wins over added tokens of the same content
         return {**self.added_tokens_encoder, **self.vocab}
 
-    def build_inputs_with_special_tokens(
-        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
-    ) -> List[int]:
-        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        return _roberta_style_inputs(self.cls_token_id, self.sep_token_id, token_ids_0, token_ids_1)
-
-    def create_token_type_ids_from_sequences(
-        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
-    ) -> List[int]:
-        """All zeros, one per token of the built input: MPNet has no token types."""
-        return [0] * len(_roberta_style_inputs(0, 0, token_ids_0, token_ids_1))
-
 
 def mpnet_tokenizer(vocab: Any, *, cls_token: str, sep_token: str, **options: Any) -> Tokenizer:
     """A WordPiece backend with MPNet's ``<s> A </s></s> B </s>`` layout; options as for ``wordpiece_tokenizer``."""
@@ -148,7 +136,7 @@ def _convert_mpnet(slow: MPNetTokenizer) -> Tokenizer:
 register_converter("MPNetTokenizer", _convert_mpnet)
 
 
-class MPNetTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
+class MPNetTokenizerFast(_RobertaStyleLayout, _BasicTokenizerSteps, PreTrainedTokenizerFast):
     """A fast MPNet tokenizer (WordPiece, backed by the `tokenizers` library).
 
     Args:
@@ -173,6 +161,7 @@ class MPNetTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
     pretrained_init_configuration = dict(MPNetTokenizer.pretrained_init_configuration)
     max_model_input_sizes = dict(_MPNET_CHECKPOINTS)
     slow_tokenizer_class = MPNetTokenizer
+    _layout_token_ids = ("bos_token_id", "eos_token_id")
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(
@@ -238,15 +227,3 @@ class MPNetTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
     @mask_token.setter
     def mask_token(self, value: Any) -> None:
         PreTrainedTokenizerBase.mask_token.fset(self, _special(value, lstrip=True, rstrip=False, normalized=False))
-
-    def build_inputs_with_special_tokens(
-        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
-    ) -> List[int]:
-        """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
-        return _roberta_style_inputs(self.bos_token_id, self.eos_token_id, token_ids_0, token_ids_1)
-
-    def create_token_type_ids_from_sequences(
-        self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None
-    ) -> List[int]:
-        """All zeros, one per token of the built input: MPNet has no token types."""
-        return [0] * len(_roberta_style_inputs(0, 0, token_ids_0, token_ids_1))

@@ -357,73 +357,44 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
                 f"{type(self).__name__}Fast); pure-Python tokenizers do not track character offsets"
             )
 
-    def _encode_plus(
-        self,
-        text,
-        text_pair=None,
-        add_special_tokens: bool = True,
-        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
-        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
-        max_length: Optional[int] = None,
-        stride: int = 0,
-        is_split_into_words: bool = False,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: Union[None, str, TensorType] = None,
-        return_token_type_ids: Optional[bool] = None,
-        return_attention_mask: Optional[bool] = None,
-        return_overflowing_tokens: bool = False,
-        return_special_tokens_mask: bool = False,
-        return_offsets_mapping: bool = False,
-        return_length: bool = False,
-        verbose: bool = True,
-        **kwargs,
-    ) -> BatchEncoding:
-        self._refuse_offsets(return_offsets_mapping)
-        first_ids = self._text_to_ids(text, is_split_into_words, **kwargs)
-        second_ids = self._text_to_ids(text_pair, is_split_into_words, **kwargs) if text_pair is not None else None
-        return self.prepare_for_model(
-            first_ids,
-            pair_ids=second_ids,
-            add_special_tokens=add_special_tokens,
-            padding=padding_strategy.value,
-            truncation=truncation_strategy.value,
-            max_length=max_length,
-            stride=stride,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_tensors=return_tensors,
-            prepend_batch_axis=True,
-            return_attention_mask=return_attention_mask,
-            return_token_type_ids=return_token_type_ids,
-            return_overflowing_tokens=return_overflowing_tokens,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_length=return_length,
-            verbose=verbose,
-        )
+    def _encode_plus(self, text, text_pair=None, **options) -> BatchEncoding:
+        return self._encode_examples([(text, text_pair)], one=True, **options)
 
-    def _batch_encode_plus(
+    def _batch_encode_plus(self, batch_text_or_text_pairs, **options) -> BatchEncoding:
+        return self._encode_examples(batch_text_or_text_pairs, one=False, **options)
+
+    def _encode_examples(
         self,
-        batch_text_or_text_pairs,
-        add_special_tokens: bool = True,
-        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
-        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
-        max_length: Optional[int] = None,
-        stride: int = 0,
-        is_split_into_words: bool = False,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: Union[None, str, TensorType] = None,
-        return_token_type_ids: Optional[bool] = None,
-        return_attention_mask: Optional[bool] = None,
-        return_overflowing_tokens: bool = False,
-        return_special_tokens_mask: bool = False,
-        return_offsets_mapping: bool = False,
-        return_length: bool = False,
-        verbose: bool = True,
+        examples,
+        one: bool,
+        *,
+        add_special_tokens: bool,
+        padding_strategy: PaddingStrategy,
+        truncation_strategy: TruncationStrategy,
+        max_length: Optional[int],
+        stride: int,
+        is_split_into_words: bool,
+        pad_to_multiple_of: Optional[int],
+        return_tensors: Union[None, str, TensorType],
+        return_token_type_ids: Optional[bool],
+        return_attention_mask: Optional[bool],
+        return_overflowing_tokens: bool,
+        return_special_tokens_mask: bool,
+        return_offsets_mapping: bool,
+        return_length: bool,
+        verbose: bool,
         **kwargs,
     ) -> BatchEncoding:
+        """Encode ``examples`` with :meth:`encode_plus`'s resolved options (other keywords go to
+        :meth:`tokenize`). ``one``: a single (text, text_pair) example, prepared and padded by
+        :meth:`prepare_for_model` with a batch axis only for tensors; otherwise a batch, whose entries
+        are texts or (text, text_pair) pairs."""
         self._refuse_offsets(return_offsets_mapping)
         pairs = []
-        for example in batch_text_or_text_pairs:
-            if not isinstance(example, (list, tuple)):
+        for example in examples:
+            if one:
+                first, second = example
+            elif not isinstance(example, (list, tuple)):
                 first, second = example, None
             elif is_split_into_words and not isinstance(example[0], (list, tuple)):
                 first, second = example, None
@@ -437,26 +408,34 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
             first_ids = self._text_to_ids(first, is_split_into_words, **kwargs)
             second_ids = self._text_to_ids(second, is_split_into_words, **kwargs) if second is not None else None
             pairs.append((first_ids, second_ids))
-        # Each example is prepared unpadded (so "length" is its own length) and the batch padded once.
+        prepare = dict(
+            add_special_tokens=add_special_tokens,
+            truncation=truncation_strategy.value,
+            max_length=max_length,
+            stride=stride,
+            return_token_type_ids=return_token_type_ids,
+            return_overflowing_tokens=return_overflowing_tokens,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_length=return_length,
+            verbose=verbose,
+        )
+        if one:
+            (first_ids, second_ids), = pairs
+            return self.prepare_for_model(
+                first_ids,
+                pair_ids=second_ids,
+                padding=padding_strategy.value,
+                pad_to_multiple_of=pad_to_multiple_of,
+                return_attention_mask=return_attention_mask,
+                return_tensors=return_tensors,
+                prepend_batch_axis=True,
+                **prepare,
+            )
+        # Each example is prepared as lists, unpadded (so "length" is its own length), and the batch padded once.
         batch: Dict[str, list] = {}
         for first_ids, second_ids in pairs:
             outputs = self.prepare_for_model(
-                first_ids,
-                second_ids,
-                add_special_tokens=add_special_tokens,
-                padding=PaddingStrategy.DO_NOT_PAD.value,
-                truncation=truncation_strategy.value,
-                max_length=max_length,
-                stride=stride,
-                pad_to_multiple_of=None,
-                return_attention_mask=False,
-                return_token_type_ids=return_token_type_ids,
-                return_overflowing_tokens=return_overflowing_tokens,
-                return_special_tokens_mask=return_special_tokens_mask,
-                return_length=return_length,
-                return_tensors=None,
-                prepend_batch_axis=False,
-                verbose=verbose,
+                first_ids, second_ids, padding=PaddingStrategy.DO_NOT_PAD.value, return_attention_mask=False, **prepare
             )
             for key, value in outputs.items():
                 batch.setdefault(key, []).append(value)
