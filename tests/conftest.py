@@ -17,6 +17,21 @@ ASSETS = Path(os.environ.get("POLYFORMERS_ASSETS", ROOT / ".cache" / "assets"))
 LEGACY_PYTHON = Path(os.environ.get("POLYFORMERS_LEGACY_VENV", ROOT / ".cache" / "legacy-oracle")) / "bin" / "python"
 
 
+# Under pytest-xdist (`./run test` runs `-n auto --dist loadgroup`), each test file runs whole on one worker,
+# so that a module-scoped fixture (most files batch their reference runs into one) is computed once; the
+# folders below share session-scoped fixtures between their files (a server, the reference's config runs),
+# so each runs whole on one worker.
+_ONE_WORKER_FOLDERS = {"serve", "configs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = ROOT / "tests"
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(tests).parts
+        group = parts[0] if parts[0] in _ONE_WORKER_FOLDERS else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """Folder of real assets fetched by scripts/fetch_assets.py. Missing assets fail: CI always has them."""
