@@ -43,6 +43,12 @@ OWN_PIECE_TEXTS = ["a </s> b <unk> c", "</s><unk>", "x<unk>y</s>z", "end </s>"]
 WHITESPACE_TEXTS = ["a\nb\tc  d   e", "line one\n\nline two \t end  ", " \n lead", "x\r\ny", "trail \n", "a \nb",
                     "\t", "  \n\t  ", "a  \n  b"]
 
+# runs of spaces (and a no-break space, which the model's normalization makes a space) before a token added with
+# normalized=True ("NewTok"): the slow tokenizer splits the raw text at the token, 4.37's fast one matches it in
+# the normalized text, where the run has become a "▁" token; "ＮｅｗＴｏｋ" (full width) is no match in the raw text
+ADDED_SPACE_TEXTS = ["a  NewTok", "a   NewTok b", "  NewTok", "x\u00a0 NewTok", "a  NewTok  NewTok", "a  NewTok\n",
+                     "a  <ent>  NewTok", "a \t NewTok", "ＮｅｗＴｏｋ  NewTok", "a  <lst> b  NewTok", "a NewTok"]
+
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital and most populous city of France."),
     ("Short", "A somewhat longer second sequence with many more words in it than the first."),
@@ -166,6 +172,9 @@ def fast_spec(assets: Path, vocab: str, spm_vocab: str, save_root: Path, side: s
         "added": {"cls": "PegasusTokenizerFast", "args": [vocab],
                   "add_tokens": [[[added("<lst>", lstrip=True), "NewTok"], False]],
                   "add_special_tokens": {"additional_special_tokens": ["<ent>"]}},
+        "added-slow": {"cls": "PegasusTokenizer", "args": [vocab],
+                       "add_tokens": [[[added("<lst>", lstrip=True), "NewTok"], False]],
+                       "add_special_tokens": {"additional_special_tokens": ["<ent>"]}},
         "saver": {"cls": "PegasusTokenizerFast", "args": [vocab], "save": str(save_root / f"{side}-fast")},
         "saved": {"cls": "PegasusTokenizerFast", "how": "from_pretrained", "args": [str(save_root / f"{side}-fast")]},
         "saved_slow": {"cls": "PegasusTokenizer", "how": "from_pretrained",
@@ -178,8 +187,9 @@ def fast_spec(assets: Path, vocab: str, spm_vocab: str, save_root: Path, side: s
     }
     calls: list[dict] = []
 
-    def call(tok, *args, op="__call__", **kwargs):
-        calls.append({"id": f"{tok}/{op}/{len(calls)}", "tok": tok, "op": op, "args": list(args), "kwargs": kwargs})
+    def call(tok, *args, op="__call__", twin=None, **kwargs):
+        calls.append({"id": f"{tok}/{op}/{len(calls)}", "tok": tok, "op": op, "args": list(args), "kwargs": kwargs,
+                      **({"twin": twin} if twin else {})})
 
     rich = {"return_offsets_mapping": True, "return_special_tokens_mask": True, "return_length": True}
     call("v", texts, **rich)
@@ -221,6 +231,8 @@ def fast_spec(assets: Path, vocab: str, spm_vocab: str, save_root: Path, side: s
         call("spm", batch)
     for text in OWN_PIECE_TEXTS:
         call("spm", text, op="tokenize")
+    call("added", ADDED_SPACE_TEXTS, twin=f"added-slow/__call__/{len(calls) + 1}")
+    call("added-slow", ADDED_SPACE_TEXTS)
     # every call on test_model.model's fast tokenizer that the slow one can answer is asked of it too
     for original in [call for call in calls if call["tok"] == "spm"]:
         if original["op"] == "__call__" and original["kwargs"]:
@@ -381,6 +393,26 @@ def test_fast_follows_the_slow_tokenizer_where_the_reference_drifts(results, tex
     assert results["cross"]["calls"][slow_call["id"]]["data"]["input_ids"] == reference_slow
     if texts is OWN_PIECE_TEXTS:
         assert reference_slow[0] == [114, 1, 183, 1102, 181, 1]  # "a </s> b <unk> c"
+
+
+def test_fast_follows_the_slow_tokenizer_before_normalized_added_tokens(results):
+    """Runs of spaces before a token added with normalized=True: 4.37's fast tokenizer gives one more "▁" token
+    than its slow one (it matches the token in the normalized text, where the run has become "▁"); ours, fast
+    and slow, give the slow one's ids, and report the token as 4.37's fast tokenizer does."""
+    (fast_call,) = _twin_calls(results, "added", ADDED_SPACE_TEXTS)
+    (slow_call,) = _twin_calls(results, "added-slow", ADDED_SPACE_TEXTS)
+    reference = results["reference"]["fast"]["calls"]
+    reference_slow = reference[slow_call["id"]]["data"]["input_ids"]
+    reference_fast = reference[fast_call["id"]]["data"]["input_ids"]
+    assert [fast == slow for fast, slow in zip(reference_fast, reference_slow)].count(False) >= 6
+    ours = results["ours"]["fast"]["calls"]
+    assert ours[slow_call["id"]]["data"]["input_ids"] == reference_slow
+    assert ours[fast_call["id"]]["data"]["input_ids"] == reference_slow
+    # what the fast tokenizer reports of the added tokens is 4.37's fast tokenizer's (normalized=True kept)
+    mine, theirs = (side["fast"]["tokenizers"]["added"]["added_tokens_decoder"]
+                    for side in (results["ours"], results["reference"]))
+    assert mine == theirs
+    assert [token["normalized"] for token in mine.values() if token["content"] == "NewTok"] == [True]
 
 
 def test_fast_loads_reference_saved_folder(results):
