@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from proc_memory import status  # bench/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".complete"  # written last: a folder without it is an interrupted synthesis and is redone
 
@@ -37,15 +39,6 @@ CONFIG = dict(
 SHARD_BYTES = 2 * 1024**3
 MIN_FREE_BYTES = 14 * 1024**3
 PROMPT = [464, 3290, 7586, 21831, 18045, 625, 262, 16931]  # 8 fixed ids; no tokenizer is needed
-
-
-def _status(field: str) -> int:
-    """A memory figure of this process from /proc, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -152,11 +145,11 @@ def child(library: str, folder: str, new_tokens: int, threads: int) -> None:
     else:
         from transformers import GPTJForCausalLM
     torch.set_num_threads(threads)
-    baseline = _status("VmRSS")
+    baseline = status("VmRSS")
     started = time.perf_counter()
     model = GPTJForCausalLM.from_pretrained(folder, dtype=torch.float16)
     load_s = time.perf_counter() - started
-    load_peak, load_rss = _status("VmHWM"), _status("VmRSS")
+    load_peak, load_rss = status("VmHWM"), status("VmRSS")
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
 
     prompt = torch.tensor([PROMPT])
@@ -169,7 +162,7 @@ def child(library: str, folder: str, new_tokens: int, threads: int) -> None:
     generate_s = time.perf_counter() - started
     print(json.dumps({
         "baseline": baseline, "load_s": load_s, "load_peak": load_peak, "load_rss": load_rss,
-        "generate_s": generate_s, "peak": _status("VmHWM"), "rss": _status("VmRSS"),
+        "generate_s": generate_s, "peak": status("VmHWM"), "rss": status("VmRSS"),
         "tokens": out[0, len(PROMPT):].tolist(), "dtypes": dtypes,
     }))
 

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from proc_memory import status  # bench/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # ~500M parameters, ~2.0 GB in float32: big enough that the weights dominate every other allocation.
@@ -26,15 +28,6 @@ CONFIG = dict(
     vocab_size=30522, embedding_size=1536, hidden_size=1536, num_hidden_layers=16, num_attention_heads=16,
     intermediate_size=6144, max_position_embeddings=512,
 )
-
-
-def _status(field: str) -> int:
-    """A memory figure of this process from /proc, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(library: str, folder: str) -> None:
@@ -45,7 +38,7 @@ def child(library: str, folder: str) -> None:
     else:
         from transformers import ElectraModel
     torch.set_num_threads(1)
-    baseline = _status("VmRSS")
+    baseline = status("VmRSS")
     model = ElectraModel.from_pretrained(folder, dtype=torch.float32)
     # Loaders may map the file and read lazily; touching every weight makes both sides pay for a model
     # that is actually in memory, which is what a forward pass needs.
@@ -53,8 +46,8 @@ def child(library: str, folder: str) -> None:
         touched = sum(float(p.double().sum()) if p.numel() < 2**22 else float(p.sum()) for p in model.parameters())
         # And a forward pass, so that whatever the first forward builds (fused projections) is charged too.
         model(torch.arange(16).view(1, 16))
-    peak = _status("VmHWM")
-    after = _status("VmRSS")
+    peak = status("VmHWM")
+    after = status("VmRSS")
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"baseline": baseline, "peak": peak, "after": after, "params": params, "touched": touched}))
 

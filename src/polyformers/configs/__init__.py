@@ -15,17 +15,3 @@ CONFIG_MAPPING: dict[str, type[PretrainedConfig]] = {
     cls.model_type: cls
     for cls in (ElectraConfig, RobertaConfig, MPNetConfig, GPTJConfig, MptConfig, PegasusConfig)
 }
-
-__all__ = [
-    "CONFIG_MAPPING",
-    "CONFIG_NAME",
-    "PretrainedConfig",
-    "PreTrainedConfig",
-    "ElectraConfig",
-    "RobertaConfig",
-    "MPNetConfig",
-    "GPTJConfig",
-    "MptConfig",
-    "MptAttentionConfig",
-    "PegasusConfig",
-]

@@ -13,6 +13,7 @@ Nothing here imports a deep-learning framework: ``torch_dtype`` is stored as a n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+@dataclasses.dataclass(slots=True, eq=False)
 class Field:
     """How one documented argument is checked.
 
@@ -71,24 +73,13 @@ class Field:
     (inclusive), ``choices`` limits strings, ``convert`` replaces the whole check for special fields.
     """
 
-    __slots__ = ("kind", "optional", "low", "high", "choices", "convert")
-
-    def __init__(
-        self,
-        kind: str,
-        *,
-        optional: bool = False,
-        low: Optional[float] = None,
-        high: Optional[float] = None,
-        choices: Optional[tuple] = None,
-        convert: Optional[Callable[[str, str, Any], Any]] = None,
-    ):
-        self.kind = kind
-        self.optional = optional
-        self.low = low
-        self.high = high
-        self.choices = choices
-        self.convert = convert
+    kind: str
+    _: dataclasses.KW_ONLY
+    optional: bool = False
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Optional[tuple] = None
+    convert: Optional[Callable[[str, str, Any], Any]] = None
 
     def expected(self) -> str:
         words = {
@@ -198,6 +189,21 @@ def non_negative(optional: bool = False) -> Field:
 BOOL = Field("bool")
 STRING = Field("str")
 TOKEN_ID = Field("int", optional=True)  # negative ids occur in the wild (-1 meaning "none")
+
+# The settings of a BERT encoder, which ELECTRA, RoBERTa and MPNet name and check alike.
+BERT_FIELDS: dict[str, Field] = {
+    "vocab_size": positive_int(),
+    "hidden_size": positive_int(),
+    "num_hidden_layers": count(),
+    "num_attention_heads": positive_int(),
+    "intermediate_size": positive_int(),
+    "hidden_act": Field("activation"),
+    "hidden_dropout_prob": probability(),
+    "attention_probs_dropout_prob": probability(),
+    "max_position_embeddings": positive_int(),
+    "initializer_range": non_negative(),
+    "layer_norm_eps": non_negative(),
+}
 
 
 def dtype_name(value: Any, owner: str = "PretrainedConfig", name: str = "torch_dtype") -> Optional[str]:
@@ -538,6 +544,13 @@ class PretrainedConfig:
         # Whatever is left is kept as-is: configs written by other versions must survive a round trip.
         for key, value in kwargs.items():
             setattr(self, key, value)
+
+    def _set_fields(self, fields: dict, arguments: dict) -> None:
+        """Set, and so check, the family's documented ``fields`` from its constructor's ``arguments`` (its
+        ``locals()``), in the order of the constructor's parameters."""
+        for name, value in arguments.items():
+            if name in fields:
+                setattr(self, name, value)
 
     def _pop_dtype(self, kwargs: dict) -> Optional[str]:
         owner = type(self).__name__

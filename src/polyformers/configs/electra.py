@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .base import BOOL, Field, PretrainedConfig, count, non_negative, positive_int, probability
+from .base import BERT_FIELDS, BOOL, Field, PretrainedConfig, count, positive_int, probability
 
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 SUMMARY_TYPES = ("last", "first", "mean", "cls_index", "attn")
@@ -43,19 +43,9 @@ class ElectraConfig(PretrainedConfig):
 
     model_type = "electra"
     _fields = {
-        "vocab_size": positive_int(),
+        **BERT_FIELDS,
         "embedding_size": positive_int(),
-        "hidden_size": positive_int(),
-        "num_hidden_layers": count(),
-        "num_attention_heads": positive_int(),
-        "intermediate_size": positive_int(),
-        "hidden_act": Field("activation"),
-        "hidden_dropout_prob": probability(),
-        "attention_probs_dropout_prob": probability(),
-        "max_position_embeddings": positive_int(),
         "type_vocab_size": count(),
-        "initializer_range": non_negative(),
-        "layer_norm_eps": non_negative(),
         "summary_type": Field("str", choices=SUMMARY_TYPES),
         "summary_use_proj": BOOL,
         "summary_activation": Field("activation", optional=True),
@@ -66,48 +56,14 @@ class ElectraConfig(PretrainedConfig):
     }
 
     def __init__(
-        self,
-        vocab_size: int = 30522,
-        embedding_size: int = 128,
-        hidden_size: int = 256,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 4,
-        intermediate_size: int = 1024,
-        hidden_act: Any = "gelu",
-        hidden_dropout_prob: float = 0.1,
-        attention_probs_dropout_prob: float = 0.1,
-        max_position_embeddings: int = 512,
-        type_vocab_size: int = 2,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-12,
-        summary_type: str = "first",
-        summary_use_proj: bool = True,
-        summary_activation: Optional[str] = "gelu",
-        summary_last_dropout: float = 0.1,
-        pad_token_id: Optional[int] = 0,
-        position_embedding_type: str = "absolute",
-        use_cache: bool = True,
-        classifier_dropout: Optional[float] = None,
-        **kwargs: Any,
+        self, vocab_size: int = 30522, embedding_size: int = 128, hidden_size: int = 256, num_hidden_layers: int = 12,
+        num_attention_heads: int = 4, intermediate_size: int = 1024, hidden_act: Any = "gelu",
+        hidden_dropout_prob: float = 0.1, attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 512, type_vocab_size: int = 2, initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12, summary_type: str = "first", summary_use_proj: bool = True,
+        summary_activation: Optional[str] = "gelu", summary_last_dropout: float = 0.1,
+        pad_token_id: Optional[int] = 0, position_embedding_type: str = "absolute", use_cache: bool = True,
+        classifier_dropout: Optional[float] = None, **kwargs: Any,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
-        self.vocab_size = vocab_size
-        self.embedding_size = embedding_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.summary_type = summary_type
-        self.summary_use_proj = summary_use_proj
-        self.summary_activation = summary_activation
-        self.summary_last_dropout = summary_last_dropout
-        self.position_embedding_type = position_embedding_type
-        self.use_cache = use_cache
-        self.classifier_dropout = classifier_dropout
+        self._set_fields(ElectraConfig._fields, locals())

@@ -60,45 +60,15 @@ class GPTJConfig(PretrainedConfig):
     }
 
     def __init__(
-        self,
-        vocab_size: int = 50400,
-        n_positions: int = 2048,
-        n_embd: int = 4096,
-        n_layer: int = 28,
-        n_head: int = 16,
-        rotary_dim: Optional[int] = 64,
-        n_inner: Optional[int] = None,
-        activation_function: str = "gelu_new",
-        resid_pdrop: float = 0.0,
-        embd_pdrop: float = 0.0,
-        attn_pdrop: float = 0.0,
-        layer_norm_epsilon: float = 1e-5,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        bos_token_id: Optional[int] = 50256,
-        eos_token_id: Optional[int] = 50256,
-        pad_token_id: Optional[int] = None,
-        tie_word_embeddings: bool = False,
-        **kwargs: Any,
+        self, vocab_size: int = 50400, n_positions: int = 2048, n_embd: int = 4096, n_layer: int = 28,
+        n_head: int = 16, rotary_dim: Optional[int] = 64, n_inner: Optional[int] = None,
+        activation_function: str = "gelu_new", resid_pdrop: float = 0.0, embd_pdrop: float = 0.0,
+        attn_pdrop: float = 0.0, layer_norm_epsilon: float = 1e-5, initializer_range: float = 0.02,
+        use_cache: bool = True, bos_token_id: Optional[int] = 50256, eos_token_id: Optional[int] = 50256,
+        pad_token_id: Optional[int] = None, tie_word_embeddings: bool = False, **kwargs: Any,
     ):
-        self.vocab_size = vocab_size
-        self.n_positions = n_positions
-        self.n_embd = n_embd
-        self.n_layer = n_layer
-        self.n_head = n_head
-        self.n_inner = n_inner
-        self.rotary_dim = rotary_dim
-        self.activation_function = activation_function
-        self.resid_pdrop = resid_pdrop
-        self.embd_pdrop = embd_pdrop
-        self.attn_pdrop = attn_pdrop
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
+        self._set_fields(GPTJConfig._fields, locals())
         super().__init__(
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            tie_word_embeddings=tie_word_embeddings,
-            **kwargs,
+            bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings, **kwargs,
         )

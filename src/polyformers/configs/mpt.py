@@ -59,17 +59,9 @@ class MptAttentionConfig(PretrainedConfig):
     }
 
     def __init__(
-        self,
-        attn_type: str = "multihead_attention",
-        attn_pdrop: float = 0,
-        attn_impl: str = "torch",
-        clip_qkv: Optional[float] = None,
-        softmax_scale: Optional[float] = None,
-        prefix_lm: bool = False,
-        qk_ln: bool = False,
-        attn_uses_sequence_id: bool = False,
-        alibi: bool = True,
-        alibi_bias_max: int = 8,
+        self, attn_type: str = "multihead_attention", attn_pdrop: float = 0, attn_impl: str = "torch",
+        clip_qkv: Optional[float] = None, softmax_scale: Optional[float] = None, prefix_lm: bool = False,
+        qk_ln: bool = False, attn_uses_sequence_id: bool = False, alibi: bool = True, alibi_bias_max: int = 8,
         **kwargs: Any,
     ):
         # The nested dict of a saved MptConfig repeats every common setting; those are not settings of the
@@ -78,16 +70,7 @@ class MptAttentionConfig(PretrainedConfig):
         if unknown:
             logger.warning("MptAttentionConfig ignores unknown keys %s", unknown)
         super().__init__()
-        self.attn_type = attn_type
-        self.attn_pdrop = attn_pdrop
-        self.attn_impl = attn_impl
-        self.clip_qkv = clip_qkv
-        self.softmax_scale = softmax_scale
-        self.prefix_lm = prefix_lm
-        self.attn_uses_sequence_id = attn_uses_sequence_id
-        self.alibi = alibi
-        self.qk_ln = qk_ln
-        self.alibi_bias_max = alibi_bias_max
+        self._set_fields(MptAttentionConfig._fields, locals())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any):
@@ -190,47 +173,15 @@ class MptConfig(PretrainedConfig):
     }
 
     def __init__(
-        self,
-        d_model: int = 2048,
-        n_heads: int = 16,
-        n_layers: int = 24,
-        expansion_ratio: int = 4,
-        max_seq_len: int = 2048,
-        vocab_size: int = 50368,
-        resid_pdrop: float = 0.0,
-        layer_norm_epsilon: float = 1e-5,
-        emb_pdrop: float = 0.0,
-        learned_pos_emb: bool = True,
-        attn_config: Union[MptAttentionConfig, dict, None] = None,
-        init_device: str = "cpu",
-        logit_scale: Union[float, str, None] = None,
-        no_bias: bool = True,
-        verbose: int = 0,
-        embedding_fraction: float = 1.0,
-        norm_type: str = "low_precision_layernorm",
-        use_cache: bool = False,
-        initializer_range: float = 0.02,
-        **kwargs: Any,
+        self, d_model: int = 2048, n_heads: int = 16, n_layers: int = 24, expansion_ratio: int = 4,
+        max_seq_len: int = 2048, vocab_size: int = 50368, resid_pdrop: float = 0.0, layer_norm_epsilon: float = 1e-5,
+        emb_pdrop: float = 0.0, learned_pos_emb: bool = True,
+        attn_config: Union[MptAttentionConfig, dict, None] = None, init_device: str = "cpu",
+        logit_scale: Union[float, str, None] = None, no_bias: bool = True, verbose: int = 0,
+        embedding_fraction: float = 1.0, norm_type: str = "low_precision_layernorm", use_cache: bool = False,
+        initializer_range: float = 0.02, **kwargs: Any,
     ):
-        self.attn_config = attn_config
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.n_layers = n_layers
-        self.expansion_ratio = expansion_ratio
-        self.max_seq_len = max_seq_len
-        self.vocab_size = vocab_size
-        self.resid_pdrop = resid_pdrop
-        self.emb_pdrop = emb_pdrop
-        self.learned_pos_emb = learned_pos_emb
-        self.init_device = init_device
-        self.logit_scale = logit_scale
-        self.no_bias = no_bias
-        self.verbose = verbose
-        self.embedding_fraction = embedding_fraction
-        self.norm_type = norm_type
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.use_cache = use_cache
-        self.initializer_range = initializer_range
+        self._set_fields(MptConfig._fields, locals())
         super().__init__(**kwargs)
 
     def ignored_settings(self) -> list:

@@ -61,57 +61,19 @@ class PegasusConfig(PretrainedConfig):
     }
 
     def __init__(
-        self,
-        vocab_size: int = 50265,
-        max_position_embeddings: int = 1024,
-        encoder_layers: int = 12,
-        encoder_ffn_dim: int = 4096,
-        encoder_attention_heads: int = 16,
-        decoder_layers: int = 12,
-        decoder_ffn_dim: int = 4096,
-        decoder_attention_heads: int = 16,
-        encoder_layerdrop: float = 0.0,
-        decoder_layerdrop: float = 0.0,
-        use_cache: bool = True,
-        is_encoder_decoder: bool = True,
-        activation_function: Any = "gelu",
-        d_model: int = 1024,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        init_std: float = 0.02,
-        decoder_start_token_id: Optional[int] = 0,
-        scale_embedding: bool = False,
-        pad_token_id: Optional[int] = 0,
-        eos_token_id: Optional[int] = 1,
-        forced_eos_token_id: Optional[int] = 1,
-        **kwargs: Any,
+        self, vocab_size: int = 50265, max_position_embeddings: int = 1024, encoder_layers: int = 12,
+        encoder_ffn_dim: int = 4096, encoder_attention_heads: int = 16, decoder_layers: int = 12,
+        decoder_ffn_dim: int = 4096, decoder_attention_heads: int = 16, encoder_layerdrop: float = 0.0,
+        decoder_layerdrop: float = 0.0, use_cache: bool = True, is_encoder_decoder: bool = True,
+        activation_function: Any = "gelu", d_model: int = 1024, dropout: float = 0.1, attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0, init_std: float = 0.02, decoder_start_token_id: Optional[int] = 0,
+        scale_embedding: bool = False, pad_token_id: Optional[int] = 0, eos_token_id: Optional[int] = 1,
+        forced_eos_token_id: Optional[int] = 1, **kwargs: Any,
     ):
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.d_model = d_model
-        self.encoder_ffn_dim = encoder_ffn_dim
-        self.encoder_layers = encoder_layers
-        self.encoder_attention_heads = encoder_attention_heads
-        self.decoder_ffn_dim = decoder_ffn_dim
-        self.decoder_layers = decoder_layers
-        self.decoder_attention_heads = decoder_attention_heads
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.activation_function = activation_function
-        self.init_std = init_std
-        self.encoder_layerdrop = encoder_layerdrop
-        self.decoder_layerdrop = decoder_layerdrop
-        self.use_cache = use_cache
+        self._set_fields(PegasusConfig._fields, locals())
         # Generic code (e.g. cache sizing) asks for num_hidden_layers; Pegasus answers with the encoder depth.
         self.num_hidden_layers = encoder_layers
-        self.scale_embedding = scale_embedding
         super().__init__(
-            pad_token_id=pad_token_id,
-            eos_token_id=eos_token_id,
-            is_encoder_decoder=is_encoder_decoder,
-            decoder_start_token_id=decoder_start_token_id,
-            forced_eos_token_id=forced_eos_token_id,
-            **kwargs,
+            pad_token_id=pad_token_id, eos_token_id=eos_token_id, is_encoder_decoder=is_encoder_decoder,
+            decoder_start_token_id=decoder_start_token_id, forced_eos_token_id=forced_eos_token_id, **kwargs,
         )

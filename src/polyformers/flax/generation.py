@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._shared import settings_for_call
 from ..outputs import FlaxBeamSearchOutput, FlaxGreedySearchOutput, FlaxSampleOutput
 from . import layers as L
 
@@ -233,9 +234,7 @@ class FlaxGenerationMixin:
             generation_config = self.generation_config
         elif not isinstance(generation_config, GenerationConfig):
             raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
-        config = copy.deepcopy(generation_config)
-        model_kwargs = config.update(**kwargs)
-        config.validate()
+        config, model_kwargs = settings_for_call(generation_config, kwargs)
         unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in self._MODEL_KWARGS)
         if unknown:
             raise ValueError(

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from .._shared import pick_activation
+
 Array = Any
 
 # ---------------------------------------------------------------------------------------------------
@@ -37,14 +39,9 @@ _ACTIVATIONS: dict[str, Callable] = {
 }
 
 
-def get_activation(name) -> Callable:
-    """The activation a config names (``activation_function`` and friends); callables pass through."""
-    if callable(name):
-        return name
-    try:
-        return _ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+# get_activation(name): the activation a config names (``activation_function`` and friends); callables pass
+# through.
+get_activation = functools.partial(pick_activation, _ACTIVATIONS)
 
 
 def dense(features: int, std: float, dtype, use_bias: bool = True, name: Optional[str] = None) -> nn.Dense:

@@ -31,6 +31,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from ..checkpoints import find_weights, save_weights
 from ..checkpoints.files import cached_file, pop_hub_kwargs, push_folder
 from ..checkpoints.legacy import find_legacy_weights, flax_key
+from .._shared import bridge_prefix, config_for_loading, output_flags, warn_loading
 from ..configs import PretrainedConfig
 
 logger = logging.getLogger("polyformers")
@@ -249,12 +250,7 @@ class FlaxPreTrainedModel:
         return False
 
     def _flags(self, output_attentions, output_hidden_states, return_dict):
-        config = self.config
-        return (
-            config.output_attentions if output_attentions is None else bool(output_attentions),
-            config.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
-            config.use_return_dict if return_dict is None else bool(return_dict),
-        )
+        return output_flags(self.config, output_attentions, output_hidden_states, return_dict)
 
     # ---------------------------------------------------------------------------------------------
     # names
@@ -271,27 +267,6 @@ class FlaxPreTrainedModel:
                 raise RuntimeError(f"two parameters of {type(self).__name__} map to the checkpoint key {key!r}")
             found[key] = (path, transpose)
         return found
-
-    def _bridge_prefix(self, ours, keys) -> tuple[dict[str, str], list[str]]:
-        """Our key -> checkpoint key, across a bare-model checkpoint and a head model (or the reverse)."""
-        prefix = self.base_model_prefix + "." if self.base_model_prefix else ""
-        ckpt_has = bool(prefix) and any(k.startswith(prefix) for k in keys)
-        model_has = bool(prefix) and any(k.startswith(prefix) for k in ours)
-        mapping, unused = {}, []
-        for key in keys:
-            new = key
-            if ckpt_has and not model_has:
-                if not key.startswith(prefix):
-                    unused.append(key)
-                    continue
-                new = key[len(prefix):]
-            elif model_has and not ckpt_has:
-                new = prefix + key
-            if new in ours:
-                mapping[new] = key
-            else:
-                unused.append(key)
-        return mapping, unused
 
     # ---------------------------------------------------------------------------------------------
     # loading
@@ -326,17 +301,8 @@ class FlaxPreTrainedModel:
         hub = pop_hub_kwargs(kwargs)
         model_kwargs = {k: kwargs.pop(k) for k in ("input_shape", "seed") if k in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
-        if config is None or isinstance(config, (str, os.PathLike)):
-            config, unused = cls.config_class.from_pretrained(
-                path if config is None else config, return_unused_kwargs=True, **hub, **kwargs
-            )
-            model_kwargs.update(unused)
-        else:
-            if not isinstance(config, PretrainedConfig):
-                raise TypeError(f"config must be a PretrainedConfig or a path, got {type(config).__name__}")
-            config = copy.deepcopy(config)
-            model_kwargs.update(kwargs)
-        config.name_or_path = path
+        config, unused = config_for_loading(cls.config_class, path, config, hub, kwargs)
+        model_kwargs.update(unused)
 
         model = cls(config, *model_args, dtype=dtype, _do_init=False, **model_kwargs)
         flat, info = model._read_checkpoint(path, use_safetensors, variant, hub, ignore_mismatched_sizes)
@@ -378,7 +344,7 @@ class FlaxPreTrainedModel:
     def _load_torch_keys(self, reader, source: str, ignore_mismatched_sizes: bool):
         ours = self.checkpoint_keys()
         keys = list(reader.keys())
-        mapping, unexpected = self._bridge_prefix(ours, keys)
+        mapping, unexpected = bridge_prefix(self.base_model_prefix + "." if self.base_model_prefix else "", ours, keys)
         if not mapping:
             raise OSError(
                 f"none of the {len(keys)} weights in {source!r} belong to {type(self).__name__}: it expects names "
@@ -439,20 +405,7 @@ class FlaxPreTrainedModel:
         return flat, self._report(source, missing, unexpected, mismatched, missing_paths)
 
     def _report(self, source, missing, unexpected, mismatched, missing_paths) -> dict:
-        name = type(self).__name__
-        if unexpected:
-            logger.warning("Some weights of the model checkpoint at %s were not used when initializing %s: %s",
-                           source, name, unexpected)
-        if missing:
-            logger.warning(
-                "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-                "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use "
-                "it for predictions and inference.", name, source, missing,
-            )
-        if mismatched:
-            lines = "\n".join(f"- {k}: found shape {a} in the checkpoint and {b} in the model" for k, a, b in mismatched)
-            logger.warning("Some weights of %s were not initialized from the model checkpoint at %s because the "
-                           "shapes did not match:\n%s", name, source, lines)
+        warn_loading(type(self).__name__, source, missing, unexpected, mismatched)
         return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched,
                 "_missing_paths": missing_paths}
 

@@ -19,8 +19,14 @@ import numpy as np
 import keras
 from keras import ops
 
-from ..outputs import TFMultipleChoiceModelOutput, TFQuestionAnsweringModelOutput, TFSequenceClassifierOutput
-from .modeling import as_output
+from .._shared import check_cross_attention, checked_position_embedding_type, pick_activation
+from ..outputs import (
+    TFMultipleChoiceModelOutput,
+    TFQuestionAnsweringModelOutput,
+    TFSequenceClassifierOutput,
+    TFTokenClassifierOutput,
+)
+from .modeling import Composite, as_output, unpack_inputs
 
 # ---------------------------------------------------------------------------------------------------
 # Activations and building blocks
@@ -53,38 +59,16 @@ _ACTIVATIONS = {
 
 def get_activation(name):
     """The activation a config names (``hidden_act``); callables pass through."""
-    if callable(name):
-        return name
-    try:
-        return _ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+    return pick_activation(_ACTIVATIONS, name)
 
 
-class Block(keras.layers.Layer):
-    """A layer made of other layers: each sublayer builds itself on its first call, from the shapes it
-    sees, so there is nothing to build here (and no symbolic trace to build through). Calls pass
-    flags and None positionally, as the PyTorch modules do."""
+class Block(Composite, keras.layers.Layer):
+    """A layer made of other layers (see :class:`Composite`). Calls pass flags and None positionally, as
+    the PyTorch modules do."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._allow_non_tensor_positional_args = True
-
-    def __setattr__(self, name, value):
-        name_after_attribute(name, value)
-        super().__setattr__(name, value)
-
-    def build(self, input_shape=None):
-        self.built = True
-
-
-def name_after_attribute(attribute: str, value) -> None:
-    """Give a sublayer its attribute's name, so that Keras variable paths read like checkpoint keys
-    (``.../encoder/layer_0/attention/self/query/kernel``) and stay the same from one model to the next;
-    ``keras.distribution.LayoutMap`` rules match those paths. A layer that already has variables (a table
-    shared by a tied head) keeps its name: its variables' paths are fixed at creation."""
-    if isinstance(value, keras.layers.Layer) and not attribute.startswith("_") and not value.built:
-        value.name = attribute
 
 
 def initializer(config):
@@ -260,12 +244,7 @@ class BertSelfAttention(Block):
         self.key = dense(config.hidden_size, config)
         self.value = dense(config.hidden_size, config)
         self.dropout = keras.layers.Dropout(config.attention_probs_dropout_prob)
-        self.position_embedding_type = position_embedding_type or getattr(config, "position_embedding_type", "absolute")
-        if self.position_embedding_type not in ("absolute", "relative_key", "relative_key_query"):
-            raise ValueError(
-                "position_embedding_type must be 'absolute', 'relative_key' or 'relative_key_query', "
-                f"got {self.position_embedding_type!r}"
-            )
+        self.position_embedding_type = checked_position_embedding_type(config, position_embedding_type)
         self.max_position_embeddings = config.max_position_embeddings
         if self.position_embedding_type != "absolute":
             self.distance_embedding = embedding(2 * config.max_position_embeddings - 1, self.head_size, config)
@@ -373,11 +352,7 @@ class BertLayer(Block):
         )
         cross_probs = None
         if self.is_decoder and encoder_hidden_states is not None:
-            if not self.add_cross_attention:
-                raise ValueError(
-                    "encoder_hidden_states were given but the model has no cross-attention layers: "
-                    "set add_cross_attention=True in the config"
-                )
+            check_cross_attention(self.add_cross_attention)
             cross_past = tuple(past_key_value[-2:]) if past_key_value is not None and len(past_key_value) == 4 else None
             hidden_states, cross_probs, cross_present = self.crossattention(
                 hidden_states, encoder_mask, head_mask, encoder_hidden_states, cross_past, training=training
@@ -737,3 +712,49 @@ def span_head_output(logits, start_positions, end_positions, body, return_dict: 
         loss = span_loss(start_logits, end_logits, start_positions, end_positions)
     return head_output(TFQuestionAnsweringModelOutput, body, return_dict, loss=loss, start_logits=start_logits,
                        end_logits=end_logits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ``call`` of the models whose inputs are BERT's (ELECTRA, RoBERTa) where the computation after the main
+# layer is the same: the family classes take these functions as their ``call``.
+
+
+@unpack_inputs
+def bert_model_call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                    head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                    past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                    return_dict=None, training=False):
+    """The bare model: the main layer's output."""
+    output, return_dict = self._encode(locals())
+    return as_output(output, return_dict)
+
+
+@unpack_inputs
+def bert_sequence_classification_call(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                                      position_ids=None, head_mask=None, inputs_embeds=None, output_attentions=None,
+                                      output_hidden_states=None, return_dict=None, labels=None, training=False):
+    """``self.classifier`` on the hidden states; the loss is :func:`sequence_classification_loss`."""
+    body, return_dict = self._encode(locals())
+    logits = self.classifier(body.last_hidden_state, training=training)
+    return sequence_head_output(logits, labels, self.config, body, return_dict)
+
+
+@unpack_inputs
+def bert_token_classification_call(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                                   position_ids=None, head_mask=None, inputs_embeds=None, output_attentions=None,
+                                   output_hidden_states=None, return_dict=None, labels=None, training=False):
+    """``self.classifier`` on each token's hidden state after ``self.dropout``; the loss is :func:`token_loss`."""
+    body, return_dict = self._encode(locals())
+    logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
+    return token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
+
+
+@unpack_inputs
+def bert_question_answering_call(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                                 position_ids=None, head_mask=None, inputs_embeds=None, output_attentions=None,
+                                 output_hidden_states=None, return_dict=None, start_positions=None,
+                                 end_positions=None, training=False):
+    """Start and end logits from ``self.qa_outputs``; the loss is :func:`span_loss`."""
+    body, return_dict = self._encode(locals())
+    logits = self.qa_outputs(body.last_hidden_state)
+    return span_head_output(logits, start_positions, end_positions, body, return_dict)

@@ -22,6 +22,7 @@ import numpy as np
 from ..checkpoints import find_weights, save_weights
 from ..checkpoints.files import pop_hub_kwargs, push_folder
 from ..checkpoints.legacy import find_legacy_weights, tf_key
+from .._shared import bridge_prefix, config_for_loading, output_flags, warn_loading
 from ..configs import PretrainedConfig
 
 import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
@@ -89,6 +90,13 @@ def unpack_inputs(call):
     return wrapper
 
 
+@functools.lru_cache(maxsize=None)
+def _input_names(layer_class) -> tuple:
+    """The input arguments of a main layer's ``call``, in order (the output flags and ``training`` left out)."""
+    skip = ("self", "output_attentions", "output_hidden_states", "training")
+    return tuple(n for n in inspect.signature(layer_class.call).parameters if n not in skip)
+
+
 def _is_mapping(value) -> bool:
     # BatchEncoding and the like: keys and items, but not an array
     return isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "items")
@@ -132,7 +140,29 @@ def _open_weights(path: str, use_safetensors, variant, hub, exceptions):
 # ---------------------------------------------------------------------------------------------------
 
 
-class TFPreTrainedModel(keras.Model):
+def name_after_attribute(attribute: str, value) -> None:
+    """Give a sublayer its attribute's name, so that Keras variable paths read like checkpoint keys
+    (``.../encoder/layer_0/attention/self/query/kernel``) and stay the same from one model to the next;
+    ``keras.distribution.LayoutMap`` rules match those paths. A layer that already has variables (a table
+    shared by a tied head) keeps its name: its variables' paths are fixed at creation."""
+    if isinstance(value, keras.layers.Layer) and not attribute.startswith("_") and not value.built:
+        value.name = attribute
+
+
+class Composite:
+    """What the models and their blocks (``layers.Block``) share as Keras layers made of other layers: each
+    sublayer is named after its attribute, and builds itself on its first call from the shapes it sees,
+    so there is nothing to build here (and no symbolic trace to build through)."""
+
+    def __setattr__(self, name, value):
+        name_after_attribute(name, value)
+        super().__setattr__(name, value)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+
+class TFPreTrainedModel(Composite, keras.Model):
     """Base class of every Keras model: configuration, the input formats, checkpoint I/O and ``fit``.
 
     Subclasses set ``config_class`` and ``base_model_prefix`` (the attribute holding the main layer,
@@ -158,16 +188,6 @@ class TFPreTrainedModel(keras.Model):
         # The reference's models take plain values (flags, None) positionally, as Python functions do.
         self._allow_non_tensor_positional_args = True
 
-    def __setattr__(self, name, value):
-        from .layers import name_after_attribute
-
-        name_after_attribute(name, value)
-        super().__setattr__(name, value)
-
-    def build(self, input_shape=None):
-        # Layers create their variables on their first call; ``build_model`` runs that call.
-        self.built = True
-
     @property
     def dummy_inputs(self) -> dict:
         """Small inputs that reach every layer, for building the variables."""
@@ -192,21 +212,20 @@ class TFPreTrainedModel(keras.Model):
         return self
 
     def _flags(self, output_attentions, output_hidden_states, return_dict):
-        config = self.config
-        return (
-            config.output_attentions if output_attentions is None else bool(output_attentions),
-            config.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
-            config.use_return_dict if return_dict is None else bool(return_dict),
-        )
+        return output_flags(self.config, output_attentions, output_hidden_states, return_dict)
 
-    def _encode(self, inputs: tuple, output_attentions, output_hidden_states, return_dict, training):
-        """A model's first step: the output flags resolved against the config, then the main layer run on
-        ``inputs`` (in the main layer's argument order). Returns (the main layer's output, return_dict)."""
+    def _encode(self, arguments: dict):
+        """A model's first step, from the arguments of its ``call`` (its ``locals()``): the output flags
+        resolved against the config, then the main layer run on the inputs among those arguments, in the
+        main layer's order. Returns (the main layer's output, return_dict)."""
         output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict
+            arguments["output_attentions"], arguments["output_hidden_states"], arguments["return_dict"]
         )
+        names = _input_names(type(self.base_model))
+        given = [i for i, name in enumerate(names) if name in arguments]
+        inputs = [arguments.get(name) for name in names[: given[-1] + 1]]
         body = self.base_model(*inputs, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states, training=training)
+                               output_hidden_states=output_hidden_states, training=arguments["training"])
         return body, return_dict
 
     @property
@@ -238,27 +257,6 @@ class TFPreTrainedModel(keras.Model):
             found = {k[len(prefix):]: v for k, v in found.items()}
         return found
 
-    def _checkpoint_key_map(self, ours, checkpoint_keys) -> tuple[dict[str, str], list[str]]:
-        """Bridge a bare-model checkpoint and a head model (or the reverse) through the prefix."""
-        prefix = self.base_model_prefix + "." if self.base_model_prefix else ""
-        ckpt_has = bool(prefix) and any(k.startswith(prefix) for k in checkpoint_keys)
-        model_has = bool(prefix) and any(k.startswith(prefix) for k in ours)
-        mapping, unused = {}, []
-        for key in checkpoint_keys:
-            new = key
-            if ckpt_has and not model_has:
-                if not key.startswith(prefix):
-                    unused.append(key)
-                    continue
-                new = key[len(prefix):]
-            elif model_has and not ckpt_has:
-                new = prefix + key
-            if new in ours:
-                mapping[new] = key
-            else:
-                unused.append(key)
-        return mapping, unused
-
     # ---------------------------------------------------------------------------------------------
     # loading
 
@@ -268,16 +266,10 @@ class TFPreTrainedModel(keras.Model):
 
     @classmethod
     def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: Union[str, os.PathLike],
-        *model_args,
-        config: Optional[Union[PretrainedConfig, str, os.PathLike]] = None,
-        from_pt: bool = False,
-        ignore_mismatched_sizes: bool = False,
-        output_loading_info: bool = False,
-        use_safetensors: Optional[bool] = None,
-        variant: Optional[str] = None,
-        **kwargs,
+        cls, pretrained_model_name_or_path: Union[str, os.PathLike], *model_args,
+        config: Optional[Union[PretrainedConfig, str, os.PathLike]] = None, from_pt: bool = False,
+        ignore_mismatched_sizes: bool = False, output_loading_info: bool = False,
+        use_safetensors: Optional[bool] = None, variant: Optional[str] = None, **kwargs,
     ):
         """Build the model and read its weights: safetensors with PyTorch names (what every framework
         saves), a ``tf_model.h5`` written by the reference's TF classes, or ``pytorch_model.bin``.
@@ -292,16 +284,7 @@ class TFPreTrainedModel(keras.Model):
             kwargs.pop(accepted, None)
         hub = pop_hub_kwargs(kwargs)
         path = os.fspath(pretrained_model_name_or_path)
-        if config is None or isinstance(config, (str, os.PathLike)):
-            config, model_kwargs = cls.config_class.from_pretrained(
-                path if config is None else config, return_unused_kwargs=True, **hub, **kwargs
-            )
-        else:
-            if not isinstance(config, PretrainedConfig):
-                raise TypeError(f"config must be a PretrainedConfig or a path, got {type(config).__name__}")
-            config = copy.deepcopy(config)
-            model_kwargs = kwargs
-        config.name_or_path = path
+        config, model_kwargs = config_for_loading(cls.config_class, path, config, hub, kwargs)
 
         with _open_weights(path, use_safetensors, variant, hub, cls._checkpoint_exceptions) as reader:
             model = cls(config, *model_args, **model_kwargs)
@@ -323,7 +306,7 @@ class TFPreTrainedModel(keras.Model):
     def _load_weights(self, reader, ignore_mismatched_sizes: bool, source: str) -> dict:
         ours = self.checkpoint_variables()
         keys = list(reader.keys())
-        mapping, unexpected = self._checkpoint_key_map(ours, keys)
+        mapping, unexpected = bridge_prefix(self.base_model_prefix + "." if self.base_model_prefix else "", ours, keys)
         name = type(self).__name__
         if not mapping:
             raise OSError(
@@ -350,20 +333,7 @@ class TFPreTrainedModel(keras.Model):
         missing = [k for k in ours if k not in mapping and k not in skipped]
         ignored = self._keys_to_ignore_on_load_unexpected
         unexpected = [k for k in unexpected if not any(re.search(p, k) for p in ignored)]
-        if unexpected:
-            logger.warning("Some weights of the model checkpoint at %s were not used when initializing %s: %s",
-                           source, name, unexpected)
-        if missing:
-            logger.warning(
-                "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-                "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use "
-                "it for predictions and inference.", name, source, missing,
-            )
-        if mismatched:
-            lines = "\n".join(f"- {k}: found shape {a} in the checkpoint and {b} in the model"
-                              for k, a, b in mismatched)
-            logger.warning("Some weights of %s were not initialized from the model checkpoint at %s because the "
-                           "shapes did not match:\n%s", name, source, lines)
+        warn_loading(name, source, missing, unexpected, mismatched)
         return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched,
                 "error_msgs": []}
 

@@ -285,6 +285,11 @@ class Pipeline:
         self.tokenizer.save_pretrained(save_directory)
 
 
+def given(**settings) -> dict:
+    """The settings that were given (not None), for the pre/forward/post dicts of ``_sanitize_parameters``."""
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 def check_batch_size(batch_size) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise PipelineError(f"batch_size must be a positive int, got {batch_size!r}")

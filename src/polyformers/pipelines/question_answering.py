@@ -12,7 +12,7 @@ from typing import List
 
 import numpy as np
 
-from .base import Pipeline, PipelineError, check_text
+from .base import Pipeline, PipelineError, check_text, given
 
 # A probability product above any real one: the "no answer" score starts here and can only go down.
 _NO_NULL_SCORE = 1000000.0
@@ -51,25 +51,16 @@ class QuestionAnsweringPipeline(Pipeline):
                              padding=None, topk=None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(kwargs)}")
-        pre, post = {}, {}
         if topk is not None and top_k is None:
             top_k = topk
         for name, value in (("top_k", top_k), ("max_answer_len", max_answer_len), ("doc_stride", doc_stride),
                             ("max_seq_len", max_seq_len)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise PipelineError(f"{name} must be a positive int, got {value!r}")
-        if doc_stride is not None:
-            pre["doc_stride"] = doc_stride
-        if max_seq_len is not None:
-            pre["max_seq_len"] = max_seq_len
-        if top_k is not None:
-            post["top_k"] = top_k
-        if max_answer_len is not None:
-            post["max_answer_len"] = max_answer_len
-        if handle_impossible_answer is not None:
-            post["handle_impossible_answer"] = bool(handle_impossible_answer)
-        if align_to_words is not None:
-            post["align_to_words"] = bool(align_to_words)
+        pre = given(doc_stride=doc_stride, max_seq_len=max_seq_len)
+        post = given(top_k=top_k, max_answer_len=max_answer_len)
+        switches = given(handle_impossible_answer=handle_impossible_answer, align_to_words=align_to_words)
+        post.update({name: bool(value) for name, value in switches.items()})
         return pre, {}, post
 
     def __call__(self, *args, **kwargs):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Dict
 
-from .base import Pipeline, PipelineError
+from .base import Pipeline, PipelineError, given
 
 logger = logging.getLogger("polyformers")
 
@@ -49,17 +49,9 @@ class TextGenerationPipeline(_GenerationPipeline):
     def _sanitize_parameters(self, return_full_text=None, return_tensors=None, return_text=None,
                              clean_up_tokenization_spaces=None, prefix=None, add_special_tokens=None,
                              **generate_kwargs):
-        pre, post = {}, {}
-        if prefix is not None:
-            pre["prefix"] = prefix
-        if add_special_tokens is not None:
-            pre["add_special_tokens"] = add_special_tokens
-        if return_full_text is not None:
-            post["return_full_text"] = return_full_text
-        if return_tensors is not None:
-            post["return_tensors"] = return_tensors
-        if clean_up_tokenization_spaces is not None:
-            post["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        pre = given(prefix=prefix, add_special_tokens=add_special_tokens)
+        post = given(return_full_text=return_full_text, return_tensors=return_tensors,
+                     clean_up_tokenization_spaces=clean_up_tokenization_spaces)
         if return_text is False and return_tensors is None:
             post["return_tensors"] = True
         return pre, generate_kwargs, post
@@ -104,9 +96,7 @@ class SummarizationPipeline(_GenerationPipeline):
                              clean_up_tokenization_spaces=None, truncation=None, stop_sequence=None,
                              **generate_kwargs):
         # return_text is accepted and, as in the reference, changes nothing: text is the default.
-        pre, post = {}, {}
-        if truncation is not None:
-            pre["truncation"] = truncation
+        pre, post = given(truncation=truncation), {}
         if return_type is not None:
             name = str(getattr(return_type, "name", return_type)).lower()
             if name not in ("text", "tensors"):

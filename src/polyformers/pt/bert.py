@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .._shared import check_cross_attention, checked_position_embedding_type
 from . import layers as L
 from .unpad import Packing
 
@@ -59,12 +60,7 @@ class BertSelfAttention(nn.Module):
         self.key = L.Linear(config.hidden_size, config.hidden_size)
         self.value = L.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
-        self.position_embedding_type = position_embedding_type or getattr(config, "position_embedding_type", "absolute")
-        if self.position_embedding_type not in ("absolute", "relative_key", "relative_key_query"):
-            raise ValueError(
-                "position_embedding_type must be 'absolute', 'relative_key' or 'relative_key_query', "
-                f"got {self.position_embedding_type!r}"
-            )
+        self.position_embedding_type = checked_position_embedding_type(config, position_embedding_type)
         self.max_position_embeddings = config.max_position_embeddings
         if self.position_embedding_type != "absolute":
             self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, self.head_size)
@@ -186,11 +182,7 @@ class BertLayer(nn.Module):
         )
         cross_probs = None
         if self.is_decoder and encoder_hidden_states is not None:
-            if not self.add_cross_attention:
-                raise ValueError(
-                    "encoder_hidden_states were given but the model has no cross-attention layers: "
-                    "set add_cross_attention=True in the config"
-                )
+            check_cross_attention(self.add_cross_attention)
             cross_past = past_key_value[-2:] if past_key_value is not None and len(past_key_value) == 4 else None
             hidden_states, cross_probs, cross_present = self.crossattention(
                 hidden_states, encoder_mask, head_mask, encoder_hidden_states, cross_past, output_attentions
@@ -227,12 +219,8 @@ class BertEncoder(nn.Module):
                 hidden_states, probs, cross_probs, present = checkpoint(layer, *args, use_reentrant=False)
             else:
                 hidden_states, probs, cross_probs, present = layer(*args, packing=packing)
-            if use_cache:
-                cache += (present,)
-            if output_attentions:
-                all_attn += (probs,)
-                if all_cross is not None:
-                    all_cross += (cross_probs,)
+            cache, all_attn, all_cross = L.collect_layer_outputs(cache, all_attn, all_cross, present, probs,
+                                                                 cross_probs)
             if output_hidden_states:
                 all_hidden += (hidden_states if packing is None else packing.unpack(hidden_states),)
         if packing is not None:
@@ -278,18 +266,3 @@ def prepare_encoder_inputs(config, input_ids, inputs_embeds, embedding_size, att
         encoder_mask = L.additive_padding_mask(encoder_attention_mask, dtype)
     head_masks = L.expand_head_mask(head_mask, config.num_hidden_layers, dtype)
     return batch, length, past_length, mask, encoder_mask, head_masks
-
-
-def init_bert_weights(module: nn.Module, std: float) -> None:
-    """BERT's initialisation: normal(0, std) matrices and embeddings, zero biases and padding rows."""
-    if isinstance(module, nn.Linear):
-        module.weight.data.normal_(mean=0.0, std=std)
-        if module.bias is not None:
-            module.bias.data.zero_()
-    elif isinstance(module, nn.Embedding):
-        module.weight.data.normal_(mean=0.0, std=std)
-        if module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        module.weight.data.fill_(1.0)
-        module.bias.data.zero_()

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..outputs import QuestionAnsweringModelOutput, SequenceClassifierOutputWithPast
+from .._shared import pick_activation
+from ..outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput, SequenceClassifierOutputWithPast
 from .cache import Cache, as_cache, attended_length, prepare_generation_inputs
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,12 +57,7 @@ _ACTIVATIONS = {
 
 def get_activation(name) -> callable:
     """The activation function a config names (``hidden_act`` and friends); callables pass through."""
-    if callable(name):
-        return name
-    try:
-        return _ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+    return pick_activation(_ACTIVATIONS, name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -711,13 +707,27 @@ def span_output(logits: torch.Tensor, start_positions, end_positions, body, retu
                        end_logits=end_logits)
 
 
+def labelled_output(output_class: type, logits: torch.Tensor, labels, body, return_dict: Optional[bool], config,
+                    loss_fn=token_loss):
+    """The output of a head with one ``logits`` field: with ``labels``, the loss ``loss_fn(logits, labels)``
+    (by default the cross-entropy of :func:`token_loss`), and the body's fields, as :func:`head_output`."""
+    loss = loss_fn(logits, labels) if labels is not None else None
+    return head_output(output_class, body, return_dict, config, loss=loss, logits=logits)
+
+
+def classifier_output(logits: torch.Tensor, labels, body, return_dict: Optional[bool], config,
+                      output_class: type = SequenceClassifierOutput):
+    """The output of a sequence classifier: with ``labels``, the loss ``config.problem_type`` chooses
+    (:func:`sequence_classification_loss`), and the body's fields, as :func:`head_output`."""
+    return labelled_output(output_class, logits, labels, body, return_dict, config,
+                           lambda scores, targets: sequence_classification_loss(scores, targets, config))
+
+
 def last_token_classifier_output(logits: torch.Tensor, input_ids, labels, body, return_dict: Optional[bool], config):
     """The output of a decoder's sequence classifier from its per-token ``logits``: each row's logits at its
-    last real token (:func:`last_token_logits`), the loss chosen by ``config.problem_type`` when labels
-    are given, and the body's fields (cache included), as :func:`head_output`."""
+    last real token (:func:`last_token_logits`), then as :func:`classifier_output` (cache included)."""
     logits = last_token_logits(logits, input_ids, config.pad_token_id)
-    loss = sequence_classification_loss(logits, labels, config) if labels is not None else None
-    return head_output(SequenceClassifierOutputWithPast, body, return_dict, config, loss=loss, logits=logits)
+    return classifier_output(logits, labels, body, return_dict, config, SequenceClassifierOutputWithPast)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -726,37 +736,52 @@ def last_token_classifier_output(logits: torch.Tensor, input_ids, labels, body, 
 
 class DecoderInputs(NamedTuple):
     """What a decoder's forward works from: the input embeddings, the cache (None without one; legacy
-    when the caller gave tuples and expects tuples back), each query's cache slot, and how many slots
-    self-attention reads."""
+    when the caller gave tuples and expects tuples back), each query's cache slot, how many slots
+    self-attention reads, the call's output flags and whether the blocks run under activation checkpointing."""
 
     inputs_embeds: torch.Tensor
     cache: Optional[Cache]
     legacy: bool
     cache_position: torch.Tensor
     key_length: int
+    output_attentions: bool
+    output_hidden_states: bool
+    return_dict: bool
+    checkpointing: bool
 
 
 def decoder_inputs(
+    model: nn.Module,
     embed: nn.Module,
-    vocab_size: int,
     input_ids: Optional[torch.Tensor],
     inputs_embeds: Optional[torch.Tensor],
     past_key_values,
     attention_mask: Optional[torch.Tensor],
     cache_position: Optional[torch.Tensor],
-    use_cache: bool,
-    output_attentions: bool,
+    use_cache: Optional[bool],
+    output_attentions: Optional[bool],
+    output_hidden_states: Optional[bool],
+    return_dict: Optional[bool],
 ) -> DecoderInputs:
     """Validate a decoder's inputs and place the new tokens after the cached ones.
 
-    Exactly one of ``input_ids`` (looked up in ``embed``) and ``inputs_embeds``; the padding mask must
-    cover the cached and new positions (see :func:`check_decoder_mask`). With ``output_attentions``
-    a preallocated cache is read in full, so that the weights are as wide as the reference's.
+    The flags left None take the config's values (:func:`output_flags`, ``config.use_cache``); training
+    under activation checkpointing keeps no cache, since the recomputed blocks cannot hand back their keys
+    and values. Exactly one of ``input_ids`` (looked up in ``embed``) and ``inputs_embeds``; the padding
+    mask must cover the cached and new positions (see :func:`check_decoder_mask`). With
+    ``output_attentions`` a preallocated cache is read in full, so that the weights are as wide as the
+    reference's.
     """
+    config = model.config
+    output_attentions, output_hidden_states, return_dict = output_flags(
+        config, output_attentions, output_hidden_states, return_dict
+    )
+    checkpointing = model.gradient_checkpointing and model.training
+    use_cache = (config.use_cache if use_cache is None else use_cache) and not checkpointing
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if inputs_embeds is None:
-        check_ids("input_ids", input_ids, vocab_size, f"vocab_size={vocab_size}")
+        check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
         inputs_embeds = embed(input_ids)
     length = inputs_embeds.shape[1]
     cache, legacy = as_cache(past_key_values, use_cache)
@@ -768,14 +793,17 @@ def decoder_inputs(
     check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
                        preallocated=cache is not None and cache.get_max_length() is not None)
     key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
-    return DecoderInputs(inputs_embeds, cache, legacy, cache_position, key_length)
+    return DecoderInputs(inputs_embeds, cache, legacy, cache_position, key_length, output_attentions,
+                         output_hidden_states, return_dict, checkpointing)
 
 
-def run_blocks(blocks, hidden: torch.Tensor, args: tuple, *, checkpointing: bool, output_hidden_states: bool,
-               output_attentions: bool):
+def run_blocks(blocks, hidden: torch.Tensor, args: tuple, inputs: DecoderInputs):
     """``hidden`` through each block in turn, called as ``block(hidden, *args) -> (hidden, probs)`` (under
-    activation checkpointing when ``checkpointing``). Returns the last block's output, the input of every
-    block (or None) and every block's attention probabilities (or None)."""
+    activation checkpointing when ``inputs.checkpointing``). Returns the last block's output, the input of
+    every block (or None) and every block's attention probabilities (or None), as ``inputs`` asks."""
+    checkpointing, output_hidden_states, output_attentions = (
+        inputs.checkpointing, inputs.output_hidden_states, inputs.output_attentions
+    )
     all_hidden = () if output_hidden_states else None
     all_attn = () if output_attentions else None
     for block in blocks:
@@ -788,6 +816,32 @@ def run_blocks(blocks, hidden: torch.Tensor, args: tuple, *, checkpointing: bool
         if output_attentions:
             all_attn += (probs,)
     return hidden, all_hidden, all_attn
+
+
+def decoder_output(output_class: type, hidden: torch.Tensor, all_hidden, all_attn, inputs: DecoderInputs):
+    """A decoder stack's output from the final norm's ``hidden`` and :func:`run_blocks`' collections: the
+    last state joins the hidden states, the cache goes back as the caller gave it (legacy tuples for
+    tuples), packed as :func:`pack_output` does."""
+    if all_hidden is not None:
+        all_hidden += (hidden,)
+    cache = inputs.cache
+    if cache is not None and inputs.legacy:
+        cache = cache.to_legacy_cache()
+    output = output_class(last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden,
+                          attentions=all_attn)
+    return pack_output(output, inputs.return_dict)
+
+
+def collect_layer_outputs(cache, all_attn, all_cross, present, probs, cross_probs):
+    """One decoder layer's additions to the collections its stack returns, each None when not asked for:
+    its cache entry, its self-attention weights and its cross-attention weights."""
+    if cache is not None:
+        cache += (present,)
+    if all_attn is not None:
+        all_attn += (probs,)
+    if all_cross is not None:
+        all_cross += (cross_probs,)
+    return cache, all_attn, all_cross
 
 
 def cached_decoder_generation_inputs(model, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,

@@ -92,6 +92,17 @@ def _resolve_dtype(dtype: Any, config: PretrainedConfig, reader) -> Optional[tor
     return resolved
 
 
+def _module_at(root: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def _replace_module_at(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_module_at(root, parent) if parent else root, name, value)
+
+
 class PreTrainedModel(nn.Module):
     """Base class of every PyTorch model: configuration, checkpoint I/O and the shared utilities.
 
@@ -109,6 +120,11 @@ class PreTrainedModel(nn.Module):
     # private copies, since a copy of a view of the mapped checkpoint would keep both resident.
     _keys_loaded_unmapped: Optional[list[str]] = None
     supports_gradient_checkpointing: bool = False
+    # Where the token embedding and the output projection onto the vocabulary sit (dotted attribute paths),
+    # for the accessors ``get_input_embeddings`` and friends; a model without its own token embedding
+    # reaches its base model's.
+    _input_embeddings: Optional[str] = None
+    _output_embeddings: Optional[str] = None
 
     def __init__(self, config: PretrainedConfig, *inputs, **kwargs):
         super().__init__()
@@ -152,19 +168,28 @@ class PreTrainedModel(nn.Module):
         return getattr(self, self.base_model_prefix, self)
 
     def get_input_embeddings(self) -> nn.Module:
+        if self._input_embeddings is not None:
+            return _module_at(self, self._input_embeddings)
         base = self.base_model
         if base is not self:
             return base.get_input_embeddings()
         raise NotImplementedError(f"{type(self).__name__} does not expose its input embeddings")
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        if self._input_embeddings is not None:
+            return _replace_module_at(self, self._input_embeddings, value)
         base = self.base_model
         if base is not self:
             return base.set_input_embeddings(value)
         raise NotImplementedError(f"{type(self).__name__} does not expose its input embeddings")
 
     def get_output_embeddings(self) -> Optional[nn.Module]:
-        return None
+        return None if self._output_embeddings is None else _module_at(self, self._output_embeddings)
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        if self._output_embeddings is None:  # as for a missing method: a model without a head has none
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'set_output_embeddings'")
+        _replace_module_at(self, self._output_embeddings, value)
 
     def resize_token_embeddings(
         self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None

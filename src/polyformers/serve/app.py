@@ -112,6 +112,26 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+async def _event_frames(generation, frames, usage_head: Optional[dict], prompt_tokens: int):
+    """The server-sent events of a streamed generation: the frames ``frames(event)`` makes of each event (a
+    failed sequence's event becomes an error frame instead), then, with ``usage_head`` (the id, object,
+    created and model fields), a usage frame, then the end marker. Leaving early cancels the generation."""
+    counts = {}  # choice index -> completion tokens so far
+    try:
+        async for event in generation.events():
+            if event.error is not None:
+                yield sse(P.error_body(event.error, "server_error", None, "generation_failed"))
+                continue
+            counts[event.index] = event.completion_tokens
+            for frame in frames(event):
+                yield frame
+        if usage_head is not None:
+            yield sse({**usage_head, "choices": [], "usage": P.usage(prompt_tokens, sum(counts.values()))})
+        yield "data: [DONE]\n\n"
+    finally:
+        generation.cancel()
+
+
 class Server:
     """The application state: the served models and the API key."""
 
@@ -217,12 +237,16 @@ class Server:
             generation.cancel()  # a no-op once every choice has ended
         return per_choice
 
+    async def parse(self, request: Request, parse, use: str):
+        """The request's JSON body checked by ``parse`` (one of ``protocol``'s), and the model it names,
+        which must serve ``use`` ("generate" or "embed")."""
+        req = parse(await self.read_json(request))
+        return req, self.model(req.model, use)
+
     # -- routes ----------------------------------------------------------------------------------------
 
     async def completions(self, request: Request):
-        body = await self.read_json(request)
-        req = P.parse_completion(body)
-        served = self.model(req.model, "generate")
+        req, served = await self.parse(request, P.parse_completion, "generate")
         prompts = [self.prompt_ids(served, p) for p in req.prompts]
         budgets = self.budgets(served, prompts, req.params, prompt_param="prompt", max_tokens_param="max_tokens",
                                given=req.max_tokens_given)
@@ -259,44 +283,31 @@ class Server:
                              "choices": choices, "usage": P.usage(prompt_tokens, completion_tokens),
                              "system_fingerprint": None})
 
-    async def _stream_completion(self, generation, req, rid, created, prompt_texts, prompt_tokens):
-        def chunk(index, text, logprobs=None, finish=None):
-            return sse({"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                        "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}],
-                        "system_fingerprint": None})
+    def _stream_completion(self, generation, req, rid, created, prompt_texts, prompt_tokens):
+        head = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
+        started = set()
 
-        started, completion_tokens, counts = set(), 0, {}
-        try:
-            async for event in generation.events():
-                if event.error is not None:
-                    yield sse(P.error_body(event.error, "server_error", None, "generation_failed"))
-                    continue
-                text, entries = event.text, list(event.logprobs)
-                if req.echo:  # the prompt comes first in the choice's text: offsets move past it
-                    prefix = prompt_texts[event.index // req.n]
-                    entries = [_shift(x, len(prefix)) for x in entries]
-                if event.index not in started:
-                    started.add(event.index)
-                    if req.echo:
-                        if event.prompt_logprobs is not None:
-                            entries = list(event.prompt_logprobs) + entries
-                        text = prefix + text
-                logprobs = P.completion_logprobs(entries) if req.params.logprobs is not None else None
-                counts[event.index] = event.completion_tokens
-                if text or entries or event.finish_reason:
-                    yield chunk(event.index, text, logprobs, event.finish_reason)
-            completion_tokens = sum(counts.values())
-            if req.include_usage:
-                yield sse({"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                           "choices": [], "usage": P.usage(prompt_tokens, completion_tokens)})
-            yield "data: [DONE]\n\n"
-        finally:
-            generation.cancel()
+        def frames(event):
+            text, entries = event.text, list(event.logprobs)
+            if req.echo:  # the prompt comes first in the choice's text: offsets move past it
+                prefix = prompt_texts[event.index // req.n]
+                entries = [_shift(x, len(prefix)) for x in entries]
+            if event.index not in started:
+                started.add(event.index)
+                if req.echo:
+                    if event.prompt_logprobs is not None:
+                        entries = list(event.prompt_logprobs) + entries
+                    text = prefix + text
+            logprobs = P.completion_logprobs(entries) if req.params.logprobs is not None else None
+            if text or entries or event.finish_reason:
+                choice = {"text": text, "index": event.index, "logprobs": logprobs,
+                          "finish_reason": event.finish_reason}
+                yield sse({**head, "choices": [choice], "system_fingerprint": None})
+
+        return _event_frames(generation, frames, head if req.include_usage else None, prompt_tokens)
 
     async def chat_completions(self, request: Request):
-        body = await self.read_json(request)
-        req = P.parse_chat(body)
-        served = self.model(req.model, "generate")
+        req, served = await self.parse(request, P.parse_chat, "generate")
         tokenizer = served.tokenizer
         if getattr(tokenizer, "chat_template", None) is None:
             raise P.APIError(f"The model `{req.model}` has no chat template (its tokenizer_config.json sets no "
@@ -331,38 +342,28 @@ class Server:
                              "choices": choices, "usage": P.usage(len(ids), completion_tokens),
                              "system_fingerprint": None})
 
-    async def _stream_chat(self, generation, req, rid, created, prompt_tokens):
+    def _stream_chat(self, generation, req, rid, created, prompt_tokens):
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+        started = set()
+
         def chunk(index, delta, finish=None, logprobs=None):
-            return sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                        "system_fingerprint": None,
+            return sse({**head, "system_fingerprint": None,
                         "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
 
-        started, counts = set(), {}
-        try:
-            async for event in generation.events():
-                if event.error is not None:
-                    yield sse(P.error_body(event.error, "server_error", None, "generation_failed"))
-                    continue
-                if event.index not in started:
-                    started.add(event.index)
-                    yield chunk(event.index, {"role": "assistant", "content": ""})
-                counts[event.index] = event.completion_tokens
-                logprobs = P.chat_logprobs(event.logprobs) if req.logprobs and event.logprobs else None
-                if event.text or logprobs:
-                    yield chunk(event.index, {"content": event.text}, None, logprobs)
-                if event.finish_reason:
-                    yield chunk(event.index, {}, event.finish_reason)
-            if req.include_usage:
-                yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                           "choices": [], "usage": P.usage(prompt_tokens, sum(counts.values()))})
-            yield "data: [DONE]\n\n"
-        finally:
-            generation.cancel()
+        def frames(event):
+            if event.index not in started:
+                started.add(event.index)
+                yield chunk(event.index, {"role": "assistant", "content": ""})
+            logprobs = P.chat_logprobs(event.logprobs) if req.logprobs and event.logprobs else None
+            if event.text or logprobs:
+                yield chunk(event.index, {"content": event.text}, None, logprobs)
+            if event.finish_reason:
+                yield chunk(event.index, {}, event.finish_reason)
+
+        return _event_frames(generation, frames, head if req.include_usage else None, prompt_tokens)
 
     async def embeddings(self, request: Request):
-        body = await self.read_json(request)
-        req = P.parse_embedding(body)
-        served = self.model(req.model, "embed")
+        req, served = await self.parse(request, P.parse_embedding, "embed")
         embedder = served.embedder
         for item in req.inputs:
             if not isinstance(item, str):

@@ -266,12 +266,18 @@ def _texts_or_tokens(value, name: str) -> list:
                   f"arrays of token ids; given {_type_name(value)}", "invalid_type")
 
 
-def parse_completion(body: dict) -> CompletionRequest:
-    _check_known(body, _COMPLETION_FIELDS, "completions")
+def _model_and_inputs(body: dict, fields, endpoint: str, name: str) -> tuple:
+    """Check the body's field names, then return its model and its required field ``name`` (texts or token ids)."""
+    _check_known(body, fields, endpoint)
     model = _require_model(body)
-    if "prompt" not in body or body["prompt"] is None:
-        raise invalid("prompt", "you must provide a prompt parameter", "missing_required_parameter")
-    prompts = _texts_or_tokens(body["prompt"], "prompt")
+    if body.get(name) is None:
+        article = "an" if name[0] in "aeiou" else "a"
+        raise invalid(name, f"you must provide {article} {name} parameter", "missing_required_parameter")
+    return model, _texts_or_tokens(body[name], name)
+
+
+def parse_completion(body: dict) -> CompletionRequest:
+    model, prompts = _model_and_inputs(body, _COMPLETION_FIELDS, "completions", "prompt")
     params = _sampling(body)
     n = _get_int(body, "n", 1, 1, MAX_N)
     best_of = _get_int(body, "best_of", None, 1, MAX_N)
@@ -367,11 +373,7 @@ def parse_chat(body: dict) -> ChatRequest:
 
 
 def parse_embedding(body: dict) -> EmbeddingRequest:
-    _check_known(body, _EMBEDDING_FIELDS, "embeddings")
-    model = _require_model(body)
-    if "input" not in body or body["input"] is None:
-        raise invalid("input", "you must provide an input parameter", "missing_required_parameter")
-    inputs = _texts_or_tokens(body["input"], "input")
+    model, inputs = _model_and_inputs(body, _EMBEDDING_FIELDS, "embeddings", "input")
     for i, item in enumerate(inputs):
         if isinstance(item, str) and not item:
             raise invalid("input", f"input[{i}] is an empty string; every input must be non-empty", "invalid_value")

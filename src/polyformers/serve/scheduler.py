@@ -192,20 +192,28 @@ def context_length(config) -> int:
     raise ValueError(f"{type(config).__name__} declares no maximum length (max_position_embeddings)")
 
 
-class CausalRunner:
-    """A decoder-only model on a :class:`SlotCache` of ``max_batch`` slots by ``max_len`` positions."""
+def _last_tokens(seqs: list, positions: list) -> tuple:
+    """The decoding step's inputs by slot, up to the highest slot in ``seqs``: each sequence's last chosen token,
+    (slots, 1), and its position from ``positions``, (slots,); rows of other slots hold zeros."""
+    n = max(s.slot for s in seqs) + 1
+    tokens = torch.zeros((n, 1), dtype=torch.long)
+    by_slot = torch.zeros(n, dtype=torch.long)
+    for s, position in zip(seqs, positions):
+        tokens[s.slot, 0] = s.output_ids[-1]
+        by_slot[s.slot] = position
+    return tokens, by_slot
 
-    chunked_prefill = True
+
+class _SlotRunner:
+    """What both runners share: the model, the context they fit, and the pool of free batch slots."""
 
     def __init__(self, model, max_batch: int, max_len: Optional[int] = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
         self.max_len = min(max_len or context_length(model.config), context_length(model.config))
-        self.cache = SlotCache(model.config, max_batch, self.max_len)
         self._free = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch compact
         heapq.heapify(self._free)
-        self._extra = {"logits_to_keep": 1}
 
     @property
     def free_slots(self) -> int:
@@ -218,6 +226,17 @@ class CausalRunner:
         if seq.slot is not None:
             heapq.heappush(self._free, seq.slot)
             seq.slot = None
+
+
+class CausalRunner(_SlotRunner):
+    """A decoder-only model on a :class:`SlotCache` of ``max_batch`` slots by ``max_len`` positions."""
+
+    chunked_prefill = True
+
+    def __init__(self, model, max_batch: int, max_len: Optional[int] = None):
+        super().__init__(model, max_batch, max_len)
+        self.cache = SlotCache(model.config, max_batch, self.max_len)
+        self._extra = {"logits_to_keep": 1}
 
     def prefill(self, seq: Sequence, start: int, end: int, all_logits: bool) -> torch.Tensor:
         """Feed prompt tokens ``start:end`` of ``seq``; the logits of every fed position, or of the last."""
@@ -240,12 +259,7 @@ class CausalRunner:
 
     def decode(self, seqs: list) -> torch.Tensor:
         """One token for each sequence (its last chosen one, at its own position); (len(seqs), vocab) logits."""
-        n = max(s.slot for s in seqs) + 1
-        tokens = torch.zeros((n, 1), dtype=torch.long)
-        positions = torch.zeros(n, dtype=torch.long)
-        for s in seqs:
-            tokens[s.slot, 0] = s.output_ids[-1]
-            positions[s.slot] = s.position
+        tokens, positions = _last_tokens(seqs, [s.position for s in seqs])
         longest = int(positions.max()) + 1
         # Row i sees its own slots 0..position. A row in between that is not decoding (free, or still
         # prefilling) computes a throwaway token over its slot 0 and writes nothing.
@@ -259,7 +273,7 @@ class CausalRunner:
         return out.logits[rows, -1].float()
 
 
-class Seq2SeqRunner:
+class Seq2SeqRunner(_SlotRunner):
     """An encoder-decoder (Pegasus) on preallocated per-slot storage, decoding every running sequence in
     one forward per step.
 
@@ -283,10 +297,7 @@ class Seq2SeqRunner:
     chunked_prefill = False
 
     def __init__(self, model, max_batch: int, max_len: Optional[int] = None):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.max_batch = max_batch
-        self.max_len = min(max_len or context_length(model.config), context_length(model.config))
+        super().__init__(model, max_batch, max_len)
         config = model.config
         start = config.decoder_start_token_id
         if start is None:
@@ -297,8 +308,6 @@ class Seq2SeqRunner:
             raise ValueError("the model config has no decoder_start_token_id (nor bos_token_id)")
         self.start_token = int(start)
         self.decoder = model.get_decoder()
-        self._free = list(range(max_batch))  # a heap, as CausalRunner's
-        heapq.heapify(self._free)
         self._source = torch.zeros(max_batch, dtype=torch.long)  # encoder length held by each slot
         # Per layer, (slots, heads, positions, head_dim): allocated on the first prefill, in the dtype and
         # on the device of the states the model produces.
@@ -307,18 +316,10 @@ class Seq2SeqRunner:
         self.cross_keys: list = []
         self.cross_values: list = []
 
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
-
-    def acquire(self, seq: Sequence) -> None:
-        seq.slot = heapq.heappop(self._free)
-
     def release(self, seq: Sequence) -> None:
         if seq.slot is not None:
-            heapq.heappush(self._free, seq.slot)
-            seq.slot = None
             seq.state = None
+        super().release(seq)
 
     def _allocate(self, like: torch.Tensor) -> None:
         _, heads, _, head_dim = like.shape
@@ -373,12 +374,8 @@ class Seq2SeqRunner:
 
     def decode(self, seqs: list) -> torch.Tensor:
         """One token for each sequence, all in one decoder forward; (len(seqs), vocab) logits."""
-        n = max(s.slot for s in seqs) + 1
-        tokens = torch.zeros((n, 1), dtype=torch.long)
-        positions = torch.zeros(n, dtype=torch.long)
-        for s in seqs:
-            tokens[s.slot, 0] = s.output_ids[-1]
-            positions[s.slot] = len(s.output_ids)  # the start token sits at 0
+        tokens, positions = _last_tokens(seqs, [len(s.output_ids) for s in seqs])  # the start token sits at 0
+        n = len(positions)
         rows = torch.tensor([s.slot for s in seqs])
         sources = self._source[:n]
         # Row i has positions 0..positions[i]-1 in its slot. The decoder is given the first ``past`` of

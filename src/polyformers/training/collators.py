@@ -107,69 +107,45 @@ def default_data_collator(features: List[InputDataClass], return_tensors="pt") -
     """
     _check_return_tensors(return_tensors)
     if return_tensors == "pt":
-        return _torch_default_data_collator(features)
-    return _numpy_default_data_collator(features)
+        import torch
+
+        return _default_collate(features, torch.Tensor, _torch_tensor, _torch_stack, torch.long, torch.float,
+                                lambda column, key: torch.tensor(_numpy_stack(column, key)))
+    return _default_collate(features, np.ndarray, _numpy_array, _numpy_stack, np.int64, np.float32, _numpy_stack)
 
 
-def _torch_default_data_collator(features) -> Dict[str, Any]:
-    import torch
-
+def _default_collate(features, array_type, to_array, stack, int_dtype, float_dtype, from_numpy) -> Dict[str, Any]:
+    """``default_data_collator`` for one framework: ``array_type`` is its array class, ``to_array(values, key,
+    dtype=None)`` and ``stack(values, key)`` build its arrays from lists and from its own arrays, ``from_numpy``
+    from NumPy arrays; ``int_dtype`` and ``float_dtype`` are the label dtypes."""
     features = _as_dicts(features)
     first = features[0]
     batch: Dict[str, Any] = {}
 
-    # The reference chooses the label dtype from the first example only: a Python int (or a tensor
+    # The reference chooses the label dtype from the first example only: a Python int (or an array
     # holding one) means class ids, anything else (float, NumPy scalar) means float targets.
     if first.get("label") is not None:
-        label = first["label"].item() if isinstance(first["label"], torch.Tensor) else first["label"]
-        dtype = torch.long if isinstance(label, int) else torch.float
-        batch["labels"] = _torch_tensor(_column(features, "label"), "label", dtype)
+        label = first["label"].item() if isinstance(first["label"], array_type) else first["label"]
+        dtype = int_dtype if isinstance(label, int) else float_dtype
+        batch["labels"] = to_array(_column(features, "label"), "label", dtype)
     elif first.get("label_ids") is not None:
         label_ids = _column(features, "label_ids")
-        if isinstance(first["label_ids"], torch.Tensor):
-            batch["labels"] = _torch_stack(label_ids, "label_ids")
+        if isinstance(first["label_ids"], array_type):
+            batch["labels"] = stack(label_ids, "label_ids")
         else:
-            dtype = torch.long if isinstance(first["label_ids"][0], int) else torch.float
-            batch["labels"] = _torch_tensor(label_ids, "label_ids", dtype)
+            dtype = int_dtype if isinstance(first["label_ids"][0], int) else float_dtype
+            batch["labels"] = to_array(label_ids, "label_ids", dtype)
 
     for key, value in first.items():
         if key in ("label", "label_ids") or value is None or isinstance(value, str):
             continue
         column = _column(features, key)
-        if isinstance(value, torch.Tensor):
-            batch[key] = _torch_stack(column, key)
+        if isinstance(value, array_type):
+            batch[key] = stack(column, key)
         elif isinstance(value, np.ndarray):
-            batch[key] = torch.tensor(_numpy_stack(column, key))
+            batch[key] = from_numpy(column, key)
         else:
-            batch[key] = _torch_tensor(column, key)
-    return batch
-
-
-def _numpy_default_data_collator(features) -> Dict[str, Any]:
-    features = _as_dicts(features)
-    first = features[0]
-    batch: Dict[str, Any] = {}
-
-    if first.get("label") is not None:
-        label = first["label"].item() if isinstance(first["label"], np.ndarray) else first["label"]
-        dtype = np.int64 if isinstance(label, int) else np.float32
-        batch["labels"] = _numpy_array(_column(features, "label"), "label", dtype)
-    elif first.get("label_ids") is not None:
-        label_ids = _column(features, "label_ids")
-        if isinstance(first["label_ids"], np.ndarray):
-            batch["labels"] = _numpy_stack(label_ids, "label_ids")
-        else:
-            dtype = np.int64 if isinstance(first["label_ids"][0], int) else np.float32
-            batch["labels"] = _numpy_array(label_ids, "label_ids", dtype)
-
-    for key, value in first.items():
-        if key in ("label", "label_ids") or value is None or isinstance(value, str):
-            continue
-        column = _column(features, key)
-        if isinstance(value, np.ndarray):
-            batch[key] = _numpy_stack(column, key)
-        else:
-            batch[key] = _numpy_array(column, key)
+            batch[key] = to_array(column, key)
     return batch
 
 
@@ -563,22 +539,27 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
 
     # -- PyTorch ------------------------------------------------------------------------------------
 
-    def torch_call(self, examples):
+    def _batch(self, examples, return_tensors: str, collate_batch, mask_tokens, copy):
+        """The batch in ``return_tensors``' arrays: ``collate_batch`` pads bare id lists, ``mask_tokens``
+        corrupts them for masked LM, ``copy`` copies an array (the causal LM labels)."""
         _check_features(examples, "examples")
         if isinstance(examples[0], Mapping):
-            batch = _pad(self.tokenizer, examples, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt",
-                         name="examples")
+            batch = _pad(self.tokenizer, examples, pad_to_multiple_of=self.pad_to_multiple_of,
+                         return_tensors=return_tensors, name="examples")
         else:
-            batch = {"input_ids": _torch_collate_batch(examples, self.tokenizer, self.pad_to_multiple_of)}
+            batch = {"input_ids": collate_batch(examples, self.tokenizer, self.pad_to_multiple_of)}
         special_tokens_mask = batch.pop("special_tokens_mask", None)
         if self.mlm:
-            batch["input_ids"], batch["labels"] = self.torch_mask_tokens(batch["input_ids"], special_tokens_mask)
+            batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], special_tokens_mask)
         else:
-            labels = batch["input_ids"].clone()
+            labels = copy(batch["input_ids"])
             if self.tokenizer.pad_token_id is not None:
                 labels[labels == self.tokenizer.pad_token_id] = -100
             batch["labels"] = labels
         return batch
+
+    def torch_call(self, examples):
+        return self._batch(examples, "pt", _torch_collate_batch, self.torch_mask_tokens, lambda ids: ids.clone())
 
     def _special_mask_rows(self, ids: List[List[int]]) -> List[List[int]]:
         return [self.tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True) for row in ids]
@@ -609,21 +590,7 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
     # -- NumPy --------------------------------------------------------------------------------------
 
     def numpy_call(self, examples):
-        _check_features(examples, "examples")
-        if isinstance(examples[0], Mapping):
-            batch = _pad(self.tokenizer, examples, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="np",
-                         name="examples")
-        else:
-            batch = {"input_ids": _numpy_collate_batch(examples, self.tokenizer, self.pad_to_multiple_of)}
-        special_tokens_mask = batch.pop("special_tokens_mask", None)
-        if self.mlm:
-            batch["input_ids"], batch["labels"] = self.numpy_mask_tokens(batch["input_ids"], special_tokens_mask)
-        else:
-            labels = np.copy(batch["input_ids"])
-            if self.tokenizer.pad_token_id is not None:
-                labels[labels == self.tokenizer.pad_token_id] = -100
-            batch["labels"] = labels
-        return batch
+        return self._batch(examples, "np", _numpy_collate_batch, self.numpy_mask_tokens, np.copy)
 
     def numpy_mask_tokens(self, inputs, special_tokens_mask=None):
         """``torch_mask_tokens`` with NumPy's global generator (drawn as the reference's NumPy path does)."""
@@ -673,19 +640,18 @@ class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
             return [e["input_ids"] for e in _check_same_keys(examples, "input_ids")], examples
         return list(examples), [{"input_ids": e} for e in examples]
 
-    def torch_call(self, examples):
+    def _whole_word_batch(self, examples, collate_batch, mask_tokens):
         input_ids, examples = self._split(examples)
-        batch_input = _torch_collate_batch(input_ids, self.tokenizer, self.pad_to_multiple_of)
-        mask_labels = _torch_collate_batch(self._mask_labels(examples), self.tokenizer, self.pad_to_multiple_of)
-        inputs, labels = self.torch_mask_tokens(batch_input, mask_labels)
+        batch_input = collate_batch(input_ids, self.tokenizer, self.pad_to_multiple_of)
+        mask_labels = collate_batch(self._mask_labels(examples), self.tokenizer, self.pad_to_multiple_of)
+        inputs, labels = mask_tokens(batch_input, mask_labels)
         return {"input_ids": inputs, "labels": labels}
 
+    def torch_call(self, examples):
+        return self._whole_word_batch(examples, _torch_collate_batch, self.torch_mask_tokens)
+
     def numpy_call(self, examples):
-        input_ids, examples = self._split(examples)
-        batch_input = _numpy_collate_batch(input_ids, self.tokenizer, self.pad_to_multiple_of)
-        mask_labels = _numpy_collate_batch(self._mask_labels(examples), self.tokenizer, self.pad_to_multiple_of)
-        inputs, labels = self.numpy_mask_tokens(batch_input, mask_labels)
-        return {"input_ids": inputs, "labels": labels}
+        return self._whole_word_batch(examples, _numpy_collate_batch, self.numpy_mask_tokens)
 
     def _whole_word_mask(self, input_tokens: List[str], max_predictions: int = 512) -> List[int]:
         """1 at the positions of the words chosen for prediction, 0 elsewhere."""

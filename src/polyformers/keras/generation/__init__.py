@@ -36,25 +36,3 @@ from .processors import (
     TFTopPLogitsWarper,
     _ban,
 )
-
-__all__ = [
-    "TFGenerationMixin",
-    "TFLogitsProcessor",
-    "TFLogitsWarper",
-    "TFLogitsProcessorList",
-    "TFTemperatureLogitsWarper",
-    "TFTopKLogitsWarper",
-    "TFTopPLogitsWarper",
-    "TFRepetitionPenaltyLogitsProcessor",
-    "TFNoRepeatNGramLogitsProcessor",
-    "TFNoBadWordsLogitsProcessor",
-    "TFMinLengthLogitsProcessor",
-    "TFMinNewTokensLengthLogitsProcessor",
-    "TFForcedBOSTokenLogitsProcessor",
-    "TFForcedEOSTokenLogitsProcessor",
-    "TFSuppressTokensLogitsProcessor",
-    "TFSuppressTokensAtBeginLogitsProcessor",
-    "TFForceTokensLogitsProcessor",
-    "TFInfNanRemoveLogitsProcessor",
-    "TFLogitNormalization",
-]

@@ -13,7 +13,6 @@ cache cannot say how many tokens came before, so position ids must come from the
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from typing import Optional
@@ -21,30 +20,14 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from ..._shared import generation_config_property, settings_for_call
 from ...generation_config import FIELDS, GenerationConfig, reject_duplicate_processors, use_model_tokens, warper_plan
+from . import processors as P
 from .beam_search import beam_search
 from .contrastive import contrastive_search
 from .greedy import sample
 from .loop import _last_logits, _slot_cache
-from .processors import (
-    TFForcedBOSTokenLogitsProcessor,
-    TFForcedEOSTokenLogitsProcessor,
-    TFForceTokensLogitsProcessor,
-    TFInfNanRemoveLogitsProcessor,
-    TFLogitNormalization,
-    TFLogitsProcessorList,
-    TFMinLengthLogitsProcessor,
-    TFMinNewTokensLengthLogitsProcessor,
-    TFNoBadWordsLogitsProcessor,
-    TFNoRepeatNGramLogitsProcessor,
-    TFRepetitionPenaltyLogitsProcessor,
-    TFSuppressTokensAtBeginLogitsProcessor,
-    TFSuppressTokensLogitsProcessor,
-    TFTemperatureLogitsWarper,
-    TFTopKLogitsWarper,
-    TFTopPLogitsWarper,
-    _ids,
-)
+from .processors import TFLogitsProcessorList, _ids
 
 logger = logging.getLogger("polyformers")
 
@@ -79,27 +62,15 @@ def _seed_pair(seed):
 
 
 _WARPERS = {
-    "temperature": TFTemperatureLogitsWarper, "top_k": TFTopKLogitsWarper, "top_p": TFTopPLogitsWarper,
-    "renormalize": TFLogitNormalization,
+    "temperature": P.TFTemperatureLogitsWarper, "top_k": P.TFTopKLogitsWarper, "top_p": P.TFTopPLogitsWarper,
+    "renormalize": P.TFLogitNormalization,
 }
 
 
 class TFGenerationMixin:
     """``generate()`` for the Keras language models; see the module docstring for the model's side."""
 
-    @property
-    def generation_config(self) -> GenerationConfig:
-        config = self.__dict__.get("_generation_config")
-        if config is None:
-            config = GenerationConfig.from_model_config(self.config)
-            self.__dict__["_generation_config"] = config
-        return config
-
-    @generation_config.setter
-    def generation_config(self, value: Optional[GenerationConfig]) -> None:
-        if value is not None and not isinstance(value, GenerationConfig):
-            raise TypeError(f"generation_config: expected a GenerationConfig, given {type(value).__name__}")
-        self.__dict__["_generation_config"] = value
+    generation_config = generation_config_property
 
     def can_generate(self) -> bool:
         return True
@@ -195,9 +166,7 @@ class TFGenerationMixin:
             generation_config = self.generation_config
         elif not isinstance(generation_config, GenerationConfig):
             raise TypeError(f"generation_config: expected a GenerationConfig, given {type(generation_config).__name__}")
-        config = copy.deepcopy(generation_config)
-        model_kwargs = config.update(**kwargs)
-        config.validate()
+        config, model_kwargs = settings_for_call(generation_config, kwargs)
         for name, (default, _) in FIELDS.items():
             if name not in _HONOURED and getattr(config, name) != default:
                 raise ValueError(
@@ -268,31 +237,31 @@ class TFGenerationMixin:
         processors = TFLogitsProcessorList()
         eos = config.eos_token_id
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
-            processors.append(TFRepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+            processors.append(P.TFRepetitionPenaltyLogitsProcessor(config.repetition_penalty))
         if config.no_repeat_ngram_size:
-            processors.append(TFNoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+            processors.append(P.TFNoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
         if config.bad_words_ids is not None:
-            processors.append(TFNoBadWordsLogitsProcessor(config.bad_words_ids, eos))
+            processors.append(P.TFNoBadWordsLogitsProcessor(config.bad_words_ids, eos))
         if config.min_length and eos is not None:
-            processors.append(TFMinLengthLogitsProcessor(config.min_length, eos))
+            processors.append(P.TFMinLengthLogitsProcessor(config.min_length, eos))
         if config.min_new_tokens and eos is not None:
-            processors.append(TFMinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos))
+            processors.append(P.TFMinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos))
         if config.forced_bos_token_id is not None:
-            processors.append(TFForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
+            processors.append(P.TFForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
         if config.forced_eos_token_id is not None:
-            processors.append(TFForcedEOSTokenLogitsProcessor(config.max_length, config.forced_eos_token_id))
+            processors.append(P.TFForcedEOSTokenLogitsProcessor(config.max_length, config.forced_eos_token_id))
         if config.remove_invalid_values:
-            processors.append(TFInfNanRemoveLogitsProcessor())
+            processors.append(P.TFInfNanRemoveLogitsProcessor())
         if config.suppress_tokens is not None:
-            processors.append(TFSuppressTokensLogitsProcessor(config.suppress_tokens))
+            processors.append(P.TFSuppressTokensLogitsProcessor(config.suppress_tokens))
         if config.begin_suppress_tokens is not None:
             # With a forced first token, the first free position is one later.
             begin = prompt_length + (1 if prompt_length == 1 and config.forced_bos_token_id is not None else 0)
             if config.forced_decoder_ids is not None:  # and after the last forced one, as the reference counts
                 begin += config.forced_decoder_ids[-1][0]
-            processors.append(TFSuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin))
+            processors.append(P.TFSuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin))
         if config.forced_decoder_ids is not None:
-            processors.append(TFForceTokensLogitsProcessor(config.forced_decoder_ids))
+            processors.append(P.TFForceTokensLogitsProcessor(config.forced_decoder_ids))
         custom = [] if custom is None else custom
         if not isinstance(custom, (list, tuple)) or not all(callable(p) for p in custom):
             raise TypeError(
@@ -302,7 +271,7 @@ class TFGenerationMixin:
         reject_duplicate_processors(processors, custom)
         processors.extend(custom)
         if config.renormalize_logits:
-            processors.append(TFLogitNormalization())
+            processors.append(P.TFLogitNormalization())
         return processors
 
     @staticmethod

@@ -13,10 +13,9 @@ from ...outputs import (
     TFBaseModelOutputWithPastAndCrossAttentions,
     TFElectraForPreTrainingOutput,
     TFMaskedLMOutput,
-    TFTokenClassifierOutput,
 )
 from .. import layers as L
-from ..modeling import TFPreTrainedModel, as_output, unpack_inputs
+from ..modeling import TFPreTrainedModel, unpack_inputs
 
 import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
 from keras import ops
@@ -81,14 +80,7 @@ class TFElectraModel(TFElectraPreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.electra = TFElectraMainLayer(config, name="electra")
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
-             use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                  encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache)
-        output, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        return as_output(output, return_dict)
+    call = L.bert_model_call
 
 
 class TFElectraDiscriminatorPredictions(L.Block):
@@ -131,8 +123,7 @@ class TFElectraForPreTraining(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         logits = self.discriminator_predictions(body.last_hidden_state)
         loss = replaced_token_loss(logits, labels, attention_mask) if labels is not None else None
         return L.head_output(TFElectraForPreTrainingOutput, body, return_dict, loss=loss, logits=logits)
@@ -190,8 +181,7 @@ class TFElectraForMaskedLM(TFElectraPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
         return L.token_head_output(TFMaskedLMOutput, logits, labels, body, return_dict)
 
@@ -214,14 +204,7 @@ class TFElectraForSequenceClassification(TFElectraPreTrainedModel):
         self.electra = TFElectraMainLayer(config, name="electra")
         self.classifier = TFElectraClassificationHead(config, name="classifier")
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
-             training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        logits = self.classifier(body.last_hidden_state, training=training)
-        return L.sequence_head_output(logits, labels, self.config, body, return_dict)
+    call = L.bert_sequence_classification_call
 
 
 class TFElectraForMultipleChoice(TFElectraPreTrainedModel):
@@ -246,8 +229,7 @@ class TFElectraForMultipleChoice(TFElectraPreTrainedModel):
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = L.flatten_choices(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         summary = self.sequence_summary(body.last_hidden_state, training=training)
         return L.choice_head_output(self.classifier(summary), num_choices, labels, body, return_dict)
 
@@ -263,14 +245,7 @@ class TFElectraForTokenClassification(TFElectraPreTrainedModel):
         self.dropout = keras.layers.Dropout(L.classifier_dropout_rate(config))
         self.classifier = L.dense(config.num_labels, config)
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
-             training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
-        return L.token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
+    call = L.bert_token_classification_call
 
 
 class TFElectraForQuestionAnswering(TFElectraPreTrainedModel):
@@ -284,23 +259,4 @@ class TFElectraForQuestionAnswering(TFElectraPreTrainedModel):
         self.electra = TFElectraMainLayer(config, name="electra")
         self.qa_outputs = L.dense(config.num_labels, config)
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-             start_positions=None, end_positions=None, training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        logits = self.qa_outputs(body.last_hidden_state)
-        return L.span_head_output(logits, start_positions, end_positions, body, return_dict)
-
-
-__all__ = [
-    "TFElectraPreTrainedModel",
-    "TFElectraModel",
-    "TFElectraForPreTraining",
-    "TFElectraForMaskedLM",
-    "TFElectraForSequenceClassification",
-    "TFElectraForMultipleChoice",
-    "TFElectraForTokenClassification",
-    "TFElectraForQuestionAnswering",
-]
+    call = L.bert_question_answering_call

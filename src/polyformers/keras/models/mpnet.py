@@ -214,8 +214,7 @@ class TFMPNetModel(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
-        output, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        output, return_dict = self._encode(locals())
         return as_output(output, return_dict)
 
 
@@ -246,8 +245,7 @@ class TFMPNetForMaskedLM(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         return L.token_head_output(TFMaskedLMOutput, self.lm_head(body.last_hidden_state), labels, body, return_dict)
 
 
@@ -272,8 +270,7 @@ class TFMPNetForSequenceClassification(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         logits = self.classifier(body.last_hidden_state, training=training)
         return L.sequence_head_output(logits, labels, self.config, body, return_dict)
 
@@ -299,8 +296,7 @@ class TFMPNetForMultipleChoice(TFMPNetPreTrainedModel):
         input_ids, attention_mask, position_ids, inputs_embeds = L.flatten_choices(
             input_ids, attention_mask, position_ids, inputs_embeds
         )
-        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         pooled = self.dropout(body.pooler_output, training=training)
         return L.choice_head_output(self.classifier(pooled), num_choices, labels, body, return_dict)
 
@@ -319,8 +315,7 @@ class TFMPNetForTokenClassification(TFMPNetPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=False):
-        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
         return L.token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
 
@@ -340,18 +335,6 @@ class TFMPNetForQuestionAnswering(TFMPNetPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, start_positions=None,
              end_positions=None, training=False):
-        inputs = (input_ids, attention_mask, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         logits = self.qa_outputs(body.last_hidden_state)
         return L.span_head_output(logits, start_positions, end_positions, body, return_dict)
-
-
-__all__ = [
-    "TFMPNetPreTrainedModel",
-    "TFMPNetModel",
-    "TFMPNetForMaskedLM",
-    "TFMPNetForSequenceClassification",
-    "TFMPNetForMultipleChoice",
-    "TFMPNetForTokenClassification",
-    "TFMPNetForQuestionAnswering",
-]

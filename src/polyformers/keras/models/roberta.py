@@ -15,7 +15,6 @@ from ...outputs import (
     TFBaseModelOutputWithPoolingAndCrossAttentions,
     TFCausalLMOutputWithCrossAttentions,
     TFMaskedLMOutput,
-    TFTokenClassifierOutput,
 )
 from .. import layers as L
 from ..generation import TFGenerationMixin
@@ -95,14 +94,7 @@ class TFRobertaModel(TFRobertaPreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.roberta = TFRobertaMainLayer(config, name="roberta")
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
-             use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                  encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache)
-        output, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        return as_output(output, return_dict)
+    call = L.bert_model_call
 
 
 class TFRobertaLMHead(L.LMHead):
@@ -146,9 +138,7 @@ class TFRobertaForCausalLM(TFGenerationMixin, _TFRobertaLMHeadModel):
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                  encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         logits = self.lm_head(body.last_hidden_state)
         output = TFCausalLMOutputWithCrossAttentions(
             loss=L.causal_lm_loss(logits, labels) if labels is not None else None, logits=logits,
@@ -183,8 +173,7 @@ class TFRobertaForMaskedLM(_TFRobertaLMHeadModel):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
              training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         return L.token_head_output(TFMaskedLMOutput, self.lm_head(body.last_hidden_state), labels, body, return_dict)
 
 
@@ -205,14 +194,7 @@ class TFRobertaForSequenceClassification(TFRobertaPreTrainedModel):
         self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
         self.classifier = TFRobertaClassificationHead(config, name="classifier")
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
-             training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        logits = self.classifier(body.last_hidden_state, training=training)
-        return L.sequence_head_output(logits, labels, self.config, body, return_dict)
+    call = L.bert_sequence_classification_call
 
 
 class TFRobertaForMultipleChoice(TFRobertaPreTrainedModel):
@@ -237,8 +219,7 @@ class TFRobertaForMultipleChoice(TFRobertaPreTrainedModel):
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = L.flatten_choices(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
+        body, return_dict = self._encode(locals())
         pooled = self.dropout(body.pooler_output, training=training)
         return L.choice_head_output(self.classifier(pooled), num_choices, labels, body, return_dict)
 
@@ -253,14 +234,7 @@ class TFRobertaForTokenClassification(TFRobertaPreTrainedModel):
         self.dropout = keras.layers.Dropout(L.classifier_dropout_rate(config))
         self.classifier = L.dense(config.num_labels, config)
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
-             training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        logits = self.classifier(self.dropout(body.last_hidden_state, training=training))
-        return L.token_head_output(TFTokenClassifierOutput, logits, labels, body, return_dict)
+    call = L.bert_token_classification_call
 
 
 class TFRobertaForQuestionAnswering(TFRobertaPreTrainedModel):
@@ -274,23 +248,4 @@ class TFRobertaForQuestionAnswering(TFRobertaPreTrainedModel):
         self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
         self.qa_outputs = L.dense(config.num_labels, config)
 
-    @unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-             inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-             start_positions=None, end_positions=None, training=False):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds)
-        body, return_dict = self._encode(inputs, output_attentions, output_hidden_states, return_dict, training)
-        logits = self.qa_outputs(body.last_hidden_state)
-        return L.span_head_output(logits, start_positions, end_positions, body, return_dict)
-
-
-__all__ = [
-    "TFRobertaPreTrainedModel",
-    "TFRobertaModel",
-    "TFRobertaForCausalLM",
-    "TFRobertaForMaskedLM",
-    "TFRobertaForSequenceClassification",
-    "TFRobertaForMultipleChoice",
-    "TFRobertaForTokenClassification",
-    "TFRobertaForQuestionAnswering",
-]
+    call = L.bert_question_answering_call

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .hypotheses import _BeamScorer, beam_output, follow_beams
+from .hypotheses import _BeamScorer, follow_beams
 from .processors import _as_list
 from .records import _Recorder
 
@@ -51,7 +51,4 @@ def beam_search(model, input_ids, config, processors, warpers, criteria, batch_s
                                                        beam_idx, next_tokens, trails)
         if scorer.is_done or bool(criteria(input_ids, record.scores).all()):
             break
-    sequences, sequence_scores, beam_indices = scorer.finalize(
-        input_ids, beam_scores, config.pad_token_id, eos, criteria.max_length, trails, prompt_len
-    )
-    return beam_output(config, is_encoder_decoder, sequences, sequence_scores, beam_indices, record, model_kwargs)
+    return scorer.results(model, config, criteria, input_ids, beam_scores, trails, prompt_len, record, model_kwargs)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .hypotheses import _assemble, _Hypotheses, beam_output, follow_beams
+from .hypotheses import _assemble, _BeamScorer, follow_beams
 from .processors import _as_list
 from .records import _Recorder
 
@@ -46,6 +46,16 @@ def _is_id_list(value) -> bool:
 
 # ===================================================================================================
 # Constraints
+
+
+def _twin(cls, constraint, stateful: bool, progress: tuple):
+    """A new ``cls`` of ``constraint``'s tokens; with ``stateful`` it also takes the attributes named in
+    ``progress`` (the same objects, not copies)."""
+    twin = cls(constraint.token_ids)
+    if stateful:
+        for name in progress:
+            setattr(twin, name, getattr(constraint, name))
+    return twin
 
 
 class Constraint(abc.ABC):
@@ -147,11 +157,7 @@ class PhrasalConstraint(Constraint):
         return self.seqlen - (self.fulfilled_idx + 1)
 
     def copy(self, stateful: bool = False) -> "PhrasalConstraint":
-        twin = PhrasalConstraint(self.token_ids)
-        if stateful:
-            twin.fulfilled_idx = self.fulfilled_idx
-            twin.completed = self.completed
-        return twin
+        return _twin(PhrasalConstraint, self, stateful, ("fulfilled_idx", "completed"))
 
 
 class DisjunctiveTrie:
@@ -234,14 +240,10 @@ class DisjunctiveConstraint(Constraint):
         return 0 if self.completed else self.seqlen - len(self.current_seq)
 
     def copy(self, stateful: bool = False) -> "DisjunctiveConstraint":
-        twin = DisjunctiveConstraint(self.token_ids)
-        if stateful:
-            # The reference's copy shares the progress list with the original rather than copying it, so
-            # advancing one copy also advances its siblings (observable when a trie branches after a
-            # matched prefix). Kept as is: the beams chosen depend on it.
-            twin.current_seq = self.current_seq
-            twin.completed = self.completed
-        return twin
+        # The reference's copy shares the progress list with the original rather than copying it, so
+        # advancing one copy also advances its siblings (observable when a trie branches after a
+        # matched prefix). Kept as is: the beams chosen depend on it.
+        return _twin(DisjunctiveConstraint, self, stateful, ("current_seq", "completed"))
 
 
 class ConstraintListState:
@@ -390,7 +392,7 @@ def _check_vocabulary(constraints: list[Constraint], vocab_size: int) -> None:
 # The scorer
 
 
-class ConstrainedBeamSearchScorer:
+class ConstrainedBeamSearchScorer(_BeamScorer):
     """Beam bookkeeping of constrained beam search, for ``batch_size`` prompts of ``num_beams`` beams."""
 
     def __init__(self, batch_size: int, num_beams: int, constraints: list[Constraint], length_penalty=1.0,
@@ -400,16 +402,8 @@ class ConstrainedBeamSearchScorer:
                 f"num_beams: constrained beam search (force_words_ids / constraints) needs an int > 1, given "
                 f"{num_beams!r}"
             )
-        self.num_beams = num_beams
+        super().__init__(batch_size, num_beams, length_penalty, early_stopping, num_return_sequences, max_length)
         self.constraints = constraints
-        self.keep = num_return_sequences
-        self.hypotheses = [_Hypotheses(num_beams, length_penalty, early_stopping, max_length)
-                           for _ in range(batch_size)]
-        self.done = [False] * batch_size
-
-    @property
-    def is_done(self) -> bool:
-        return all(self.done)
 
     def _fresh_states(self, count: int) -> list[ConstraintListState]:
         return [ConstraintListState([c.copy() for c in self.constraints]) for _ in range(count)]
@@ -426,33 +420,17 @@ class ConstrainedBeamSearchScorer:
         the beams kept are then re-chosen by :meth:`_rebank` among them and the constraint-advancing
         continuations (``vocab_scores``: every token's cumulative score, one row per beam)."""
         cur_len = input_ids.shape[-1] + 1
-        batch_size = len(self.hypotheses)
         beams = self.num_beams
-        device = input_ids.device
-        next_scores = torch.zeros((batch_size, beams), dtype=scores.dtype, device=device)
-        next_tokens = torch.zeros((batch_size, beams), dtype=tokens.dtype, device=device)
-        next_indices = torch.zeros((batch_size, beams), dtype=indices.dtype, device=device)
+        running = next_scores, next_tokens, next_indices = self._empty_rows(scores, tokens, indices, input_ids.device)
         eos = _as_list(eos_token_id)
-        for b in range(batch_size):
+        for b in range(len(self.hypotheses)):
             if self.done[b]:
                 if eos_token_id is None or pad_token_id is None:
                     raise ValueError("pad_token_id and eos_token_id: needed to fill finished beams, given None")
                 next_tokens[b] = pad_token_id
                 continue
-            kept = 0
-            for rank, (token, score, index) in enumerate(zip(tokens[b].tolist(), scores[b], indices[b].tolist())):
-                source = b * beams + index
-                if token in eos:
-                    if rank >= beams:
-                        continue  # an ending less likely than num_beams continuations does not finish
-                    if self.meets_constraints(input_ids[source].tolist()):
-                        trail = beam_indices[source] + (source,) if beam_indices is not None else None
-                        self.hypotheses[b].add(input_ids[source].clone(), score.item(), trail, cur_len - prompt_len)
-                else:
-                    next_scores[b, kept], next_tokens[b, kept], next_indices[b, kept] = score, token, source
-                    kept += 1
-                if kept == beams:
-                    break
+            kept = self._choose(b, input_ids, scores, tokens, indices, eos, beam_indices, cur_len, prompt_len, running,
+                                finishes=self.meets_constraints)
             next_scores[b], next_tokens[b], next_indices[b] = self._rebank(
                 b, input_ids, vocab_scores, next_scores[b], next_tokens[b], next_indices[b]
             )
@@ -584,18 +562,4 @@ def constrained_beam_search(model, input_ids, config, processors, criteria, batc
                                                        beam_idx, next_tokens, trails)
         if scorer.is_done or bool(criteria(input_ids, record.scores).all()):
             break
-    sequences, sequence_scores, beam_indices = scorer.finalize(
-        input_ids, beam_scores, config.pad_token_id, eos, criteria.max_length, trails, prompt_len
-    )
-    return beam_output(config, is_encoder_decoder, sequences, sequence_scores, beam_indices, record, model_kwargs)
-
-
-__all__ = [
-    "Constraint",
-    "PhrasalConstraint",
-    "DisjunctiveConstraint",
-    "DisjunctiveTrie",
-    "ConstraintListState",
-    "ConstrainedBeamSearchScorer",
-    "constrained_beam_search",
-]
+    return scorer.results(model, config, criteria, input_ids, beam_scores, trails, prompt_len, record, model_kwargs)

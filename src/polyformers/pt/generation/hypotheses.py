@@ -66,35 +66,58 @@ class _BeamScorer:
         """From the 2 * num_beams (or more) best candidates of each prompt, sorted, keep num_beams running
         beams; candidates ending with an end-of-sequence token among the first num_beams become hypotheses."""
         cur_len = input_ids.shape[-1] + 1
-        batch_size = len(self.hypotheses)
-        beams = self.num_beams
-        next_scores = torch.zeros((batch_size, beams), dtype=scores.dtype, device=input_ids.device)
-        next_tokens = torch.zeros((batch_size, beams), dtype=tokens.dtype, device=input_ids.device)
-        next_indices = torch.zeros((batch_size, beams), dtype=indices.dtype, device=input_ids.device)
+        running = next_scores, next_tokens, next_indices = self._empty_rows(scores, tokens, indices, input_ids.device)
         eos = _as_list(eos_token_id)
-        for b in range(batch_size):
+        for b in range(len(self.hypotheses)):
             if self.done[b]:
                 if pad_token_id is None:
                     raise ValueError("pad_token_id: needed to fill finished beams, given None")
                 next_tokens[b] = pad_token_id
                 continue
-            kept = 0
-            for rank, (token, score, index) in enumerate(zip(tokens[b].tolist(), scores[b], indices[b].tolist())):
-                source = b * beams + index
-                if token in eos:
-                    if rank >= beams:
-                        continue  # an ending less likely than num_beams continuations does not finish
-                    trail = beam_indices[source] + (source,) if beam_indices is not None else None
-                    self.hypotheses[b].add(input_ids[source].clone(), score.item(), trail, cur_len - prompt_len)
-                else:
-                    next_scores[b, kept], next_tokens[b, kept], next_indices[b, kept] = score, token, source
-                    kept += 1
-                if kept == beams:
-                    break
-            if kept < beams:
-                raise ValueError(f"too many end-of-sequence candidates among {tokens[b].tolist()} to keep {beams} beams")
+            kept = self._choose(b, input_ids, scores, tokens, indices, eos, beam_indices, cur_len, prompt_len, running)
+            if kept < self.num_beams:
+                raise ValueError(
+                    f"too many end-of-sequence candidates among {tokens[b].tolist()} to keep {self.num_beams} beams"
+                )
             self.done[b] = self.hypotheses[b].is_done(scores[b].max().item(), cur_len, prompt_len)
         return next_scores.view(-1), next_tokens.view(-1), next_indices.view(-1)
+
+    def _empty_rows(self, scores, tokens, indices, device) -> tuple:
+        """Zeroed (batch, num_beams) scores, tokens and source rows of the running beams, to be filled."""
+        shape = (len(self.hypotheses), self.num_beams)
+        return tuple(torch.zeros(shape, dtype=like.dtype, device=device) for like in (scores, tokens, indices))
+
+    def _choose(self, b, input_ids, scores, tokens, indices, eos, beam_indices, cur_len, prompt_len, running,
+                finishes=None) -> int:
+        """Go through prompt ``b``'s sorted candidates: one ending with an end-of-sequence token among the
+        first num_beams becomes a hypothesis (if ``finishes``, given, accepts its sequence), the others fill
+        row ``b`` of ``running`` until num_beams are kept. Returns how many were kept."""
+        beams = self.num_beams
+        next_scores, next_tokens, next_indices = running
+        kept = 0
+        for rank, (token, score, index) in enumerate(zip(tokens[b].tolist(), scores[b], indices[b].tolist())):
+            source = b * beams + index
+            if token in eos:
+                if rank >= beams:
+                    continue  # an ending less likely than num_beams continuations does not finish
+                if finishes is None or finishes(input_ids[source].tolist()):
+                    trail = beam_indices[source] + (source,) if beam_indices is not None else None
+                    self.hypotheses[b].add(input_ids[source].clone(), score.item(), trail, cur_len - prompt_len)
+            else:
+                next_scores[b, kept], next_tokens[b, kept], next_indices[b, kept] = score, token, source
+                kept += 1
+            if kept == beams:
+                break
+        return kept
+
+    def results(self, model, config, criteria, input_ids, beam_scores, trails, prompt_len, record, model_kwargs):
+        """What a beam strategy returns once its loop ends: the best hypotheses (:meth:`finalize`) as
+        :func:`beam_output` gives them."""
+        sequences, sequence_scores, beam_indices = self.finalize(
+            input_ids, beam_scores, config.pad_token_id, config.eos_token_id, criteria.max_length, trails, prompt_len
+        )
+        is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        return beam_output(config, is_encoder_decoder, sequences, sequence_scores, beam_indices, record, model_kwargs)
 
     def finalize(self, input_ids, beam_scores, pad_token_id, eos_token_id, max_length, beam_indices, prompt_len):
         """Add the running beams of unfinished prompts as hypotheses; return the ``keep`` best of each prompt

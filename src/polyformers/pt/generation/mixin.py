@@ -31,6 +31,7 @@ import torch
 from ...generation_config import (
     UNSUPPORTED, FIELDS, GenerationConfig, reject_duplicate_processors, use_model_tokens, warper_plan,
 )
+from ..._shared import settings_for_call
 from ..cache import StaticCache
 from .assisted import assisted_generate
 from .beam_search import beam_search
@@ -39,33 +40,14 @@ from .contrastive import _is_contrastive, contrastive_search
 from .greedy import sample
 from .group_beam_search import group_beam_search
 from .processors import (
-    EncoderNoRepeatNGramLogitsProcessor,
-    EncoderRepetitionPenaltyLogitsProcessor,
-    EpsilonLogitsWarper,
-    EtaLogitsWarper,
-    ExponentialDecayLengthPenalty,
-    ForcedBOSTokenLogitsProcessor,
-    ForcedEOSTokenLogitsProcessor,
-    ForceTokensLogitsProcessor,
-    HammingDiversityLogitsProcessor,
-    InfNanRemoveLogitsProcessor,
-    LogitNormalization,
-    LogitsProcessorList,
-    MinLengthLogitsProcessor,
-    MinNewTokensLengthLogitsProcessor,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    PrefixConstrainedLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    SequenceBiasLogitsProcessor,
-    SuppressTokensAtBeginLogitsProcessor,
-    SuppressTokensLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    TypicalLogitsWarper,
-    UnbatchedClassifierFreeGuidanceLogitsProcessor,
-    _as_list,
+    EncoderNoRepeatNGramLogitsProcessor, EncoderRepetitionPenaltyLogitsProcessor, EpsilonLogitsWarper,
+    EtaLogitsWarper, ExponentialDecayLengthPenalty, ForcedBOSTokenLogitsProcessor, ForcedEOSTokenLogitsProcessor,
+    ForceTokensLogitsProcessor, HammingDiversityLogitsProcessor, InfNanRemoveLogitsProcessor, LogitNormalization,
+    LogitsProcessorList, MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor, NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor, PrefixConstrainedLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor, SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper,
+    UnbatchedClassifierFreeGuidanceLogitsProcessor, _as_list,
 )
 from .stopping import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StopStringCriteria, StoppingCriteriaList
 
@@ -289,9 +271,7 @@ class GenerationMixin:
             generation_config = current
         elif not isinstance(generation_config, GenerationConfig):
             raise TypeError(f"generation_config: expected a GenerationConfig, given {type(generation_config).__name__}")
-        config = copy.deepcopy(generation_config)
-        model_kwargs = config.update(**kwargs)
-        config.validate()
+        config, model_kwargs = settings_for_call(generation_config, kwargs)
         for name, mode in UNSUPPORTED.items():
             if getattr(config, name) != FIELDS[name][0]:
                 raise ValueError(f"{name}: {mode} is not supported by polyformers' generate, given {getattr(config, name)!r}")

@@ -92,8 +92,7 @@ class TopPLogitsWarper(LogitsWarper):
     def __init__(self, top_p: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1):
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected a number in (0, 1], given {top_p!r}")
-        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
-            raise ValueError(f"min_tokens_to_keep: expected an int >= 1, given {min_tokens_to_keep!r}")
+        _check_min_tokens(min_tokens_to_keep)
         self.top_p = float(top_p)
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
@@ -113,11 +112,7 @@ class TypicalLogitsWarper(LogitsWarper):
     until their probability reaches ``mass``."""
 
     def __init__(self, mass: float = 0.9, filter_value: float = -math.inf, min_tokens_to_keep: int = 1):
-        if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass < 1:
-            raise ValueError(f"typical_p: expected a number in (0, 1), given {mass!r}")
-        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
-            raise ValueError(f"min_tokens_to_keep: expected an int >= 1, given {min_tokens_to_keep!r}")
-        self.mass = float(mass)
+        self.mass = _check_cutoff("typical_p", mass, min_tokens_to_keep)
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
 
@@ -134,6 +129,11 @@ class TypicalLogitsWarper(LogitsWarper):
         return scores.masked_fill(drop, self.filter_value)
 
 
+def _check_min_tokens(min_tokens_to_keep) -> None:
+    if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep: expected an int >= 1, given {min_tokens_to_keep!r}")
+
+
 def _cut_below(scores: torch.Tensor, threshold: torch.Tensor, min_tokens_to_keep: int, filter_value: float):
     """Filters the tokens whose probability is below ``threshold``, except the ``min_tokens_to_keep`` best."""
     drop = scores.softmax(dim=-1) < threshold
@@ -144,8 +144,7 @@ def _cut_below(scores: torch.Tensor, threshold: torch.Tensor, min_tokens_to_keep
 def _check_cutoff(name: str, value, min_tokens_to_keep) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise ValueError(f"{name}: expected a number in (0, 1), given {value!r}")
-    if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
-        raise ValueError(f"min_tokens_to_keep: expected an int >= 1, given {min_tokens_to_keep!r}")
+    _check_min_tokens(min_tokens_to_keep)
     return float(value)
 
 

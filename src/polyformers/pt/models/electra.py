@@ -7,8 +7,6 @@ Module attribute names are the checkpoint keys of the reference checkpoints.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -19,11 +17,10 @@ from ...outputs import (
     ElectraForPreTrainingOutput,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, prepare_encoder_inputs
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -55,12 +52,14 @@ class ElectraPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_bert_weights(module, self.config.initializer_range)
+        L.init_normal_weights(module, self.config.initializer_range)
 
 
 class ElectraModel(ElectraPreTrainedModel):
     """The bare ELECTRA encoder (or decoder, with ``is_decoder``): hidden states, no head. When
     ``embedding_size`` differs from ``hidden_size`` the embeddings are projected up before the encoder."""
+
+    _input_embeddings = "embeddings.word_embeddings"
 
     def __init__(self, config: ElectraConfig):
         super().__init__(config)
@@ -70,28 +69,9 @@ class ElectraModel(ElectraPreTrainedModel):
         self.encoder = BertEncoder(config)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.embeddings.word_embeddings = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        head_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
-        past_key_values: Optional[tuple] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         config = self.config
         output_attentions, output_hidden_states, return_dict = L.output_flags(
             config, output_attentions, output_hidden_states, return_dict
@@ -181,6 +161,7 @@ class _ElectraLMHeadModel(ElectraPreTrainedModel):
     """Shared by the masked and causal generators: the LM head ties to the word embeddings."""
 
     _tied_weights_keys = ["generator_lm_head.weight"]
+    _output_embeddings = "generator_lm_head"
 
     def __init__(self, config: ElectraConfig):
         super().__init__(config)
@@ -188,12 +169,6 @@ class _ElectraLMHeadModel(ElectraPreTrainedModel):
         self.generator_predictions = ElectraGeneratorPredictions(config)
         self.generator_lm_head = L.Linear(config.embedding_size, config.vocab_size)
         self.post_init()
-
-    def get_output_embeddings(self):
-        return self.generator_lm_head
-
-    def set_output_embeddings(self, value):
-        self.generator_lm_head = value
 
 
 class ElectraForMaskedLM(_ElectraLMHeadModel):
@@ -206,8 +181,7 @@ class ElectraForMaskedLM(_ElectraLMHeadModel):
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(MaskedLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(MaskedLMOutput, logits, labels, body, return_dict, self.config)
 
 
 class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
@@ -233,9 +207,8 @@ class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
                             encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
                             output_attentions, output_hidden_states, return_dict=True)
         logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
-        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
-                             logits=logits)
+        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config,
+                                 L.causal_lm_loss)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
                                       **kwargs):
@@ -273,8 +246,7 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(body.last_hidden_state)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return L.head_output(SequenceClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.classifier_output(logits, labels, body, return_dict, self.config)
 
 
 class ElectraForTokenClassification(ElectraPreTrainedModel):
@@ -295,8 +267,7 @@ class ElectraForTokenClassification(ElectraPreTrainedModel):
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
 
 
 class ElectraForQuestionAnswering(ElectraPreTrainedModel):
@@ -341,18 +312,5 @@ class ElectraForMultipleChoice(ElectraPreTrainedModel):
                             head_mask, flat(inputs_embeds), output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.sequence_summary(body.last_hidden_state)).view(-1, num_choices)
-        loss = L.multiple_choice_loss(logits, labels) if labels is not None else None
-        return L.head_output(MultipleChoiceModelOutput, body, return_dict, self.config, loss=loss, logits=logits)
-
-
-__all__ = [
-    "ElectraPreTrainedModel",
-    "ElectraModel",
-    "ElectraForPreTraining",
-    "ElectraForCausalLM",
-    "ElectraForMaskedLM",
-    "ElectraForSequenceClassification",
-    "ElectraForTokenClassification",
-    "ElectraForQuestionAnswering",
-    "ElectraForMultipleChoice",
-]
+        return L.labelled_output(MultipleChoiceModelOutput, logits, labels, body, return_dict, self.config,
+                                 L.multiple_choice_loss)

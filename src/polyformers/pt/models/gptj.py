@@ -9,9 +9,8 @@ checkpoint keys of the reference checkpoints.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
-import torch
 from torch import nn
 
 from ...configs import GPTJConfig
@@ -114,6 +113,8 @@ class GPTJPreTrainedModel(PreTrainedModel):
 class GPTJModel(GPTJPreTrainedModel):
     """The bare GPT-J decoder: token embeddings, ``n_layer`` blocks, a final layer norm."""
 
+    _input_embeddings = "wte"
+
     def __init__(self, config: GPTJConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
@@ -124,60 +125,28 @@ class GPTJModel(GPTJPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.wte
-
-    def set_input_embeddings(self, value):
-        self.wte = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        cache_position: Optional[torch.LongTensor] = None,
-    ):
-        config = self.config
-        output_attentions, output_hidden_states, return_dict = L.output_flags(
-            config, output_attentions, output_hidden_states, return_dict
-        )
-        checkpointing = self.gradient_checkpointing and self.training
-        use_cache = (config.use_cache if use_cache is None else use_cache) and not checkpointing
-        inputs_embeds, cache, legacy, cache_position, key_length = L.decoder_inputs(
-            self.wte, config.vocab_size, input_ids, inputs_embeds, past_key_values, attention_mask, cache_position,
-            use_cache, output_attentions,
-        )
-        position_ids = cache_position[None] if position_ids is None else position_ids.to(inputs_embeds.device)
-        mask = L.decoder_self_attention_mask(attention_mask, cache_position, key_length, inputs_embeds.dtype,
-                                             explicit=output_attentions)
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, cache_position=None):
+        run = L.decoder_inputs(self, self.wte, input_ids, inputs_embeds, past_key_values, attention_mask,
+                               cache_position, use_cache, output_attentions, output_hidden_states, return_dict)
+        embeds = run.inputs_embeds
+        position_ids = run.cache_position[None] if position_ids is None else position_ids.to(embeds.device)
+        mask = L.decoder_self_attention_mask(attention_mask, run.cache_position, run.key_length, embeds.dtype,
+                                             explicit=run.output_attentions)
         rotation = self.rotary(position_ids)
 
-        hidden = inputs_embeds
+        hidden = embeds
         if token_type_ids is not None:
-            L.check_ids("token_type_ids", token_type_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
-            hidden = hidden + self.wte(token_type_ids.view(-1, inputs_embeds.shape[1]))
+            vocab_size = self.config.vocab_size
+            L.check_ids("token_type_ids", token_type_ids, vocab_size, f"vocab_size={vocab_size}")
+            hidden = hidden + self.wte(token_type_ids.view(-1, embeds.shape[1]))
         hidden = self.drop(hidden)
 
         hidden, all_hidden, all_attn = L.run_blocks(
-            self.h, hidden, (rotation, mask, cache, cache_position, output_attentions), checkpointing=checkpointing,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            self.h, hidden, (rotation, mask, run.cache, run.cache_position, run.output_attentions), run
         )
-        hidden = self.ln_f(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        if cache is not None and legacy:
-            cache = cache.to_legacy_cache()
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden, attentions=all_attn
-        )
-        return L.pack_output(output, return_dict)
+        return L.decoder_output(BaseModelOutputWithPast, self.ln_f(hidden), all_hidden, all_attn, run)
 
 
 class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
@@ -185,6 +154,7 @@ class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
     the input ids, shifted inside the loss; -100 is ignored."""
 
     _tied_weights_keys = ["lm_head.weight"]
+    _output_embeddings = "lm_head"
 
     def __init__(self, config: GPTJConfig):
         super().__init__(config)
@@ -192,35 +162,14 @@ class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
         self.lm_head = L.Linear(config.n_embd, config.vocab_size)
         self.post_init()
 
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        cache_position: Optional[torch.LongTensor] = None,
-        logits_to_keep: Union[int, torch.Tensor] = 0,
-    ):
-        body = self.transformer(
-            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache,
-            output_attentions, output_hidden_states, return_dict=True, cache_position=cache_position,
-        )
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, cache_position=None, logits_to_keep=0):
+        body = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                use_cache, output_attentions, output_hidden_states, True, cache_position)
         logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
-        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        return L.head_output(CausalLMOutputWithPast, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(CausalLMOutputWithPast, logits, labels, body, return_dict, self.config,
+                                 L.causal_lm_loss)
 
     prepare_inputs_for_generation = L.cached_decoder_generation_inputs
     _reorder_cache = staticmethod(reorder_legacy_or_cache)
@@ -237,24 +186,11 @@ class GPTJForSequenceClassification(GPTJPreTrainedModel):
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
-        body = self.transformer(
-            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache,
-            output_attentions, output_hidden_states, return_dict=True,
-        )
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        body = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                use_cache, output_attentions, output_hidden_states, return_dict=True)
         return L.last_token_classifier_output(self.score(body.last_hidden_state), input_ids, labels, body,
                                               return_dict, self.config)
 
@@ -269,31 +205,10 @@ class GPTJForQuestionAnswering(GPTJPreTrainedModel):
         self.qa_outputs = nn.Linear(config.n_embd, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        start_positions: Optional[torch.LongTensor] = None,
-        end_positions: Optional[torch.LongTensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
-        body = self.transformer(
-            input_ids, None, attention_mask, token_type_ids, position_ids, inputs_embeds, False,
-            output_attentions, output_hidden_states, return_dict=True,
-        )
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        body = self.transformer(input_ids, None, attention_mask, token_type_ids, position_ids, inputs_embeds, False,
+                                output_attentions, output_hidden_states, return_dict=True)
         return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
                              return_dict, self.config)
-
-
-__all__ = [
-    "GPTJPreTrainedModel",
-    "GPTJModel",
-    "GPTJForCausalLM",
-    "GPTJForSequenceClassification",
-    "GPTJForQuestionAnswering",
-]

@@ -19,11 +19,10 @@ from ...outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import BertIntermediate, BertOutput, init_bert_weights, prepare_encoder_inputs
+from ..bert import BertIntermediate, BertOutput, prepare_encoder_inputs
 from ..modeling import PreTrainedModel
 from ..unpad import Packing
 
@@ -96,10 +95,8 @@ class MPNetSelfAttention(nn.Module):
         super().__init__()
         L.attention_head_size(config.hidden_size, config.num_attention_heads)
         self.num_heads = config.num_attention_heads
-        self.q = L.Linear(config.hidden_size, config.hidden_size)
-        self.k = L.Linear(config.hidden_size, config.hidden_size)
-        self.v = L.Linear(config.hidden_size, config.hidden_size)
-        self.o = L.Linear(config.hidden_size, config.hidden_size)
+        # Four square projections: query, key, value and output, in the checkpoints' order.
+        self.q, self.k, self.v, self.o = (L.Linear(config.hidden_size, config.hidden_size) for _ in range(4))
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(self, hidden_states, bias, head_mask=None, output_attentions=False, packing: Optional[Packing] = None):
@@ -207,13 +204,15 @@ class MPNetPreTrainedModel(PreTrainedModel):
     base_model_prefix = "mpnet"
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_bert_weights(module, self.config.initializer_range)
+        L.init_normal_weights(module, self.config.initializer_range)
         if isinstance(module, MPNetLMHead):
             module.bias.data.zero_()
 
 
 class MPNetModel(MPNetPreTrainedModel):
     """The bare MPNet encoder: hidden states and, unless ``add_pooling_layer=False``, the pooled first token."""
+
+    _input_embeddings = "embeddings.word_embeddings"
 
     def __init__(self, config: MPNetConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -222,23 +221,8 @@ class MPNetModel(MPNetPreTrainedModel):
         self.pooler = MPNetPooler(config) if add_pooling_layer else None
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.embeddings.word_embeddings = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        head_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
         config = self.config
         output_attentions, output_hidden_states, return_dict = L.output_flags(
             config, output_attentions, output_hidden_states, return_dict
@@ -284,6 +268,7 @@ class MPNetForMaskedLM(MPNetPreTrainedModel):
     """Predicts masked tokens; labels of -100 are ignored by the loss."""
 
     _tied_weights_keys = ["lm_head.decoder.weight"]
+    _output_embeddings = "lm_head.decoder"
     # The alias of lm_head.bias (see MPNetLMHead), same values.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\.decoder\.bias$"]
 
@@ -292,12 +277,6 @@ class MPNetForMaskedLM(MPNetPreTrainedModel):
         self.mpnet = MPNetModel(config, add_pooling_layer=False)
         self.lm_head = MPNetLMHead(config)
         self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value):
-        self.lm_head.decoder = value
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None):
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of)
@@ -315,8 +294,7 @@ class MPNetForMaskedLM(MPNetPreTrainedModel):
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.lm_head(body.last_hidden_state)
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(MaskedLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(MaskedLMOutput, logits, labels, body, return_dict, self.config)
 
 
 class MPNetClassificationHead(L.ClassificationHead):
@@ -342,8 +320,7 @@ class MPNetForSequenceClassification(MPNetPreTrainedModel):
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.classifier(body.last_hidden_state)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return L.head_output(SequenceClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.classifier_output(logits, labels, body, return_dict, self.config)
 
 
 class MPNetForTokenClassification(MPNetPreTrainedModel):
@@ -363,8 +340,7 @@ class MPNetForTokenClassification(MPNetPreTrainedModel):
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
 
 
 class MPNetForQuestionAnswering(MPNetPreTrainedModel):
@@ -413,16 +389,5 @@ class MPNetForMultipleChoice(MPNetPreTrainedModel):
                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                           return_dict=True)
         logits = self.classifier(self.dropout(body.pooler_output)).view(-1, num_choices)
-        loss = L.multiple_choice_loss(logits, labels) if labels is not None else None
-        return L.head_output(MultipleChoiceModelOutput, body, return_dict, self.config, loss=loss, logits=logits)
-
-
-__all__ = [
-    "MPNetPreTrainedModel",
-    "MPNetModel",
-    "MPNetForMaskedLM",
-    "MPNetForSequenceClassification",
-    "MPNetForTokenClassification",
-    "MPNetForQuestionAnswering",
-    "MPNetForMultipleChoice",
-]
+        return L.labelled_output(MultipleChoiceModelOutput, logits, labels, body, return_dict, self.config,
+                                 L.multiple_choice_loss)

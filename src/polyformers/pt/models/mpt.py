@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,8 @@ class MptModel(MptPreTrainedModel):
     It computes what the reference 4.37 release computes for every config: the settings that release
     ignores (``MptConfig.ignored_settings``) are ignored here too, with one warning each."""
 
+    _input_embeddings = "wte"
+
     def __init__(self, config: MptConfig):
         _warn_ignored(config)
         super().__init__(config)
@@ -145,65 +147,34 @@ class MptModel(MptPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.wte
-
-    def set_input_embeddings(self, value):
-        self.wte = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        cache_position: Optional[torch.LongTensor] = None,
-    ):
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, inputs_embeds=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, position_ids=None,
+                cache_position=None):
         """``position_ids`` is accepted so that every causal LM takes the same decoding arguments; ALiBi
         depends only on distances between cache slots, which left padding does not change."""
-        config = self.config
-        output_attentions, output_hidden_states, return_dict = L.output_flags(
-            config, output_attentions, output_hidden_states, return_dict
-        )
-        checkpointing = self.gradient_checkpointing and self.training
-        use_cache = (config.use_cache if use_cache is None else use_cache) and not checkpointing
-        inputs_embeds, cache, legacy, cache_position, key_length = L.decoder_inputs(
-            self.wte, config.vocab_size, input_ids, inputs_embeds, past_key_values, attention_mask, cache_position,
-            use_cache, output_attentions,
-        )
-        if self._slopes is None or self._slopes.device != inputs_embeds.device:
+        run = L.decoder_inputs(self, self.wte, input_ids, inputs_embeds, past_key_values, attention_mask,
+                               cache_position, use_cache, output_attentions, output_hidden_states, return_dict)
+        embeds = run.inputs_embeds
+        if self._slopes is None or self._slopes.device != embeds.device:
             # A maximum exponent of 8 whatever attn_config.alibi_bias_max says, as in the reference release.
-            self._slopes = L.alibi_slopes(config.n_heads, 8, inputs_embeds.device)
+            self._slopes = L.alibi_slopes(self.config.n_heads, 8, embeds.device)
         # ALiBi needs an explicit bias, so the causal mask is explicit too, but for a decoding step
         # without padding, which needs none.
-        causal = L.decoder_self_attention_mask(attention_mask, cache_position, key_length, torch.float32,
-                                               explicit=inputs_embeds.shape[1] > 1 or output_attentions)
-        bias = L.alibi_bias(self._slopes, cache_position, key_length)
+        causal = L.decoder_self_attention_mask(attention_mask, run.cache_position, run.key_length, torch.float32,
+                                               explicit=embeds.shape[1] > 1 or run.output_attentions)
+        bias = L.alibi_bias(self._slopes, run.cache_position, run.key_length)
         if causal.bias is not None:
             # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
             # would round to -inf, and a fully masked (padding) row would turn into NaNs.
-            bias = (bias + causal.bias).clamp(min=torch.finfo(inputs_embeds.dtype).min)
-        bias = bias.to(inputs_embeds.dtype)
+            bias = (bias + causal.bias).clamp(min=torch.finfo(embeds.dtype).min)
+        bias = bias.to(embeds.dtype)
 
         # No embedding dropout: the reference ignores emb_pdrop.
         hidden, all_hidden, all_attn = L.run_blocks(
-            self.blocks, inputs_embeds, (bias, cache, cache_position, output_attentions), checkpointing=checkpointing,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            self.blocks, embeds, (bias, run.cache, run.cache_position, run.output_attentions), run
         )
-        hidden = self.norm_f(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        if cache is not None and legacy:
-            cache = cache.to_legacy_cache()
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden, past_key_values=cache, hidden_states=all_hidden, attentions=all_attn
-        )
-        return L.pack_output(output, return_dict)
+        return L.decoder_output(BaseModelOutputWithPastAndCrossAttentions, self.norm_f(hidden), all_hidden, all_attn,
+                                run)
 
 
 class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
@@ -212,6 +183,7 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
     release: the logits are not scaled."""
 
     _tied_weights_keys = ["lm_head.weight"]
+    _output_embeddings = "lm_head"
 
     def __init__(self, config: MptConfig):
         super().__init__(config)
@@ -219,35 +191,14 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
         self.lm_head = L.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        cache_position: Optional[torch.LongTensor] = None,
-        logits_to_keep: Union[int, torch.Tensor] = 0,
-    ):
-        body = self.transformer(
-            input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
-            output_hidden_states, return_dict=True, cache_position=cache_position,
-        )
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, inputs_embeds=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                position_ids=None, cache_position=None, logits_to_keep=0):
+        body = self.transformer(input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
+                                output_hidden_states, return_dict=True, cache_position=cache_position)
         logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
-        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
-                             logits=logits)
+        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config,
+                                 L.causal_lm_loss)
 
     prepare_inputs_for_generation = L.cached_decoder_generation_inputs
     _reorder_cache = staticmethod(reorder_legacy_or_cache)
@@ -264,22 +215,10 @@ class MptForSequenceClassification(MptPreTrainedModel):
         self.score = nn.Linear(config.d_model, config.num_labels, bias=False)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
-        body = self.transformer(
-            input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
-            output_hidden_states, return_dict=True,
-        )
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, inputs_embeds=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        body = self.transformer(input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
+                                output_hidden_states, return_dict=True)
         return L.last_token_classifier_output(self.score(body.last_hidden_state), input_ids, labels, body,
                                               return_dict, self.config)
 
@@ -299,25 +238,12 @@ class MptForTokenClassification(MptPreTrainedModel):
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Union[Cache, tuple, None] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
-        body = self.transformer(
-            input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
-            output_hidden_states, return_dict=True,
-        )
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, inputs_embeds=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        body = self.transformer(input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
+                                output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
 
 
 class MptForQuestionAnswering(MptPreTrainedModel):
@@ -329,30 +255,9 @@ class MptForQuestionAnswering(MptPreTrainedModel):
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        start_positions: Optional[torch.LongTensor] = None,
-        end_positions: Optional[torch.LongTensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
-        body = self.transformer(
-            input_ids, None, attention_mask, inputs_embeds, False, output_attentions, output_hidden_states,
-            return_dict=True,
-        )
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, start_positions=None,
+                end_positions=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        body = self.transformer(input_ids, None, attention_mask, inputs_embeds, False, output_attentions,
+                                output_hidden_states, return_dict=True)
         return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
                              return_dict, self.config)
-
-
-__all__ = [
-    "MptPreTrainedModel",
-    "MptModel",
-    "MptForCausalLM",
-    "MptForSequenceClassification",
-    "MptForTokenClassification",
-    "MptForQuestionAnswering",
-]

@@ -428,12 +428,8 @@ class PegasusDecoder(_PegasusStack):
                 hidden, probs, cross_probs, present = checkpoint(layer, *args, use_reentrant=False)
             else:
                 hidden, probs, cross_probs, present = layer(*args)
-            if use_cache:
-                cache += (present,)
-            if output_attentions:
-                all_attn += (probs,)
-                if all_cross is not None:
-                    all_cross += (cross_probs,)
+            cache, all_attn, all_cross = L.collect_layer_outputs(cache, all_attn, all_cross, present, probs,
+                                                                 cross_probs)
         hidden = self.layer_norm(hidden)
         if output_hidden_states:
             all_hidden += (hidden,)
@@ -516,24 +512,10 @@ class PegasusModel(PegasusPreTrainedModel):
         self.encoder.resize_position_embeddings(new_num_position_embeddings)
         self.decoder.resize_position_embeddings(new_num_position_embeddings)
 
-    def forward(
-        self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        decoder_input_ids: Optional[torch.Tensor] = None,
-        decoder_attention_mask: Optional[torch.Tensor] = None,
-        head_mask: Optional[torch.Tensor] = None,
-        decoder_head_mask: Optional[torch.Tensor] = None,
-        cross_attn_head_mask: Optional[torch.Tensor] = None,
-        encoder_outputs=None,
-        past_key_values: Optional[tuple] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        decoder_inputs_embeds: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+                past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
         output_attentions, output_hidden_states, return_dict = L.output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
@@ -567,6 +549,7 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
 
     _keys_to_ignore_on_load_missing = ["final_logits_bias"]
     _tied_weights_keys = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"]
+    _output_embeddings = "lm_head"
 
     def __init__(self, config: PegasusConfig):
         super().__init__(config)
@@ -581,12 +564,6 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
 
     def get_decoder(self):
         return self.model.get_decoder()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def get_position_embeddings(self) -> tuple:
         return self.model.get_position_embeddings()
@@ -605,25 +582,10 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
         self.register_buffer("final_logits_bias", bias)
         return embeddings
 
-    def forward(
-        self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        decoder_input_ids: Optional[torch.Tensor] = None,
-        decoder_attention_mask: Optional[torch.Tensor] = None,
-        head_mask: Optional[torch.Tensor] = None,
-        decoder_head_mask: Optional[torch.Tensor] = None,
-        cross_attn_head_mask: Optional[torch.Tensor] = None,
-        encoder_outputs=None,
-        past_key_values: Optional[tuple] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        decoder_inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+                past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
         if labels is not None:
             if use_cache:
                 logger.warning("use_cache=True is ignored when labels are given (training computes no cache)")
@@ -636,8 +598,7 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
             output_attentions, output_hidden_states, return_dict=True,
         )
         logits = self.lm_head(body.last_hidden_state) + self.final_logits_bias.to(body.last_hidden_state.dtype)
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(Seq2SeqLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(Seq2SeqLMOutput, logits, labels, body, return_dict, self.config)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -674,16 +635,12 @@ class PegasusDecoderWrapper(PegasusPreTrainedModel):
     """Holds the decoder under ``decoder`` so that a decoder-only model has the seq2seq checkpoint keys
     (``model.decoder.*``)."""
 
+    _input_embeddings = "decoder.embed_tokens"
+
     def __init__(self, config: PegasusConfig):
         super().__init__(config)
         self.decoder = PegasusDecoder(config)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.decoder.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.decoder.embed_tokens = value
 
     def forward(self, *args, **kwargs):
         return self.decoder(*args, **kwargs)
@@ -695,6 +652,7 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
     not shifted: pass the next tokens; -100 is ignored."""
 
     _tied_weights_keys = ["lm_head.weight"]
+    _output_embeddings = "lm_head"
 
     def __init__(self, config: PegasusConfig):
         # The decoder runs on its own: a private copy of the config says so without changing the caller's.
@@ -705,18 +663,6 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
         self.model = PegasusDecoderWrapper(config)
         self.lm_head = L.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.decoder.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.decoder.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def get_decoder(self):
         return self.model.decoder
@@ -730,30 +676,15 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
     def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
         self.model.decoder.resize_position_embeddings(new_num_position_embeddings)
 
-    def forward(
-        self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
-        head_mask: Optional[torch.Tensor] = None,
-        cross_attn_head_mask: Optional[torch.Tensor] = None,
-        past_key_values: Optional[tuple] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         body = self.model.decoder(
             input_ids, attention_mask, encoder_hidden_states, encoder_attention_mask, head_mask, cross_attn_head_mask,
             past_key_values, inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True,
         )
         logits = self.lm_head(body.last_hidden_state)
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
-                             logits=logits)
+        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
                                       **kwargs):
@@ -766,11 +697,3 @@ class PegasusForCausalLM(GenerationMixin, PegasusPreTrainedModel):
                 "use_cache": use_cache}
 
     _reorder_cache = staticmethod(reorder_legacy_or_cache)
-
-
-__all__ = [
-    "PegasusPreTrainedModel",
-    "PegasusModel",
-    "PegasusForConditionalGeneration",
-    "PegasusForCausalLM",
-]

@@ -10,7 +10,6 @@ checkpoint keys of the reference checkpoints.
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 from torch import nn
@@ -21,11 +20,10 @@ from ...outputs import (
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, init_bert_weights, prepare_encoder_inputs
+from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, prepare_encoder_inputs
 from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
@@ -98,7 +96,7 @@ class RobertaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["RobertaEmbeddings", "RobertaSelfAttention"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_bert_weights(module, self.config.initializer_range)
+        L.init_normal_weights(module, self.config.initializer_range)
         if isinstance(module, RobertaLMHead):
             module.bias.data.zero_()
 
@@ -107,6 +105,8 @@ class RobertaModel(RobertaPreTrainedModel):
     """The bare RoBERTa encoder (or decoder, with ``is_decoder``; cross-attention with
     ``add_cross_attention``): hidden states and, with ``add_pooling_layer``, the pooled first token."""
 
+    _input_embeddings = "embeddings.word_embeddings"
+
     def __init__(self, config: RobertaConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = RobertaEmbeddings(config)
@@ -114,28 +114,9 @@ class RobertaModel(RobertaPreTrainedModel):
         self.pooler = RobertaPooler(config) if add_pooling_layer else None
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.embeddings.word_embeddings = value
-
-    def forward(
-        self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        head_mask: Optional[torch.Tensor] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
-        past_key_values: Optional[tuple] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         config = self.config
         output_attentions, output_hidden_states, return_dict = L.output_flags(
             config, output_attentions, output_hidden_states, return_dict
@@ -201,18 +182,13 @@ class _RobertaLMHeadModel(RobertaPreTrainedModel):
     """Shared by the masked and causal language models: the body without pooler, and the LM head."""
 
     _tied_weights_keys = ["lm_head.decoder.weight", "lm_head.decoder.bias"]
+    _output_embeddings = "lm_head.decoder"
 
     def __init__(self, config: RobertaConfig):
         super().__init__(config)
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         self.lm_head = RobertaLMHead(config)
         self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value):
-        self.lm_head.decoder = value
 
     def tie_weights(self) -> None:
         super().tie_weights()
@@ -250,9 +226,8 @@ class RobertaForCausalLM(GenerationMixin, _RobertaLMHeadModel):
                             encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
                             output_attentions, output_hidden_states, return_dict=True)
         logits = self.lm_head(body.last_hidden_state)
-        loss = L.causal_lm_loss(logits, labels) if labels is not None else None
-        return L.head_output(CausalLMOutputWithCrossAttentions, body, return_dict, self.config, loss=loss,
-                             logits=logits)
+        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config,
+                                 L.causal_lm_loss)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
         if attention_mask is None:
@@ -280,8 +255,7 @@ class RobertaForMaskedLM(_RobertaLMHeadModel):
                             encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.lm_head(body.last_hidden_state)
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(MaskedLMOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(MaskedLMOutput, logits, labels, body, return_dict, self.config)
 
 
 class RobertaClassificationHead(L.ClassificationHead):
@@ -308,8 +282,7 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(body.last_hidden_state)
-        loss = L.sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return L.head_output(SequenceClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.classifier_output(logits, labels, body, return_dict, self.config)
 
 
 class RobertaForMultipleChoice(RobertaPreTrainedModel):
@@ -340,8 +313,8 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
                             head_mask, flat(inputs_embeds), output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(body.pooler_output)).view(-1, num_choices)
-        loss = L.multiple_choice_loss(logits, labels) if labels is not None else None
-        return L.head_output(MultipleChoiceModelOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(MultipleChoiceModelOutput, logits, labels, body, return_dict, self.config,
+                                 L.multiple_choice_loss)
 
 
 class RobertaForTokenClassification(RobertaPreTrainedModel):
@@ -362,8 +335,7 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                             return_dict=True)
         logits = self.classifier(self.dropout(body.last_hidden_state))
-        loss = L.token_loss(logits, labels) if labels is not None else None
-        return L.head_output(TokenClassifierOutput, body, return_dict, self.config, loss=loss, logits=logits)
+        return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
 
 
 class RobertaForQuestionAnswering(RobertaPreTrainedModel):
@@ -384,15 +356,3 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
                             return_dict=True)
         return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
                              return_dict, self.config)
-
-
-__all__ = [
-    "RobertaPreTrainedModel",
-    "RobertaModel",
-    "RobertaForCausalLM",
-    "RobertaForMaskedLM",
-    "RobertaForSequenceClassification",
-    "RobertaForMultipleChoice",
-    "RobertaForTokenClassification",
-    "RobertaForQuestionAnswering",
-]
