@@ -8,9 +8,14 @@ divided by their count. Job (JSON on stdin): {"folder", "inputs" (npz), "smoothi
 """
 
 import json
+import runpy
 import sys
+from pathlib import Path
 
 import numpy as np
+
+# By path: tests/ on sys.path would let tests/flax shadow the flax package.
+flax_from_pt = runpy.run_path(str(Path(__file__).resolve().parents[1] / "_legacy_flax.py"))["flax_from_pt"]
 
 
 def main() -> None:
@@ -22,18 +27,7 @@ def main() -> None:
     from transformers import FlaxPegasusForConditionalGeneration
     from transformers.models.pegasus.modeling_flax_pegasus import shift_tokens_right
 
-    # Every parameter comes from the checkpoint: zeros of the right shapes replace 4.37's eager random
-    # initialisation (minutes on a small machine).
-    eager_init = FlaxPegasusForConditionalGeneration.init_weights
-
-    def cheap_init(self, rng, input_shape, params=None):
-        if params is not None:
-            return eager_init(self, rng, input_shape, params)
-        shapes = jax.eval_shape(lambda key: eager_init(self, key, input_shape), rng)
-        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    FlaxPegasusForConditionalGeneration.init_weights = cheap_init
-    model = FlaxPegasusForConditionalGeneration.from_pretrained(job["folder"], from_pt=True)
+    model = flax_from_pt(FlaxPegasusForConditionalGeneration, job["folder"])
     config = model.config
     data = dict(np.load(job["inputs"]))
     labels = data["labels"]

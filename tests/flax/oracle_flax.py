@@ -7,9 +7,14 @@ job = {"folder": checkpoint saved by PyTorch, "inputs": npz of input arrays, "ou
 """
 
 import json
+import runpy
 import sys
+from pathlib import Path
 
 import numpy as np
+
+# By path: tests/ on sys.path would let tests/flax shadow the flax package.
+flax_from_pt = runpy.run_path(str(Path(__file__).resolve().parents[1] / "_legacy_flax.py"))["flax_from_pt"]
 
 
 def main() -> None:
@@ -25,18 +30,7 @@ def main() -> None:
     data = dict(np.load(job["inputs"]))
     out = {}
     # Eager Flax compiles op by op (minutes on two cores); compiled calls are the documented use anyway.
-    # from_pt with _do_init=False fails in 4.37, and its eager random initialisation takes long on two
-    # cores; every parameter comes from the checkpoint, so zeros of the right shapes do instead.
-    eager_init = FlaxPegasusForConditionalGeneration.init_weights
-
-    def compiled_init(self, rng, input_shape, params=None):
-        if params is not None:
-            return eager_init(self, rng, input_shape, params)
-        shapes = jax.eval_shape(lambda key: eager_init(self, key, input_shape), rng)
-        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    FlaxPegasusForConditionalGeneration.init_weights = compiled_init
-    model = FlaxPegasusForConditionalGeneration.from_pretrained(job["folder"], from_pt=True)
+    model = flax_from_pt(FlaxPegasusForConditionalGeneration, job["folder"])
     params = model.params
     ids, mask, dec = data["input_ids"], data["attention_mask"], data["decoder_input_ids"]
     call = jax.jit(functools.partial(model.__call__, output_attentions=True, output_hidden_states=True))

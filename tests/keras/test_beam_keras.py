@@ -22,7 +22,7 @@ import polyformers as P
 from polyformers.keras import generation as G
 from polyformers.pt import generation as PG
 
-from .test_generation_keras import MASK, PAD, PROMPTS, TINY
+from .test_generation_keras import MASK, PAD, PROMPTS, TINY, perturbed_decoder
 
 NEW = 12
 START = PROMPTS.shape[1]
@@ -67,13 +67,7 @@ print("@@" + json.dumps(out))
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, legacy_python):
     folder = tmp_path_factory.mktemp("tf_beam")
-    torch.manual_seed(1)  # the draw of test_generation_keras: greedy and beam continuations vary
-    pt = P.RobertaForCausalLM(P.RobertaConfig(**TINY))
-    with torch.no_grad():
-        for param in pt.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    pt.eval()
-    pt.save_pretrained(folder)
+    pt = perturbed_decoder(folder)
     # The reference runs in its own interpreter while the tests below run.
     job = dict(folder=str(folder), prompts=PROMPTS.tolist(), mask=MASK.tolist(), new=NEW,
                cases={name: CASES.get(name) or REFERENCE_PROCESSORS.get(name)

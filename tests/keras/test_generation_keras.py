@@ -17,6 +17,8 @@ import torch
 
 import polyformers as P
 
+from ._family_common import perturbed_pt
+
 PAD, EOS = 1, 2
 TINY = dict(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -33,17 +35,17 @@ PROMPTS = np.array([
 MASK = (PROMPTS != PAD).astype(np.int64)
 
 
+def perturbed_decoder(folder):
+    """The tiny RoBERTa decoder of the Keras generation tests, with perturbed random weights, saved to
+    ``folder``. Seed 1: a draw whose greedy, beam and contrastive continuations vary (tiny random models
+    often repeat one token)."""
+    return perturbed_pt("RobertaForCausalLM", P.RobertaConfig(**TINY), folder, seed=1)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tf_generation")
-    torch.manual_seed(1)  # a draw whose greedy continuations vary (tiny random models often repeat one token)
-    pt = P.RobertaForCausalLM(P.RobertaConfig(**TINY))
-    with torch.no_grad():
-        for param in pt.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    pt.eval()
-    pt.save_pretrained(folder)
-    return pt, P.TFRobertaForCausalLM.from_pretrained(folder)
+    return perturbed_decoder(folder), P.TFRobertaForCausalLM.from_pretrained(folder)
 
 
 def _pt_greedy(pt, **settings):

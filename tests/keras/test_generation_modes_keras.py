@@ -25,7 +25,7 @@ import torch
 import polyformers as P
 from polyformers.keras import generation as G
 
-from .test_generation_keras import EOS, MASK, PAD, PROMPTS, TINY
+from .test_generation_keras import EOS, MASK, PAD, PROMPTS, TINY, perturbed_decoder
 
 NEW = 12
 START = PROMPTS.shape[1]
@@ -80,13 +80,7 @@ FALLBACK_REFUSED = {
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, legacy_python):
     folder = tmp_path_factory.mktemp("tf_modes")
-    torch.manual_seed(1)  # the draw of test_generation_keras: greedy and contrastive continuations vary
-    pt = P.RobertaForCausalLM(P.RobertaConfig(**TINY))
-    with torch.no_grad():
-        for param in pt.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    pt.eval()
-    pt.save_pretrained(folder)
+    pt = perturbed_decoder(folder)
     cases = {name: {"settings": dict(case, max_new_tokens=NEW, output_scores=True)} for name, case in CASES.items()}
     cases.update({name: {"settings": dict(case, max_new_tokens=NEW, output_scores=True), "model_generation_config": own}
                   for name, (case, own) in {**FALLBACK, **FALLBACK_REFUSED}.items()})

@@ -17,7 +17,10 @@ import torch
 
 import polyformers as P
 
-from .test_roberta_keras import ATOL, _assert_close, _flatten, _legacy_outputs, _run, _run_legacy
+from ._family_common import (
+    ALL, ATOL, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_jit_equals_eager, assert_same_outputs,
+    family_tests, load_reference_h5, mlm_labels_and_head_mask, padded_batch,
+)
 
 PAD = 1
 TINY = dict(
@@ -29,22 +32,13 @@ B, S = 4, 9
 
 def _arrays() -> dict[str, np.ndarray]:
     rng = np.random.RandomState(2)
-    ids = rng.randint(3, TINY["vocab_size"], (B, S))
-    ids[:, 0] = 0
-    mask = np.ones((B, S), dtype=np.int64)
-    mask[1, 6:] = 0  # right padding
-    mask[2, :3] = 0  # left padding: real tokens still start at position PAD + 1
-    ids[mask == 0] = PAD
+    ids, mask = padded_batch(rng, 3, TINY["vocab_size"], 0, PAD)  # after left padding, positions start at PAD + 1
     ids[3, 4] = PAD  # a pad id the mask keeps
     long_ids = rng.randint(3, TINY["vocab_size"], (2, 36))
     long_mask = np.ones((2, 36), dtype=np.int64)
     long_mask[1, 20:] = 0
     long_ids[long_mask == 0] = PAD
-    mlm = np.full((B, S), -100)
-    mlm[:, 2] = ids[:, 2]
-    mlm[0, 4] = 7
-    head_mask = np.ones((2, 4), dtype=np.float32)
-    head_mask[0, 1], head_mask[1, 3] = 0.0, 0.5
+    mlm, head_mask = mlm_labels_and_head_mask(ids)
     return dict(
         ids=ids, mask=mask, mlm=mlm, head_mask=head_mask, long_ids=long_ids, long_mask=long_mask,
         embeds=rng.randn(B, S, TINY["hidden_size"]).astype(np.float32),
@@ -59,7 +53,6 @@ def _arrays() -> dict[str, np.ndarray]:
 BASE = {"input_ids": "@ids", "attention_mask": "@mask"}
 EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
 
-ALL = 99
 # name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
 # head_mask)
 CASES = {
@@ -91,61 +84,9 @@ CASES = {
 }
 
 
-def _perturbed_pt(cls_name: str, config: dict, folder, seed: int):
-    torch.manual_seed(seed)
-    model = getattr(P, cls_name)(P.MPNetConfig(**config))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    model.eval()
-    model.save_pretrained(folder)
-    return model
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, legacy_python):
-    root = tmp_path_factory.mktemp("tf_mpnet")
-    arrays = _arrays()
-    np.savez(root / "inputs.npz", **arrays)
-    pt_models, tf_models, runs = {}, {}, []
-    for seed, (name, (cls_name, config, calls, legacy)) in enumerate(CASES.items()):
-        pt_models[name] = _perturbed_pt(cls_name, config, root / name, seed)
-        tf_models[name] = getattr(P, "TF" + cls_name).from_pretrained(root / name)
-        if legacy:
-            runs.append({"name": name, "cls": "TF" + cls_name, "folder": str(root / name), "from_pt": True,
-                         "calls": calls[:legacy]})
-    tf_models["token"].save_pretrained(root / "ours_token")
-    runs.append({"name": "pt_reads_ours", "cls": "MPNetForTokenClassification", "folder": str(root / "ours_token"),
-                 "calls": CASES["token"][2]})
-    # The reference's TF heads carry a pooler of their own: its h5 holds weights our heads do not use.
-    runs[[r["name"] for r in runs].index("masked_lm")]["save_h5"] = str(root / "h5_masked_lm")
-    runs.append({"name": "bert", "cls": "TFBertModel", "calls": [], "save_h5": str(root / "h5_bert"),
-                 "config": {k: TINY[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                 "num_attention_heads", "intermediate_size")}})
-    kinds = _run_legacy(legacy_python, {"inputs": str(root / "inputs.npz"), "out": str(root / "out.npz"),
-                                        "runs": runs})
-    legacy = dict(np.load(root / "out.npz"))
-    return dict(root=root, arrays=arrays, pt=pt_models, tf=tf_models, legacy=legacy, legacy_kinds=kinds)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_polyformers_pytorch(world, name):
-    cls_name, _, calls, _ = CASES[name]
-    tf_model = world["tf"][name]
-    assert type(tf_model).__name__ == "TF" + cls_name
-    expected, pt_kinds = _run(world["pt"][name], calls, world["arrays"], torch.as_tensor)
-    actual, tf_kinds = _run(tf_model, calls, world["arrays"])
-    assert [sorted(k) for k in tf_kinds] == [sorted(k) for k in pt_kinds]
-    _assert_close(expected, actual, name, reduce_loss=True)
-
-
-@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[3]])
-def test_matches_reference_tf_classes(world, name):
-    """The 4.37 TF class, loading the same PyTorch folder with from_pt=True: same fields in the same
-    order, same values, same loss shapes."""
-    actual, kinds = _run(world["tf"][name], CASES[name][2][:CASES[name][3]], world["arrays"])
-    assert kinds == world["legacy_kinds"][name]
-    _assert_close(_legacy_outputs(world, name), actual, f"{name} vs the 4.37 TF class")
+# The reference's TF heads carry a pooler of their own: the h5 it saves holds weights our heads do not use.
+world, test_matches_polyformers_pytorch, test_matches_reference_tf_classes, test_reference_pytorch_loads_our_save = \
+    family_tests("tf_mpnet", CASES, P.MPNetConfig, TINY, _arrays, ours=("token", len(CASES["token"][2])))
 
 
 def test_relative_buckets_equal_the_pytorch_ones():
@@ -158,29 +99,10 @@ def test_relative_buckets_equal_the_pytorch_ones():
     assert set(np.unique(ours)) == set(range(32)) - {16}  # offset 0 is never "after the query"
 
 
-def test_reference_pytorch_loads_our_save(world):
-    calls = CASES["token"][2]
-    ours, _ = _run(world["tf"]["token"], calls, world["arrays"])
-    _assert_close(_legacy_outputs(world, "pt_reads_ours"), ours, "4.37 MPNetForTokenClassification on our Keras save",
-                  reduce_loss=True)
-    again = P.MPNetForTokenClassification.from_pretrained(world["root"] / "ours_token")
-    mine, _ = _run(again, calls, world["arrays"], torch.as_tensor)
-    _assert_close(mine, ours, "our MPNetForTokenClassification on our Keras save", reduce_loss=True)
-
-
 def test_loads_reference_h5(world):
-    folder = world["root"] / "h5_masked_lm"
-    assert (folder / "tf_model.h5").exists() and not (folder / "model.safetensors").exists()
-    model, info = P.TFMPNetForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    info, bare_info = load_reference_h5(world, P.TFMPNetForMaskedLM, P.TFMPNetModel, "mpnet")
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []  # its unused pooler is expected
-    calls = CASES["masked_lm"][2]
-    expected, _ = _run(world["tf"]["masked_lm"], calls, world["arrays"])
-    actual, _ = _run(model, calls, world["arrays"])
-    _assert_close(expected, actual, "loaded from the reference's tf_model.h5")
-    bare, info = P.TFMPNetModel.from_pretrained(folder, output_loading_info=True)
-    assert info["missing_keys"] == []  # the reference's head kept the pooler the bare model needs
-    np.testing.assert_allclose(bare(world["arrays"]["ids"]).last_hidden_state,
-                               world["tf"]["masked_lm"].mpnet(world["arrays"]["ids"]).last_hidden_state, atol=ATOL)
+    assert bare_info["missing_keys"] == []  # the reference's head kept the pooler the bare model needs
 
 
 def test_h5_of_another_architecture_is_refused(world):
@@ -197,10 +119,7 @@ def test_input_formats_agree(world):
     positional = model(a["ids"], a["mask"], **positions)
     int32 = model(a["ids"].astype(np.int32), attention_mask=a["mask"].astype(np.int32),
                   start_positions=a["start"].astype(np.int32), end_positions=a["end"].astype(np.int32))
-    for other in (as_list, as_dict, positional, int32):
-        assert list(other.keys()) == ["loss", "start_logits", "end_logits"]
-        for key in other.keys():
-            np.testing.assert_array_equal(other[key], keywords[key])
+    assert_same_outputs(keywords, (as_list, as_dict, positional, int32), ["loss", "start_logits", "end_logits"])
 
 
 def test_bad_inputs_name_the_problem(world):
@@ -220,43 +139,20 @@ def test_bad_inputs_name_the_problem(world):
 
 
 def test_training_switches_dropout(world):
-    model = P.TFMPNetForTokenClassification(P.MPNetConfig(**dict(TINY, hidden_dropout_prob=0.3,
-                                                                attention_probs_dropout_prob=0.3)))
-    ids = world["arrays"]["ids"]
-    first, second = model(ids).logits, model(ids, training=False).logits
-    np.testing.assert_array_equal(first, second)
-    assert np.abs(np.asarray(model(ids, training=True).logits) - np.asarray(first)).max() > 1e-3
+    config = P.MPNetConfig(**dict(TINY, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3))
+    assert_dropout_only_in_training(P.TFMPNetForTokenClassification(config), world["arrays"]["ids"])
 
 
 def test_jit_compiled_forward_equals_eager(world):
-    import tensorflow as tf
-
-    model, a = world["tf"]["model"], world["arrays"]
-
-    @tf.function(jit_compile=True)
-    def forward(ids, mask):
-        return model(ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
-
-    eager = model(a["long_ids"], attention_mask=a["long_mask"], output_attentions=True, output_hidden_states=True)
-    compiled = forward(tf.constant(a["long_ids"]), tf.constant(a["long_mask"]))
-    expected, got = {}, {}
-    for key in eager.keys():
-        _flatten(eager[key], key, expected)
-        _flatten(compiled[key], key, got)
-    _assert_close(expected, got, "jit")
+    a = world["arrays"]
+    assert_jit_equals_eager(world["tf"]["model"], a["long_ids"], a["long_mask"], output_attentions=True,
+                            output_hidden_states=True)
 
 
 def test_fit_trains_with_labels_in_the_inputs(world):
-    import keras
-    import tensorflow as tf
-
     a = world["arrays"]
     model = P.TFMPNetForTokenClassification.from_pretrained(world["root"] / "token")
-    assert isinstance(model, tf.keras.Model)
-    model.compile(optimizer=keras.optimizers.Adam(5e-3))
-    data = {"input_ids": a["ids"], "attention_mask": a["mask"], "labels": a["tok"]}
-    losses = model.fit(data, batch_size=B, epochs=8, verbose=0).history["loss"]
-    assert losses[-1] < losses[0] * 0.8, losses
+    assert_fit_lowers_loss(model, {"input_ids": a["ids"], "attention_mask": a["mask"], "labels": a["tok"]}, B)
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,19 @@ Inputs hold real padding (right, left, a pad id inside a row): RoBERTa derives p
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import polyformers as P
 
-ORACLE = Path(__file__).with_name("_legacy_tf_oracle.py")
-ATOL = 1e-4
+from ._family_common import (
+    ALL, ATOL, assert_close, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_same_outputs,
+    family_tests, flatten_fields, load_reference_h5, mlm_labels_and_head_mask, padded_batch,
+)
+
 PAD = 1
 TINY = dict(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -32,12 +32,7 @@ B, S = 4, 9
 
 def _arrays() -> dict[str, np.ndarray]:
     rng = np.random.RandomState(0)
-    ids = rng.randint(3, TINY["vocab_size"], (B, S))
-    ids[:, 0] = 0
-    mask = np.ones((B, S), dtype=np.int64)
-    mask[1, 6:] = 0  # right padding
-    mask[2, :3] = 0  # left padding: real tokens still start at position PAD + 1
-    ids[mask == 0] = PAD
+    ids, mask = padded_batch(rng, 3, TINY["vocab_size"], 0, PAD)  # after left padding, positions start at PAD + 1
     ids[3, 4] = PAD  # a pad id the mask keeps
     right = mask.copy()
     right[2] = 1
@@ -46,11 +41,7 @@ def _arrays() -> dict[str, np.ndarray]:
     dec_ids[3, 4] = 7
     types = np.zeros((B, S), dtype=np.int64)
     types[:, 5:] = 1
-    mlm = np.full((B, S), -100)
-    mlm[:, 2] = ids[:, 2]
-    mlm[0, 4] = 7
-    head_mask = np.ones((2, 4), dtype=np.float32)
-    head_mask[0, 1], head_mask[1, 3] = 0.0, 0.5
+    mlm, head_mask = mlm_labels_and_head_mask(ids)
     return dict(
         ids=ids, mask=mask, types=types, mlm=mlm, head_mask=head_mask,
         embeds=rng.randn(B, S, TINY["hidden_size"]).astype(np.float32),
@@ -71,7 +62,6 @@ BASE = {"input_ids": "@ids", "attention_mask": "@mask", "token_type_ids": "@type
 EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
 ENC = {"encoder_hidden_states": "@enc", "encoder_attention_mask": "@enc_mask"}
 
-ALL = 99
 # name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
 # head_mask, relative positions, untied LM head or multi-label loss)
 CASES = {
@@ -107,152 +97,12 @@ CASES = {
 }
 
 
-def _resolve(call: dict, arrays: dict, outputs: list, convert) -> dict:
-    args = {}
-    for name, value in call.items():
-        if isinstance(value, str) and value.startswith("@"):
-            args[name] = convert(arrays[value[1:]])
-        elif isinstance(value, str) and value.startswith("#"):
-            index, field = value[1:].split(".", 1)
-            args[name] = outputs[int(index)][field]
-        else:
-            args[name] = value
-    return args
-
-
-def _flatten(value, prefix: str, out: dict) -> None:
-    if isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            _flatten(item, f"{prefix}.{i}", out)
-    elif value is not None:
-        out[prefix] = value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-def _run(model, calls, arrays, convert=lambda a: a):
-    flat, outputs, kinds = {}, [], []
-    for i, call in enumerate(calls):
-        with torch.no_grad():
-            result = model(**_resolve(call, arrays, outputs, convert))
-        outputs.append(result)
-        items = enumerate(result) if isinstance(result, tuple) else result.items()
-        kinds.append([str(k) for k, _ in (enumerate(result) if isinstance(result, tuple) else result.items())])
-        for key, value in items:
-            _flatten(value, f"{i}.{key}", flat)
-    return flat, kinds
-
-
-def _assert_close(expected: dict, actual: dict, what: str, reduce_loss: bool = False) -> None:
-    assert sorted(expected) == sorted(actual), f"{what}: outputs differ: {sorted(expected)} vs {sorted(actual)}"
-    for key, ref in expected.items():
-        ours = actual[key]
-        if reduce_loss and ref.ndim == 0 and ours.shape != ref.shape:
-            ours = ours.mean()  # TF losses keep one value per example (or shape (1,)); PyTorch averages
-        assert ours.shape == ref.shape, f"{what}: {key} has shape {ours.shape}, expected {ref.shape}"
-        if np.issubdtype(ref.dtype, np.floating):
-            diff = float(np.abs(ours.astype(np.float64) - ref).max()) if ref.size else 0.0
-            assert diff <= ATOL, f"{what}: {key} differs by {diff:.3g}"
-        else:
-            np.testing.assert_array_equal(ours, ref, err_msg=f"{what}: {key}")
-
-
-def _perturbed_pt(cls_name: str, config: dict, folder: Path, seed: int):
-    torch.manual_seed(seed)
-    model = getattr(P, cls_name)(P.RobertaConfig(**config))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    model.eval()
-    model.save_pretrained(folder)
-    return model
-
-
-def _run_legacy(python: Path, job: dict) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run([str(python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True,
-                            env=env, timeout=600)
-    assert result.returncode == 0, f"reference run failed:\n{result.stderr[-4000:]}"
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, legacy_python):
-    import tensorflow as tf  # noqa: F401  (imported once here; the slow part of this module)
-
-    root = tmp_path_factory.mktemp("tf_roberta")
-    arrays = _arrays()
-    np.savez(root / "inputs.npz", **arrays)
-    pt_models, tf_models, runs = {}, {}, []
-    for seed, (name, (cls_name, config, calls, legacy)) in enumerate(CASES.items()):
-        pt_models[name] = _perturbed_pt(cls_name, config, root / name, seed)
-        tf_models[name] = getattr(P, "TF" + cls_name).from_pretrained(root / name)
-        if legacy:
-            runs.append({"name": name, "cls": "TF" + cls_name, "folder": str(root / name), "from_pt": True,
-                         "calls": calls[:legacy]})
-    # Our Keras save, read by the reference's PyTorch class; the reference's h5 save, read by ours.
-    tf_models["masked_lm"].save_pretrained(root / "ours_masked_lm")
-    runs.append({"name": "pt_reads_ours", "cls": "RobertaForMaskedLM", "folder": str(root / "ours_masked_lm"),
-                 "calls": CASES["masked_lm"][2][:2]})
-    runs[[r["name"] for r in runs].index("masked_lm")]["save_h5"] = str(root / "h5_masked_lm")
-    runs.append({"name": "bert", "cls": "TFBertModel", "calls": [], "save_h5": str(root / "h5_bert"),
-                 "config": {k: TINY[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                 "num_attention_heads", "intermediate_size")}})
-    kinds = _run_legacy(legacy_python, {"inputs": str(root / "inputs.npz"), "out": str(root / "out.npz"),
-                                        "runs": runs})
-    legacy = dict(np.load(root / "out.npz"))
-    return dict(root=root, arrays=arrays, pt=pt_models, tf=tf_models, legacy=legacy, legacy_kinds=kinds)
-
-
-def _legacy_outputs(world, name):
-    prefix = name + "."
-    found = {k[len(prefix):]: v for k, v in world["legacy"].items() if k.startswith(prefix)}
-    assert found, f"the reference run returned nothing for {name}"
-    return found
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_polyformers_pytorch(world, name):
-    cls_name, _, calls, _ = CASES[name]
-    tf_model = world["tf"][name]
-    assert type(tf_model).__name__ == "TF" + cls_name
-    expected, pt_kinds = _run(world["pt"][name], calls, world["arrays"], torch.as_tensor)
-    actual, tf_kinds = _run(tf_model, calls, world["arrays"])
-    assert [sorted(k) for k in tf_kinds] == [sorted(k) for k in pt_kinds]
-    _assert_close(expected, actual, name, reduce_loss=True)
-
-
-@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[3]])
-def test_matches_reference_tf_classes(world, name):
-    """The 4.37 TF class, loading the same PyTorch folder with from_pt=True: same fields in the same
-    order, same values, same loss shapes."""
-    actual, kinds = _run(world["tf"][name], CASES[name][2][:CASES[name][3]], world["arrays"])
-    assert kinds == world["legacy_kinds"][name]
-    _assert_close(_legacy_outputs(world, name), actual, f"{name} vs the 4.37 TF class")
-
-
-def test_reference_pytorch_loads_our_save(world):
-    calls = CASES["masked_lm"][2][:2]
-    ours, _ = _run(world["tf"]["masked_lm"], calls, world["arrays"])
-    reference = _legacy_outputs(world, "pt_reads_ours")
-    _assert_close(reference, ours, "4.37 RobertaForMaskedLM on our Keras save", reduce_loss=True)
-    again = P.RobertaForMaskedLM.from_pretrained(world["root"] / "ours_masked_lm")
-    mine, _ = _run(again, calls, world["arrays"], torch.as_tensor)
-    _assert_close(mine, ours, "our RobertaForMaskedLM on our Keras save", reduce_loss=True)
+world, test_matches_polyformers_pytorch, test_matches_reference_tf_classes, test_reference_pytorch_loads_our_save = \
+    family_tests("tf_roberta", CASES, P.RobertaConfig, TINY, _arrays, ours=("masked_lm", 2))
 
 
 def test_loads_reference_h5(world):
-    folder = world["root"] / "h5_masked_lm"
-    assert (folder / "tf_model.h5").exists() and not (folder / "model.safetensors").exists()
-    model = P.TFRobertaForMaskedLM.from_pretrained(folder)
-    calls = CASES["masked_lm"][2]
-    expected, _ = _run(world["tf"]["masked_lm"], calls, world["arrays"])
-    actual, _ = _run(model, calls, world["arrays"])
-    _assert_close(expected, actual, "loaded from the reference's tf_model.h5")
-    bare = P.TFRobertaModel.from_pretrained(folder)  # a head model's h5 into the bare model
-    np.testing.assert_allclose(
-        bare(world["arrays"]["ids"]).last_hidden_state,
-        world["tf"]["masked_lm"].roberta(world["arrays"]["ids"]).last_hidden_state, atol=ATOL,
-    )
+    load_reference_h5(world, P.TFRobertaForMaskedLM, P.TFRobertaModel, "roberta")
 
 
 def test_h5_of_another_architecture_is_refused(world):
@@ -269,10 +119,7 @@ def test_input_formats_agree(world):
     positional = model(a["ids"], a["mask"], a["types"], labels=a["mlm"])
     int32 = model(a["ids"].astype(np.int32), attention_mask=a["mask"], token_type_ids=a["types"].astype(np.int32),
                   labels=a["mlm"])
-    for other in (as_list, as_dict, positional, int32):
-        assert list(other.keys()) == ["loss", "logits"]
-        np.testing.assert_array_equal(other.logits, keywords.logits)
-        np.testing.assert_array_equal(other.loss, keywords.loss)
+    assert_same_outputs(keywords, (as_list, as_dict, positional, int32), ["loss", "logits"])
 
 
 def test_bad_inputs_name_the_problem(world):
@@ -293,12 +140,7 @@ def test_bad_inputs_name_the_problem(world):
 
 def test_training_switches_dropout(world):
     config = P.RobertaConfig(**dict(TINY, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3))
-    model = P.TFRobertaForMaskedLM(config)
-    ids = world["arrays"]["ids"]
-    first, second = model(ids).logits, model(ids, training=False).logits
-    np.testing.assert_array_equal(first, second)
-    trained = model(ids, training=True).logits
-    assert np.abs(np.asarray(trained) - np.asarray(first)).max() > 1e-3
+    assert_dropout_only_in_training(P.TFRobertaForMaskedLM(config), world["arrays"]["ids"])
 
 
 def test_decoder_steps_equal_the_full_pass(world):
@@ -332,23 +174,13 @@ def test_jit_compiled_forward_equals_eager(world):
     compiled = forward(tf.constant(a["dec_ids"]))
     assert list(compiled.keys()) == list(eager.keys())
     for key in ("logits", "attentions", "cross_attentions", "past_key_values"):
-        expected, got = {}, {}
-        _flatten(eager[key], key, expected)
-        _flatten(compiled[key], key, got)
-        _assert_close(expected, got, f"jit {key}")
+        assert_close(flatten_fields(eager, [key]), flatten_fields(compiled, [key]), f"jit {key}")
 
 
 def test_fit_trains_with_labels_in_the_inputs(world):
-    import keras
-
     a = world["arrays"]
     model = P.TFRobertaForSequenceClassification.from_pretrained(world["root"] / "seq")
-    assert isinstance(model, __import__("tensorflow").keras.Model)
-    model.compile(optimizer=keras.optimizers.Adam(5e-3))
-    data = {"input_ids": a["ids"], "attention_mask": a["mask"], "labels": a["seq3"]}
-    history = model.fit(data, batch_size=B, epochs=8, verbose=0)
-    losses = history.history["loss"]
-    assert losses[-1] < losses[0] * 0.8, losses
+    assert_fit_lowers_loss(model, {"input_ids": a["ids"], "attention_mask": a["mask"], "labels": a["seq3"]}, B)
 
 
 def test_same_classes_run_on_the_jax_backend(world):

@@ -132,11 +132,104 @@ def assert_same_outputs(expected: dict, actual: dict, what: str, atol: float = A
             assert torch.equal(ours, ref), f"{what}: {key} differs"
 
 
+def from_pretrained(name: str, folder) -> Any:
+    """polyformers' class ``name`` loaded from ``folder``: the default ``load`` of run_parity."""
+    import polyformers
+
+    return getattr(polyformers, name).from_pretrained(folder)
+
+
+def bert_style_extras(config: dict, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A head mask with one head off and one halved, and masked-LM labels at position 2 of every row (and
+    position 4 of row 0, with id 7), for the encoder families' cases."""
+    head_mask = torch.ones(config["num_hidden_layers"], config["num_attention_heads"])
+    head_mask[0, 1] = 0.0
+    head_mask[1, 3] = 0.5
+    mlm_labels = torch.full(ids.shape, -100)
+    mlm_labels[:, 2] = ids[:, 2]
+    mlm_labels[0, 4] = 7
+    return head_mask, mlm_labels
+
+
+def decoder_inputs(seed: int, vocab_size: int, batch: int = 3, length: int = 9):
+    """A generator seeded with ``seed`` (for the caller's further draws), ids from 3 up, and a mask with
+    row 1 padded on the right and row 2 on the left (the ids under the padding are left as drawn)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding
+    mask[2, :3] = 0  # left padding
+    return g, ids, mask
+
+
+def left_padded_batch(vocab_size: int, position_ids: bool = False) -> dict:
+    """The ids of ``decoder_inputs(3, vocab_size)`` with rows 1 and 2 padded on the left by 4 and 7 tokens
+    (pad id 0), their mask, and with ``position_ids`` the positions counted over real tokens only."""
+    _, ids, _ = decoder_inputs(3, vocab_size)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    batch = dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask)
+    if position_ids:
+        batch["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return batch
+
+
+def in_process_parity(label: str, cases: Callable[[], list]):
+    """A module fixture: run_parity of ``cases()`` against the installed reference, in this process;
+    gives (polyformers' models by case name, the folder of the checkpoints)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def parity(tmp_path_factory):
+        workdir = tmp_path_factory.mktemp(label)
+        return run_parity(cases(), workdir, None), workdir
+
+    return parity
+
+
+def load_full_and_half(cls, folder: Path, dtype: torch.dtype):
+    """``cls`` from ``folder`` in float32 and in ``dtype`` (every parameter of the latter in ``dtype``)."""
+    full = cls.from_pretrained(folder)
+    half = cls.from_pretrained(folder, dtype=dtype)
+    assert {p.dtype for p in half.parameters()} == {dtype}
+    return full, half
+
+
+def assert_checkpointing_keeps_gradients(model, ids, weight: Callable[[Any], torch.Tensor]) -> None:
+    """The gradient of ``weight(model)`` for a language-model loss is the same with gradient checkpointing
+    on as off (and not zero)."""
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing_enable() if enabled else model.gradient_checkpointing_disable()
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(weight(model).grad.clone())
+    model.gradient_checkpointing_disable()
+    model.eval()
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def assert_reference_reads_half_save(model, folder: Path, batch: dict, logits: torch.Tensor, tolerance) -> None:
+    """A half-precision polyformers model saved to ``folder`` keeps its dtype when the installed reference
+    loads it with dtype="auto", and gives ``logits`` within ``tolerance`` at the positions the mask keeps."""
+    import transformers
+
+    model.save_pretrained(folder)
+    reference = getattr(transformers, type(model).__name__).from_pretrained(folder, dtype="auto")
+    assert reference.dtype == model.dtype
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        theirs = reference(**batch).logits
+    assert (theirs[real].float() - logits[real].float()).abs().max() <= tolerance
+
+
 def run_parity(
     cases: list[Case],
     workdir: Path,
     legacy_python: Optional[Path],
-    load: Callable[[str, str], Any],
+    load: Callable[[str, str], Any] = from_pretrained,
     atol: float = ATOL,
     check_reverse: bool = True,
 ) -> dict[str, Any]:

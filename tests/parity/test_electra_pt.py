@@ -2,8 +2,7 @@
 
 import torch
 
-import polyformers
-from tests.parity.harness import Call, Case, FromCall, run_parity
+from tests.parity.harness import Call, Case, FromCall, bert_style_extras, run_parity
 
 TINY = dict(
     vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -27,15 +26,10 @@ def _cases():
     g, ids, mask, types = _inputs()
     base = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
     every = dict(base, output_attentions=True, output_hidden_states=True)
-    head_mask = torch.ones(TINY["num_hidden_layers"], TINY["num_attention_heads"])
-    head_mask[0, 1] = 0.0
-    head_mask[1, 3] = 0.5
+    head_mask, mlm_labels = bert_style_extras(TINY, ids)
     embeds = torch.randn(B, S, TINY["embedding_size"], generator=g)
     positions = torch.randint(0, TINY["max_position_embeddings"], (B, S), generator=g)
     rtd_labels = torch.randint(0, 2, (B, S), generator=g)
-    mlm_labels = torch.full((B, S), -100)
-    mlm_labels[:, 2] = ids[:, 2]
-    mlm_labels[0, 4] = 7
     seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
     cases = [
         Case("model_projected", "ElectraModel", "electra", TINY, [
@@ -102,13 +96,9 @@ def _decoder_cases():
     ]
 
 
-def _load(name, folder):
-    return getattr(polyformers, name).from_pretrained(folder)
-
-
 def test_electra_heads_match_reference(tmp_path, legacy_python):
-    run_parity(_cases(), tmp_path, legacy_python, _load)
+    run_parity(_cases(), tmp_path, legacy_python)
 
 
 def test_electra_decoder_and_cache_match_reference(tmp_path, legacy_python):
-    run_parity(_decoder_cases(), tmp_path, legacy_python, _load)
+    run_parity(_decoder_cases(), tmp_path, legacy_python)

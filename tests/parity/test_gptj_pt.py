@@ -3,10 +3,12 @@ in-process, on perturbed random weights, both directions; then decoding, padding
 
 import pytest
 import torch
-import transformers
 
 import polyformers
-from tests.parity.harness import Call, Case, FromCall, run_parity
+from tests.parity.harness import (
+    Call, Case, FromCall, assert_checkpointing_keeps_gradients, assert_reference_reads_half_save, decoder_inputs,
+    in_process_parity, left_padded_batch, load_full_and_half,
+)
 
 # rotary_dim 4 of head size 8: half of each head rotates, half passes through.
 TINY = dict(
@@ -16,17 +18,8 @@ TINY = dict(
 B, S = 3, 9
 
 
-def _inputs(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, TINY["vocab_size"], (B, S), generator=g)
-    mask = torch.ones(B, S, dtype=torch.long)
-    mask[1, 6:] = 0  # right padding
-    mask[2, :3] = 0  # left padding
-    return g, ids, mask
-
-
 def _cases():
-    g, ids, mask = _inputs()
+    g, ids, mask = decoder_inputs(0, TINY["vocab_size"], B, S)
     base = dict(input_ids=ids, attention_mask=mask)
     every = dict(base, output_attentions=True, output_hidden_states=True)
     positions = torch.randint(0, TINY["n_positions"], (B, S), generator=g)
@@ -73,14 +66,7 @@ def _cases():
     ]
 
 
-def _load(name, folder):
-    return getattr(polyformers, name).from_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("gptj")
-    return run_parity(_cases(), workdir, None, _load), workdir
+parity = in_process_parity("gptj", _cases)
 
 
 def test_gptj_classes_match_reference(parity):
@@ -89,21 +75,14 @@ def test_gptj_classes_match_reference(parity):
 
 
 def _left_padded_batch():
-    _, ids, _ = _inputs(3)
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :7] = 0
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, position_ids=positions)
+    return left_padded_batch(TINY["vocab_size"], position_ids=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, tmp_path):
     _, workdir = parity
     folder = workdir / "causal_lm"
-    full = polyformers.GPTJForCausalLM.from_pretrained(folder)
-    half = polyformers.GPTJForCausalLM.from_pretrained(folder, dtype=dtype)
-    assert {p.dtype for p in half.parameters()} == {dtype}
+    full, half = load_full_and_half(polyformers.GPTJForCausalLM, folder, dtype)
     batch = _left_padded_batch()
     real = batch["attention_mask"].bool()
     with torch.no_grad():
@@ -119,12 +98,7 @@ def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, t
         rows = real[:, None, :, None].expand_as(ref)
         assert ours.dtype == dtype and (ours.float() - ref)[rows].abs().max() <= 0.02
     # A half-precision save keeps its dtype and loads in the reference.
-    half.save_pretrained(tmp_path)
-    reference = transformers.GPTJForCausalLM.from_pretrained(tmp_path, dtype="auto")
-    assert reference.dtype == dtype
-    with torch.no_grad():
-        theirs = reference(**batch).logits
-    assert (theirs[real].float() - fused.logits[real].float()).abs().max() <= tolerance
+    assert_reference_reads_half_save(half, tmp_path, batch, fused.logits, tolerance)
 
 
 def test_half_precision_scores_do_not_overflow():
@@ -162,15 +136,6 @@ def test_sequence_classification_without_pad_token_refuses_batches():
 
 def test_gradient_checkpointing_gives_the_same_gradients(parity):
     models, _ = parity
-    model = models["causal_lm"]
-    ids = _inputs(4)[1]
-    grads = []
-    for enabled in (False, True):
-        model.zero_grad()
-        model.gradient_checkpointing_enable() if enabled else model.gradient_checkpointing_disable()
-        model.train()
-        model(input_ids=ids, labels=ids).loss.backward()
-        grads.append(model.transformer.h[0].attn.q_proj.weight.grad.clone())
-    model.gradient_checkpointing_disable()
-    model.eval()
-    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+    ids = decoder_inputs(4, TINY["vocab_size"], B, S)[1]
+    query = lambda model: model.transformer.h[0].attn.q_proj.weight  # noqa: E731
+    assert_checkpointing_keeps_gradients(models["causal_lm"], ids, query)

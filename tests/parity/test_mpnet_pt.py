@@ -5,7 +5,7 @@ import torch
 
 import polyformers
 from polyformers.pt.models.mpnet import relative_position_bucket
-from tests.parity.harness import Call, Case, run_parity
+from tests.parity.harness import Call, Case, bert_style_extras, run_parity
 
 TINY = dict(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -29,15 +29,10 @@ def _cases():
     g, ids, mask = _inputs()
     base = dict(input_ids=ids, attention_mask=mask)
     every = dict(base, output_attentions=True, output_hidden_states=True)
-    head_mask = torch.ones(TINY["num_hidden_layers"], TINY["num_attention_heads"])
-    head_mask[0, 1] = 0.0
-    head_mask[1, 3] = 0.5
+    head_mask, mlm_labels = bert_style_extras(TINY, ids)
     embeds = torch.randn(B, S, TINY["hidden_size"], generator=g)
     positions = torch.randint(0, TINY["max_position_embeddings"], (B, S), generator=g)
     square_mask = torch.tril(torch.ones(S, S, dtype=torch.long))[None].repeat(B, 1, 1)
-    mlm_labels = torch.full((B, S), -100)
-    mlm_labels[:, 2] = ids[:, 2]
-    mlm_labels[0, 4] = 7
     seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
     long_ids = torch.randint(3, TINY["vocab_size"], (2, 150), generator=g)
     long_mask = torch.ones(2, 150, dtype=torch.long)
@@ -88,12 +83,8 @@ def _cases():
     ]
 
 
-def _load(name, folder):
-    return getattr(polyformers, name).from_pretrained(folder)
-
-
 def test_mpnet_heads_match_reference(tmp_path, legacy_python):
-    run_parity(_cases(), tmp_path, legacy_python, _load)
+    run_parity(_cases(), tmp_path, legacy_python)
 
 
 def test_fast_attention_path_matches_explicit_one():

@@ -3,26 +3,19 @@ directions; then the settings the 4.37 reference ignores, decoding and dtypes.""
 
 import pytest
 import torch
-import transformers
 
 import polyformers
-from tests.parity.harness import Call, Case, FromCall, run_parity
+from tests.parity.harness import (
+    Call, Case, FromCall, assert_checkpointing_keeps_gradients, assert_reference_reads_half_save, decoder_inputs,
+    in_process_parity, left_padded_batch, load_full_and_half,
+)
 
 TINY = dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=99, pad_token_id=0)
 B, S = 3, 9
 
 
-def _inputs(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, TINY["vocab_size"], (B, S), generator=g)
-    mask = torch.ones(B, S, dtype=torch.long)
-    mask[1, 6:] = 0  # right padding
-    mask[2, :3] = 0  # left padding
-    return g, ids, mask
-
-
 def _cases():
-    g, ids, mask = _inputs()
+    g, ids, mask = decoder_inputs(0, TINY["vocab_size"], B, S)
     base = dict(input_ids=ids, attention_mask=mask)
     every = dict(base, output_attentions=True, output_hidden_states=True)
     embeds = torch.randn(B, S, TINY["d_model"], generator=g)
@@ -68,14 +61,7 @@ def _cases():
     ]
 
 
-def _load(name, folder):
-    return getattr(polyformers, name).from_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mpt")
-    return run_parity(_cases(), workdir, None, _load), workdir
+parity = in_process_parity("mpt", _cases)
 
 
 def test_mpt_classes_match_reference(parity):
@@ -84,20 +70,14 @@ def test_mpt_classes_match_reference(parity):
 
 
 def _left_padded_batch():
-    _, ids, _ = _inputs(3)
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :7] = 0
-    return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask)
+    return left_padded_batch(TINY["vocab_size"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, tmp_path):
     _, workdir = parity
     folder = workdir / "causal_lm"
-    full = polyformers.MptForCausalLM.from_pretrained(folder)
-    half = polyformers.MptForCausalLM.from_pretrained(folder, dtype=dtype)
-    assert {p.dtype for p in half.parameters()} == {dtype}
+    full, half = load_full_and_half(polyformers.MptForCausalLM, folder, dtype)
     batch = _left_padded_batch()
     real = batch["attention_mask"].bool()
     with torch.no_grad():
@@ -109,12 +89,7 @@ def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, t
         assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
         assert (out.logits[real].float() - expected[real]).abs().max() <= tolerance
     assert all(torch.isfinite(h).all() for h in outputs[1].hidden_states)
-    half.save_pretrained(tmp_path)
-    reference = transformers.MptForCausalLM.from_pretrained(tmp_path, dtype="auto")
-    assert reference.dtype == dtype
-    with torch.no_grad():
-        theirs = reference(**batch).logits
-    assert (theirs[real].float() - outputs[0].logits[real].float()).abs().max() <= tolerance
+    assert_reference_reads_half_save(half, tmp_path, batch, outputs[0].logits, tolerance)
 
 
 @pytest.mark.parametrize("option, value", [("alibi", False), ("prefix_lm", True), ("qk_ln", True),
@@ -180,15 +155,6 @@ def test_biased_config_loads_the_reference_checkpoint_unchanged(parity):
 
 def test_gradient_checkpointing_gives_the_same_gradients(parity):
     models, _ = parity
-    model = models["causal_lm"]
-    ids = _inputs(4)[1]
-    grads = []
-    for enabled in (False, True):
-        model.zero_grad()
-        model.gradient_checkpointing_enable() if enabled else model.gradient_checkpointing_disable()
-        model.train()
-        model(input_ids=ids, labels=ids).loss.backward()
-        grads.append(model.transformer.blocks[0].attn.Wqkv.weight.grad.clone())
-    model.gradient_checkpointing_disable()
-    model.eval()
-    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+    ids = decoder_inputs(4, TINY["vocab_size"], B, S)[1]
+    qkv = lambda model: model.transformer.blocks[0].attn.Wqkv.weight  # noqa: E731
+    assert_checkpointing_keeps_gradients(models["causal_lm"], ids, qkv)

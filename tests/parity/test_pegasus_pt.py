@@ -139,10 +139,6 @@ def _one_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
-def _load(name, folder):
-    return getattr(polyformers, name).from_pretrained(folder)
-
-
 def _close(actual, expected, what):
     diff = (actual - expected).abs().max().item()
     assert diff <= ATOL, f"{what} differs by {diff:.3g}"
@@ -178,7 +174,7 @@ def _check_encoder_outputs_reuse(model, case, expected):
 
 def test_pegasus_matches_reference(tmp_path, legacy_python):
     cases = _cases() + _causal_cases()
-    models = run_parity(cases, tmp_path, legacy_python, _load)
+    models = run_parity(cases, tmp_path, legacy_python)
     for case in cases:
         model = models[case.name]
         ours, _ = run_model(model, case.calls)

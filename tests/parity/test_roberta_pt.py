@@ -5,8 +5,7 @@ derives its positions from them."""
 
 import torch
 
-import polyformers
-from tests.parity.harness import Call, Case, FromCall, run_parity
+from tests.parity.harness import Call, Case, FromCall, bert_style_extras, run_parity
 
 PAD = 1
 TINY = dict(
@@ -34,14 +33,9 @@ def _cases():
     g, ids, mask, types = _inputs()
     base = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
     every = dict(base, output_attentions=True, output_hidden_states=True)
-    head_mask = torch.ones(TINY["num_hidden_layers"], TINY["num_attention_heads"])
-    head_mask[0, 1] = 0.0
-    head_mask[1, 3] = 0.5
+    head_mask, mlm_labels = bert_style_extras(TINY, ids)
     embeds = torch.randn(B, S, TINY["hidden_size"], generator=g)
     positions = torch.randint(0, TINY["max_position_embeddings"], (B, S), generator=g)
-    mlm_labels = torch.full((B, S), -100)
-    mlm_labels[:, 2] = ids[:, 2]
-    mlm_labels[0, 4] = 7
     seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
     choices = dict(input_ids=torch.stack([ids[:2], ids[2:]]), attention_mask=torch.stack([mask[:2], mask[2:]]))
     return [
@@ -136,12 +130,8 @@ def _decoder_cases():
     ]
 
 
-def _load(name, folder):
-    return getattr(polyformers, name).from_pretrained(folder)
-
-
 def test_roberta_heads_match_reference(tmp_path, legacy_python):
-    models = run_parity(_cases(), tmp_path, legacy_python, _load)
+    models = run_parity(_cases(), tmp_path, legacy_python)
     mlm = models["masked_lm"]
     assert mlm.lm_head.decoder.weight is mlm.roberta.embeddings.word_embeddings.weight
     assert mlm.lm_head.decoder.bias is mlm.lm_head.bias
@@ -151,4 +141,4 @@ def test_roberta_heads_match_reference(tmp_path, legacy_python):
 
 
 def test_roberta_decoder_and_cache_match_reference(tmp_path, legacy_python):
-    run_parity(_decoder_cases(), tmp_path, legacy_python, _load)
+    run_parity(_decoder_cases(), tmp_path, legacy_python)

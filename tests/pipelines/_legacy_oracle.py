@@ -10,9 +10,13 @@ msgpack) and returns its first output on ``probe``.
 
 import json
 import os
+import runpy
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# By path: tests/ on sys.path would let tests/flax shadow the flax package.
+flax_from_pt = runpy.run_path(str(Path(__file__).resolve().parents[1] / "_legacy_flax.py"))["flax_from_pt"]
 
 
 def plain(x):
@@ -36,27 +40,6 @@ def run_pipeline(spec):
         except Exception as err:  # the error itself is the reference's answer
             out.append({"error": f"{type(err).__name__}: {err}"})
     return out
-
-
-def flax_from_pt(cls, folder):
-    """from_pt without 4.37's eager random initialisation (minutes on two cores): every parameter comes
-    from the checkpoint, so zeros of the right shapes do instead."""
-    import jax
-    import jax.numpy as jnp
-
-    eager_init = cls.init_weights
-
-    def zeros_init(self, rng, input_shape, params=None):
-        if params is not None:
-            return eager_init(self, rng, input_shape, params)
-        shapes = jax.eval_shape(lambda key: eager_init(self, key, input_shape), rng)
-        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    cls.init_weights = zeros_init
-    try:
-        return cls.from_pretrained(folder, from_pt=True)
-    finally:
-        cls.init_weights = eager_init
 
 
 def run_save(spec):

@@ -1,9 +1,14 @@
-"""The reference side of tests/pt/test_generation_modes.py; runs in the reference's 4.37 environment.
+"""The reference side of the generate() tests in tests/pt/ (modes, constrained, Pegasus); runs in the
+reference's 4.37 environment, driven by tests/pt/_generation_common.py.
 
-Reads a job (JSON on stdin): tiny models to build (any 4.37 class, weights perturbed at random, a few
-tokens' output bias raised so that end-of-sequence tokens come up), each saved to a folder, and the
-``generate`` runs to make on them. Writes the returned tensors to ``<workdir>/generate.out.safetensors`` and
-prints a JSON summary (output class, keys, errors) as the last line of stdout.
+Reads a job (JSON on stdin): tiny models to build, each saved to a folder, and the ``generate`` runs to make
+on them. A model spec: ``cls`` and ``config_cls`` (4.37 class names), ``config``, ``seed``, ``perturb`` (the
+scale of the random noise added to every weight), ``boost`` (token -> factor for its output row, so that
+end-of-sequence tokens come up) and ``eos_bias`` (Pegasus: a random ``final_logits_bias`` with the end token
+raised by that much, or, without that bias, the end token's output row scaled by it). Constraint objects
+cannot travel as JSON: a run's ``constraints`` is a list of ``["phrasal", ids]`` / ``["disjunctive", [ids,
+...]]``. Writes the returned tensors to ``<workdir>/generate.out.safetensors`` and prints a JSON summary
+(output class, keys, errors) as the last line of stdout.
 """
 
 import json
@@ -20,6 +25,7 @@ if hasattr(transformers.modeling_utils, "is_torchdynamo_compiling"):
     transformers.modeling_utils.is_torchdynamo_compiling = lambda: False
 
 
+CONSTRAINTS = {"phrasal": transformers.PhrasalConstraint, "disjunctive": transformers.DisjunctiveConstraint}
 STATE_FIELDS = ("attentions", "decoder_attentions", "cross_attentions", "encoder_attentions", "hidden_states",
                 "decoder_hidden_states", "encoder_hidden_states")
 
@@ -52,6 +58,13 @@ def build(spec, workdir):
         head = model.get_output_embeddings().weight
         for token, factor in spec.get("boost", {}).items():
             head[int(token)] *= factor
+        if "eos_bias" in spec:
+            if hasattr(model, "final_logits_bias"):
+                bias = torch.randn_like(model.final_logits_bias) * 0.5
+                bias[0, config.eos_token_id] += spec["eos_bias"]
+                model.final_logits_bias.copy_(bias)
+            else:  # the causal model's head has no bias: make the end token's row more likely instead
+                head[config.eos_token_id] *= spec["eos_bias"]
     model.save_pretrained(os.path.join(workdir, spec["name"]))
     return model.eval()
 
@@ -68,6 +81,8 @@ def run(job):
             kwargs["sequence_bias"] = {tuple(ids): bias for ids, bias in kwargs["sequence_bias"]}
         if "assistant_model" in kwargs:  # the name of one of the job's models
             kwargs["assistant_model"] = models[kwargs["assistant_model"]]
+        if "constraints" in kwargs:
+            kwargs["constraints"] = [CONSTRAINTS[kind](ids) for kind, ids in kwargs["constraints"]]
         torch.manual_seed(case.get("seed", 0))
         try:
             result = models[case["model"]].generate(**kwargs)

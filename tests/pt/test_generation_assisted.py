@@ -12,30 +12,24 @@ polyformers' greedy decoding without assistance.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import polyformers
 from polyformers.pt.generation.assisted import PromptLookupCandidateGenerator, crop_cache
 from polyformers.pt.cache import DynamicCache, StaticCache
 
+from . import _generation_common as common
+from ._generation_common import ATOL, PAD, PEGASUS, ROBERTA, SCORES, SOURCE, assert_matches_reference
+from ._generation_common import assert_cache_holds_all_but_the_last_token
+from ._generation_common import one_thread, run_reference  # noqa: F401  (one_thread: an autouse fixture)
+
 ORACLE = Path(__file__).with_name("_generation_assisted_oracle.py")
-ATOL = 1e-4
-PAD = 0
-GPTJ = dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=3, n_head=4, rotary_dim=4, bos_token_id=1,
-            eos_token_id=2, pad_token_id=PAD, activation_function="gelu_new")
-MPT = dict(vocab_size=99, d_model=32, n_heads=4, n_layers=3, max_seq_len=64, pad_token_id=PAD, eos_token_id=3,
-           bos_token_id=1, use_cache=True)
-ROBERTA = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-               max_position_embeddings=64, is_decoder=True, pad_token_id=PAD)
-PEGASUS = dict(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-               decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=40,
-               pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD, forced_eos_token_id=1)
+# Three layers: their drafts keep the first one.
+GPTJ = dict(common.GPTJ, n_layer=3)
+MPT = dict(common.MPT, n_layers=3)
 MODELS = [
     dict(name="roberta", cls="RobertaForCausalLM", config_cls="RobertaConfig", seed=0, perturb=0.1, boost={"5": 1.5},
          quiet=[".layer.1."], config=ROBERTA),
@@ -56,8 +50,6 @@ MODELS = [
     dict(name="pegasus_draft", cls="PegasusForConditionalGeneration", config_cls="PegasusConfig",
          draft_of="pegasus", config=dict(PEGASUS, encoder_layers=1, decoder_layers=1)),
 ]
-AUTO = {"RobertaForCausalLM": "AutoModelForCausalLM", "GPTJForCausalLM": "AutoModelForCausalLM",
-        "MptForCausalLM": "AutoModelForCausalLM", "PegasusForConditionalGeneration": "AutoModelForSeq2SeqLM"}
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -76,11 +68,9 @@ def _tensors() -> dict[str, torch.Tensor]:
             "source_mask": source_mask, "two": two}
 
 
-SCORES = dict(return_dict_in_generate=True, output_scores=True)
 ONE = {"input_ids": "one"}
 PADDED = {"input_ids": "padded", "attention_mask": "padded_mask"}
 REPEATED = {"input_ids": "repeated"}
-SOURCE = {"input_ids": "source", "attention_mask": "source_mask"}
 CONSTANT_3 = {"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"}
 
 # name: (model, inputs, generate kwargs, assistant, assistant generation-config settings)
@@ -129,37 +119,14 @@ GREEDY = [name for name, (_, _, kwargs, _, _) in CASES.items()
           if not name.startswith("e_") and not kwargs.get("do_sample")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only wait on each other
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, legacy_python):
-    workdir = tmp_path_factory.mktemp("generation_assisted")
     tensors = _tensors()
-    save_file(tensors, str(workdir / "inputs.safetensors"))
-    job = {
-        "workdir": str(workdir), "tensors": str(workdir / "inputs.safetensors"), "models": MODELS,
-        "runs": [dict(name=name, model=model, inputs=inputs, kwargs=kwargs, assistant=assistant,
-                      assistant_settings=settings)
-                 for name, (model, inputs, kwargs, assistant, settings) in CASES.items()],
-    }
-    result = subprocess.run(
-        [str(legacy_python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, timeout=600,
-        env={"PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin",
-             "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    models = {spec["name"]: getattr(polyformers, AUTO[spec["cls"]]).from_pretrained(workdir / spec["name"])
-              for spec in MODELS}
-    for spec in MODELS:
-        assert type(models[spec["name"]]).__name__ == spec["cls"]
-    return summary, load_file(str(workdir / "generate.out.safetensors")), models, tensors
+    runs = [dict(name=name, model=model, inputs=inputs, kwargs=kwargs, assistant=assistant, assistant_settings=settings)
+            for name, (model, inputs, kwargs, assistant, settings) in CASES.items()]
+    summary, expected, models = run_reference(tmp_path_factory.mktemp("generation_assisted"), legacy_python, tensors,
+                                              MODELS, runs, oracle=ORACLE)
+    return summary, expected, models, tensors
 
 
 def _run(models, tensors, name, **extra):
@@ -179,29 +146,10 @@ def _run(models, tensors, name, **extra):
             setattr(helper.generation_config, key, value)
 
 
-def _assert_matches(summary, expected, name, result):
-    assert "error" not in summary[name], summary[name]
-    if isinstance(result, torch.Tensor):
-        assert summary[name] == {"type": "Tensor"}
-        result = {"sequences": result}
-    else:
-        assert {"type": type(result).__name__, "keys": list(result.keys())} == summary[name]
-    want = expected[f"{name}.sequences"]
-    assert torch.equal(result["sequences"], want), f"{name}:\n{result['sequences']}\nreference:\n{want}"
-    steps = sorted(int(k.split(".")[-1]) for k in expected if k.startswith(f"{name}.scores."))
-    assert len(steps) == len(result.get("scores") or ())
-    for i in steps:
-        want, got = expected[f"{name}.scores.{i}"], result["scores"][i]
-        assert got.shape == want.shape
-        finite = torch.isfinite(want)
-        assert torch.equal(finite, torch.isfinite(got)), f"{name}: step {i} bans other tokens"
-        assert torch.allclose(got[finite], want[finite], atol=ATOL), f"{name}: step {i} scores differ"
-
-
 @pytest.mark.parametrize("name", [n for n in CASES if not n.startswith("e_")])
 def test_generate_matches_reference(reference, name):
     summary, expected, models, tensors = reference
-    _assert_matches(summary, expected, name, _run(models, tensors, name))
+    assert_matches_reference(summary, expected, name, _run(models, tensors, name))
 
 
 @pytest.mark.parametrize("name", GREEDY)
@@ -290,11 +238,8 @@ def test_preallocated_cache_is_cropped(reference):
 
 def test_returned_cache_covers_all_but_the_last_token(reference):
     _, _, models, tensors = reference
-    result = _run(models, tensors, "a_gptj_scores")
-    assert result.past_key_values.get_seq_length() == result.sequences.shape[1] - 1
-    result = _run(models, tensors, "a_pegasus")
-    assert result.past_key_values[0][0].shape[2] == result.sequences.shape[1] - 1
-    assert result.past_key_values[0][2].shape[2] == tensors["source"].shape[1]
+    decoder_only, seq2seq = _run(models, tensors, "a_gptj_scores"), _run(models, tensors, "a_pegasus")
+    assert_cache_holds_all_but_the_last_token(decoder_only, seq2seq, tensors["source"].shape[1])
 
 
 def test_crop_cache_formats():

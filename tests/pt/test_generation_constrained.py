@@ -1,72 +1,32 @@
 """Constrained beam search, forced decoder ids and classifier-free guidance, against the reference's 4.37.
 
 The reference builds perturbed random tiny models (RoBERTa decoder, GPT-J, MPT, Pegasus), saves them and
-runs every case in one subprocess (tests/pt/_generation_constrained_oracle.py); polyformers loads the
+runs every case in one subprocess (tests/pt/_generation_modes_oracle.py); polyformers loads the
 folders and runs the same cases. Sequences must be identical, scores equal within 1e-4; cases where the
 reference raises must raise here too, with an error naming the argument.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import polyformers
 
-ORACLE = Path(__file__).with_name("_generation_constrained_oracle.py")
-ATOL = 1e-4
-PAD = 0
-MODELS = [
-    dict(name="roberta", cls="RobertaForCausalLM", config_cls="RobertaConfig", seed=0, perturb=0.1, boost={"5": 1.5},
-         config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=37, max_position_embeddings=64, is_decoder=True, pad_token_id=PAD)),
-    dict(name="gptj", cls="GPTJForCausalLM", config_cls="GPTJConfig", seed=1, perturb=0.2, boost={"2": 1.5},
-         config=dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, bos_token_id=1,
-                     eos_token_id=2, pad_token_id=PAD, activation_function="gelu_new")),
-    dict(name="mpt", cls="MptForCausalLM", config_cls="MptConfig", seed=2, perturb=0.2, boost={"3": 1.5},
-         config=dict(vocab_size=99, d_model=32, n_heads=4, n_layers=2, max_seq_len=64,
-                     pad_token_id=PAD, eos_token_id=3, bos_token_id=1, use_cache=True)),
-    dict(name="pegasus", cls="PegasusForConditionalGeneration", config_cls="PegasusConfig", seed=3, perturb=0.1,
-         boost={"1": 1.5},
-         config=dict(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                     decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=40,
-                     pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD, forced_eos_token_id=1)),
-]
-AUTO = {"RobertaForCausalLM": "AutoModelForCausalLM", "GPTJForCausalLM": "AutoModelForCausalLM",
-        "MptForCausalLM": "AutoModelForCausalLM", "PegasusForConditionalGeneration": "AutoModelForSeq2SeqLM"}
+from ._generation_common import IDS, LEFT, MODELS, PAD, SCORES, SOURCE, assert_matches_reference, prompt_tensors
+from ._generation_common import one_thread, run_reference  # noqa: F401  (one_thread: an autouse fixture)
 
 
 def _tensors() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, 99, (2, 5), generator=g)
-    left = torch.randint(10, 99, (3, 6), generator=g)
-    left_mask = torch.ones_like(left)
-    for row, pads in enumerate((0, 2, 4)):  # decoder-only prompts are padded on the left
-        left[row, :pads] = PAD
-        left_mask[row, :pads] = 0
-    source = torch.randint(2, 60, (3, 8), generator=g)
-    source_mask = torch.ones_like(source)
-    for row, length in enumerate((8, 5, 3)):  # sources are padded on the right
-        source[row, length:] = PAD
-        source_mask[row, length:] = 0
+    tensors = prompt_tensors(g)
     negative = torch.randint(10, 99, (2, 3), generator=g)
     negative_left = torch.randint(10, 99, (3, 4), generator=g)
     negative_left_mask = torch.ones_like(negative_left)
     negative_left[1, :1] = PAD
     negative_left_mask[1, :1] = 0
-    return {"ids": ids, "left": left, "left_mask": left_mask, "source": source, "source_mask": source_mask,
-            "negative": negative, "negative_left": negative_left, "negative_left_mask": negative_left_mask}
+    return dict(tensors, negative=negative, negative_left=negative_left, negative_left_mask=negative_left_mask)
 
-
-SCORES = dict(return_dict_in_generate=True, output_scores=True)
-IDS = {"input_ids": "ids"}
-LEFT = {"input_ids": "left", "attention_mask": "left_mask"}
-SOURCE = {"input_ids": "source", "attention_mask": "source_mask"}
 
 # name: (model, inputs, generate kwargs); "constraints" as ["phrasal", ids] / ["disjunctive", [ids, ...]]
 CASES = {
@@ -148,33 +108,12 @@ def _job_runs():
     return runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only wait on each other
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, legacy_python):
-    workdir = tmp_path_factory.mktemp("generation_constrained")
     tensors = _tensors()
-    save_file(tensors, str(workdir / "inputs.safetensors"))
-    job = {"workdir": str(workdir), "tensors": str(workdir / "inputs.safetensors"), "models": MODELS,
-           "runs": _job_runs()}
-    result = subprocess.run(
-        [str(legacy_python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, timeout=600,
-        env={"PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin",
-             "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    models = {spec["name"]: getattr(polyformers, AUTO[spec["cls"]]).from_pretrained(workdir / spec["name"])
-              for spec in MODELS}
-    for spec in MODELS:
-        assert type(models[spec["name"]]).__name__ == spec["cls"]
-    return summary, load_file(str(workdir / "generate.out.safetensors")), models, tensors
+    summary, expected, models = run_reference(tmp_path_factory.mktemp("generation_constrained"), legacy_python,
+                                              tensors, MODELS, _job_runs())
+    return summary, expected, models, tensors
 
 
 def _kwargs(kwargs: dict) -> dict:
@@ -189,35 +128,11 @@ def _generate(models, tensors, model, inputs, kwargs, **extra):
     return models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **_kwargs(kwargs), **extra)
 
 
-def _assert_matches(summary, expected, name, result):
-    assert "error" not in summary[name], summary[name]
-    if isinstance(result, torch.Tensor):
-        assert summary[name] == {"type": "Tensor"}
-        result = {"sequences": result}
-    else:
-        assert {"type": type(result).__name__, "keys": list(result.keys())} == summary[name]
-    want = expected[f"{name}.sequences"]
-    assert torch.equal(result["sequences"], want), f"{name}:\n{result['sequences']}\nreference:\n{want}"
-    for key in ("sequences_scores", "beam_indices"):
-        if f"{name}.{key}" in expected:
-            want, got = expected[f"{name}.{key}"], result[key]
-            assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=ATOL), key
-    steps = sorted(int(k.split(".")[-1]) for k in expected if k.startswith(f"{name}.scores."))
-    assert len(steps) == len(result.get("scores") or ())
-    for i in steps:
-        want, got = expected[f"{name}.scores.{i}"], result["scores"][i]
-        assert got.shape == want.shape
-        finite = torch.isfinite(want)
-        assert torch.equal(finite, torch.isfinite(got)), f"{name}: step {i} bans other tokens"
-        assert torch.equal(want[~finite], got[~finite]), f"{name}: step {i}"
-        assert torch.allclose(got[finite], want[finite], atol=ATOL), f"{name}: step {i} scores differ"
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_generate_matches_reference(reference, name):
     summary, expected, models, tensors = reference
     model, inputs, kwargs = CASES[name]
-    _assert_matches(summary, expected, name, _generate(models, tensors, model, inputs, kwargs))
+    assert_matches_reference(summary, expected, name, _generate(models, tensors, model, inputs, kwargs))
 
 
 @pytest.mark.parametrize("name", list(ERRORS))

@@ -9,66 +9,29 @@ with values within 1e-4 wherever they are defined (not at padding).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import polyformers
 
-ORACLE = Path(__file__).with_name("_generation_modes_oracle.py")
-ATOL = 1e-4
-PAD = 0
-MODELS = [
-    dict(name="roberta", cls="RobertaForCausalLM", config_cls="RobertaConfig", seed=0, perturb=0.1, boost={"5": 1.5},
-         config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=37, max_position_embeddings=64, is_decoder=True, pad_token_id=PAD)),
-    dict(name="gptj", cls="GPTJForCausalLM", config_cls="GPTJConfig", seed=1, perturb=0.2, boost={"2": 1.5},
-         config=dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, bos_token_id=1,
-                     eos_token_id=2, pad_token_id=PAD, activation_function="gelu_new")),
-    dict(name="mpt", cls="MptForCausalLM", config_cls="MptConfig", seed=2, perturb=0.2, boost={"3": 1.5},
-         config=dict(vocab_size=99, d_model=32, n_heads=4, n_layers=2, max_seq_len=64,
-                     pad_token_id=PAD, eos_token_id=3, bos_token_id=1, use_cache=True)),
-    dict(name="pegasus", cls="PegasusForConditionalGeneration", config_cls="PegasusConfig", seed=3, perturb=0.1,
-         boost={"1": 1.5},
-         config=dict(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                     decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=40,
-                     pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD, forced_eos_token_id=1)),
-]
+from ._generation_common import ATOL, IDS, LEFT, MODELS, PAD, SCORES, SOURCE, assert_matches_reference, prompt_tensors
+from ._generation_common import assert_cache_holds_all_but_the_last_token
+from ._generation_common import one_thread, run_reference  # noqa: F401  (one_thread: an autouse fixture)
+
+MODELS = list(MODELS)
 # The GPT-J above with its end token (2) raised further, so that every mode produces it early, and no pad
 # token in its config: for the cases where eos_token_id=None falls back to the model's own end token.
 MODELS.append(dict(MODELS[1], name="gptj_eos", boost={"2": 3.0},
                    config={k: v for k, v in MODELS[1]["config"].items() if k != "pad_token_id"}))
-AUTO = {"RobertaForCausalLM": "AutoModelForCausalLM", "GPTJForCausalLM": "AutoModelForCausalLM",
-        "MptForCausalLM": "AutoModelForCausalLM", "PegasusForConditionalGeneration": "AutoModelForSeq2SeqLM"}
 
 
 def _tensors() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, 99, (2, 5), generator=g)
-    left = torch.randint(10, 99, (3, 6), generator=g)
-    left_mask = torch.ones_like(left)
-    for row, pads in enumerate((0, 2, 4)):  # decoder-only prompts are padded on the left
-        left[row, :pads] = PAD
-        left_mask[row, :pads] = 0
-    source = torch.randint(2, 60, (3, 8), generator=g)
-    source_mask = torch.ones_like(source)
-    for row, length in enumerate((8, 5, 3)):  # sources are padded on the right
-        source[row, length:] = PAD
-        source_mask[row, length:] = 0
-    return {"ids": ids, "left": left, "left_mask": left_mask, "source": source, "source_mask": source_mask,
-            "one": ids[:1].clone(), "source_one": source[:1].clone(), "source_one_mask": source_mask[:1].clone(),
-            "second": ids[1:].clone()}
+    tensors = prompt_tensors(torch.Generator().manual_seed(0))
+    ids, source, source_mask = tensors["ids"], tensors["source"], tensors["source_mask"]
+    return dict(tensors, one=ids[:1].clone(), source_one=source[:1].clone(), source_one_mask=source_mask[:1].clone(),
+                second=ids[1:].clone())
 
 
-SCORES = dict(return_dict_in_generate=True, output_scores=True)
-IDS = {"input_ids": "ids"}
-LEFT = {"input_ids": "left", "attention_mask": "left_mask"}
-SOURCE = {"input_ids": "source", "attention_mask": "source_mask"}
 ONE = {"input_ids": "one"}
 SOURCE_ONE = {"input_ids": "source_one", "attention_mask": "source_one_mask"}
 CS = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=10)
@@ -148,11 +111,7 @@ CASES = {
 # end token (2 for gptj_eos, 1 for Pegasus), and pad_token_id=None by the model's pad token; the processors
 # (min_new_tokens here) see None. gptj_eos has no pad token: the loops that need one refuse, unless the call
 # passes one. eos_token_id=[] is 4.37's "no end token".
-FALLBACK_MODES = {
-    "greedy": {}, "sample": dict(do_sample=True), "beam": dict(num_beams=2), "beam_sample": dict(num_beams=2, do_sample=True),
-    "cs": dict(penalty_alpha=0.6, top_k=3), "gbs": dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0),
-    "constrained": dict(num_beams=2, force_words_ids=[[40]]),
-}
+FALLBACK_MODES = STATE_MODES  # every decoding mode
 FALLBACK = dict(max_new_tokens=10, eos_token_id=None, pad_token_id=PAD)
 NO_PAD = dict(max_new_tokens=10, eos_token_id=None, pad_token_id=None)
 SECOND = {"input_ids": "second"}
@@ -189,36 +148,14 @@ STATE_FIELDS = ("attentions", "decoder_attentions", "cross_attentions", "encoder
                 "decoder_hidden_states", "encoder_hidden_states")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only wait on each other
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, legacy_python):
-    workdir = tmp_path_factory.mktemp("generation_modes")
     tensors = _tensors()
-    save_file(tensors, str(workdir / "inputs.safetensors"))
-    job = {
-        "workdir": str(workdir), "tensors": str(workdir / "inputs.safetensors"), "models": MODELS,
-        "runs": [dict(name=name, model=model, inputs=inputs, kwargs=kwargs)
-                 for name, (model, inputs, kwargs) in ORACLE_CASES.items()],
-    }
-    result = subprocess.run(
-        [str(legacy_python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, timeout=600,
-        env={"PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin",
-             "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    models = {spec["name"]: getattr(polyformers, AUTO[spec["cls"]]).from_pretrained(workdir / spec["name"])
-              for spec in MODELS}
-    for spec in MODELS:
-        assert type(models[spec["name"]]).__name__ == spec["cls"]
-    return summary, load_file(str(workdir / "generate.out.safetensors")), models, tensors
+    runs = [dict(name=name, model=model, inputs=inputs, kwargs=kwargs)
+            for name, (model, inputs, kwargs) in ORACLE_CASES.items()]
+    summary, expected, models = run_reference(tmp_path_factory.mktemp("generation_modes"), legacy_python, tensors,
+                                              MODELS, runs)
+    return summary, expected, models, tensors
 
 
 def _run(models, tensors, name, **extra):
@@ -280,30 +217,9 @@ def _assert_states_match(summary, expected, name, result, tensors):
 
 
 def _assert_matches(summary, expected, name, result, tensors=None):
-    assert "error" not in summary[name], summary[name]
-    if isinstance(result, torch.Tensor):
-        assert summary[name] == {"type": "Tensor"}
-        result = {"sequences": result}
-    else:
-        assert {"type": type(result).__name__, "keys": list(result.keys())} == \
-            {key: summary[name][key] for key in ("type", "keys")}
-        if tensors is not None:
-            _assert_states_match(summary, expected, name, result, tensors)
-    want = expected[f"{name}.sequences"]
-    assert torch.equal(result["sequences"], want), f"{name}:\n{result['sequences']}\nreference:\n{want}"
-    for key in ("sequences_scores", "beam_indices"):
-        if f"{name}.{key}" in expected:
-            want, got = expected[f"{name}.{key}"], result[key]
-            assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=ATOL), key
-    steps = sorted(int(k.split(".")[-1]) for k in expected if k.startswith(f"{name}.scores."))
-    assert len(steps) == len(result.get("scores") or ())
-    for i in steps:
-        want, got = expected[f"{name}.scores.{i}"], result["scores"][i]
-        assert got.shape == want.shape
-        finite = torch.isfinite(want)
-        assert torch.equal(finite, torch.isfinite(got)), f"{name}: step {i} bans other tokens"
-        assert torch.equal(want[~finite], got[~finite]), f"{name}: step {i}"
-        assert torch.allclose(got[finite], want[finite], atol=ATOL), f"{name}: step {i} scores differ"
+    assert_matches_reference(summary, expected, name, result)
+    if tensors is not None and not isinstance(result, torch.Tensor):
+        _assert_states_match(summary, expected, name, result, tensors)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -324,12 +240,9 @@ def test_contrastive_cases_are_not_greedy(reference):
 
 def test_contrastive_search_cache_and_errors(reference):
     _, expected, models, tensors = reference
-    result = _run(models, tensors, "cs_gptj")
     # The returned cache covers every token but the last, as with the other strategies.
-    assert result.past_key_values.get_seq_length() == result.sequences.shape[1] - 1
-    result = _run(models, tensors, "cs_pegasus")
-    assert result.past_key_values[0][0].shape[2] == result.sequences.shape[1] - 1
-    assert result.past_key_values[0][2].shape[2] == tensors["source"].shape[1]
+    assert_cache_holds_all_but_the_last_token(_run(models, tensors, "cs_gptj"), _run(models, tensors, "cs_pegasus"),
+                                              tensors["source"].shape[1])
     with pytest.raises(ValueError, match="use_cache"):
         _run(models, tensors, "cs_roberta", use_cache=False)
 

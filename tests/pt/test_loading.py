@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import polyformers
 from polyformers import checkpoints
 
-from .tiny import TINY, electra_inputs
+from .tiny import TINY, auto_classes, electra_inputs
 
 LEGACY_SCRIPT = Path(__file__).with_name("_legacy_loading.py")
 
@@ -319,16 +319,7 @@ def test_legacy_gamma_beta_names_load(folders, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # auto classes and from_config
 
-AUTO = {
-    "AutoModel": "ElectraModel",
-    "AutoModelForPreTraining": "ElectraForPreTraining",
-    "AutoModelForCausalLM": "ElectraForCausalLM",
-    "AutoModelForMaskedLM": "ElectraForMaskedLM",
-    "AutoModelForSequenceClassification": "ElectraForSequenceClassification",
-    "AutoModelForTokenClassification": "ElectraForTokenClassification",
-    "AutoModelForQuestionAnswering": "ElectraForQuestionAnswering",
-    "AutoModelForMultipleChoice": "ElectraForMultipleChoice",
-}
+AUTO = auto_classes("Electra", "ElectraForPreTraining")
 
 
 @pytest.mark.parametrize("auto", sorted(AUTO))

@@ -8,84 +8,25 @@ Sequences and beam indices must be identical, scores equal within 1e-4.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import polyformers
 from polyformers.outputs import BaseModelOutput
 
-ATOL = 1e-4
+from ._generation_common import PEGASUS as TINY, SCORES, assert_matches_reference
+from ._generation_common import one_thread, run_reference  # noqa: F401  (one_thread: an autouse fixture)
+
 PAD, EOS, START = 0, 1, 0
-TINY = dict(
-    vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-    decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=40,
-    pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=START, forced_eos_token_id=EOS,
-)
+# ``eos_bias``: a random final_logits_bias with the end token raised by that much (the causal model, which
+# has no such bias, gets its end token's output row scaled by it instead).
 MODELS = [
     dict(name="s2s", cls="PegasusForConditionalGeneration", config=TINY, seed=0, eos_bias=2.5),
     dict(name="s2s_scaled", cls="PegasusForConditionalGeneration", config=dict(TINY, scale_embedding=True, d_model=24,
          decoder_layers=1), seed=1, eos_bias=2.0),
     dict(name="causal", cls="PegasusForCausalLM", config=TINY, seed=2, eos_bias=1.5),
 ]
-
-REFERENCE = r'''
-import json, os, sys
-import torch, transformers
-from safetensors.torch import load_file, save_file
-
-# The reference asks whether torch is compiling on every forward, which imports torch._dynamo (seconds);
-# nothing here compiles.
-transformers.modeling_utils.is_torchdynamo_compiling = lambda: False
-
-
-def build(spec, workdir):
-    config = transformers.PegasusConfig(**spec["config"])
-    torch.manual_seed(spec["seed"])
-    model = getattr(transformers, spec["cls"])(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-        if hasattr(model, "final_logits_bias"):
-            bias = torch.randn_like(model.final_logits_bias) * 0.5
-            bias[0, config.eos_token_id] += spec["eos_bias"]
-            model.final_logits_bias.copy_(bias)
-        else:  # the causal model's head has no bias: make the end token's embedding more likely instead
-            model.lm_head.weight[config.eos_token_id] *= spec["eos_bias"]
-    model.save_pretrained(os.path.join(workdir, spec["name"]))
-    return model.eval()
-
-
-job = json.load(sys.stdin)
-tensors = load_file(job["tensors"])
-models = {spec["name"]: build(spec, job["workdir"]) for spec in job["models"]}
-flat, summary = {}, {}
-for case in job["runs"]:
-    kwargs = {name: tensors[key] for name, key in case["inputs"].items()}
-    kwargs.update(case["kwargs"])
-    torch.manual_seed(case["seed"])
-    try:
-        result = models[case["model"]].generate(**kwargs)
-    except Exception as err:
-        summary[case["name"]] = {"error": f"{type(err).__name__}: {err}"}
-        continue
-    if isinstance(result, torch.Tensor):
-        result = {"sequences": result}
-        summary[case["name"]] = {"type": "Tensor"}
-    else:
-        summary[case["name"]] = {"type": type(result).__name__, "keys": list(result.keys())}
-    for key in ("sequences", "sequences_scores", "beam_indices"):
-        if result.get(key) is not None:
-            flat[f"{case['name']}.{key}"] = result[key].contiguous()
-    for i, step in enumerate(result.get("scores") or ()):
-        flat[f"{case['name']}.scores.{i}"] = step.contiguous()
-save_file(flat, os.path.join(job["workdir"], "generate.out.safetensors"))
-print(json.dumps(summary))
-'''
+MODELS = [dict(spec, config_cls="PegasusConfig", perturb=0.1) for spec in MODELS]
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -105,7 +46,6 @@ def _tensors() -> dict[str, torch.Tensor]:
             "head_mask": head_mask, "cross_head_mask": head_mask.flip(0)}
 
 
-SCORES = dict(return_dict_in_generate=True, output_scores=True)
 PADDED = {"input_ids": "padded", "attention_mask": "padded_mask"}
 SOURCE = {"input_ids": "source"}
 N = dict(max_new_tokens=10)
@@ -150,68 +90,23 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine threads wait on each other:
-    # one thread is many times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, legacy_python):
-    workdir = tmp_path_factory.mktemp("pegasus_generate")
     tensors = _tensors()
-    save_file(tensors, str(workdir / "inputs.safetensors"))
-    job = {
-        "workdir": str(workdir), "tensors": str(workdir / "inputs.safetensors"), "models": MODELS,
-        "runs": [dict(name=name, model=model, inputs=inputs, kwargs=kwargs, seed=seed)
-                 for name, (model, inputs, kwargs, seed) in CASES.items()],
-    }
-    script = workdir / "reference_generate.py"
-    script.write_text(REFERENCE)
-    result = subprocess.run([str(legacy_python), str(script)], input=json.dumps(job), capture_output=True, text=True,
-                            timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    auto = {"PegasusForConditionalGeneration": polyformers.AutoModelForSeq2SeqLM,
-            "PegasusForCausalLM": polyformers.AutoModelForCausalLM}
-    models = {spec["name"]: auto[spec["cls"]].from_pretrained(workdir / spec["name"]) for spec in MODELS}
-    for spec in MODELS:
-        assert type(models[spec["name"]]).__name__ == spec["cls"]
-    return summary, load_file(str(workdir / "generate.out.safetensors")), models, tensors
-
-
-def _run(model, inputs: dict, kwargs: dict, seed: int, tensors: dict):
-    torch.manual_seed(seed)
-    result = model.generate(**{name: tensors[key] for name, key in inputs.items()}, **kwargs)
-    if isinstance(result, torch.Tensor):
-        return {"type": "Tensor"}, {"sequences": result}
-    return {"type": type(result).__name__, "keys": list(result.keys())}, result
+    runs = [dict(name=name, model=model, inputs=inputs, kwargs=kwargs, seed=seed)
+            for name, (model, inputs, kwargs, seed) in CASES.items()]
+    summary, expected, models = run_reference(tmp_path_factory.mktemp("pegasus_generate"), legacy_python, tensors,
+                                              MODELS, runs)
+    return summary, expected, models, tensors
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_generate_matches_reference(reference, name):
     summary, expected, models, tensors = reference
     model, inputs, kwargs, seed = CASES[name]
-    assert "error" not in summary[name], summary[name]
-    kind, result = _run(models[model], inputs, kwargs, seed, tensors)
-    assert kind == summary[name]
-    sequences = expected[f"{name}.sequences"]
-    assert torch.equal(result["sequences"], sequences), f"{name}:\n{result['sequences']}\nreference:\n{sequences}"
-    for key in ("sequences_scores", "beam_indices"):
-        if f"{name}.{key}" in expected:
-            want, got = expected[f"{name}.{key}"], result[key]
-            assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=ATOL), key
-    steps = sorted(int(k.split(".")[-1]) for k in expected if k.startswith(f"{name}.scores."))
-    assert len(steps) == len(result.get("scores") or ())
-    for i in steps:
-        want, got = expected[f"{name}.scores.{i}"], result["scores"][i]
-        finite = torch.isfinite(want)
-        assert torch.equal(finite, torch.isfinite(got)), f"{name}: step {i} bans other tokens"
-        assert torch.allclose(got[finite], want[finite], atol=ATOL), f"{name}: step {i} scores differ"
+    torch.manual_seed(seed)
+    result = models[model].generate(**{arg: tensors[key] for arg, key in inputs.items()}, **kwargs)
+    assert_matches_reference(summary, expected, name, result)
 
 
 def test_cases_exercise_what_they_claim(reference):

@@ -17,6 +17,8 @@ import polyformers
 from polyformers.pt.layers import position_ids_after_padding as create_position_ids_from_input_ids
 from polyformers.pt.models.roberta import create_position_ids_from_inputs_embeds
 
+from .tiny import auto_classes
+
 TINY = dict(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
     max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
@@ -222,16 +224,7 @@ def test_lm_bias_stays_one_parameter(saved, tmp_path):
 # auto classes
 
 
-AUTO = {
-    "AutoModel": "RobertaModel",
-    "AutoModelForPreTraining": "RobertaForMaskedLM",
-    "AutoModelForCausalLM": "RobertaForCausalLM",
-    "AutoModelForMaskedLM": "RobertaForMaskedLM",
-    "AutoModelForSequenceClassification": "RobertaForSequenceClassification",
-    "AutoModelForTokenClassification": "RobertaForTokenClassification",
-    "AutoModelForQuestionAnswering": "RobertaForQuestionAnswering",
-    "AutoModelForMultipleChoice": "RobertaForMultipleChoice",
-}
+AUTO = auto_classes("Roberta", "RobertaForMaskedLM")
 
 
 @pytest.mark.parametrize("auto_name", sorted(AUTO))

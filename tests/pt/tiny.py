@@ -34,3 +34,15 @@ def labels_for(kind: str, inputs: dict) -> torch.Tensor:
         "positions": lambda: torch.randint(0, ids.shape[-1], (ids.shape[0],), generator=g),
         "choice": lambda: torch.randint(0, ids.shape[1], (ids.shape[0],), generator=g),
     }[kind]()
+
+
+HEADS = ("CausalLM", "MaskedLM", "SequenceClassification", "TokenClassification", "QuestionAnswering",
+         "MultipleChoice")
+
+
+def auto_classes(family: str, pretraining: str) -> dict:
+    """What each auto model class picks for an encoder family (written out here, not read from the
+    registry): ``AutoModelFor<head>`` -> ``<family>For<head>``, AutoModel -> ``<family>Model`` and
+    AutoModelForPreTraining -> ``pretraining``."""
+    return {"AutoModel": f"{family}Model", "AutoModelForPreTraining": pretraining,
+            **{f"AutoModelFor{head}": f"{family}For{head}" for head in HEADS}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -11,6 +10,8 @@ import torch
 from polyformers.serve.models import load_served_model
 from polyformers.serve.protocol import SamplingParams
 from polyformers.serve.scheduler import GenerationRequest, QueueFull
+
+from .collector import Collector
 
 PROMPTS = [
     "Hello world",
@@ -22,21 +23,6 @@ PROMPTS = [
     "Once upon a time",
 ]
 MAX_TOKENS = [20, 7, 33, 15, 1, 26, 12]
-
-
-class Collector:
-    def __init__(self):
-        self.events = []
-        self.done = threading.Event()
-
-    def __call__(self, event):
-        self.events.append(event)
-        if event.finish_reason is not None or event.error is not None:
-            self.done.set()
-
-    @property
-    def text(self) -> str:
-        return "".join(e.text for e in self.events)
 
 
 def _reference(served, ids, max_tokens):

@@ -3,7 +3,6 @@ on per-slot storage, and each request still gets what ``generate`` gives for its
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -12,6 +11,8 @@ import torch
 from polyformers.serve.models import load_served_model
 from polyformers.serve.protocol import SamplingParams
 from polyformers.serve.scheduler import GenerationRequest
+
+from .collector import Collector
 
 # Lengths from 2 to 40-odd tokens, so the encoder states of the rows differ widely in length.
 PROMPTS = [
@@ -28,21 +29,6 @@ PROMPTS = [
 ]
 # 300 is beyond the context (128 positions): that request ends when the decoder's positions run out.
 MAX_TOKENS = [20, 7, 33, 15, 1, 26, 12, 300, 9]
-
-
-class Collector:
-    def __init__(self):
-        self.events = []
-        self.done = threading.Event()
-
-    def __call__(self, event):
-        self.events.append(event)
-        if event.finish_reason is not None or event.error is not None:
-            self.done.set()
-
-    @property
-    def text(self) -> str:
-        return "".join(e.text for e in self.events)
 
 
 @pytest.fixture(scope="module")

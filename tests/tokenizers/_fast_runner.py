@@ -170,3 +170,29 @@ def run(spec: dict, lib: Any, sides: Iterable[str]) -> dict:
         else:
             results["calls"][call["id"]] = encode_value(value)
     return results
+
+
+def run_as_data(spec: dict, lib: Any, sides: Iterable[str]) -> dict:
+    """``run`` with warnings silenced, through a JSON round trip: both sides' answers then compare as plain
+    data (tuples become lists)."""
+    import json
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return json.loads(json.dumps(run(spec, lib, sides=sides)))
+
+
+def run_reference(legacy_python, script, spec: dict) -> dict:
+    """The JSON ``script`` prints when the 4.37 venv's interpreter runs it with ``spec`` on stdin."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([str(legacy_python), str(script)], input=json.dumps(spec), capture_output=True, text=True,
+                          env=env, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"reference run failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)

@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 from ._slow_runner import run_cases
+from ._spm_oracle import run_script
 
 HERE = Path(__file__).resolve().parent
 
 
 def run_oracle(legacy_python, vocab_file, cases, timeout=900):
     """Results of ``cases`` under the reference ElectraTokenizer (one subprocess for all of them)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.json")
-        env = dict(os.environ, PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="3")
-        env.pop("PYTHONPATH", None)  # the reference must not see polyformers
-        proc = subprocess.run(
-            [str(legacy_python), str(HERE / "_slow_oracle.py"), out],
-            input=json.dumps({"vocab_file": str(vocab_file), "cases": cases}),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"reference run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        with open(out, encoding="utf-8") as handle:
-            results = json.load(handle)
+    results = run_script(legacy_python, HERE / "_slow_oracle.py", {"vocab_file": str(vocab_file), "cases": cases},
+                         timeout)
     assert len(results) == len(cases)
     return results
 

@@ -42,18 +42,18 @@ def run_ours(spec: dict) -> dict:
 
 def run_reference(legacy_python, spec: dict, timeout: int = 600) -> dict:
     """The 4.37 reference's answers to ``spec`` (one subprocess)."""
+    return run_script(legacy_python, Path(__file__).resolve(), spec, timeout)
+
+
+def run_script(legacy_python, script: Path, job, timeout: int) -> object:
+    """Runs ``script`` with the 4.37 venv's interpreter, ``job`` as JSON on stdin; returns the JSON it
+    writes to the file named by its argv[1] (in a fresh temporary folder)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
         env = dict(os.environ, PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="3")
         env.pop("PYTHONPATH", None)  # the reference must not see polyformers
-        proc = subprocess.run(
-            [str(legacy_python), str(Path(__file__).resolve()), out],
-            input=json.dumps(spec),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
+        proc = subprocess.run([str(legacy_python), str(script), out], input=json.dumps(job), capture_output=True,
+                              text=True, timeout=timeout, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"reference run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         with open(out, encoding="utf-8") as handle:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -401,22 +400,10 @@ def _build_spec(assets: Path, work: Path, ids_for_decode: dict[str, list[list[in
     return {"tokenizers": tokenizers, "calls": calls, "loads": loads}
 
 
-def _run_oracle(legacy_python: Path, spec: dict) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TOKENIZERS_PARALLELISM="false")
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([str(legacy_python), str(ORACLE_SCRIPT)], input=json.dumps(spec), capture_output=True,
-                          text=True, env=env, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"reference run failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout)
-
-
 def _ours(spec: dict, sides) -> dict:
     import polyformers
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return json.loads(json.dumps(runner.run(spec, polyformers, sides=sides)))
+    return runner.run_as_data(spec, polyformers, sides)
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +417,7 @@ def results(assets: Path, legacy_python: Path, tmp_path_factory) -> dict:
     ids = {"gpt2": gpt2(texts[::2])["input_ids"]}
     spec = _build_spec(assets, work, ids)
     ours = _ours(spec, ("both", "ours"))
-    theirs = _run_oracle(legacy_python, spec)
+    theirs = runner.run_reference(legacy_python, ORACLE_SCRIPT, spec)
     late = _ours(spec, ("late",))
     return {"spec": spec, "ours": ours, "theirs": theirs, "late": late, "work": work}
 
@@ -502,13 +489,20 @@ def test_errors_are_expected_ones(results):
             assert "truncation" in message and "max_length" in message
 
 
+def _loaded(results, side: str, folder: str) -> tuple[list, list]:
+    """The ids of the calls on tokenizer ``load:<folder>`` (which ``side`` built without an error) and of
+    the calls giving what they should answer."""
+    name = f"load:{folder}"
+    assert "__error__" not in results[side]["tokenizers"][name], results[side]["tokenizers"][name]
+    load_ids = [c["id"] for c in results["spec"]["calls"] if c["id"].startswith(name + "/")]
+    expect_ids = [c["id"] for c in results["spec"]["calls"] if c["id"].startswith(f"expect:{folder}/")]
+    return load_ids, expect_ids
+
+
 @pytest.mark.parametrize("folder", ["ours-gpt2-added", "ours-gpt2-addedFast", "ours-roberta-realFast",
                                     "ours-gptjFast", "ours-neox"])
 def test_reference_loads_our_folders(results, folder):
-    name = f"load:{folder}"
-    assert "__error__" not in results["theirs"]["tokenizers"][name], results["theirs"]["tokenizers"][name]
-    load_ids = [c["id"] for c in results["spec"]["calls"] if c["id"].startswith(name + "/")]
-    expect_ids = [c["id"] for c in results["spec"]["calls"] if c["id"].startswith(f"expect:{folder}/")]
+    load_ids, expect_ids = _loaded(results, "theirs", folder)
     for got, want in zip(load_ids, expect_ids):
         _compare(results["theirs"]["calls"][got], results["ours"]["calls"][want], got)
 
@@ -516,10 +510,7 @@ def test_reference_loads_our_folders(results, folder):
 @pytest.mark.parametrize("folder", ["ref-gpt2-added", "ref-gpt2-addedFast", "ref-roberta-realFast",
                                     "ref-gptjFast", "ref-neox-prefix"])
 def test_we_load_reference_folders(results, folder):
-    name = f"load:{folder}"
-    assert "__error__" not in results["late"]["tokenizers"][name], results["late"]["tokenizers"][name]
-    load_ids = [c["id"] for c in results["spec"]["calls"] if c["id"].startswith(name + "/")]
-    expect_ids = [c["id"] for c in results["spec"]["calls"] if c["id"].startswith(f"expect:{folder}/")]
+    load_ids, expect_ids = _loaded(results, "late", folder)
     assert len(load_ids) == len(expect_ids) == 2
     for got, want in zip(load_ids, expect_ids):
         _compare(results["late"]["calls"][got], results["theirs"]["calls"][want], got)
