@@ -32,8 +32,8 @@ _export(
     "PegasusConfig",
 )
 _export(".outputs", "ModelOutput")
-_export(
-    ".tokenizers",
+# The tokenizer names exported here; polyformers.tokenizers builds its ``__all__`` from this list too.
+_TOKENIZER_EXPORTS = (
     "AddedToken",
     "BatchEncoding",
     "PreTrainedTokenizerBase",
@@ -51,6 +51,7 @@ _export(
     "PegasusTokenizer",
     "PegasusTokenizerFast",
 )
+_export(".tokenizers", *_TOKENIZER_EXPORTS)
 _export(
     ".auto",
     "AutoConfig",

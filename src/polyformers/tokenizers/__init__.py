@@ -2,6 +2,8 @@
 
 from tokenizers import AddedToken
 
+from .. import _TOKENIZER_EXPORTS
+
 from .base import (
     BatchEncoding,
     CharSpan,
@@ -21,29 +23,14 @@ from .mpnet import MPNetTokenizer, MPNetTokenizerFast
 from .sentencepiece import PegasusTokenizer, PegasusTokenizerFast
 
 __all__ = [
-    "AddedToken",
-    "BatchEncoding",
+    *_TOKENIZER_EXPORTS,
     "CharSpan",
     "PaddingStrategy",
     "TensorType",
     "TokenSpan",
     "TruncationStrategy",
-    "PreTrainedTokenizerBase",
-    "PreTrainedTokenizer",
-    "PreTrainedTokenizerFast",
     "BasicTokenizer",
     "WordpieceTokenizer",
     "WordPieceTokenizer",
-    "ElectraTokenizer",
-    "ElectraTokenizerFast",
     "ByteLevelBPETokenizer",
-    "GPT2Tokenizer",
-    "GPT2TokenizerFast",
-    "RobertaTokenizer",
-    "RobertaTokenizerFast",
-    "GPTNeoXTokenizerFast",
-    "MPNetTokenizer",
-    "MPNetTokenizerFast",
-    "PegasusTokenizer",
-    "PegasusTokenizerFast",
 ]

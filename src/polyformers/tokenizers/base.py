@@ -587,13 +587,9 @@ class PreTrainedTokenizerBase:
         self._pad_token_type_id = 0
 
         self.verbose = kwargs.pop("verbose", True)
-        self._bos_token = None
-        self._eos_token = None
-        self._unk_token = None
-        self._sep_token = None
-        self._pad_token = None
-        self._cls_token = None
-        self._mask_token = None
+        # Every special token starts unset; those given are set below.
+        for attr in self.SPECIAL_TOKENS_ATTRIBUTES:
+            setattr(self, "_" + attr, None)
         self._additional_special_tokens: List[Union[str, AddedToken]] = []
         for key, value in kwargs.items():
             if value is None or key not in self.SPECIAL_TOKENS_ATTRIBUTES:
@@ -1947,6 +1943,15 @@ def _read_json(path: str, what: str) -> Dict[str, Any]:
 def _atomic_write_json(path: str, obj) -> None:
     """Write JSON as the reference formats it (2-space indent, sorted keys, UTF-8, final newline)."""
     _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _hub_files(checkpoints, **files: str) -> Dict[str, Dict[str, str]]:
+    """A ``pretrained_vocab_files_map``: for each file argument (``vocab_file="vocab.txt"``), the file's Hub
+    URL in each checkpoint."""
+    return {
+        key: {name: f"https://huggingface.co/{name}/resolve/main/{file}" for name in checkpoints}
+        for key, file in files.items()
+    }
 
 
 def _atomic_write_text(path: str, text: str) -> None:

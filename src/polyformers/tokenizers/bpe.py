@@ -16,7 +16,7 @@ import regex
 
 from tokenizers import AddedToken
 
-from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _RobertaStyleLayout
+from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _hub_files, _RobertaStyleLayout
 from .slow import PreTrainedTokenizer
 
 __all__ = [
@@ -252,13 +252,6 @@ _ROBERTA_CHECKPOINTS = (
 )
 
 
-def _hub_files(names, files=("vocab.json", "merges.txt")) -> Dict[str, Dict[str, str]]:
-    return {
-        key: {name: f"https://huggingface.co/{name}/resolve/main/{file}" for name in names}
-        for key, file in zip(("vocab_file", "merges_file"), files)
-    }
-
-
 def _plain_token(token):
     """A special token given as a string becomes an AddedToken that matches only itself, exactly."""
     return AddedToken(token, lstrip=False, rstrip=False) if isinstance(token, str) else token
@@ -283,7 +276,7 @@ class GPT2Tokenizer(ByteLevelBPETokenizer):
 
     _class_chat_template = CONCAT_EOS_TEMPLATE
 
-    pretrained_vocab_files_map = _hub_files(_GPT2_CHECKPOINTS)
+    pretrained_vocab_files_map = _hub_files(_GPT2_CHECKPOINTS, vocab_file="vocab.json", merges_file="merges.txt")
     max_model_input_sizes = {name: 1024 for name in _GPT2_CHECKPOINTS}
 
     def __init__(
@@ -338,7 +331,7 @@ class RobertaTokenizer(_RobertaStyleLayout, ByteLevelBPETokenizer):
         add_prefix_space: put a space before a text that does not start with whitespace.
     """
 
-    pretrained_vocab_files_map = _hub_files(_ROBERTA_CHECKPOINTS)
+    pretrained_vocab_files_map = _hub_files(_ROBERTA_CHECKPOINTS, vocab_file="vocab.json", merges_file="merges.txt")
     max_model_input_sizes = {name: 512 for name in _ROBERTA_CHECKPOINTS}
 
     def __init__(

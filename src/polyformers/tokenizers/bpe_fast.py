@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text, _RobertaStyleLayout
+from .base import CONCAT_EOS_TEMPLATE, BatchEncoding, _atomic_write_text, _hub_files, _RobertaStyleLayout
 from .bpe import GPT2Tokenizer, RobertaTokenizer, read_bpe_files
 from .convert import register_converter
-from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
+from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast, _EncodingView
 
 __all__ = [
     "byte_level_bpe_tokenizer",
@@ -275,7 +275,7 @@ def _offsets_in_user_text(encoding: Any, shifts: tuple, trimmed: bool) -> list[t
     return fixed
 
 
-class _InUserText:
+class _InUserText(_EncodingView):
     """A backend `Encoding` whose character positions are those of the caller's text.
 
     The byte-level tokenizers put the slow tokenizer's prefix space in front of a text themselves, so the
@@ -285,30 +285,15 @@ class _InUserText:
     everything else is the backend encoding's own.
     """
 
-    __slots__ = ("_encoding", "_shifts", "_trimmed", "_offsets")
+    __slots__ = ("_shifts", "_trimmed", "_offsets")
+    _state = ("shifts", "trimmed")
+    _what = "offsets in the caller's text"
 
     def __init__(self, encoding: Any, shifts: tuple, trimmed: bool) -> None:
         self._encoding = encoding
         self._shifts = shifts
         self._trimmed = trimmed
         self._offsets = _offsets_in_user_text(encoding, shifts, trimmed)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in _InUserText.__slots__:
-            raise AttributeError(name)
-        return getattr(self._encoding, name)
-
-    def __len__(self) -> int:
-        return len(self._encoding)
-
-    def __repr__(self) -> str:
-        return f"Encoding(num_tokens={len(self._encoding)}, offsets in the caller's text)"
-
-    def __getstate__(self) -> dict:
-        return {"encoding": self._encoding, "shifts": self._shifts, "trimmed": self._trimmed}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["encoding"], state["shifts"], state["trimmed"])
 
     @property
     def offsets(self) -> list[tuple[int, int]]:
@@ -349,23 +334,8 @@ class _InUserText:
         return self._offsets[span[0]][0], self._offsets[span[1] - 1][1]
 
 
-class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
-    """GPT-2's byte-level BPE tokenizer, backed by the `tokenizers` library.
-
-    Args:
-        vocab_file: ``vocab.json``, token -> id.
-        merges_file: ``merges.txt``, the merges in rank order.
-        tokenizer_file: a tokenizer.json, used instead of the two files above when given.
-        unk_token, bos_token, eos_token: the special tokens, all ``<|endoftext|>`` by default.
-        add_prefix_space: put a space before the text (needed for ``is_split_into_words=True``).
-        add_bos_token: start every sequence with ``bos_token`` (when building from vocab and merges).
-    """
-
-    _class_chat_template = CONCAT_EOS_TEMPLATE
-
-    slow_tokenizer_class = GPT2Tokenizer
-    pretrained_vocab_files_map = GPT2Tokenizer.pretrained_vocab_files_map
-    max_model_input_sizes = GPT2Tokenizer.max_model_input_sizes
+class _EndOfTextSpecials:
+    """The constructor GPT-2 and GPT-NeoX share: every special token is ``<|endoftext|>`` by default."""
 
     def __init__(
         self,
@@ -389,6 +359,25 @@ class GPT2TokenizerFast(_WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
             **kwargs,
         )
         self.add_bos_token = kwargs.get("add_bos_token", False)
+
+
+class GPT2TokenizerFast(_WordsNeedPrefixSpace, _EndOfTextSpecials, _ByteLevelTokenizerFast):
+    """GPT-2's byte-level BPE tokenizer, backed by the `tokenizers` library.
+
+    Args:
+        vocab_file: ``vocab.json``, token -> id.
+        merges_file: ``merges.txt``, the merges in rank order.
+        tokenizer_file: a tokenizer.json, used instead of the two files above when given.
+        unk_token, bos_token, eos_token: the special tokens, all ``<|endoftext|>`` by default.
+        add_prefix_space: put a space before the text (needed for ``is_split_into_words=True``).
+        add_bos_token: start every sequence with ``bos_token`` (when building from vocab and merges).
+    """
+
+    _class_chat_template = CONCAT_EOS_TEMPLATE
+
+    slow_tokenizer_class = GPT2Tokenizer
+    pretrained_vocab_files_map = GPT2Tokenizer.pretrained_vocab_files_map
+    max_model_input_sizes = GPT2Tokenizer.max_model_input_sizes
 
 
 class RobertaTokenizerFast(_RobertaStyleLayout, _WordsNeedPrefixSpace, _ByteLevelTokenizerFast):
@@ -468,7 +457,7 @@ class RobertaTokenizerFast(_RobertaStyleLayout, _WordsNeedPrefixSpace, _ByteLeve
         PreTrainedTokenizerFast.mask_token.fset(self, value)
 
 
-class GPTNeoXTokenizerFast(_ByteLevelTokenizerFast):
+class GPTNeoXTokenizerFast(_EndOfTextSpecials, _ByteLevelTokenizerFast):
     """GPT-NeoX's tokenizer (used by MPT): byte-level BPE over NFC-normalized text, from a tokenizer.json.
 
     Args:
@@ -481,34 +470,8 @@ class GPTNeoXTokenizerFast(_ByteLevelTokenizerFast):
 
     _class_chat_template = CONCAT_EOS_TEMPLATE
 
-    pretrained_vocab_files_map = {
-        "tokenizer_file": {
-            "EleutherAI/gpt-neox-20b": "https://huggingface.co/EleutherAI/gpt-neox-20b/resolve/main/tokenizer.json"
-        }
-    }
+    pretrained_vocab_files_map = _hub_files(["EleutherAI/gpt-neox-20b"], tokenizer_file=TOKENIZER_FILE)
     max_model_input_sizes = {"EleutherAI/gpt-neox-20b": 2048}
-
-    def __init__(
-        self,
-        vocab_file: str | None = None,
-        merges_file: str | None = None,
-        tokenizer_file: str | None = None,
-        unk_token: Any = "<|endoftext|>",
-        bos_token: Any = "<|endoftext|>",
-        eos_token: Any = "<|endoftext|>",
-        add_prefix_space: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            vocab_file,
-            merges_file,
-            tokenizer_file=tokenizer_file,
-            unk_token=unk_token,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            add_prefix_space=add_prefix_space,
-            **kwargs,
-        )
 
     def _backend_from_slow_files(self, vocab_file: str | None = None, merges_file: str | None = None,
                                  *args: Any, **kwargs: Any) -> Tokenizer:

@@ -106,6 +106,11 @@ def wordpiece_tokenizer(
     return tokenizer
 
 
+def slow_special_tokens(slow: Any) -> dict[str, str]:
+    """The unknown, classifier and separator tokens of a slow tokenizer, as strings for a backend builder."""
+    return {name: str(getattr(slow, name)) for name in ("unk_token", "cls_token", "sep_token")}
+
+
 def _convert_wordpiece(slow: Any) -> Tokenizer:
     # Slow WordPiece tokenizers keep their text options on a BasicTokenizer when they have one, and
     # on themselves otherwise; the first place that has the attribute wins.
@@ -120,9 +125,7 @@ def _convert_wordpiece(slow: Any) -> Tokenizer:
     wordpiece = getattr(slow, "wordpiece_tokenizer", None)
     return wordpiece_tokenizer(
         slow.vocab,
-        unk_token=str(slow.unk_token),
-        cls_token=str(slow.cls_token),
-        sep_token=str(slow.sep_token),
+        **slow_special_tokens(slow),
         do_lower_case=option("do_lower_case", True),
         strip_accents=option("strip_accents", None),
         tokenize_chinese_chars=option("tokenize_chinese_chars", True),

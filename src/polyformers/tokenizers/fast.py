@@ -70,6 +70,37 @@ def _backend_token(token: Any) -> str | tokenizers.AddedToken:
     return tokenizers.AddedToken(content, **options)
 
 
+class _EncodingView:
+    """A backend `Encoding` with some answers changed by a subclass; everything else is the encoding's own.
+
+    A subclass lists its further slots, and in ``_state`` the constructor arguments after the encoding, each
+    kept in the slot of the same name with a leading underscore (what pickling saves and gives back).
+    """
+
+    __slots__ = ("_encoding",)
+    _state: tuple = ()
+    _what = ""  # what the view changes, for its repr
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names the view does not hold get here; a slot not yet set (while unpickling) must not be
+        # looked up on an encoding that is not there either.
+        if name.startswith("__") or name in _EncodingView.__slots__ or name in type(self).__slots__:
+            raise AttributeError(name)
+        return getattr(self._encoding, name)
+
+    def __len__(self) -> int:
+        return len(self._encoding)
+
+    def __repr__(self) -> str:
+        return f"Encoding(num_tokens={len(self._encoding)}, {self._what})"
+
+    def __getstate__(self) -> dict:
+        return {"encoding": self._encoding, **{name: getattr(self, "_" + name) for name in self._state}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["encoding"], *(state[name] for name in self._state))
+
+
 class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
     """Base class of the fast tokenizers, which delegate tokenization to a `tokenizers.Tokenizer`.
 

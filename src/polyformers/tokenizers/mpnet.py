@@ -13,8 +13,8 @@ from typing import Any, Dict, Optional
 
 from tokenizers import AddedToken, Tokenizer, normalizers, processors
 
-from .base import PreTrainedTokenizerBase, _RobertaStyleLayout
-from .convert import register_converter, wordpiece_tokenizer
+from .base import PreTrainedTokenizerBase, _hub_files, _RobertaStyleLayout
+from .convert import register_converter, slow_special_tokens, wordpiece_tokenizer
 from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast, _BasicTokenizerSteps
 from .wordpiece import WordPieceTokenizer
 
@@ -58,9 +58,7 @@ class MPNetTokenizer(_RobertaStyleLayout, WordPieceTokenizer):
     """
 
     vocab_files_names = {"vocab_file": "vocab.txt"}
-    pretrained_vocab_files_map = {
-        "vocab_file": {name: f"https://huggingface.co/{name}/resolve/main/vocab.txt" for name in _MPNET_CHECKPOINTS}
-    }
+    pretrained_vocab_files_map = _hub_files(_MPNET_CHECKPOINTS, vocab_file="vocab.txt")
     pretrained_init_configuration = {name: {"do_lower_case": True} for name in _MPNET_CHECKPOINTS}
     max_model_input_sizes = dict(_MPNET_CHECKPOINTS)
     model_input_names = ["input_ids", "attention_mask"]
@@ -124,9 +122,7 @@ def _convert_mpnet(slow: MPNetTokenizer) -> Tokenizer:
     basic = getattr(slow, "basic_tokenizer", None)
     return mpnet_tokenizer(
         slow.vocab,
-        unk_token=str(slow.unk_token),
-        cls_token=str(slow.cls_token),
-        sep_token=str(slow.sep_token),
+        **slow_special_tokens(slow),
         do_lower_case=basic.do_lower_case if basic else False,
         strip_accents=basic.strip_accents if basic else False,
         tokenize_chinese_chars=basic.tokenize_chinese_chars if basic else False,
@@ -152,12 +148,7 @@ class MPNetTokenizerFast(_RobertaStyleLayout, _BasicTokenizerSteps, PreTrainedTo
     """
 
     vocab_files_names = {"vocab_file": "vocab.txt", "tokenizer_file": TOKENIZER_FILE}
-    pretrained_vocab_files_map = {
-        "vocab_file": dict(MPNetTokenizer.pretrained_vocab_files_map["vocab_file"]),
-        "tokenizer_file": {
-            name: f"https://huggingface.co/{name}/resolve/main/tokenizer.json" for name in _MPNET_CHECKPOINTS
-        },
-    }
+    pretrained_vocab_files_map = _hub_files(_MPNET_CHECKPOINTS, vocab_file="vocab.txt", tokenizer_file=TOKENIZER_FILE)
     pretrained_init_configuration = dict(MPNetTokenizer.pretrained_init_configuration)
     max_model_input_sizes = dict(_MPNET_CHECKPOINTS)
     slow_tokenizer_class = MPNetTokenizer

@@ -19,8 +19,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from .base import _hub_files
 from .convert import register_converter
-from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast
+from .fast import TOKENIZER_FILE, PreTrainedTokenizerFast, _EncodingView
 from .slow import PreTrainedTokenizer
 
 __all__ = [
@@ -252,11 +253,7 @@ class PegasusTokenizer(PreTrainedTokenizer):
     """
 
     vocab_files_names = dict(VOCAB_FILES_NAMES)
-    pretrained_vocab_files_map = {
-        "vocab_file": {
-            name: f"https://huggingface.co/{name}/resolve/main/spiece.model" for name in _PEGASUS_CHECKPOINTS
-        }
-    }
+    pretrained_vocab_files_map = _hub_files(_PEGASUS_CHECKPOINTS, vocab_file="spiece.model")
     max_model_input_sizes = dict(_PEGASUS_CHECKPOINTS)
     model_input_names = ["input_ids", "attention_mask"]
 
@@ -526,32 +523,17 @@ def _convert_pegasus(slow: PegasusTokenizer) -> Tokenizer:
 register_converter("PegasusTokenizer", _convert_pegasus)
 
 
-class _WithSlowIds:
+class _WithSlowIds(_EncodingView):
     """A backend `Encoding` whose ``ids`` are numbered as the slow tokenizer numbers them (the ``input_ids``
     of the same call); everything else is the backend encoding's own."""
 
-    __slots__ = ("_encoding", "_to_slow")
+    __slots__ = ("_to_slow",)
+    _state = ("to_slow",)
+    _what = "ids of the slow tokenizer"
 
     def __init__(self, encoding: Any, to_slow: Dict[int, int]) -> None:
         self._encoding = encoding
         self._to_slow = to_slow
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in _WithSlowIds.__slots__:
-            raise AttributeError(name)
-        return getattr(self._encoding, name)
-
-    def __len__(self) -> int:
-        return len(self._encoding)
-
-    def __repr__(self) -> str:
-        return f"Encoding(num_tokens={len(self._encoding)}, ids of the slow tokenizer)"
-
-    def __getstate__(self) -> dict:
-        return {"encoding": self._encoding, "to_slow": self._to_slow}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["encoding"], state["to_slow"])
 
     @property
     def ids(self) -> List[int]:
@@ -574,12 +556,9 @@ class PegasusTokenizerFast(PreTrainedTokenizerFast):
     """
 
     vocab_files_names = {"vocab_file": "spiece.model", "tokenizer_file": TOKENIZER_FILE}
-    pretrained_vocab_files_map = {
-        "vocab_file": dict(PegasusTokenizer.pretrained_vocab_files_map["vocab_file"]),
-        "tokenizer_file": {
-            name: f"https://huggingface.co/{name}/resolve/main/tokenizer.json" for name in _PEGASUS_CHECKPOINTS
-        },
-    }
+    pretrained_vocab_files_map = _hub_files(
+        _PEGASUS_CHECKPOINTS, vocab_file="spiece.model", tokenizer_file=TOKENIZER_FILE
+    )
     max_model_input_sizes = dict(_PEGASUS_CHECKPOINTS)
     slow_tokenizer_class = PegasusTokenizer
     model_input_names = ["input_ids", "attention_mask"]

@@ -419,16 +419,20 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
             return_length=return_length,
             verbose=verbose,
         )
+        # One example is padded as it is prepared; a batch once all its examples are.
+        padding = dict(
+            padding=padding_strategy.value,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_attention_mask=return_attention_mask,
+        )
         if one:
             (first_ids, second_ids), = pairs
             return self.prepare_for_model(
                 first_ids,
                 pair_ids=second_ids,
-                padding=padding_strategy.value,
-                pad_to_multiple_of=pad_to_multiple_of,
-                return_attention_mask=return_attention_mask,
                 return_tensors=return_tensors,
                 prepend_batch_axis=True,
+                **padding,
                 **prepare,
             )
         # Each example is prepared as lists, unpadded (so "length" is its own length), and the batch padded once.
@@ -439,14 +443,7 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
             )
             for key, value in outputs.items():
                 batch.setdefault(key, []).append(value)
-        batch = self.pad(
-            batch,
-            padding=padding_strategy.value,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_attention_mask=return_attention_mask,
-        )
-        return BatchEncoding(batch, tensor_type=return_tensors)
+        return BatchEncoding(self.pad(batch, max_length=max_length, **padding), tensor_type=return_tensors)
 
     # -- decoding ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .base import _atomic_write_text, _bert_style_inputs, _bert_style_token_types
+from .base import _atomic_write_text, _bert_style_inputs, _bert_style_token_types, _hub_files
 from .slow import PreTrainedTokenizer
 
 logger = logging.getLogger(__name__)
@@ -352,9 +352,7 @@ class ElectraTokenizer(WordPieceTokenizer):
     """
 
     vocab_files_names = {"vocab_file": "vocab.txt"}
-    pretrained_vocab_files_map = {
-        "vocab_file": {name: f"https://huggingface.co/{name}/resolve/main/vocab.txt" for name in _ELECTRA_CHECKPOINTS}
-    }
+    pretrained_vocab_files_map = _hub_files(_ELECTRA_CHECKPOINTS, vocab_file="vocab.txt")
     max_model_input_sizes = {name: 512 for name in _ELECTRA_CHECKPOINTS}
     pretrained_init_configuration = {name: {"do_lower_case": True} for name in _ELECTRA_CHECKPOINTS}
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
