@@ -24,6 +24,25 @@ ORACLE = Path(__file__).with_name("_legacy_tf_oracle.py")
 ATOL = 1e-4
 ALL = 99  # "every call" in a case's count of calls the reference runs too
 BERT_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+# Cross-attention inputs of a decoder call: the arrays "enc" and "enc_mask".
+ENC = {"encoder_hidden_states": "@enc", "encoder_attention_mask": "@enc_mask"}
+
+
+def call_specs(**more) -> tuple[dict, dict]:
+    """A plain call on the arrays "ids" and "mask" (and ``more``), and the same asking for every attention
+    map and hidden state."""
+    base = {"input_ids": "@ids", "attention_mask": "@mask", **more}
+    return base, dict(base, output_attentions=True, output_hidden_states=True)
+
+
+def bare_model_calls(base: dict, every: dict, *more: dict) -> list[dict]:
+    """The bare encoder's calls: ``base``, ``every``, then ``more``, the positions given ("positions"), the
+    embeddings given ("embeds") with every hidden state, and every output as a tuple."""
+    return [
+        base, every, *more, dict(base, position_ids="@positions"),
+        {"inputs_embeds": "@embeds", "attention_mask": "@mask", "output_hidden_states": True},
+        dict(every, return_dict=False),
+    ]
 
 
 def _resolve(call: dict, arrays: dict, outputs: list, convert) -> dict:
@@ -277,3 +296,23 @@ def assert_same_outputs(reference, others, keys):
         assert list(other.keys()) == keys
         for key in keys:
             np.testing.assert_array_equal(other[key], reference[key])
+
+
+def assert_input_formats_agree(model, a: dict, labels: str, int32_mask_and_labels: bool) -> None:
+    """Keywords, a list, a dict, positional arguments and int32 ids (with the mask and the labels as well
+    when ``int32_mask_and_labels``) give the same loss and logits, the labels being the array ``labels``."""
+    ids, mask, types, gold = a["ids"], a["mask"], a["types"], a[labels]
+    keywords = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=gold)
+    as_list = model([ids, mask, types], labels=gold)
+    as_dict = model({"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": gold})
+    positional = model(ids, mask, types, labels=gold)
+    if int32_mask_and_labels:
+        mask, gold = mask.astype(np.int32), gold.astype(np.int32)
+    int32 = model(ids.astype(np.int32), attention_mask=mask, token_type_ids=types.astype(np.int32), labels=gold)
+    assert_same_outputs(keywords, (as_list, as_dict, positional, int32), ["loss", "logits"])
+
+
+def assert_foreign_h5_refused(world, cls, config) -> None:
+    """The world's BERT h5 file, loaded into ``cls``, is refused with a message naming ``cls``."""
+    with pytest.raises(OSError, match=f"belong to {cls.__name__}"):
+        cls.from_pretrained(world["root"] / "h5_bert", config=config)

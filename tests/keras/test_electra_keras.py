@@ -16,8 +16,9 @@ import pytest
 import polyformers as P
 
 from ._family_common import (
-    ALL, ATOL, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_jit_equals_eager, assert_same_outputs,
-    family_tests, load_reference_h5, mlm_labels_and_head_mask, padded_batch,
+    ALL, ATOL, ENC, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_foreign_h5_refused,
+    assert_input_formats_agree, assert_jit_equals_eager, bare_model_calls, call_specs, family_tests,
+    load_reference_h5, mlm_labels_and_head_mask, padded_batch,
 )
 
 PAD = 0
@@ -54,18 +55,12 @@ def _arrays() -> dict[str, np.ndarray]:
     )
 
 
-BASE = {"input_ids": "@ids", "attention_mask": "@mask", "token_type_ids": "@types"}
-EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
-ENC = {"encoder_hidden_states": "@enc", "encoder_attention_mask": "@enc_mask"}
+BASE, EVERY = call_specs(token_type_ids="@types")
 
 # name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
 # head_mask, relative positions, untied LM head or pre-training labels)
 CASES = {
-    "model": ("ElectraModel", TINY, [
-        BASE, EVERY, dict(BASE, position_ids="@positions"),
-        {"inputs_embeds": "@embeds", "attention_mask": "@mask", "output_hidden_states": True},
-        dict(EVERY, return_dict=False),
-    ], ALL),
+    "model": ("ElectraModel", TINY, bare_model_calls(BASE, EVERY), ALL),
     "model_extras": ("ElectraModel", dict(TINY, position_embedding_type="relative_key_query"),
                      [EVERY, dict(EVERY, head_mask="@head_mask")], 0),
     # The cache is asked for explicitly: the PyTorch class ignores config.use_cache, the TF ones do not.
@@ -115,20 +110,11 @@ def test_loads_reference_h5(world):
 
 
 def test_h5_of_another_architecture_is_refused(world):
-    with pytest.raises(OSError, match="belong to TFElectraModel"):
-        P.TFElectraModel.from_pretrained(world["root"] / "h5_bert", config=P.ElectraConfig(**TINY))
+    assert_foreign_h5_refused(world, P.TFElectraModel, P.ElectraConfig(**TINY))
 
 
 def test_input_formats_agree(world):
-    model, a = world["tf"]["token"], world["arrays"]
-    keywords = model(input_ids=a["ids"], attention_mask=a["mask"], token_type_ids=a["types"], labels=a["tok"])
-    as_list = model([a["ids"], a["mask"], a["types"]], labels=a["tok"])
-    as_dict = model({"input_ids": a["ids"], "attention_mask": a["mask"], "token_type_ids": a["types"],
-                     "labels": a["tok"]})
-    positional = model(a["ids"], a["mask"], a["types"], labels=a["tok"])
-    int32 = model(a["ids"].astype(np.int32), attention_mask=a["mask"].astype(np.int32),
-                  token_type_ids=a["types"].astype(np.int32), labels=a["tok"].astype(np.int32))
-    assert_same_outputs(keywords, (as_list, as_dict, positional, int32), ["loss", "logits"])
+    assert_input_formats_agree(world["tf"]["token"], world["arrays"], "tok", int32_mask_and_labels=True)
 
 
 def test_bad_inputs_name_the_problem(world):

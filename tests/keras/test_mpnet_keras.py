@@ -18,8 +18,9 @@ import torch
 import polyformers as P
 
 from ._family_common import (
-    ALL, ATOL, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_jit_equals_eager, assert_same_outputs,
-    family_tests, load_reference_h5, mlm_labels_and_head_mask, padded_batch,
+    ALL, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_foreign_h5_refused, assert_jit_equals_eager,
+    assert_same_outputs, bare_model_calls, call_specs, family_tests, load_reference_h5, mlm_labels_and_head_mask,
+    padded_batch,
 )
 
 PAD = 1
@@ -50,18 +51,13 @@ def _arrays() -> dict[str, np.ndarray]:
     )
 
 
-BASE = {"input_ids": "@ids", "attention_mask": "@mask"}
-EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
+BASE, EVERY = call_specs()
 
 # name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
 # head_mask)
 CASES = {
-    "model": ("MPNetModel", TINY, [
-        BASE, EVERY, {"input_ids": "@long_ids", "attention_mask": "@long_mask", "output_attentions": True},
-        dict(BASE, position_ids="@positions"),
-        {"inputs_embeds": "@embeds", "attention_mask": "@mask", "output_hidden_states": True},
-        dict(EVERY, return_dict=False),
-    ], ALL),
+    "model": ("MPNetModel", TINY, bare_model_calls(
+        BASE, EVERY, {"input_ids": "@long_ids", "attention_mask": "@long_mask", "output_attentions": True}), ALL),
     "model_head_mask": ("MPNetModel", TINY, [dict(EVERY, head_mask="@head_mask")], 0),
     "masked_lm": ("MPNetForMaskedLM", TINY, [
         dict(EVERY, labels="@mlm"), dict(BASE, labels="@mlm", return_dict=False),
@@ -106,8 +102,7 @@ def test_loads_reference_h5(world):
 
 
 def test_h5_of_another_architecture_is_refused(world):
-    with pytest.raises(OSError, match="belong to TFMPNetModel"):
-        P.TFMPNetModel.from_pretrained(world["root"] / "h5_bert", config=P.MPNetConfig(**TINY))
+    assert_foreign_h5_refused(world, P.TFMPNetModel, P.MPNetConfig(**TINY))
 
 
 def test_input_formats_agree(world):

@@ -17,8 +17,9 @@ import pytest
 import polyformers as P
 
 from ._family_common import (
-    ALL, ATOL, assert_close, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_same_outputs,
-    family_tests, flatten_fields, load_reference_h5, mlm_labels_and_head_mask, padded_batch,
+    ALL, ATOL, ENC, assert_close, assert_dropout_only_in_training, assert_fit_lowers_loss, assert_foreign_h5_refused,
+    assert_input_formats_agree, bare_model_calls, call_specs, family_tests, flatten_fields, load_reference_h5,
+    mlm_labels_and_head_mask, padded_batch,
 )
 
 PAD = 1
@@ -58,18 +59,12 @@ def _arrays() -> dict[str, np.ndarray]:
     )
 
 
-BASE = {"input_ids": "@ids", "attention_mask": "@mask", "token_type_ids": "@types"}
-EVERY = dict(BASE, output_attentions=True, output_hidden_states=True)
-ENC = {"encoder_hidden_states": "@enc", "encoder_attention_mask": "@enc_mask"}
+BASE, EVERY = call_specs(token_type_ids="@types")
 
 # name: (class without "TF", config, calls, how many of the calls the 4.37 TF class runs too: it has no
 # head_mask, relative positions, untied LM head or multi-label loss)
 CASES = {
-    "model": ("RobertaModel", TINY, [
-        BASE, EVERY, dict(BASE, position_ids="@positions"),
-        {"inputs_embeds": "@embeds", "attention_mask": "@mask", "output_hidden_states": True},
-        dict(EVERY, return_dict=False),
-    ], ALL),
+    "model": ("RobertaModel", TINY, bare_model_calls(BASE, EVERY), ALL),
     "model_extras": ("RobertaModel", dict(TINY, position_embedding_type="relative_key_query"),
                      [EVERY, dict(BASE, head_mask="@head_mask")], 0),
     "masked_lm": ("RobertaForMaskedLM", TINY, [dict(EVERY, labels="@mlm"), dict(BASE, labels="@mlm", return_dict=False),
@@ -106,20 +101,11 @@ def test_loads_reference_h5(world):
 
 
 def test_h5_of_another_architecture_is_refused(world):
-    with pytest.raises(OSError, match="belong to TFRobertaModel"):
-        P.TFRobertaModel.from_pretrained(world["root"] / "h5_bert", config=P.RobertaConfig(**TINY))
+    assert_foreign_h5_refused(world, P.TFRobertaModel, P.RobertaConfig(**TINY))
 
 
 def test_input_formats_agree(world):
-    model, a = world["tf"]["masked_lm"], world["arrays"]
-    keywords = model(input_ids=a["ids"], attention_mask=a["mask"], token_type_ids=a["types"], labels=a["mlm"])
-    as_list = model([a["ids"], a["mask"], a["types"]], labels=a["mlm"])
-    as_dict = model({"input_ids": a["ids"], "attention_mask": a["mask"], "token_type_ids": a["types"],
-                     "labels": a["mlm"]})
-    positional = model(a["ids"], a["mask"], a["types"], labels=a["mlm"])
-    int32 = model(a["ids"].astype(np.int32), attention_mask=a["mask"], token_type_ids=a["types"].astype(np.int32),
-                  labels=a["mlm"])
-    assert_same_outputs(keywords, (as_list, as_dict, positional, int32), ["loss", "logits"])
+    assert_input_formats_agree(world["tf"]["masked_lm"], world["arrays"], "mlm", int32_mask_and_labels=False)
 
 
 def test_bad_inputs_name_the_problem(world):

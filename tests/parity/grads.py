@@ -86,41 +86,37 @@ def _spec(cls, family, task, variant="", seed=0, **overrides):
     return Spec(cls, family, task, tuple(sorted(overrides.items())), variant, seed)
 
 
+# The task of each head (class name after the family's prefix), and the labels of the classifying ones.
+_HEAD_TASKS = {
+    "Model": "base", "ForPreTraining": "rtd", "ForMaskedLM": "mlm", "ForCausalLM": "clm",
+    "ForSequenceClassification": "seq", "ForTokenClassification": "tok", "ForQuestionAnswering": "qa",
+    "ForMultipleChoice": "mc", "ForConditionalGeneration": "seq2seq",
+}
+_NUM_LABELS = {"seq": 3, "tok": 5}
+_ENCODER_HEADS = ("Model", "ForPreTraining", "ForMaskedLM", "ForCausalLM")
+_CLASSIFIER_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
+
+
+def _family_specs(prefix: str, family: str, heads: tuple) -> list:
+    """One spec for each of ``heads`` of a family; the causal LM of an encoder family is built as a decoder."""
+    specs = []
+    for head in heads:
+        task = _HEAD_TASKS[head]
+        overrides = {"num_labels": _NUM_LABELS[task]} if task in _NUM_LABELS else {}
+        if task == "clm" and family in ("electra", "roberta"):
+            overrides["is_decoder"] = True
+        specs.append(_spec(prefix + head, family, task, **overrides))
+    return specs
+
+
 # Every PyTorch class of the six families, then variants that take other code paths.
 SPECS = [
-    _spec("ElectraModel", "electra", "base"),
-    _spec("ElectraForPreTraining", "electra", "rtd"),
-    _spec("ElectraForMaskedLM", "electra", "mlm"),
-    _spec("ElectraForCausalLM", "electra", "clm", is_decoder=True),
-    _spec("ElectraForSequenceClassification", "electra", "seq", num_labels=3),
-    _spec("ElectraForTokenClassification", "electra", "tok", num_labels=5),
-    _spec("ElectraForQuestionAnswering", "electra", "qa"),
-    _spec("ElectraForMultipleChoice", "electra", "mc"),
-    _spec("RobertaModel", "roberta", "base"),
-    _spec("RobertaForMaskedLM", "roberta", "mlm"),
-    _spec("RobertaForCausalLM", "roberta", "clm", is_decoder=True),
-    _spec("RobertaForSequenceClassification", "roberta", "seq", num_labels=3),
-    _spec("RobertaForTokenClassification", "roberta", "tok", num_labels=5),
-    _spec("RobertaForQuestionAnswering", "roberta", "qa"),
-    _spec("RobertaForMultipleChoice", "roberta", "mc"),
-    _spec("MPNetModel", "mpnet", "base"),
-    _spec("MPNetForMaskedLM", "mpnet", "mlm"),
-    _spec("MPNetForSequenceClassification", "mpnet", "seq", num_labels=3),
-    _spec("MPNetForTokenClassification", "mpnet", "tok", num_labels=5),
-    _spec("MPNetForQuestionAnswering", "mpnet", "qa"),
-    _spec("MPNetForMultipleChoice", "mpnet", "mc"),
-    _spec("GPTJModel", "gptj", "base"),
-    _spec("GPTJForCausalLM", "gptj", "clm"),
-    _spec("GPTJForSequenceClassification", "gptj", "seq", num_labels=3),
-    _spec("GPTJForQuestionAnswering", "gptj", "qa"),
-    _spec("MptModel", "mpt", "base"),
-    _spec("MptForCausalLM", "mpt", "clm"),
-    _spec("MptForSequenceClassification", "mpt", "seq", num_labels=3),
-    _spec("MptForTokenClassification", "mpt", "tok", num_labels=5),
-    _spec("MptForQuestionAnswering", "mpt", "qa"),
-    _spec("PegasusModel", "pegasus", "base"),
-    _spec("PegasusForConditionalGeneration", "pegasus", "seq2seq"),
-    _spec("PegasusForCausalLM", "pegasus", "clm"),
+    *_family_specs("Electra", "electra", _ENCODER_HEADS[:4] + _CLASSIFIER_HEADS),
+    *_family_specs("Roberta", "roberta", ("Model", "ForMaskedLM", "ForCausalLM") + _CLASSIFIER_HEADS),
+    *_family_specs("MPNet", "mpnet", ("Model", "ForMaskedLM") + _CLASSIFIER_HEADS),
+    *_family_specs("GPTJ", "gptj", ("Model", "ForCausalLM", "ForSequenceClassification", "ForQuestionAnswering")),
+    *_family_specs("Mpt", "mpt", ("Model", "ForCausalLM") + _CLASSIFIER_HEADS[:3]),
+    *_family_specs("Pegasus", "pegasus", ("Model", "ForConditionalGeneration", "ForCausalLM")),
     # other paths: other losses, untied / tied heads, scaled embeddings, ALiBi clipping and scaling. (Relative
     # positions in ELECTRA/RoBERTa, and untied RoBERTa / Pegasus heads, are left out: the installed reference
     # release dropped the former and unties more than the LM head for the latter, unlike 4.37.)

@@ -151,6 +151,91 @@ def bert_style_extras(config: dict, ids: torch.Tensor) -> tuple[torch.Tensor, to
     return head_mask, mlm_labels
 
 
+def second_segment(batch: int, length: int, start: int = 5) -> torch.Tensor:
+    """Token type ids: 0 before position ``start`` of every row, 1 from there on."""
+    types = torch.zeros(batch, length, dtype=torch.long)
+    types[:, start:] = 1
+    return types
+
+
+def embeds_and_positions(g: torch.Generator, config: dict, width: int, batch: int, length: int):
+    """Input embeddings of ``width`` and position ids below ``config["max_position_embeddings"]``, in that
+    order drawn from ``g``."""
+    embeds = torch.randn(batch, length, width, generator=g)
+    return embeds, torch.randint(0, config["max_position_embeddings"], (batch, length), generator=g)
+
+
+def cross_attention_inputs(g: torch.Generator, config: dict, batch: int, length: int = 5):
+    """Encoder states of ``length`` positions drawn from ``g`` and their mask, row 0 masked from position 3."""
+    states = torch.randn(batch, length, config["hidden_size"], generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, 3:] = 0
+    return states, mask
+
+
+def call_args(ids: torch.Tensor, mask: torch.Tensor, **more) -> tuple[dict, dict]:
+    """The arguments of a plain call (``ids``, ``mask`` and ``more``) and the same asking for every
+    attention map and hidden state."""
+    base = dict(input_ids=ids, attention_mask=mask, **more)
+    return base, dict(base, output_attentions=True, output_hidden_states=True)
+
+
+def encoder_case_args(config: dict, g: torch.Generator, ids: torch.Tensor, mask: torch.Tensor, width: int, **more):
+    """What the encoder families' cases are built from: :func:`call_args`, :func:`bert_style_extras` and
+    :func:`embeds_and_positions` (embeddings of ``width``), as (base, every, head mask, masked-LM labels,
+    embeddings, positions)."""
+    base, every = call_args(ids, mask, **more)
+    head_mask, mlm_labels = bert_style_extras(config, ids)
+    return (base, every, head_mask, mlm_labels, *embeds_and_positions(g, config, width, *ids.shape))
+
+
+def masked_lm_cases(cls: str, family: str, config: dict, calls: list, base: dict, labels: torch.Tensor) -> list:
+    """"masked_lm" with ``calls``, and "masked_lm_untied" (output embeddings not tied) with ``labels`` on
+    ``base``."""
+    return [
+        Case("masked_lm", cls, family, config, calls),
+        Case("masked_lm_untied", cls, family, dict(config, tie_word_embeddings=False),
+             [Call(dict(base, labels=labels))]),
+    ]
+
+
+def causal_lm_calls(base: dict, every: dict, ids: torch.Tensor, step: torch.Tensor, labels: torch.Tensor,
+                    **step_args) -> list:
+    """A decoder's language-model calls: ``labels`` with every output, the last logit, chosen logits, a
+    5-token prefix with its cache, then ``step`` continuing that cache (with ``step_args``), and a loss
+    as a tuple."""
+    return [
+        Call(dict(every, labels=labels)),
+        Call(dict(base, logits_to_keep=1)),
+        Call(dict(base, logits_to_keep=torch.tensor([0, 4, 8]))),
+        Call(dict(input_ids=ids[:, :5], use_cache=True, output_attentions=True)),
+        Call(dict(input_ids=step, past_key_values=FromCall(3, "past_key_values"), **step_args,
+                  output_attentions=True, output_hidden_states=True)),
+        Call(dict(base, labels=ids, return_dict=False)),
+    ]
+
+
+def sequence_classification_cases(cls: str, family: str, config: dict, g: torch.Generator, single: list,
+                                  inputs: dict, **multi_config) -> list:
+    """The three problem types of a sequence-classification head: "seq_single" (3 labels) with the caller's
+    ``single`` calls, then "seq_regression" (1 label) and "seq_multi" (4 labels, multi-label, with
+    ``multi_config`` added to its config) on ``inputs``, their labels drawn from ``g`` in that order."""
+    rows = len(inputs["input_ids"])
+    return [
+        Case("seq_single", cls, family, dict(config, num_labels=3), single),
+        Case("seq_regression", cls, family, dict(config, num_labels=1),
+             [Call(dict(inputs, labels=torch.randn(rows, generator=g)))]),
+        Case("seq_multi", cls, family,
+             dict(config, num_labels=4, problem_type="multi_label_classification", **multi_config),
+             [Call(dict(inputs, labels=torch.randint(0, 2, (rows, 4), generator=g).float()))]),
+    ]
+
+
+def token_labels(g: torch.Generator, mask: torch.Tensor, num_labels: int = 5) -> torch.Tensor:
+    """Token-classification labels below ``num_labels`` drawn from ``g``, -100 where ``mask`` is 0."""
+    return torch.where(mask.bool(), torch.randint(0, num_labels, tuple(mask.shape), generator=g), -100)
+
+
 def decoder_inputs(seed: int, vocab_size: int, batch: int = 3, length: int = 9):
     """A generator seeded with ``seed`` (for the caller's further draws), ids from 3 up, and a mask with
     row 1 padded on the right and row 2 on the left (the ids under the padding are left as drawn)."""
@@ -160,6 +245,18 @@ def decoder_inputs(seed: int, vocab_size: int, batch: int = 3, length: int = 9):
     mask[1, 6:] = 0  # right padding
     mask[2, :3] = 0  # left padding
     return g, ids, mask
+
+
+def decoder_head_inputs(g: torch.Generator, ids: torch.Tensor, vocab_size: int):
+    """For a decoder's heads: ``ids`` with pad id 0 over row 1 from position 6 and row 2 up to position 3,
+    a function drawing one label below its argument per row from ``g``, and two next tokens per row (from 3
+    up) drawn from ``g`` now."""
+    padded = ids.clone()
+    padded[1, 6:] = 0
+    padded[2, :3] = 0
+    rows = len(ids)
+    labels = lambda n: torch.randint(0, n, (rows,), generator=g)  # noqa: E731
+    return padded, labels, torch.randint(3, vocab_size, (rows, 2), generator=g)
 
 
 def left_padded_batch(vocab_size: int, position_ids: bool = False) -> dict:
@@ -188,12 +285,24 @@ def in_process_parity(label: str, cases: Callable[[], list]):
     return parity
 
 
+# Largest logit error of a half-precision model, as a share of the largest float32 logit: float16 keeps ~3
+# significant digits, bfloat16 ~2, so these are a few units in the last place.
+HALF_TOLERANCE = {torch.float16: 0.005, torch.bfloat16: 0.03}
+
+
 def load_full_and_half(cls, folder: Path, dtype: torch.dtype):
     """``cls`` from ``folder`` in float32 and in ``dtype`` (every parameter of the latter in ``dtype``)."""
     full = cls.from_pretrained(folder)
     half = cls.from_pretrained(folder, dtype=dtype)
     assert {p.dtype for p in half.parameters()} == {dtype}
     return full, half
+
+
+def causal_lm_in_half(parity, cls, dtype: torch.dtype, batch: dict):
+    """From an :func:`in_process_parity` fixture's value: ``cls`` loaded from the "causal_lm" checkpoint in
+    float32 and in ``dtype``, and the mask of ``batch``'s real (not padding) tokens."""
+    full, half = load_full_and_half(cls, parity[1] / "causal_lm", dtype)
+    return full, half, batch["attention_mask"].bool()
 
 
 def assert_checkpointing_keeps_gradients(model, ids, weight: Callable[[Any], torch.Tensor]) -> None:

@@ -2,7 +2,10 @@
 
 import torch
 
-from tests.parity.harness import Call, Case, FromCall, bert_style_extras, run_parity
+from tests.parity.harness import (
+    Call, Case, FromCall, cross_attention_inputs, encoder_case_args, masked_lm_cases, run_parity, second_segment,
+    sequence_classification_cases, token_labels,
+)
 
 TINY = dict(
     vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -17,18 +20,13 @@ def _inputs(seed=0):
     mask = torch.ones(B, S, dtype=torch.long)
     mask[1, 6:] = 0  # a padded row
     mask[2, 3:] = 0
-    types = torch.zeros(B, S, dtype=torch.long)
-    types[:, 5:] = 1
-    return g, ids, mask, types
+    return g, ids, mask, second_segment(B, S)
 
 
 def _cases():
     g, ids, mask, types = _inputs()
-    base = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
-    every = dict(base, output_attentions=True, output_hidden_states=True)
-    head_mask, mlm_labels = bert_style_extras(TINY, ids)
-    embeds = torch.randn(B, S, TINY["embedding_size"], generator=g)
-    positions = torch.randint(0, TINY["max_position_embeddings"], (B, S), generator=g)
+    base, every, head_mask, mlm_labels, embeds, positions = encoder_case_args(
+        TINY, g, ids, mask, TINY["embedding_size"], token_type_ids=types)
     rtd_labels = torch.randint(0, 2, (B, S), generator=g)
     seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
     cases = [
@@ -45,18 +43,12 @@ def _cases():
             Call(dict(every, labels=rtd_labels)), Call(dict(input_ids=ids, labels=rtd_labels)),
             Call(dict(base, labels=rtd_labels, return_dict=False)),
         ]),
-        Case("masked_lm", "ElectraForMaskedLM", "electra", TINY, [Call(dict(every, labels=mlm_labels))]),
-        Case("masked_lm_untied", "ElectraForMaskedLM", "electra", dict(TINY, tie_word_embeddings=False),
-             [Call(dict(base, labels=mlm_labels))]),
-        Case("seq_single", "ElectraForSequenceClassification", "electra", dict(TINY, num_labels=3),
-             [Call(dict(every, labels=seq(3)))]),
-        Case("seq_regression", "ElectraForSequenceClassification", "electra", dict(TINY, num_labels=1),
-             [Call(dict(base, labels=torch.randn(B, generator=g)))]),
-        Case("seq_multi", "ElectraForSequenceClassification", "electra",
-             dict(TINY, num_labels=4, problem_type="multi_label_classification"),
-             [Call(dict(base, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
+        *masked_lm_cases("ElectraForMaskedLM", "electra", TINY, [Call(dict(every, labels=mlm_labels))], base,
+                         mlm_labels),
+        *sequence_classification_cases("ElectraForSequenceClassification", "electra", TINY, g,
+                                       [Call(dict(every, labels=seq(3)))], base),
         Case("token_cls", "ElectraForTokenClassification", "electra", dict(TINY, num_labels=5),
-             [Call(dict(every, labels=torch.where(mask.bool(), torch.randint(0, 5, (B, S), generator=g), -100)))]),
+             [Call(dict(every, labels=token_labels(g, mask)))]),
         Case("qa", "ElectraForQuestionAnswering", "electra", TINY, [
             Call(dict(every, start_positions=seq(S), end_positions=torch.tensor([S - 1, 40, 2]))),
         ]),
@@ -71,9 +63,7 @@ def _cases():
 def _decoder_cases():
     g, ids, mask, _ = _inputs(1)
     config = dict(TINY, is_decoder=True, add_cross_attention=True)
-    encoder_states = torch.randn(B, 5, TINY["hidden_size"], generator=g)
-    encoder_mask = torch.ones(B, 5, dtype=torch.long)
-    encoder_mask[0, 3:] = 0
+    encoder_states, encoder_mask = cross_attention_inputs(g, TINY, B)
     step = torch.randint(1, TINY["vocab_size"], (B, 1), generator=g)
     return [
         Case("causal_cross_cache", "ElectraForCausalLM", "electra", config, [

@@ -6,8 +6,9 @@ import torch
 
 import polyformers
 from tests.parity.harness import (
-    Call, Case, FromCall, assert_checkpointing_keeps_gradients, assert_reference_reads_half_save, decoder_inputs,
-    in_process_parity, left_padded_batch, load_full_and_half,
+    Call, Case, HALF_TOLERANCE, assert_checkpointing_keeps_gradients, assert_reference_reads_half_save, call_args,
+    causal_lm_calls, causal_lm_in_half, decoder_head_inputs, decoder_inputs, in_process_parity, left_padded_batch,
+    sequence_classification_cases,
 )
 
 # rotary_dim 4 of head size 8: half of each head rotates, half passes through.
@@ -20,17 +21,12 @@ B, S = 3, 9
 
 def _cases():
     g, ids, mask = decoder_inputs(0, TINY["vocab_size"], B, S)
-    base = dict(input_ids=ids, attention_mask=mask)
-    every = dict(base, output_attentions=True, output_hidden_states=True)
+    base, every = call_args(ids, mask)
     positions = torch.randint(0, TINY["n_positions"], (B, S), generator=g)
     embeds = torch.randn(B, S, TINY["n_embd"], generator=g)
     types = torch.randint(0, 2, (B, S), generator=g)
     lm_labels = torch.where(mask.bool(), ids, -100)
-    padded = ids.clone()
-    padded[1, 6:] = 0
-    padded[2, :3] = 0
-    seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
-    step = torch.randint(3, TINY["vocab_size"], (B, 2), generator=g)
+    padded, seq, step = decoder_head_inputs(g, ids, TINY["vocab_size"])
     return [
         Case("model", "GPTJModel", "gptj", TINY, [
             Call(every), Call(dict(base, position_ids=positions)), Call(dict(inputs_embeds=embeds)),
@@ -39,24 +35,13 @@ def _cases():
         ]),
         Case("model_no_pass_through", "GPTJModel", "gptj", dict(TINY, rotary_dim=8, n_inner=40,
                                                                  activation_function="gelu"), [Call(every)]),
-        Case("causal_lm", "GPTJForCausalLM", "gptj", TINY, [
-            Call(dict(every, labels=lm_labels)),
-            Call(dict(base, logits_to_keep=1)),
-            Call(dict(base, logits_to_keep=torch.tensor([0, 4, 8]))),
-            Call(dict(input_ids=ids[:, :5], use_cache=True, output_attentions=True)),
-            Call(dict(input_ids=step, past_key_values=FromCall(3, "past_key_values"), output_attentions=True,
-                      output_hidden_states=True)),
-            Call(dict(base, labels=ids, return_dict=False)),
-        ]),
+        Case("causal_lm", "GPTJForCausalLM", "gptj", TINY, causal_lm_calls(base, every, ids, step, lm_labels)),
         Case("causal_lm_tied", "GPTJForCausalLM", "gptj", dict(TINY, tie_word_embeddings=True),
              [Call(dict(base, labels=ids))]),
-        Case("seq_single", "GPTJForSequenceClassification", "gptj", dict(TINY, num_labels=3),
-             [Call(dict(input_ids=padded, attention_mask=mask, labels=seq(3), output_hidden_states=True))]),
-        Case("seq_regression", "GPTJForSequenceClassification", "gptj", dict(TINY, num_labels=1),
-             [Call(dict(input_ids=padded, labels=torch.randn(B, generator=g)))]),
-        Case("seq_multi", "GPTJForSequenceClassification", "gptj",
-             dict(TINY, num_labels=4, problem_type="multi_label_classification"),
-             [Call(dict(input_ids=padded, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
+        *sequence_classification_cases(
+            "GPTJForSequenceClassification", "gptj", TINY, g,
+            [Call(dict(input_ids=padded, attention_mask=mask, labels=seq(3), output_hidden_states=True))],
+            dict(input_ids=padded)),
         Case("seq_no_pad_single_row", "GPTJForSequenceClassification", "gptj",
              dict(TINY, num_labels=2, pad_token_id=None), [Call(dict(input_ids=ids[:1], labels=seq(2)[:1]))]),
         Case("qa", "GPTJForQuestionAnswering", "gptj", TINY, [
@@ -80,17 +65,13 @@ def _left_padded_batch():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, tmp_path):
-    _, workdir = parity
-    folder = workdir / "causal_lm"
-    full, half = load_full_and_half(polyformers.GPTJForCausalLM, folder, dtype)
     batch = _left_padded_batch()
-    real = batch["attention_mask"].bool()
+    full, half, real = causal_lm_in_half(parity, polyformers.GPTJForCausalLM, dtype, batch)
     with torch.no_grad():
         expected = full(**batch, output_attentions=True)
         fused = half(**batch)  # attention through the fused kernel
         explicit = half(**batch, output_attentions=True)  # scores computed in float32, as the reference does
-    # float16 keeps ~3 significant digits, bfloat16 ~2: the tolerances are a few units in the last place.
-    tolerance = expected.logits.abs().max() * {torch.float16: 0.005, torch.bfloat16: 0.03}[dtype]
+    tolerance = expected.logits.abs().max() * HALF_TOLERANCE[dtype]
     for out in (fused, explicit):
         assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
         assert (out.logits[real].float() - expected.logits[real]).abs().max() <= tolerance

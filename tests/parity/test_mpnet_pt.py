@@ -5,7 +5,9 @@ import torch
 
 import polyformers
 from polyformers.pt.models.mpnet import relative_position_bucket
-from tests.parity.harness import Call, Case, bert_style_extras, run_parity
+from tests.parity.harness import (
+    Call, Case, encoder_case_args, masked_lm_cases, run_parity, sequence_classification_cases, token_labels,
+)
 
 TINY = dict(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -27,11 +29,8 @@ def _inputs(seed=0):
 
 def _cases():
     g, ids, mask = _inputs()
-    base = dict(input_ids=ids, attention_mask=mask)
-    every = dict(base, output_attentions=True, output_hidden_states=True)
-    head_mask, mlm_labels = bert_style_extras(TINY, ids)
-    embeds = torch.randn(B, S, TINY["hidden_size"], generator=g)
-    positions = torch.randint(0, TINY["max_position_embeddings"], (B, S), generator=g)
+    base, every, head_mask, mlm_labels, embeds, positions = encoder_case_args(
+        TINY, g, ids, mask, TINY["hidden_size"])
     square_mask = torch.tril(torch.ones(S, S, dtype=torch.long))[None].repeat(B, 1, 1)
     seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
     long_ids = torch.randint(3, TINY["vocab_size"], (2, 150), generator=g)
@@ -53,21 +52,15 @@ def _cases():
             Call(dict(input_ids=long_ids, attention_mask=long_mask)),
             Call(dict(input_ids=long_ids, attention_mask=long_mask, output_attentions=True)),
         ]),
-        Case("masked_lm", "MPNetForMaskedLM", "mpnet", TINY, [
+        *masked_lm_cases("MPNetForMaskedLM", "mpnet", TINY, [
             Call(dict(every, labels=mlm_labels)), Call(dict(base, labels=mlm_labels, return_dict=False)),
             Call(dict(inputs_embeds=embeds, head_mask=head_mask)),
-        ]),
-        Case("masked_lm_untied", "MPNetForMaskedLM", "mpnet", dict(TINY, tie_word_embeddings=False),
-             [Call(dict(base, labels=mlm_labels))]),
-        Case("seq_single", "MPNetForSequenceClassification", "mpnet", dict(TINY, num_labels=3),
-             [Call(dict(every, labels=seq(3))), Call(dict(base, labels=seq(3), return_dict=False))]),
-        Case("seq_regression", "MPNetForSequenceClassification", "mpnet", dict(TINY, num_labels=1),
-             [Call(dict(base, labels=torch.randn(B, generator=g)))]),
-        Case("seq_multi", "MPNetForSequenceClassification", "mpnet",
-             dict(TINY, num_labels=4, problem_type="multi_label_classification"),
-             [Call(dict(base, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
+        ], base, mlm_labels),
+        *sequence_classification_cases(
+            "MPNetForSequenceClassification", "mpnet", TINY, g,
+            [Call(dict(every, labels=seq(3))), Call(dict(base, labels=seq(3), return_dict=False))], base),
         Case("token_cls", "MPNetForTokenClassification", "mpnet", dict(TINY, num_labels=5), [
-            Call(dict(every, labels=torch.where(mask.bool(), torch.randint(0, 5, (B, S), generator=g), -100))),
+            Call(dict(every, labels=token_labels(g, mask))),
             Call(dict(inputs_embeds=embeds, head_mask=head_mask[0])),
         ]),
         Case("qa", "MPNetForQuestionAnswering", "mpnet", TINY, [

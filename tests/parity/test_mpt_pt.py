@@ -6,8 +6,9 @@ import torch
 
 import polyformers
 from tests.parity.harness import (
-    Call, Case, FromCall, assert_checkpointing_keeps_gradients, assert_reference_reads_half_save, decoder_inputs,
-    in_process_parity, left_padded_batch, load_full_and_half,
+    Call, Case, HALF_TOLERANCE, assert_checkpointing_keeps_gradients, assert_reference_reads_half_save, call_args,
+    causal_lm_calls, causal_lm_in_half, decoder_head_inputs, decoder_inputs, in_process_parity, left_padded_batch,
+    sequence_classification_cases, token_labels,
 )
 
 TINY = dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=99, pad_token_id=0)
@@ -16,14 +17,9 @@ B, S = 3, 9
 
 def _cases():
     g, ids, mask = decoder_inputs(0, TINY["vocab_size"], B, S)
-    base = dict(input_ids=ids, attention_mask=mask)
-    every = dict(base, output_attentions=True, output_hidden_states=True)
+    base, every = call_args(ids, mask)
     embeds = torch.randn(B, S, TINY["d_model"], generator=g)
-    padded = ids.clone()
-    padded[1, 6:] = 0
-    padded[2, :3] = 0
-    seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
-    step = torch.randint(3, TINY["vocab_size"], (B, 2), generator=g)
+    padded, seq, step = decoder_head_inputs(g, ids, TINY["vocab_size"])
     return [
         Case("model", "MptModel", "mpt", TINY, [
             Call(every), Call(dict(inputs_embeds=embeds)), Call(dict(base, return_dict=False)),
@@ -34,27 +30,16 @@ def _cases():
         Case("model_six_heads_scale", "MptModel", "mpt",
              dict(TINY, d_model=48, n_heads=6, attn_config=dict(softmax_scale=0.3)),
              [Call(every)]),
-        Case("causal_lm", "MptForCausalLM", "mpt", TINY, [
-            Call(dict(every, labels=torch.where(mask.bool(), ids, -100))),
-            Call(dict(base, logits_to_keep=1)),
-            Call(dict(base, logits_to_keep=torch.tensor([0, 4, 8]))),
-            Call(dict(input_ids=ids[:, :5], use_cache=True, output_attentions=True)),
-            Call(dict(input_ids=step, past_key_values=FromCall(3, "past_key_values"), use_cache=True,
-                      output_attentions=True, output_hidden_states=True)),
-            Call(dict(base, labels=ids, return_dict=False)),
-        ]),
+        Case("causal_lm", "MptForCausalLM", "mpt", TINY,
+             causal_lm_calls(base, every, ids, step, torch.where(mask.bool(), ids, -100), use_cache=True)),
         Case("causal_lm_untied", "MptForCausalLM", "mpt", dict(TINY, tie_word_embeddings=False),
              [Call(dict(base, labels=ids))]),
-        Case("seq_single", "MptForSequenceClassification", "mpt", dict(TINY, num_labels=3),
-             [Call(dict(input_ids=padded, attention_mask=mask, labels=seq(3), output_hidden_states=True))]),
-        Case("seq_regression", "MptForSequenceClassification", "mpt", dict(TINY, num_labels=1),
-             [Call(dict(input_ids=padded, labels=torch.randn(B, generator=g)))]),
-        Case("seq_multi", "MptForSequenceClassification", "mpt",
-             dict(TINY, num_labels=4, problem_type="multi_label_classification"),
-             [Call(dict(input_ids=padded, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
-        Case("token_cls", "MptForTokenClassification", "mpt", dict(TINY, num_labels=5), [
-            Call(dict(every, labels=torch.where(mask.bool(), torch.randint(0, 5, (B, S), generator=g), -100))),
-        ]),
+        *sequence_classification_cases(
+            "MptForSequenceClassification", "mpt", TINY, g,
+            [Call(dict(input_ids=padded, attention_mask=mask, labels=seq(3), output_hidden_states=True))],
+            dict(input_ids=padded)),
+        Case("token_cls", "MptForTokenClassification", "mpt", dict(TINY, num_labels=5),
+             [Call(dict(every, labels=token_labels(g, mask)))]),
         Case("qa", "MptForQuestionAnswering", "mpt", TINY, [
             Call(dict(every, start_positions=seq(S), end_positions=torch.tensor([S - 1, 40, 2]))),
         ]),
@@ -75,15 +60,12 @@ def _left_padded_batch():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_loading_runs_and_stays_close_to_float32(parity, dtype, tmp_path):
-    _, workdir = parity
-    folder = workdir / "causal_lm"
-    full, half = load_full_and_half(polyformers.MptForCausalLM, folder, dtype)
     batch = _left_padded_batch()
-    real = batch["attention_mask"].bool()
+    full, half, real = causal_lm_in_half(parity, polyformers.MptForCausalLM, dtype, batch)
     with torch.no_grad():
         expected = full(**batch).logits
         outputs = [half(**batch), half(**batch, output_attentions=True, output_hidden_states=True)]
-    tolerance = expected.abs().max() * {torch.float16: 0.005, torch.bfloat16: 0.03}[dtype]
+    tolerance = expected.abs().max() * HALF_TOLERANCE[dtype]
     for out in outputs:
         # Padding rows attend to nothing; they must stay finite, or NaNs would reach real tokens.
         assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()

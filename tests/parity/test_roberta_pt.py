@@ -5,7 +5,10 @@ derives its positions from them."""
 
 import torch
 
-from tests.parity.harness import Call, Case, FromCall, bert_style_extras, run_parity
+from tests.parity.harness import (
+    Call, Case, FromCall, cross_attention_inputs, encoder_case_args, masked_lm_cases, run_parity, second_segment,
+    sequence_classification_cases, token_labels,
+)
 
 PAD = 1
 TINY = dict(
@@ -24,18 +27,13 @@ def _inputs(seed=0):
     mask[2, :3] = 0  # left padding: its real tokens still start at position PAD + 1
     ids[mask == 0] = PAD
     ids[3, 4] = PAD  # a pad id the mask keeps: it takes position PAD and later tokens shift down
-    types = torch.zeros(B, S, dtype=torch.long)
-    types[:, 5:] = 1
-    return g, ids, mask, types
+    return g, ids, mask, second_segment(B, S)
 
 
 def _cases():
     g, ids, mask, types = _inputs()
-    base = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
-    every = dict(base, output_attentions=True, output_hidden_states=True)
-    head_mask, mlm_labels = bert_style_extras(TINY, ids)
-    embeds = torch.randn(B, S, TINY["hidden_size"], generator=g)
-    positions = torch.randint(0, TINY["max_position_embeddings"], (B, S), generator=g)
+    base, every, head_mask, mlm_labels, embeds, positions = encoder_case_args(
+        TINY, g, ids, mask, TINY["hidden_size"], token_type_ids=types)
     seq = lambda n: torch.randint(0, n, (B,), generator=g)  # noqa: E731
     choices = dict(input_ids=torch.stack([ids[:2], ids[2:]]), attention_mask=torch.stack([mask[:2], mask[2:]]))
     return [
@@ -51,21 +49,16 @@ def _cases():
         Case("model_relative_key_query", "RobertaModel", "roberta",
              dict(TINY, position_embedding_type="relative_key_query"),
              [Call(every), Call(dict(base, head_mask=head_mask[0]))]),
-        Case("masked_lm", "RobertaForMaskedLM", "roberta", TINY, [
+        *masked_lm_cases("RobertaForMaskedLM", "roberta", TINY, [
             Call(dict(every, labels=mlm_labels)), Call(dict(base, labels=mlm_labels, return_dict=False)),
             Call(dict(inputs_embeds=embeds, attention_mask=mask)),
-        ]),
-        Case("masked_lm_untied", "RobertaForMaskedLM", "roberta", dict(TINY, tie_word_embeddings=False),
-             [Call(dict(base, labels=mlm_labels))]),
-        Case("seq_single", "RobertaForSequenceClassification", "roberta", dict(TINY, num_labels=3),
-             [Call(dict(every, labels=seq(3))), Call(dict(base, labels=seq(3), return_dict=False))]),
-        Case("seq_regression", "RobertaForSequenceClassification", "roberta", dict(TINY, num_labels=1),
-             [Call(dict(base, labels=torch.randn(B, generator=g)))]),
-        Case("seq_multi", "RobertaForSequenceClassification", "roberta",
-             dict(TINY, num_labels=4, problem_type="multi_label_classification", classifier_dropout=0.3),
-             [Call(dict(base, labels=torch.randint(0, 2, (B, 4), generator=g).float()))]),
+        ], base, mlm_labels),
+        *sequence_classification_cases(
+            "RobertaForSequenceClassification", "roberta", TINY, g,
+            [Call(dict(every, labels=seq(3))), Call(dict(base, labels=seq(3), return_dict=False))], base,
+            classifier_dropout=0.3),
         Case("token_cls", "RobertaForTokenClassification", "roberta", dict(TINY, num_labels=5), [
-            Call(dict(every, labels=torch.where(mask.bool(), torch.randint(0, 5, (B, S), generator=g), -100))),
+            Call(dict(every, labels=token_labels(g, mask))),
             Call(dict(inputs_embeds=embeds, head_mask=head_mask)),
         ]),
         Case("qa", "RobertaForQuestionAnswering", "roberta", TINY, [
@@ -83,9 +76,7 @@ def _cases():
 def _decoder_cases():
     g, ids, mask, _ = _inputs(1)
     cross = dict(TINY, is_decoder=True, add_cross_attention=True)
-    encoder_states = torch.randn(B, 5, TINY["hidden_size"], generator=g)
-    encoder_mask = torch.ones(B, 5, dtype=torch.long)
-    encoder_mask[0, 3:] = 0
+    encoder_states, encoder_mask = cross_attention_inputs(g, TINY, B)
     step = torch.randint(3, TINY["vocab_size"], (B, 1), generator=g)
     step[1] = PAD  # a padding token in the step: position PAD, whatever the cache holds
     encoder = dict(encoder_hidden_states=encoder_states, encoder_attention_mask=encoder_mask)

@@ -156,16 +156,21 @@ def test_a_folder_with_a_foreign_quantization_config_is_refused(tmp_path):
         polyformers.GPTJForCausalLM.from_pretrained(tmp_path)
 
 
+def assert_each_refused(model, refusals) -> None:
+    """``quantize(model, **arguments)`` raises ``ValueError`` matching ``pattern`` for each (arguments, pattern)."""
+    for arguments, pattern in refusals:
+        with pytest.raises(ValueError, match=pattern):
+            quantize(model, **arguments)
+
+
 def test_errors_name_the_argument():
     model = _tiny_gptj()
-    with pytest.raises(ValueError, match=r"bits: expected 4, 8 or 16, given 3"):
-        quantize(model, bits=3)
-    with pytest.raises(ValueError, match=r"group_size: expected one of \(32, 64, 128\), given 48"):
-        quantize(model, bits=4, group_size=48)
-    with pytest.raises(ValueError, match=r"group_size: expected a divisor .* group_size=128 .* in_features=64"):
-        quantize(model, bits=4, group_size=128)
-    with pytest.raises(ValueError, match=r"group_size: expected None with bits=8"):
-        quantize(model, bits=8, group_size=32)
+    assert_each_refused(model, [
+        (dict(bits=3), r"bits: expected 4, 8 or 16, given 3"),
+        (dict(bits=4, group_size=48), r"group_size: expected one of \(32, 64, 128\), given 48"),
+        (dict(bits=4, group_size=128), r"group_size: expected a divisor .* group_size=128 .* in_features=64"),
+        (dict(bits=8, group_size=32), r"group_size: expected None with bits=8"),
+    ])
     with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module, given str"):
         quantize("gpt-j", bits=4)
     assert isinstance(model.lm_head, torch.nn.Linear)  # nothing was replaced by a refused call

@@ -16,6 +16,7 @@ from polyformers.pt.quantize import Bf16Linear, quantize
 
 from .test_mpnet_real import SENTENCES
 from .test_quantize_4bit import PROMPTS, _greedy, _mean_pooled, _tiny_gptj, _tiny_mpt, trained  # noqa: F401
+from .test_quantize_4bit import assert_each_refused
 
 
 def test_the_layer_multiplies_bfloat16_rounded_inputs_and_weights():
@@ -96,12 +97,11 @@ def test_save_writes_bfloat16_weights_that_load_as_float32(tmp_path, family):
 
 def test_errors_name_the_argument():
     model = _tiny_gptj()
-    with pytest.raises(ValueError, match=r"bits: expected 4, 8 or 16, given 12"):
-        quantize(model, bits=12)
-    with pytest.raises(ValueError, match=r"group_size: expected None with bits=16, given 32"):
-        quantize(model, bits=16, group_size=32)
-    with pytest.raises(ValueError, match=r"outlier_threshold: expected None with bits=16, given 3"):
-        quantize(model, bits=16, outlier_threshold=3)
+    assert_each_refused(model, [
+        (dict(bits=12), r"bits: expected 4, 8 or 16, given 12"),
+        (dict(bits=16, group_size=32), r"group_size: expected None with bits=16, given 32"),
+        (dict(bits=16, outlier_threshold=3), r"outlier_threshold: expected None with bits=16, given 3"),
+    ])
     with pytest.raises(ValueError, match=r"expected float32 weights on the CPU, given torch.bfloat16"):
         quantize(_tiny_gptj().to(torch.bfloat16), bits=16)
     assert isinstance(model.lm_head, torch.nn.Linear)  # nothing was replaced by a refused call

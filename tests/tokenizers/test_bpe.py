@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from ._texts import CORPORA, added, pretokenized_words
+from ._texts import PAIRS as ALL_PAIRS
+
 HERE = Path(__file__).resolve().parent
 ORACLE_SCRIPT = HERE / "_bpe_oracle.py"
 NEOX = HERE.parent / "fixtures" / "neox"
@@ -25,13 +28,6 @@ sys.path.insert(0, str(HERE))
 import _fast_runner as runner  # noqa: E402
 
 sys.path.remove(str(HERE))
-
-
-def added(content: str, **options) -> dict:
-    return {"__added__": {"content": content, **options}}
-
-
-CORPORA = ["english.txt", "fortunes.txt", "chinese.txt", "botchan.txt", "shakespeare.txt"]
 
 EDGE_TEXTS = [
     "Hello world",
@@ -64,17 +60,9 @@ ROBERTA_TEXTS = [
     "The capital of France is <mask>.",
 ]
 
-PAIRS = [
-    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
-    ("Short", "A somewhat longer second sequence with many more words in it than the first."),
-    ("A first sequence that is definitely the longer one of the two here.", "tiny"),
-]
+PAIRS = ALL_PAIRS[:3]
 
-WORDS = [
-    ["Hello", "wörld", "HäLLo", "unbelievably", ",", "中文"],
-    ["New", "York", "is", "big", "<|endoftext|>", "😀"],
-    ["one"],
-]
+WORDS = pretokenized_words("<|endoftext|>")
 
 GPTJ_TEXTS = [
     "<|extratoken_1|>",

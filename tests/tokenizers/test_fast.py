@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+
+from ._texts import PAIRS, added, corpus_texts, pretokenized_words, sample_lines
 
 HERE = Path(__file__).resolve().parent
 ORACLE_SCRIPT = HERE / "_fast_oracle.py"
@@ -31,11 +32,6 @@ def _load_runner():
 
 
 runner = _load_runner()
-
-
-def added(content: str, **options) -> dict:
-    return {"__added__": {"content": content, **options}}
-
 
 EDGE_TEXTS = [
     "HäLLo Wörld, naïve café!",
@@ -74,18 +70,7 @@ OVERRIDE_TEXTS = [
     "ctrl\x00nul\x07 and\u00a0nbsp",
 ]
 
-PAIRS = [
-    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
-    ("Short", "A somewhat longer second sequence with many more words in it than the first."),
-    ("A first sequence that is definitely the longer one of the two here.", "tiny"),
-    ("Hello", ""),
-]
-
-WORDS = [
-    ["Hello", "wörld", "HäLLo", "unbelievably", ",", "中文"],
-    ["New", "York", "is", "big", "[SEP]", "😀"],
-    ["one"],
-]
+WORDS = pretokenized_words("[SEP]")
 
 LONG_PAIRS = [
     (
@@ -112,20 +97,8 @@ PROBES_BATCH = [
 ]
 
 
-def _sample_lines(path: Path, count: int, seed: int) -> list[str]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    return random.Random(seed).sample(lines, min(count, len(lines)))
-
-
 def _corpus(assets: Path) -> list[str]:
-    corpora = assets / "corpora"
-    texts: list[str] = []
-    for index, name in enumerate(["english.txt", "fortunes.txt", "chinese.txt", "botchan.txt", "shakespeare.txt"]):
-        texts += _sample_lines(corpora / name, 40, seed=index)
-    for index, path in enumerate(sorted((corpora / "tutor").glob("tutor.*.utf-8"))):
-        texts += _sample_lines(path, 6, seed=100 + index)
-    return texts
+    return corpus_texts(assets, 40, 0, 6, 100, tutor_glob="tutor.*.utf-8")
 
 
 def _build_spec(assets: Path, work: Path) -> dict:
@@ -340,7 +313,7 @@ def _build_spec(assets: Path, work: Path) -> dict:
     call("grow", "grow", op="num_special_tokens_to_add")
 
     # training a new vocabulary with the same pipeline
-    lines = _sample_lines(assets / "corpora" / "english.txt", 3000, seed=7)
+    lines = sample_lines(assets / "corpora" / "english.txt", 3000, seed=7)
     call("train", "v", lines, 400, op="train_new_from_iterator")
     call("train", "added", [lines[:1500], lines[1500:]], 300, op="train_new_from_iterator",
          new_special_tokens=["[NEW]"], special_tokens_map={"[CLS]": "[BOS]", "[MASK]": "[MSK]"})

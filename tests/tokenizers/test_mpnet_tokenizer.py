@@ -7,15 +7,14 @@ polyformers and, in one subprocess for the module, in the reference; each test c
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from ._slow_harness import assert_same
 from ._spm_oracle import run_ours, run_reference
-
-CORPORA = ["english.txt", "fortunes.txt", "chinese.txt", "botchan.txt", "shakespeare.txt"]
+from ._texts import PAIRS, added
+from ._texts import corpus_texts as shared_corpus_texts
 
 EDGE_TEXTS = [
     "HäLLo Wörld, naïve CAFÉ! Ångström ß İstanbul",
@@ -30,31 +29,8 @@ EDGE_TEXTS = [
     "emoji 😀👍🏽 family 👨\u200d👩\u200d👧 ↈ \ue000",
 ]
 
-PAIRS = [
-    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
-    ("Short", "A somewhat longer second sequence with many more words in it than the first."),
-    ("A first sequence that is definitely the longer one of the two here.", "tiny"),
-    ("Hello", ""),
-]
-
-
-def added(content: str, **options) -> dict:
-    return {"__added__": {"content": content, **options}}
-
-
-def _sample_lines(path: Path, count: int, seed: int) -> list[str]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    return random.Random(seed).sample(lines, min(count, len(lines)))
-
-
 def corpus_texts(assets: Path) -> list[str]:
-    texts: list[str] = []
-    for index, name in enumerate(CORPORA):
-        texts += _sample_lines(assets / "corpora" / name, 60, seed=index)
-    for index, path in enumerate(sorted((assets / "corpora" / "tutor").glob("tutor.*"))):
-        texts += _sample_lines(path, 4, seed=100 + index)
-    return texts
+    return shared_corpus_texts(assets, 60, 0, 4, 100)
 
 
 SLOW_OPTIONS = [

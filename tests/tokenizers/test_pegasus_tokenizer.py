@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import random
 import shutil
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 from ._slow_harness import assert_same
 from ._spm_model import train_pegasus_like_model
 from ._spm_oracle import run_ours, run_reference
-
-CORPORA = ["english.txt", "fortunes.txt", "chinese.txt", "botchan.txt", "shakespeare.txt"]
+from ._texts import PAIRS, added
+from ._texts import corpus_texts as shared_corpus_texts
 
 EDGE_TEXTS = [
     "Hello  world,   this\tis\na test.  ",
@@ -49,31 +48,8 @@ WHITESPACE_TEXTS = ["a\nb\tc  d   e", "line one\n\nline two \t end  ", " \n lead
 ADDED_SPACE_TEXTS = ["a  NewTok", "a   NewTok b", "  NewTok", "x\u00a0 NewTok", "a  NewTok  NewTok", "a  NewTok\n",
                      "a  <ent>  NewTok", "a \t NewTok", "ＮｅｗＴｏｋ  NewTok", "a  <lst> b  NewTok", "a NewTok"]
 
-PAIRS = [
-    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
-    ("Short", "A somewhat longer second sequence with many more words in it than the first."),
-    ("A first sequence that is definitely the longer one of the two here.", "tiny"),
-    ("Hello", ""),
-]
-
-
-def added(content: str, **options) -> dict:
-    return {"__added__": {"content": content, **options}}
-
-
-def _sample_lines(path: Path, count: int, seed: int) -> list[str]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    return random.Random(seed).sample(lines, min(count, len(lines)))
-
-
 def corpus_texts(assets: Path) -> list[str]:
-    texts: list[str] = []
-    for index, name in enumerate(CORPORA):
-        texts += _sample_lines(assets / "corpora" / name, 50, seed=10 + index)
-    for index, path in enumerate(sorted((assets / "corpora" / "tutor").glob("tutor.*"))):
-        texts += _sample_lines(path, 3, seed=200 + index)
-    return texts
+    return shared_corpus_texts(assets, 50, 10, 3, 200)
 
 
 @pytest.fixture(scope="session")
