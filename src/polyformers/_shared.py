@@ -1,4 +1,4 @@
-"""Framework-free pieces that the Keras and Flax code share: the output flags resolved against a config,
+"""Framework-free pieces that the PyTorch, Keras and Flax code share: the output flags resolved against a config,
 the configuration ``from_pretrained`` loads, checkpoint names bridged across a bare model and a head model,
 the loading report, the activation lookup, two checks of the BERT layers (position embedding type,
 cross-attention), a model's generation settings and those of one ``generate`` call.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._shared import pick_activation
+from .._shared import output_flags, pick_activation  # noqa: F401 (output_flags: L.output_flags)
 from ..outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput, SequenceClassifierOutputWithPast
 from .cache import Cache, as_cache, attended_length, prepare_generation_inputs
 
@@ -660,16 +660,6 @@ class ClassificationHead(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------
 # Outputs
-
-
-def output_flags(config, output_attentions, output_hidden_states, return_dict):
-    """A call's ``(output_attentions, output_hidden_states, return_dict)``, the config's value wherever
-    the call leaves one None."""
-    return (
-        config.output_attentions if output_attentions is None else output_attentions,
-        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-        config.use_return_dict if return_dict is None else return_dict,
-    )
 
 
 def pack_output(output, return_dict: bool):
