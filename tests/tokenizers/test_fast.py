@@ -450,9 +450,23 @@ def _compare(ours, theirs, where: str) -> None:
                              f"  theirs: {json.dumps(theirs, ensure_ascii=False)[:1500]}")
 
 
+# Where 4.37's fast tokenizer drifts from its slow one, polyformers' fast one follows the slow one
+# (docs/differences-from-transformers-5.md): with do_lower_case a non-special token added with normalized=True
+# is stored lowercased, so the growing tokenizer's "[Y]" is reported as "[y]" (the ids are the same).
+_SLOW_CONTENTS = {"[Y]": "[y]"}
+
+
+def _as_slow(call: dict, answer):
+    if call["tok"] == "grow" and call["op"] == "get_added_vocab" and isinstance(answer, dict):
+        return {_SLOW_CONTENTS.get(key, key): value for key, value in answer.items()}
+    return answer
+
+
 def _compare_group(results: dict, prefix: str) -> None:
+    calls = {call["id"]: call for call in results["spec"]["calls"]}
     for call_id in _group(results, prefix):
-        _compare(results["ours"]["calls"][call_id], results["theirs"]["calls"][call_id], call_id)
+        theirs = _as_slow(calls[call_id], results["theirs"]["calls"][call_id])
+        _compare(results["ours"]["calls"][call_id], theirs, call_id)
 
 
 @pytest.mark.parametrize("name", ["v", "j", "m", "left", "added", "grow"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -701,11 +702,90 @@ class _BasicTokenizerSteps:
       punctuation, and a listed word (or punctuation-free piece) missing from the vocabulary gives the
       unknown token's id. With ``do_lower_case`` the slow tokenizer lowercases the text before looking for
       the words, so a listed word with capitals never matches; that is kept too.
+    - Added tokens with ``do_lower_case``: as the slow tokenizer, a non-special token added with
+      ``normalized=True`` is lowercased when added (and not counted when the vocabulary already holds the
+      lowercased content), and added tokens are matched in the text lowercased except the special tokens
+      and the normalized added tokens, before any other normalization (accents kept). See
+      :meth:`_lowercase_first_pipeline`.
 
     During a call, the backend's normalizer (and, with ``never_split``, its pre-tokenizer) are replaced by
     ones doing the slow tokenizer's steps in its order (clean-up, CJK spacing and NFC on the whole text;
     then, word by word, case and accents, then punctuation); the saved tokenizer.json stays the plain one.
     """
+
+    def _lowercases_added_tokens(self) -> bool:
+        # During the base constructor (which registers the configured added tokens) the attribute is not
+        # set yet; the constructor's argument is in init_kwargs then.
+        return bool(getattr(self, "do_lower_case", getattr(self, "init_kwargs", {}).get("do_lower_case", False)))
+
+    def _add_tokens(self, new_tokens: Sequence[Any], special_tokens: bool = False) -> int:
+        if special_tokens or not self._lowercases_added_tokens():
+            return super()._add_tokens(new_tokens, special_tokens=special_tokens)
+        specials = set(self.all_special_tokens)
+        # contents that the backend would count as added once more although the vocabulary holds them
+        vocab = set(self._tokenizer.get_vocab(with_added_tokens=False))
+        vocab -= {token.content for token in self._tokenizer.get_added_tokens_decoder().values()}
+        lowered: list[Any] = []
+        merged: set[str] = set()
+        for token in new_tokens:
+            if isinstance(token, str):
+                if token and token not in specials:
+                    content = token.lower()
+                    if content != token and content in vocab:
+                        merged.add(content)
+                    token = tokenizers.AddedToken(content, normalized=True, special=False)
+            else:
+                token = _backend_token(token)
+                if token.normalized and not token.special:
+                    content = token.content.lower()
+                    if content != token.content and content in vocab:
+                        merged.add(content)
+                    token = tokenizers.AddedToken(content, single_word=token.single_word, lstrip=token.lstrip,
+                                                  rstrip=token.rstrip, normalized=True, special=False)
+            lowered.append(token)
+        # A token that lowercasing made into content the vocabulary already holds ("AAA" into "aaa") adds
+        # nothing, as in the slow tokenizer; the backend would count it. (A token given as such content,
+        # "aaa", is counted as the backend and 4.37's fast tokenizer count it.)
+        return super()._add_tokens(lowered, special_tokens=False) - len(merged)
+
+    def _lowercase_first_protected(self, state: dict) -> list[str] | None:
+        """The strings the slow tokenizer keeps unlowered (special tokens, then normalized non-special added
+        tokens; then the non-normalized ones), or None when there is nothing to lowercase first for: no
+        lowercasing, or no added token but special ones."""
+        if not (state.get("lowercase") and self._lowercases_added_tokens()):
+            return None
+        added = self._tokenizer.get_added_tokens_decoder()
+        # Only tokens flagged special (the common case, decided without building the special-token list, a
+        # tenth of a short call): matched as before, as 4.37's fast tokenizer and transformers 5 match them
+        # (a special token typed in capitals, "<MASK>", stays text there; the slow tokenizer lowercases it
+        # into the special token, as it does here once other tokens are added).
+        if all(token.special for token in added.values()):
+            return None
+        specials = self.all_special_tokens
+        special_set = set(specials)
+        ordered = [token for _, token in sorted(added.items())
+                   if not token.special and token.content not in special_set]
+        normalized = [token.content for token in ordered if token.normalized]
+        # Kept as written too, so that the backend matches them as before (and as 4.37's fast tokenizer):
+        # the slow tokenizer would look for them in the lowercased text only.
+        as_written = [token.content for token in ordered if not token.normalized]
+        return [text for text in specials + normalized + as_written if text]
+
+    def _lowercase_first_pipeline(self, whole: Any, pre_tokenizer: Any):
+        """Normalizer and pre-tokenizer for a call where added tokens must be matched as the slow tokenizer
+        matches them: in the text that Python has lowercased already (see :func:`_lowercase_outside`), all
+        added tokens as written. The backend's normalizer then only expands "İ", which Python leaves in
+        place to keep every character's offset ("İ".lower() is two characters); the usual normalization
+        (``whole``) runs on the pieces between added tokens, before ``pre_tokenizer``."""
+
+        class _Rest:
+            def pre_tokenize(self, pretokenized):
+                pretokenized.normalize(whole.normalize)
+
+        steps = [tokenizers.pre_tokenizers.PreTokenizer.custom(_Rest())]
+        if pre_tokenizer is not None:
+            steps.append(pre_tokenizer)
+        return normalizers.Replace("\u0130", "\u0130".lower()), tokenizers.pre_tokenizers.Sequence(steps)
 
     def _never_split_pipeline(self, normalizer_state: dict):
         words = set(self._never_split)
@@ -747,23 +827,74 @@ class _BasicTokenizerSteps:
         ])
         return whole, tokenizers.pre_tokenizers.PreTokenizer.custom(_Words())
 
-    def _batch_encode_plus(self, *args: Any, **kwargs: Any) -> BatchEncoding:
+    def _batch_encode_plus(self, batch_text_or_text_pairs: Any, **kwargs: Any) -> BatchEncoding:
         backend = self._tokenizer
         normalizer = backend.normalizer
         state = json.loads(normalizer.__getstate__()) if normalizer is not None else {}
         if state.get("type") != "BertNormalizer":
-            return super()._batch_encode_plus(*args, **kwargs)
+            return super()._batch_encode_plus(batch_text_or_text_pairs, **kwargs)
         saved = backend.pre_tokenizer
         if getattr(self, "_never_split", None):
-            backend.normalizer, backend.pre_tokenizer = self._never_split_pipeline(state)
+            whole, pre_tokenizer = self._never_split_pipeline(state)
         elif state.get("clean_text", True):
-            backend.normalizer = normalizers.Sequence(_clean_first(state) + [normalizer])
+            whole, pre_tokenizer = normalizers.Sequence(_clean_first(state) + [normalizer]), saved
         else:
-            return super()._batch_encode_plus(*args, **kwargs)
+            whole, pre_tokenizer = normalizer, saved
+        protected = self._lowercase_first_protected(state)
+        if protected is not None:
+            pattern = _protected_pattern(tuple(protected)) if protected else None
+            batch_text_or_text_pairs = _lowercase_inputs(batch_text_or_text_pairs, pattern)
+            whole, pre_tokenizer = self._lowercase_first_pipeline(whole, pre_tokenizer)
+        elif whole is normalizer:
+            return super()._batch_encode_plus(batch_text_or_text_pairs, **kwargs)
+        backend.normalizer, backend.pre_tokenizer = whole, pre_tokenizer
         try:
-            return super()._batch_encode_plus(*args, **kwargs)
+            return super()._batch_encode_plus(batch_text_or_text_pairs, **kwargs)
         finally:
             backend.normalizer, backend.pre_tokenizer = normalizer, saved
+
+
+_PROTECTED_PATTERNS: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def _protected_pattern(protected: tuple[str, ...]) -> re.Pattern:
+    pattern = _PROTECTED_PATTERNS.get(protected)
+    if pattern is None:
+        if len(_PROTECTED_PATTERNS) > 64:
+            _PROTECTED_PATTERNS.clear()
+        # One group: re.split keeps the protected strings, at the odd indices. Alternatives are tried in
+        # this order at each position, as in the slow tokenizer's own regular expression.
+        pattern = _PROTECTED_PATTERNS[protected] = re.compile("(" + "|".join(map(re.escape, protected)) + ")")
+    return pattern
+
+
+def _lower_keeping_length(text: str) -> str:
+    """Each character lowercased on its own (no final-sigma rule, as the slow tokenizer lowercases), except
+    the one whose lowercase is longer ("İ"), kept for the backend to expand with its offsets."""
+    lowered = text.lower()
+    if len(lowered) == len(text) and "\u03a3" not in text:
+        return lowered
+    return "".join(low if len(low := char.lower()) == 1 else char for char in text)
+
+
+def _lowercase_outside(text: str, pattern: re.Pattern | None) -> str:
+    """``text`` lowercased except the protected strings (as the slow tokenizer's ``tokenize`` does), with
+    every character at its place."""
+    if pattern is None:
+        return _lower_keeping_length(text)
+    pieces = pattern.split(text)
+    pieces[::2] = [_lower_keeping_length(piece) for piece in pieces[::2]]
+    return "".join(pieces)
+
+
+def _lowercase_inputs(inputs: Any, pattern: re.Pattern | None) -> Any:
+    """Every text of a batch (texts, pairs, pre-split words, pairs of them) lowercased outside the protected
+    strings; anything else is left for the backend to refuse."""
+    if isinstance(inputs, str):
+        return _lowercase_outside(inputs, pattern)
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_lowercase_inputs(item, pattern) for item in inputs)
+    return inputs
 
 
 class ElectraTokenizerFast(_BasicTokenizerSteps, PreTrainedTokenizerFast):
