@@ -58,7 +58,11 @@ def test_outputs_stay_close_and_stacked_projections_agree(family):
         attn = quantized.transformer.h[0].attn
         assert "_stack" in attn.q_proj.__dict__
         x = torch.randn(2, 7, 64)
-        stacked = attn.q_proj.__dict__["_stack"][1](x)
+        stack = attn.q_proj.__dict__["_stack"][1]
+        stacked = stack(x)
+        # The layers' weights are views of the stack's rows: no second copy.
+        assert attn.q_proj.weight.data_ptr() == stack.weight.data_ptr()
+        assert attn.v_proj.weight.untyped_storage().data_ptr() == stack.weight.untyped_storage().data_ptr()
         torch.testing.assert_close(stacked, torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1),
                                    rtol=1e-5, atol=1e-5)
 

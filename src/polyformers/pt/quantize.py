@@ -464,20 +464,30 @@ class Bf16Linear(nn.Module):
     @staticmethod
     def stack(layers) -> "Bf16Linear":
         """One layer computing ``torch.cat([layer(x) for layer in layers], -1)`` (``layers.stacked_linear``).
-        It holds copies of the layers' weights (made once, then found again while the layers hold the same
-        tensors)."""
-        key = tuple((layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr())
-                    for layer in layers)
+        The layers' weights and biases become views of its rows, so the stack costs no memory of its own;
+        made once, then found again while the layers still hold those views."""
         cached = layers[0].__dict__.get("_stack")
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == Bf16Linear._where(layers):
             return cached[1]
         biases = [layer.bias for layer in layers]
         if any(bias is None for bias in biases) and not all(bias is None for bias in biases):
             raise ValueError("Bf16Linear.stack: expected every layer with a bias or none, given a mix")
         stack = Bf16Linear(torch.cat([layer.weight for layer in layers]),
                            None if biases[0] is None else torch.cat(biases))
-        layers[0].__dict__["_stack"] = (key, stack)
+        start = 0
+        for layer in layers:
+            end = start + layer.out_features
+            layer.weight.data = stack.weight.data[start:end]
+            if layer.bias is not None:
+                layer.bias.data = stack.bias.data[start:end]
+            start = end
+        layers[0].__dict__["_stack"] = (Bf16Linear._where(layers), stack)
         return stack
+
+    @staticmethod
+    def _where(layers) -> tuple:
+        return tuple((layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr())
+                     for layer in layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
