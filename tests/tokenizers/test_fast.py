@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ._texts import PAIRS, added, corpus_texts, pretokenized_words, sample_lines
+from ._twins import add_slow_twins, follows_slow_twin
 
 HERE = Path(__file__).resolve().parent
 ORACLE_SCRIPT = HERE / "_fast_oracle.py"
@@ -319,7 +320,13 @@ def _build_spec(assets: Path, work: Path) -> dict:
          new_special_tokens=["[NEW]"], special_tokens_map={"[CLS]": "[BOS]", "[MASK]": "[MSK]"})
     for train_call in calls[-2:]:
         train_call["check_texts"] = lines[:40] + ["hello [NEW] [BOS] x <ent> [E1] newword", "[MSK] [MASK]"]
+    add_slow_twins(tokenizers, calls, TWINNED, "ElectraTokenizer")
     return {"tokenizers": tokenizers, "calls": calls}
+
+
+# The tokenizers with added tokens and do_lower_case, where 4.37's fast tokenizer drifts from its slow one:
+# polyformers' fast tokenizer follows the slow one there (_twins.py).
+TWINNED = ("added", "grow")
 
 
 def _run_oracle(legacy_python: Path, spec: dict) -> dict:
@@ -430,6 +437,7 @@ def results(assets: Path, legacy_python: Path, tmp_path_factory) -> dict:
         spec["calls"].append({"id": f"expect:{name}/decode", "tok": name, "op": "batch_decode",
                               "args": [[[101, 7592, 30522, 30523, 30524, 30525, 30526, 102]]]})
 
+    add_slow_twins(tokenizers, spec["calls"], TWINNED, "ElectraTokenizer")
     ours = _ours(spec, sides=("both", "ours"))
     theirs = _run_oracle(legacy_python, spec)
     late = _ours(spec, sides=("late",))
@@ -462,11 +470,19 @@ def _as_slow(call: dict, answer):
     return answer
 
 
-def _compare_group(results: dict, prefix: str) -> None:
+def _compare_group(results: dict, prefix: str) -> list[str]:
+    """Compare a group's calls with 4.37's fast tokenizer, or with its slow twin where the two differ;
+    returns the ids of the calls that follow the slow twin."""
     calls = {call["id"]: call for call in results["spec"]["calls"]}
+    followed = []
     for call_id in _group(results, prefix):
+        ours = results["ours"]["calls"][call_id]
         theirs = _as_slow(calls[call_id], results["theirs"]["calls"][call_id])
-        _compare(results["ours"]["calls"][call_id], theirs, call_id)
+        if follows_slow_twin(ours, theirs, results["theirs"]["calls"].get(call_id + "|slow")):
+            followed.append(call_id)
+            continue
+        _compare(ours, theirs, call_id)
+    return followed
 
 
 @pytest.mark.parametrize("name", ["v", "j", "m", "left", "added", "grow"])
@@ -479,7 +495,10 @@ def test_tokenizer_state_matches(results, name):
 @pytest.mark.parametrize("group", ["corpus", "edge", "pairs", "words", "padding", "truncation", "tensors", "decode",
                                    "roundtrip", "grow", "train"])
 def test_calls_match_reference(results, group):
-    _compare_group(results, group)
+    followed = _compare_group(results, group)
+    # where 4.37's fast tokenizer drifts from its slow one (the normalized=False "MiXeD" matched as written;
+    # add_tokens counting "hello", which the vocabulary holds), ours gives the slow one's answer
+    assert bool(followed) == (group in ("edge", "roundtrip", "grow")), followed
 
 
 def test_corpus_is_substantial(results):
@@ -535,8 +554,10 @@ def test_reference_loads_our_folders(results, name):
         return
     assert (folder / "tokenizer.json").exists() and (folder / "vocab.txt").exists()
     for what in ("encode", "decode"):
+        # 4.37's fast tokenizer loading our folder answers as it does when built the same way (where that
+        # drifts from its slow one, ours follows the slow one: test_built_tokenizers_follow_the_slow_twin)
         _compare(_strip(results["theirs"]["calls"][f"{name}/{what}"]),
-                 _strip(results["ours"]["calls"][f"expect:{expected}/{what}"]), f"{name}/{what}")
+                 _strip(results["theirs"]["calls"][f"expect:{expected}/{what}"]), f"{name}/{what}")
 
 
 @pytest.mark.parametrize("name", ["load:ref-json", "load:ref-added", "load:ref-vocab-only", "load:bare-vocab"])
@@ -547,8 +568,25 @@ def test_we_load_reference_folders(results, name):
     if name == "load:ref-vocab-only":
         assert not (folder / "tokenizer.json").exists()
     for what in ("encode", "decode"):
+        # as our tokenizer built the same way, which test_built_tokenizers_follow_the_reference checks
         _compare(_strip(results["late"]["calls"][f"{name}/{what}"]),
-                 _strip(results["theirs"]["calls"][f"expect:{expected}/{what}"]), f"{name}/{what}")
+                 _strip(results["ours"]["calls"][f"expect:{expected}/{what}"]), f"{name}/{what}")
+
+
+def test_built_tokenizers_follow_the_reference(results):
+    """The tokenizers that the load tests take as the expected answers give 4.37's fast tokenizer's answers,
+    or its slow one's where the two differ; and they do differ on the added tokens' case."""
+    followed = []
+    for name in ("added", "fast:lower=False,strip=None,chinese=False", "fast:lower=False,strip=None,chinese=True",
+                 "v"):
+        for what in ("encode", "decode"):
+            call_id = f"expect:{name}/{what}"
+            ours, theirs = results["ours"]["calls"][call_id], results["theirs"]["calls"][call_id]
+            if follows_slow_twin(ours, theirs, results["theirs"]["calls"].get(call_id + "|slow")):
+                followed.append(call_id)
+            else:
+                _compare(ours, theirs, call_id)
+    assert followed == ["expect:added/encode"]
 
 
 def test_transformers_5_loads_our_folder(results):
@@ -564,9 +602,16 @@ def test_transformers_5_loads_our_folder(results):
     texts = EDGE_TEXTS + OVERRIDE_TEXTS
     got = ours(texts, return_offsets_mapping=True)
     want = theirs(texts, return_offsets_mapping=True)
-    assert got["input_ids"] == want["input_ids"]
-    assert got["offset_mapping"] == [[tuple(o) for o in row] for row in want["offset_mapping"]]
-    assert ours.decode(got["input_ids"][23]) == theirs.decode(want["input_ids"][23])
+    # transformers 5, as 4.37's fast tokenizer, matches the normalized=False "MiXeD" as written; ours follows
+    # the slow tokenizer, which lowercases the text first (docs/differences-from-transformers-5.md)
+    drifted = [i for i, text in enumerate(texts) if "MiXeD" in text]
+    assert drifted
+    slow = lib.ElectraTokenizer.from_pretrained(str(folder))(texts)["input_ids"]
+    for i in range(len(texts)):
+        assert got["input_ids"][i] == (slow[i] if i in drifted else want["input_ids"][i]), texts[i]
+        assert i in drifted or got["offset_mapping"][i] == [tuple(o) for o in want["offset_mapping"][i]], texts[i]
+    assert all(got["input_ids"][i] != want["input_ids"][i] for i in drifted)
+    assert ours.decode(got["input_ids"][23]) == theirs.decode(got["input_ids"][23])
 
 
 def _json(path: Path) -> dict:

@@ -485,20 +485,28 @@ def test_lowercasing_wordpiece_added_tokens_offsets_point_at_the_text(assets, na
 @pytest.mark.parametrize("name", ["electra", "mpnet"])
 def test_lowercasing_wordpiece_special_and_unnormalized_added_tokens_follow_the_slow_tokenizer(assets, name):
     """The slow tokenizer matches special tokens as written, finds a lowercase token added with
-    normalized=False in the lowercased text ("QQ" too), and keeps a normalized one with capitals (read from a
-    file, as 4.37's fast tokenizer saved it) only where the text has it as written. Not followed: a token
-    added with normalized=False and capitals still matches as written, as in 4.37's fast tokenizer (the slow
-    one never matches it), and one given already lowercase that the vocabulary holds is counted."""
+    normalized=False in the lowercased text ("QQ" too), never finds one with capitals ("XyZ": 4.37's fast
+    tokenizer matches it as written), and keeps a normalized one with capitals (read from a file, as 4.37's
+    fast tokenizer saved it) only where the text has it as written. A content the vocabulary holds is not
+    counted when added ("world": 4.37's fast tokenizer counts it); an added token with accents reads back as
+    its content, not the backend's normalized form."""
     slow, fast = _lowercasing_pair(assets, name)
     for tokenizer in (slow, fast):
         assert tokenizer.add_tokens([AddedToken("XyZ", normalized=False), AddedToken("qq", normalized=False)]) == 2
         assert tokenizer.add_special_tokens({"additional_special_tokens": ["<Ent>"]}) == 1
         assert tokenizer.add_tokens(["HELLO", "Zq"]) == 1
-    texts = ["xyz qq QQ", "<Ent> <ent> hello HELLO", "ZQ<Ent>xyz", "İqq zq", "QQ[SEP]qqzq"]
+        assert tokenizer.add_tokens(["world", "Àbc"]) == 1
+    texts = ["xyz qq QQ", "<Ent> <ent> hello HELLO", "ZQ<Ent>xyz", "İqq zq", "QQ[SEP]qqzq", "XyZ xXyZ", "àbc ÀBC abc"]
     assert [fast(text)["input_ids"] for text in texts] == [slow(text)["input_ids"] for text in texts]
     assert slow("xyz qq QQ")["input_ids"][-3:-1] == [slow.vocab_size + 1] * 2
-    assert fast("XyZ")["input_ids"][1] == slow.vocab_size != slow("XyZ")["input_ids"][1]
-    assert (fast.add_tokens(["world"]), slow.add_tokens(["world"])) == (1, 0)
+    assert slow.vocab_size not in fast("XyZ")["input_ids"]
+    ids = fast("x àbc")["input_ids"]
+    assert len(slow) > ids[2] >= slow.vocab_size
+    assert fast.convert_ids_to_tokens(ids) == slow.convert_ids_to_tokens(ids)
+    assert fast.convert_ids_to_tokens(ids[2]) == slow.convert_ids_to_tokens(ids[2]) == "àbc"
+    for skip in (False, True):
+        assert fast.decode(ids, skip_special_tokens=skip) == slow.decode(ids, skip_special_tokens=skip)
+    assert "àbc" in fast.decode(ids)
 
     # a normalized token with capitals, as loaded from 4.37's fast tokenizer files
     index = len(slow)
@@ -514,19 +522,23 @@ def test_lowercasing_wordpiece_common_path_lowercases_nothing_in_python(assets):
     text); one added token turns the step on; only "İ" lowercases to more than one character."""
     _, fast = _lowercasing_pair(assets, "electra")
     state = json.loads(fast.backend_tokenizer.normalizer.__getstate__())
-    assert fast._lowercase_first_protected(state) is None
+    assert fast._lowercase_first_protected(state, ["Hello [cls] WORLD", ("a", "B")]) is None
     fast.add_tokens(["zq"])
-    assert fast._lowercase_first_protected(state) == ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]", "zq"]
+    assert fast._lowercase_first_protected(state, "x") == ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]", "zq"]
     _, cased = _lowercasing_pair(assets, "electra_cased")
     cased.add_tokens(["Zq"])
-    assert cased._lowercase_first_protected(json.loads(cased.backend_tokenizer.normalizer.__getstate__())) is None
+    assert cased._lowercase_first_protected(json.loads(cased.backend_tokenizer.normalizer.__getstate__()),
+                                            "Zq") is None
     assert [c for c in map(chr, range(0x110000)) if not 0xD800 <= ord(c) <= 0xDFFF and len(c.lower()) != 1] == [
         "\u0130"]
-    # Not followed on the common path: MPNet's "<MASK>" typed in capitals stays text there (as in 4.37's fast
-    # tokenizer and transformers 5); the slow tokenizer lowercases it into the mask token, as the fast one
-    # does once a non-special token is added.
+    # MPNet's special tokens are lowercase: a text that holds one in capitals ("<MASK>", which the slow
+    # tokenizer lowercases into the mask token) takes the Python step, and only such a text.
     slow, fast = _lowercasing_pair(assets, "mpnet")
+    state = json.loads(fast.backend_tokenizer.normalizer.__getstate__())
+    assert fast._lowercase_first_protected(state, ["a <mask> B", "<s> x"]) is None
+    assert fast._lowercase_first_protected(state, ["a <mask> B", "x <MASK>"]) is not None
     mask = slow.mask_token_id
-    assert mask in slow("a <MASK> b")["input_ids"] and mask not in fast("a <MASK> b")["input_ids"]
-    fast.add_tokens(["zq"])
-    assert fast("a <MASK> b")["input_ids"] == slow("a <MASK> b")["input_ids"]
+    for text in ("a <MASK> b", "<Mask><mask><S>", "a <mask> b"):
+        assert mask in slow(text)["input_ids"]
+        assert fast(text)["input_ids"] == slow(text)["input_ids"]
+    assert fast(["a <MASK> b", ("x", "y <PAD>")])["input_ids"] == slow(["a <MASK> b", ("x", "y <PAD>")])["input_ids"]

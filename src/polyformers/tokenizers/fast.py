@@ -11,7 +11,7 @@ import copy
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -237,9 +237,15 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
 
     def _add_tokens(self, new_tokens: Sequence[Any], special_tokens: bool = False) -> int:
         tokens = [_backend_token(token) for token in new_tokens]
+        backend = self._tokenizer
+        # Counted as the slow tokenizers count: the contents the vocabulary (added tokens included) did not
+        # hold. The backend also counts a content its model holds ("hello"), as 4.37's fast tokenizers do.
+        new_contents = {str(token) for token in tokens if str(token) and backend.token_to_id(str(token)) is None}
         if special_tokens:
-            return self._tokenizer.add_special_tokens(tokens)
-        return self._tokenizer.add_tokens(tokens)
+            backend.add_special_tokens(tokens)
+        else:
+            backend.add_tokens(tokens)
+        return len(new_contents)
 
     # ------------------------------------------------------------------------------ tokens and ids
     def _convert_token_to_id_with_added_voc(self, token: str) -> int | None:
@@ -250,19 +256,36 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         return self._convert_token_to_id_with_added_voc(token)
 
     def _convert_id_to_token(self, index: int) -> str | None:
-        return self._tokenizer.id_to_token(int(index))
+        index = int(index)
+        return self._renamed_added_tokens().get(index) or self._tokenizer.id_to_token(index)
 
     def convert_ids_to_tokens(self, ids: int | Iterable[int], skip_special_tokens: bool = False) -> str | list[str]:
         if isinstance(ids, int):
-            return self._tokenizer.id_to_token(ids)
+            return self._convert_id_to_token(ids)
         skipped = set(self.all_special_ids) if skip_special_tokens else set()
+        renamed = self._renamed_added_tokens()
         tokens = []
         for index in ids:
             index = int(index)
             if index in skipped:
                 continue
-            tokens.append(self._tokenizer.id_to_token(index))
+            tokens.append(renamed.get(index) or self._tokenizer.id_to_token(index))
         return tokens
+
+    def _renamed_added_tokens(self) -> dict[int, str]:
+        """Added tokens that the backend reads back in its normalized form (``"abc"`` for a normalized
+        ``"àbc"`` when the normalizer strips accents), by id, with their contents: the slow tokenizers give
+        the content. Kept until the vocabulary changes size."""
+        backend = self._tokenizer
+        if backend.normalizer is None:
+            return {}
+        key = (id(backend), backend.get_vocab_size(with_added_tokens=True))
+        cached = getattr(self, "_renamed_cache", None)
+        if cached is None or cached[0] != key:
+            renamed = {index: token.content for index, token in backend.get_added_tokens_decoder().items()
+                       if backend.id_to_token(index) != token.content}
+            cached = self._renamed_cache = (key, renamed)
+        return cached[1]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self._tokenizer.decoder.decode(tokens)
@@ -493,7 +516,15 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         self._decode_use_source_tokenizer = kwargs.pop("use_source_tokenizer", False)
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        text = self._tokenizer.decode([int(index) for index in token_ids], skip_special_tokens=skip_special_tokens)
+        token_ids = [int(index) for index in token_ids]
+        renamed = self._renamed_added_tokens()
+        if renamed and not renamed.keys().isdisjoint(token_ids):
+            # what the backend's decode does, with the added tokens' contents in place of their normalized form
+            tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
+            decoder = self._tokenizer.decoder
+            text = decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+        else:
+            text = self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         if clean_up_tokenization_spaces:
@@ -705,8 +736,9 @@ class _BasicTokenizerSteps:
     - Added tokens with ``do_lower_case``: as the slow tokenizer, a non-special token added with
       ``normalized=True`` is lowercased when added (and not counted when the vocabulary already holds the
       lowercased content), and added tokens are matched in the text lowercased except the special tokens
-      and the normalized added tokens, before any other normalization (accents kept). See
-      :meth:`_lowercase_first_pipeline`.
+      and the normalized added tokens, before any other normalization (accents kept): a token added with
+      ``normalized=False`` and capitals is never found, and a lowercase special token typed in other
+      letter case (MPNet's ``"<MASK>"``) is. See :meth:`_lowercase_first_pipeline`.
 
     During a call, the backend's normalizer (and, with ``never_split``, its pre-tokenizer) are replaced by
     ones doing the slow tokenizer's steps in its order (clean-up, CJK spacing and NFC on the whole text;
@@ -722,54 +754,43 @@ class _BasicTokenizerSteps:
         if special_tokens or not self._lowercases_added_tokens():
             return super()._add_tokens(new_tokens, special_tokens=special_tokens)
         specials = set(self.all_special_tokens)
-        # contents that the backend would count as added once more although the vocabulary holds them
-        vocab = set(self._tokenizer.get_vocab(with_added_tokens=False))
-        vocab -= {token.content for token in self._tokenizer.get_added_tokens_decoder().values()}
         lowered: list[Any] = []
-        merged: set[str] = set()
         for token in new_tokens:
             if isinstance(token, str):
                 if token and token not in specials:
-                    content = token.lower()
-                    if content != token and content in vocab:
-                        merged.add(content)
-                    token = tokenizers.AddedToken(content, normalized=True, special=False)
+                    token = tokenizers.AddedToken(token.lower(), normalized=True, special=False)
             else:
                 token = _backend_token(token)
                 if token.normalized and not token.special:
-                    content = token.content.lower()
-                    if content != token.content and content in vocab:
-                        merged.add(content)
-                    token = tokenizers.AddedToken(content, single_word=token.single_word, lstrip=token.lstrip,
-                                                  rstrip=token.rstrip, normalized=True, special=False)
+                    token = tokenizers.AddedToken(token.content.lower(), single_word=token.single_word,
+                                                  lstrip=token.lstrip, rstrip=token.rstrip, normalized=True,
+                                                  special=False)
             lowered.append(token)
-        # A token that lowercasing made into content the vocabulary already holds ("AAA" into "aaa") adds
-        # nothing, as in the slow tokenizer; the backend would count it. (A token given as such content,
-        # "aaa", is counted as the backend and 4.37's fast tokenizer count it.)
-        return super()._add_tokens(lowered, special_tokens=False) - len(merged)
+        return super()._add_tokens(lowered, special_tokens=False)
 
-    def _lowercase_first_protected(self, state: dict) -> list[str] | None:
-        """The strings the slow tokenizer keeps unlowered (special tokens, then normalized non-special added
-        tokens; then the non-normalized ones), or None when there is nothing to lowercase first for: no
-        lowercasing, or no added token but special ones."""
+    def _lowercase_first_protected(self, state: dict, inputs: Any) -> list[str] | None:
+        """The strings the slow tokenizer keeps unlowered (the special tokens, then the normalized
+        non-special added tokens), or None when lowercasing first cannot change the result: no lowercasing,
+        or only special tokens are added and no text holds one of them in other letter case."""
         if not (state.get("lowercase") and self._lowercases_added_tokens()):
             return None
         added = self._tokenizer.get_added_tokens_decoder()
-        # Only tokens flagged special (the common case, decided without building the special-token list, a
-        # tenth of a short call): matched as before, as 4.37's fast tokenizer and transformers 5 match them
-        # (a special token typed in capitals, "<MASK>", stays text there; the slow tokenizer lowercases it
-        # into the special token, as it does here once other tokens are added).
         if all(token.special for token in added.values()):
-            return None
+            # The common case, decided without building the special-token list (a tenth of a short call).
+            # The backend matches special tokens as written, the slow tokenizer in the lowercased text: they
+            # differ only where a text holds a lowercase special token in other letter case (MPNet's
+            # "<MASK>", which the slow tokenizer reads as "<mask>").
+            cased = [token.content for token in added.values()
+                     if token.content == token.content.lower() != token.content.upper()]
+            if not cased or not any(_holds_in_other_case(text, cased) for text in _texts_of(inputs)):
+                return None
         specials = self.all_special_tokens
         special_set = set(specials)
-        ordered = [token for _, token in sorted(added.items())
-                   if not token.special and token.content not in special_set]
-        normalized = [token.content for token in ordered if token.normalized]
-        # Kept as written too, so that the backend matches them as before (and as 4.37's fast tokenizer):
-        # the slow tokenizer would look for them in the lowercased text only.
-        as_written = [token.content for token in ordered if not token.normalized]
-        return [text for text in specials + normalized + as_written if text]
+        # A non-normalized non-special token is not kept: the slow tokenizer looks for it in the lowercased
+        # text, where one with capitals ("MiXeD") never stands.
+        normalized = [token.content for _, token in sorted(added.items())
+                      if not token.special and token.normalized and token.content not in special_set]
+        return [text for text in specials + normalized if text]
 
     def _lowercase_first_pipeline(self, whole: Any, pre_tokenizer: Any):
         """Normalizer and pre-tokenizer for a call where added tokens must be matched as the slow tokenizer
@@ -840,7 +861,7 @@ class _BasicTokenizerSteps:
             whole, pre_tokenizer = normalizers.Sequence(_clean_first(state) + [normalizer]), saved
         else:
             whole, pre_tokenizer = normalizer, saved
-        protected = self._lowercase_first_protected(state)
+        protected = self._lowercase_first_protected(state, batch_text_or_text_pairs)
         if protected is not None:
             pattern = _protected_pattern(tuple(protected)) if protected else None
             batch_text_or_text_pairs = _lowercase_inputs(batch_text_or_text_pairs, pattern)
@@ -885,6 +906,21 @@ def _lowercase_outside(text: str, pattern: re.Pattern | None) -> str:
     pieces = pattern.split(text)
     pieces[::2] = [_lower_keeping_length(piece) for piece in pieces[::2]]
     return "".join(pieces)
+
+
+def _texts_of(inputs: Any) -> Iterator[str]:
+    """Every text of a batch: texts, pairs, pre-split words, pairs of them."""
+    if isinstance(inputs, str):
+        yield inputs
+    elif isinstance(inputs, (list, tuple)):
+        for item in inputs:
+            yield from _texts_of(item)
+
+
+def _holds_in_other_case(text: str, contents: list[str]) -> bool:
+    """Whether ``text`` lowercased holds one of the (lowercase) ``contents`` where ``text`` itself does not."""
+    lowered = text.lower()
+    return lowered != text and any(lowered.count(content) > text.count(content) for content in contents)
 
 
 def _lowercase_inputs(inputs: Any, pattern: re.Pattern | None) -> Any:
