@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -316,3 +317,16 @@ def assert_foreign_h5_refused(world, cls, config) -> None:
     """The world's BERT h5 file, loaded into ``cls``, is refused with a message naming ``cls``."""
     with pytest.raises(OSError, match=f"belong to {cls.__name__}"):
         cls.from_pretrained(world["root"] / "h5_bert", config=config)
+
+
+def assert_common_input_mistakes_named(model, ids, listed: int, most: int, unknown: dict) -> None:
+    """The input mistakes every family's model names in its error: a list of ``listed`` inputs where it
+    takes at most ``most``, input names it does not take (the keys of ``unknown``, with their values), and
+    ids that are floats."""
+    with pytest.raises(ValueError, match=f"list of {listed} inputs, expected at most {most}"):
+        model([ids] * listed)
+    names = ", ".join(repr(name) for name in unknown)
+    with pytest.raises(ValueError, match=re.escape(f"unknown input name(s) [{names}]")):
+        model({"input_ids": ids, **unknown})
+    with pytest.raises(TypeError, match="input_ids must hold integer ids"):
+        model(ids.astype(np.float32))

@@ -660,6 +660,10 @@ def choice_dummy_inputs() -> dict:
     return {"input_ids": np.array([[[0, 5, 6, 7, 2], [0, 8, 9, 10, 2]]], dtype="int32")}
 
 
+# ``dummy_inputs`` of the multiple-choice heads, which a class body takes as its own property.
+choice_dummy_inputs_property = property(lambda self: choice_dummy_inputs(), doc=choice_dummy_inputs.__doc__)
+
+
 def flatten_choices(*tensors) -> tuple:
     """Each (batch, num_choices, ...) tensor as (batch * num_choices, ...), the choices run as sequences of
     their own; None stays None."""
@@ -676,6 +680,46 @@ def check_span_labels(config) -> None:
     """Extractive question answering scores a start and an end per token."""
     if config.num_labels != 2:
         raise ValueError(f"question answering needs config.num_labels == 2 (start, end), got {config.num_labels}")
+
+
+def head_body(model, main_layer, num_labels: bool = True) -> None:
+    """A task head model's first layers: ``num_labels`` from its config (unless ``num_labels=False``), then
+    ``main_layer`` under the model's ``base_model_prefix``, the key prefix of its weights in checkpoints."""
+    if num_labels:
+        model.num_labels = model.config.num_labels
+    setattr(model, model.base_model_prefix, main_layer)
+
+
+def add_token_classifier(model, main_layer, dropout_rate: float) -> None:
+    """The layers of a token-classification head: :func:`head_body`, then ``dropout`` and the
+    ``classifier`` onto the labels."""
+    head_body(model, main_layer)
+    model.dropout = keras.layers.Dropout(dropout_rate)
+    model.classifier = dense(model.config.num_labels, model.config)
+
+
+def add_span_classifier(model, main_layer) -> None:
+    """The layers of an extractive question-answering head (``num_labels`` must be 2): :func:`head_body`,
+    then ``qa_outputs``, the start and end logits."""
+    check_span_labels(model.config)
+    head_body(model, main_layer)
+    model.qa_outputs = dense(model.config.num_labels, model.config)
+
+
+def add_pooled_choice_classifier(model, main_layer) -> None:
+    """The layers of a multiple-choice head that scores each choice's pooled first token: the main layer
+    (with its pooler), then ``dropout`` (``hidden_dropout_prob``) and the one-score ``classifier``; the
+    call ends with :func:`pooled_choice_output`."""
+    head_body(model, main_layer, num_labels=False)
+    model.dropout = keras.layers.Dropout(model.config.hidden_dropout_prob)
+    model.classifier = dense(1, model.config)
+
+
+def pooled_choice_output(model, body, num_choices, labels, return_dict: bool, training=False):
+    """Multiple choice from the main layer's pooled outputs (one per flattened choice): ``model.dropout``,
+    ``model.classifier``, then as :func:`choice_head_output`."""
+    pooled = model.dropout(body.pooler_output, training=training)
+    return choice_head_output(model.classifier(pooled), num_choices, labels, body, return_dict)
 
 
 def head_output(output_class, body, return_dict: bool, **fields):

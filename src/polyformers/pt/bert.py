@@ -1,4 +1,5 @@
-"""The BERT encoder stack, shared by the families that kept it unchanged (ELECTRA, RoBERTa).
+"""The BERT encoder stack, shared by the families that kept it unchanged (ELECTRA, RoBERTa), and the
+forwards of the task heads they both put on it.
 
 Post-norm blocks of multi-head self-attention (optionally with Shaw-style relative positions), optional
 cross-attention for decoders, and a feed-forward layer. Attribute names are the reference checkpoints'
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._shared import check_cross_attention, checked_position_embedding_type
+from ..outputs import CausalLMOutputWithCrossAttentions, TokenClassifierOutput
 from . import layers as L
 from .unpad import Packing
 
@@ -266,3 +268,64 @@ def prepare_encoder_inputs(config, input_ids, inputs_embeds, embedding_size, att
         encoder_mask = L.additive_padding_mask(encoder_attention_mask, dtype)
     head_masks = L.expand_head_mask(head_mask, config.num_hidden_layers, dtype)
     return batch, length, past_length, mask, encoder_mask, head_masks
+
+
+# ---------------------------------------------------------------------------------------------------
+# Task heads over a BERT body (ELECTRA, RoBERTa). The body is the model's ``base_model`` (the module under
+# its ``base_model_prefix``, ``electra`` or ``roberta``: its checkpoint key); a family class takes these
+# functions as its ``forward``, so that argument names, order and defaults are the reference's.
+
+
+def encode(model, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+           output_attentions, output_hidden_states):
+    """The body of a head model run as an encoder on its inputs, returning its ModelOutput."""
+    return model.base_model(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+
+
+def sequence_classification_forward(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                                    position_ids=None, head_mask=None, inputs_embeds=None, labels=None,
+                                    output_attentions=None, output_hidden_states=None, return_dict=None):
+    """``self.classifier`` on the final hidden states (the head picks its token itself); with ``labels``,
+    the loss ``config.problem_type`` chooses."""
+    body = encode(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                  output_attentions, output_hidden_states)
+    return L.classifier_output(self.classifier(body.last_hidden_state), labels, body, return_dict, self.config)
+
+
+def token_classification_forward(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                                 position_ids=None, head_mask=None, inputs_embeds=None, labels=None,
+                                 output_attentions=None, output_hidden_states=None, return_dict=None):
+    """``self.classifier`` on every token's final state after ``self.dropout``; with ``labels``, their
+    cross-entropy (-100 ignored)."""
+    body = encode(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                  output_attentions, output_hidden_states)
+    logits = self.classifier(self.dropout(body.last_hidden_state))
+    return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
+
+
+def question_answering_forward(self, input_ids=None, attention_mask=None, token_type_ids=None,
+                               position_ids=None, head_mask=None, inputs_embeds=None, start_positions=None,
+                               end_positions=None, output_attentions=None, output_hidden_states=None,
+                               return_dict=None):
+    """Start and end logits from ``self.qa_outputs``; with both positions, the span loss."""
+    body = encode(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                  output_attentions, output_hidden_states)
+    return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
+                         return_dict, self.config)
+
+
+def causal_lm_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                      head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                      labels=None, past_key_values=None, use_cache=None, output_attentions=None,
+                      output_hidden_states=None, return_dict=None):
+    """Vocabulary logits from the body run as a decoder, through the model's ``_lm_logits``; with ``labels``
+    (the input ids: shifted inside the loss, -100 ignored) no cache is returned."""
+    if labels is not None:
+        use_cache = False
+    body = self.base_model(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                           encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                           output_attentions, output_hidden_states, return_dict=True)
+    return L.labelled_output(CausalLMOutputWithCrossAttentions, self._lm_logits(body.last_hidden_state), labels,
+                             body, return_dict, self.config, L.causal_lm_loss)

@@ -658,6 +658,52 @@ class ClassificationHead(nn.Module):
         return self.out_proj(x)
 
 
+def head_body(model: nn.Module, body: nn.Module, num_labels: bool = True) -> None:
+    """A task head model's first modules: ``num_labels`` from its config (unless ``num_labels=False``), then
+    ``body`` under the model's ``base_model_prefix``, the checkpoint key of the body's weights."""
+    if num_labels:
+        model.num_labels = model.config.num_labels
+    setattr(model, model.base_model_prefix, body)
+
+
+def add_token_classifier(model: nn.Module, body: nn.Module, dropout: float) -> None:
+    """The modules of a token-classification head, in the reference's order: :func:`head_body`, then
+    ``dropout`` and the ``classifier`` projection from ``hidden_size`` to ``num_labels``."""
+    head_body(model, body)
+    model.dropout = nn.Dropout(dropout)
+    model.classifier = Linear(model.config.hidden_size, model.config.num_labels)
+
+
+def add_span_classifier(model: nn.Module, body: nn.Module) -> None:
+    """The modules of an extractive question-answering head: :func:`head_body`, then ``qa_outputs``, the
+    projection to start and end logits (``num_labels``, which must be 2)."""
+    head_body(model, body)
+    model.qa_outputs = Linear(model.config.hidden_size, model.config.num_labels)
+
+
+def add_pooled_choice_classifier(model: nn.Module, body: nn.Module) -> None:
+    """The modules of a multiple-choice head that scores each choice's pooled state: the body (with its
+    pooler), then ``dropout`` (``hidden_dropout_prob``) and the one-score ``classifier``."""
+    head_body(model, body, num_labels=False)
+    model.dropout = nn.Dropout(model.config.hidden_dropout_prob)
+    model.classifier = Linear(model.config.hidden_size, 1)
+
+
+def add_last_token_classifier(model: nn.Module, body: nn.Module) -> None:
+    """The modules of a decoder's sequence-classification head: :func:`head_body`, then ``score``, an
+    unbiased projection to ``num_labels`` read at each row's last real token (:func:`last_token_logits`)."""
+    head_body(model, body)
+    model.score = nn.Linear(model.config.hidden_size, model.config.num_labels, bias=False)
+
+
+def causal_lm_output(output_class: type, lm_head: nn.Module, body, logits_to_keep, labels,
+                     return_dict: Optional[bool], config):
+    """The output of a decoder's language-model head: ``lm_head`` on the states of the last ``logits_to_keep``
+    positions (:func:`keep_last_logits`), and with ``labels`` the shifted :func:`causal_lm_loss`."""
+    logits = lm_head(keep_last_logits(body.last_hidden_state, logits_to_keep))
+    return labelled_output(output_class, logits, labels, body, return_dict, config, causal_lm_loss)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Outputs
 

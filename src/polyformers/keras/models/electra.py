@@ -17,8 +17,7 @@ from ...outputs import (
 from .. import layers as L
 from ..modeling import TFPreTrainedModel, unpack_inputs
 
-import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
-from keras import ops
+from keras import ops  # noqa: E402  (after polyformers.keras has chosen the backend)
 
 # Tensor-parallel layout for keras.distribution.ModelParallel (polyformers.keras.distribution.layout_map):
 # the BERT stack's rules; embeddings, their projection and the heads stay replicated.
@@ -200,8 +199,7 @@ class TFElectraForSequenceClassification(TFElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.num_labels = config.num_labels
-        self.electra = TFElectraMainLayer(config, name="electra")
+        L.head_body(self, TFElectraMainLayer(config, name="electra"))
         self.classifier = TFElectraClassificationHead(config, name="classifier")
 
     call = L.bert_sequence_classification_call
@@ -217,9 +215,7 @@ class TFElectraForMultipleChoice(TFElectraPreTrainedModel):
         self.sequence_summary = L.SequenceSummary(config, name="sequence_summary")
         self.classifier = L.dense(1, config)
 
-    @property
-    def dummy_inputs(self) -> dict:
-        return L.choice_dummy_inputs()
+    dummy_inputs = L.choice_dummy_inputs_property
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -240,10 +236,7 @@ class TFElectraForTokenClassification(TFElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.num_labels = config.num_labels
-        self.electra = TFElectraMainLayer(config, name="electra")
-        self.dropout = keras.layers.Dropout(L.classifier_dropout_rate(config))
-        self.classifier = L.dense(config.num_labels, config)
+        L.add_token_classifier(self, TFElectraMainLayer(config, name="electra"), L.classifier_dropout_rate(config))
 
     call = L.bert_token_classification_call
 
@@ -254,9 +247,6 @@ class TFElectraForQuestionAnswering(TFElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        L.check_span_labels(config)
-        self.num_labels = config.num_labels
-        self.electra = TFElectraMainLayer(config, name="electra")
-        self.qa_outputs = L.dense(config.num_labels, config)
+        L.add_span_classifier(self, TFElectraMainLayer(config, name="electra"))
 
     call = L.bert_question_answering_call

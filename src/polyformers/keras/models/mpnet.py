@@ -263,8 +263,7 @@ class TFMPNetForSequenceClassification(TFMPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.num_labels = config.num_labels
-        self.mpnet = TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet")
+        L.head_body(self, TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet"))
         self.classifier = TFMPNetClassificationHead(config, name="classifier")
 
     @unpack_inputs
@@ -281,13 +280,9 @@ class TFMPNetForMultipleChoice(TFMPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.mpnet = TFMPNetMainLayer(config, name="mpnet")
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob)
-        self.classifier = L.dense(1, config)
+        L.add_pooled_choice_classifier(self, TFMPNetMainLayer(config, name="mpnet"))
 
-    @property
-    def dummy_inputs(self) -> dict:
-        return L.choice_dummy_inputs()
+    dummy_inputs = L.choice_dummy_inputs_property
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -297,8 +292,7 @@ class TFMPNetForMultipleChoice(TFMPNetPreTrainedModel):
             input_ids, attention_mask, position_ids, inputs_embeds
         )
         body, return_dict = self._encode(locals())
-        pooled = self.dropout(body.pooler_output, training=training)
-        return L.choice_head_output(self.classifier(pooled), num_choices, labels, body, return_dict)
+        return L.pooled_choice_output(self, body, num_choices, labels, return_dict, training)
 
 
 class TFMPNetForTokenClassification(TFMPNetPreTrainedModel):
@@ -307,10 +301,8 @@ class TFMPNetForTokenClassification(TFMPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.num_labels = config.num_labels
-        self.mpnet = TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet")
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob)
-        self.classifier = L.dense(config.num_labels, config)
+        L.add_token_classifier(self, TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet"),
+                               config.hidden_dropout_prob)
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -326,10 +318,7 @@ class TFMPNetForQuestionAnswering(TFMPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        L.check_span_labels(config)
-        self.num_labels = config.num_labels
-        self.mpnet = TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet")
-        self.qa_outputs = L.dense(config.num_labels, config)
+        L.add_span_classifier(self, TFMPNetMainLayer(config, add_pooling_layer=False, name="mpnet"))
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,

@@ -20,8 +20,6 @@ from .. import layers as L
 from ..generation import TFGenerationMixin
 from ..modeling import TFPreTrainedModel, as_output, unpack_inputs
 
-import keras  # noqa: E402  (after polyformers.keras has chosen the backend)
-
 logger = logging.getLogger("polyformers")
 
 # Tensor-parallel layout for keras.distribution.ModelParallel (polyformers.keras.distribution.layout_map):
@@ -190,8 +188,7 @@ class TFRobertaForSequenceClassification(TFRobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.num_labels = config.num_labels
-        self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
+        L.head_body(self, TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta"))
         self.classifier = TFRobertaClassificationHead(config, name="classifier")
 
     call = L.bert_sequence_classification_call
@@ -203,13 +200,9 @@ class TFRobertaForMultipleChoice(TFRobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.roberta = TFRobertaMainLayer(config, name="roberta")
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob)
-        self.classifier = L.dense(1, config)
+        L.add_pooled_choice_classifier(self, TFRobertaMainLayer(config, name="roberta"))
 
-    @property
-    def dummy_inputs(self) -> dict:
-        return L.choice_dummy_inputs()
+    dummy_inputs = L.choice_dummy_inputs_property
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -220,8 +213,7 @@ class TFRobertaForMultipleChoice(TFRobertaPreTrainedModel):
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
         body, return_dict = self._encode(locals())
-        pooled = self.dropout(body.pooler_output, training=training)
-        return L.choice_head_output(self.classifier(pooled), num_choices, labels, body, return_dict)
+        return L.pooled_choice_output(self, body, num_choices, labels, return_dict, training)
 
 
 class TFRobertaForTokenClassification(TFRobertaPreTrainedModel):
@@ -229,10 +221,8 @@ class TFRobertaForTokenClassification(TFRobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.num_labels = config.num_labels
-        self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
-        self.dropout = keras.layers.Dropout(L.classifier_dropout_rate(config))
-        self.classifier = L.dense(config.num_labels, config)
+        L.add_token_classifier(self, TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta"),
+                               L.classifier_dropout_rate(config))
 
     call = L.bert_token_classification_call
 
@@ -243,9 +233,6 @@ class TFRobertaForQuestionAnswering(TFRobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        L.check_span_labels(config)
-        self.num_labels = config.num_labels
-        self.roberta = TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta")
-        self.qa_outputs = L.dense(config.num_labels, config)
+        L.add_span_classifier(self, TFRobertaMainLayer(config, add_pooling_layer=False, name="roberta"))
 
     call = L.bert_question_answering_call

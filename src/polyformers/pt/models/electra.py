@@ -13,14 +13,13 @@ from torch import nn
 from ...configs import ElectraConfig
 from ...outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
-    CausalLMOutputWithCrossAttentions,
     ElectraForPreTrainingOutput,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, prepare_encoder_inputs
+from ..bert import (STACKED_KEYS, BertEmbeddings, BertEncoder, causal_lm_forward, encode, prepare_encoder_inputs,
+                    question_answering_forward, sequence_classification_forward, token_classification_forward)
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
 
@@ -129,9 +128,8 @@ class ElectraForPreTraining(ElectraPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
+        body = encode(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                      output_attentions, output_hidden_states)
         logits = self.discriminator_predictions(body.last_hidden_state)
         loss = None
         if labels is not None:
@@ -170,6 +168,9 @@ class _ElectraLMHeadModel(ElectraPreTrainedModel):
         self.generator_lm_head = L.Linear(config.embedding_size, config.vocab_size)
         self.post_init()
 
+    def _lm_logits(self, hidden_states):
+        return self.generator_lm_head(self.generator_predictions(hidden_states))
+
 
 class ElectraForMaskedLM(_ElectraLMHeadModel):
     """ELECTRA's generator: predicts masked tokens. Labels of -100 are ignored by the loss."""
@@ -177,10 +178,9 @@ class ElectraForMaskedLM(_ElectraLMHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
+        body = encode(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self._lm_logits(body.last_hidden_state)
         return L.labelled_output(MaskedLMOutput, logits, labels, body, return_dict, self.config)
 
 
@@ -197,18 +197,7 @@ class ElectraForCausalLM(GenerationMixin, _ElectraLMHeadModel):
             )
         super().__init__(config)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        if labels is not None:
-            use_cache = False
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                            output_attentions, output_hidden_states, return_dict=True)
-        logits = self.generator_lm_head(self.generator_predictions(body.last_hidden_state))
-        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config,
-                                 L.causal_lm_loss)
+    forward = causal_lm_forward
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
                                       **kwargs):
@@ -234,19 +223,11 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.electra = ElectraModel(config)
+        L.head_body(self, ElectraModel(config))
         self.classifier = ElectraClassificationHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        logits = self.classifier(body.last_hidden_state)
-        return L.classifier_output(logits, labels, body, return_dict, self.config)
+    forward = sequence_classification_forward
 
 
 class ElectraForTokenClassification(ElectraPreTrainedModel):
@@ -254,20 +235,10 @@ class ElectraForTokenClassification(ElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.electra = ElectraModel(config)
-        self.dropout = nn.Dropout(L.classifier_dropout(config))
-        self.classifier = L.Linear(config.hidden_size, config.num_labels)
+        L.add_token_classifier(self, ElectraModel(config), L.classifier_dropout(config))
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        logits = self.classifier(self.dropout(body.last_hidden_state))
-        return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
+    forward = token_classification_forward
 
 
 class ElectraForQuestionAnswering(ElectraPreTrainedModel):
@@ -275,19 +246,10 @@ class ElectraForQuestionAnswering(ElectraPreTrainedModel):
 
     def __init__(self, config: ElectraConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.electra = ElectraModel(config)
-        self.qa_outputs = L.Linear(config.hidden_size, config.num_labels)
+        L.add_span_classifier(self, ElectraModel(config))
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
-        body = self.electra(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
-                             return_dict, self.config)
+    forward = question_answering_forward
 
 
 class ElectraForMultipleChoice(ElectraPreTrainedModel):
@@ -308,9 +270,8 @@ class ElectraForMultipleChoice(ElectraPreTrainedModel):
             raise ValueError("pass input_ids or inputs_embeds of shape (batch, num_choices, sequence)")
         num_choices = reference.shape[1]
         flat = L.flatten_choices
-        body = self.electra(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                            head_mask, flat(inputs_embeds), output_attentions=output_attentions,
-                            output_hidden_states=output_hidden_states, return_dict=True)
+        body = encode(self, flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                      head_mask, flat(inputs_embeds), output_attentions, output_hidden_states)
         logits = self.classifier(self.sequence_summary(body.last_hidden_state)).view(-1, num_choices)
         return L.labelled_output(MultipleChoiceModelOutput, logits, labels, body, return_dict, self.config,
                                  L.multiple_choice_loss)

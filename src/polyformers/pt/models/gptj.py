@@ -155,6 +155,8 @@ class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
 
     _tied_weights_keys = ["lm_head.weight"]
     _output_embeddings = "lm_head"
+    prepare_inputs_for_generation = L.cached_decoder_generation_inputs
+    _reorder_cache = staticmethod(reorder_legacy_or_cache)
 
     def __init__(self, config: GPTJConfig):
         super().__init__(config)
@@ -167,12 +169,8 @@ class GPTJForCausalLM(GenerationMixin, GPTJPreTrainedModel):
                 return_dict=None, cache_position=None, logits_to_keep=0):
         body = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                 use_cache, output_attentions, output_hidden_states, True, cache_position)
-        logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
-        return L.labelled_output(CausalLMOutputWithPast, logits, labels, body, return_dict, self.config,
-                                 L.causal_lm_loss)
-
-    prepare_inputs_for_generation = L.cached_decoder_generation_inputs
-    _reorder_cache = staticmethod(reorder_legacy_or_cache)
+        return L.causal_lm_output(CausalLMOutputWithPast, self.lm_head, body, logits_to_keep, labels, return_dict,
+                                  self.config)
 
 
 class GPTJForSequenceClassification(GPTJPreTrainedModel):
@@ -181,9 +179,7 @@ class GPTJForSequenceClassification(GPTJPreTrainedModel):
 
     def __init__(self, config: GPTJConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.transformer = GPTJModel(config)
-        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        L.add_last_token_classifier(self, GPTJModel(config))
         self.post_init()
 
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -309,8 +309,7 @@ class MPNetForSequenceClassification(MPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.mpnet = MPNetModel(config, add_pooling_layer=False)
+        L.head_body(self, MPNetModel(config, add_pooling_layer=False))
         self.classifier = MPNetClassificationHead(config)
         self.post_init()
 
@@ -328,10 +327,7 @@ class MPNetForTokenClassification(MPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.mpnet = MPNetModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = L.Linear(config.hidden_size, config.num_labels)
+        L.add_token_classifier(self, MPNetModel(config, add_pooling_layer=False), config.hidden_dropout_prob)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -348,9 +344,7 @@ class MPNetForQuestionAnswering(MPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.mpnet = MPNetModel(config, add_pooling_layer=False)
-        self.qa_outputs = L.Linear(config.hidden_size, config.num_labels)
+        L.add_span_classifier(self, MPNetModel(config, add_pooling_layer=False))
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -369,9 +363,7 @@ class MPNetForMultipleChoice(MPNetPreTrainedModel):
 
     def __init__(self, config: MPNetConfig):
         super().__init__(config)
-        self.mpnet = MPNetModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = L.Linear(config.hidden_size, 1)
+        L.add_pooled_choice_classifier(self, MPNetModel(config))
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,

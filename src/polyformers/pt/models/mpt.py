@@ -184,6 +184,8 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
 
     _tied_weights_keys = ["lm_head.weight"]
     _output_embeddings = "lm_head"
+    prepare_inputs_for_generation = L.cached_decoder_generation_inputs
+    _reorder_cache = staticmethod(reorder_legacy_or_cache)
 
     def __init__(self, config: MptConfig):
         super().__init__(config)
@@ -196,12 +198,8 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
                 position_ids=None, cache_position=None, logits_to_keep=0):
         body = self.transformer(input_ids, past_key_values, attention_mask, inputs_embeds, use_cache, output_attentions,
                                 output_hidden_states, return_dict=True, cache_position=cache_position)
-        logits = self.lm_head(L.keep_last_logits(body.last_hidden_state, logits_to_keep))
-        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config,
-                                 L.causal_lm_loss)
-
-    prepare_inputs_for_generation = L.cached_decoder_generation_inputs
-    _reorder_cache = staticmethod(reorder_legacy_or_cache)
+        return L.causal_lm_output(CausalLMOutputWithCrossAttentions, self.lm_head, body, logits_to_keep, labels,
+                                  return_dict, self.config)
 
 
 class MptForSequenceClassification(MptPreTrainedModel):
@@ -210,9 +208,7 @@ class MptForSequenceClassification(MptPreTrainedModel):
 
     def __init__(self, config: MptConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.transformer = MptModel(config)
-        self.score = nn.Linear(config.d_model, config.num_labels, bias=False)
+        L.add_last_token_classifier(self, MptModel(config))
         self.post_init()
 
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, inputs_embeds=None, labels=None,

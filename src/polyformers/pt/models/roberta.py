@@ -17,13 +17,12 @@ from torch import nn
 from ...configs import RobertaConfig
 from ...outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
-    CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
-    TokenClassifierOutput,
 )
 from .. import layers as L
-from ..bert import STACKED_KEYS, BertEmbeddings, BertEncoder, prepare_encoder_inputs
+from ..bert import (STACKED_KEYS, BertEmbeddings, BertEncoder, causal_lm_forward, encode, prepare_encoder_inputs,
+                    question_answering_forward, sequence_classification_forward, token_classification_forward)
 from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
 from ..modeling import PreTrainedModel
@@ -190,6 +189,9 @@ class _RobertaLMHeadModel(RobertaPreTrainedModel):
         self.lm_head = RobertaLMHead(config)
         self.post_init()
 
+    def _lm_logits(self, hidden_states):
+        return self.lm_head(hidden_states)
+
     def tie_weights(self) -> None:
         super().tie_weights()
         self.lm_head.tie_bias()
@@ -216,18 +218,7 @@ class RobertaForCausalLM(GenerationMixin, _RobertaLMHeadModel):
             )
         super().__init__(config)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        if labels is not None:
-            use_cache = False
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                            output_attentions, output_hidden_states, return_dict=True)
-        logits = self.lm_head(body.last_hidden_state)
-        return L.labelled_output(CausalLMOutputWithCrossAttentions, logits, labels, body, return_dict, self.config,
-                                 L.causal_lm_loss)
+    forward = causal_lm_forward
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
         if attention_mask is None:
@@ -254,7 +245,7 @@ class RobertaForMaskedLM(_RobertaLMHeadModel):
         body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                             encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
                             output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.lm_head(body.last_hidden_state)
+        logits = self._lm_logits(body.last_hidden_state)
         return L.labelled_output(MaskedLMOutput, logits, labels, body, return_dict, self.config)
 
 
@@ -270,19 +261,11 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        L.head_body(self, RobertaModel(config, add_pooling_layer=False))
         self.classifier = RobertaClassificationHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        logits = self.classifier(body.last_hidden_state)
-        return L.classifier_output(logits, labels, body, return_dict, self.config)
+    forward = sequence_classification_forward
 
 
 class RobertaForMultipleChoice(RobertaPreTrainedModel):
@@ -291,9 +274,7 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig):
         super().__init__(config)
-        self.roberta = RobertaModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = L.Linear(config.hidden_size, 1)
+        L.add_pooled_choice_classifier(self, RobertaModel(config))
         self.post_init()
 
     # The argument order differs from the other heads (token_type_ids and labels come early), as in the
@@ -309,9 +290,8 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
             )
         num_choices = reference.shape[1]
         flat = L.flatten_choices
-        body = self.roberta(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                            head_mask, flat(inputs_embeds), output_attentions=output_attentions,
-                            output_hidden_states=output_hidden_states, return_dict=True)
+        body = encode(self, flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                      head_mask, flat(inputs_embeds), output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(body.pooler_output)).view(-1, num_choices)
         return L.labelled_output(MultipleChoiceModelOutput, logits, labels, body, return_dict, self.config,
                                  L.multiple_choice_loss)
@@ -322,20 +302,10 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.roberta = RobertaModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(L.classifier_dropout(config))
-        self.classifier = L.Linear(config.hidden_size, config.num_labels)
+        L.add_token_classifier(self, RobertaModel(config, add_pooling_layer=False), L.classifier_dropout(config))
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        logits = self.classifier(self.dropout(body.last_hidden_state))
-        return L.labelled_output(TokenClassifierOutput, logits, labels, body, return_dict, self.config)
+    forward = token_classification_forward
 
 
 class RobertaForQuestionAnswering(RobertaPreTrainedModel):
@@ -343,16 +313,7 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
 
     def __init__(self, config: RobertaConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.roberta = RobertaModel(config, add_pooling_layer=False)
-        self.qa_outputs = L.Linear(config.hidden_size, config.num_labels)
+        L.add_span_classifier(self, RobertaModel(config, add_pooling_layer=False))
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
-        body = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        return L.span_output(self.qa_outputs(body.last_hidden_state), start_positions, end_positions, body,
-                             return_dict, self.config)
+    forward = question_answering_forward
