@@ -13,8 +13,9 @@ rounds in which the contenders run one after another, in alternating order. Prin
   256 MB to 1 GB, far bigger than the caches, best of 5 runs each, ``THREADS`` threads), and each
   contender's fraction of it: bytes of weights read per token (as that contender stores them) x tokens/s /
   bound. A float32 ``torch.mv`` is printed beside it: it does not reach the machine's limit;
-- ``quantize(bits=8)`` (``quantize_int8``) and ``quantize(bits=4, group_size=--group-size)``: tokens/s,
-  and whether their greedy tokens equal float32's on prompts written with the real GPT-2 vocabulary;
+- ``quantize(bits=8)`` (``quantize_int8``), ``quantize(bits=4, group_size=--group-size)`` and
+  ``quantize(bits=16)`` (bfloat16 weights, 2 bytes each): tokens/s, and whether their greedy tokens equal
+  float32's on prompts written with the real GPT-2 vocabulary;
 - CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed;
 - llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
   by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
@@ -22,11 +23,14 @@ rounds in which the contenders run one after another, in alternating order. Prin
   ``llama-bench -t THREADS -p 0 -n NEW`` decodes, in the same rounds as the others;
 - the time between decoding steps outside the blocks, polyformers against the reference: from the end of
   one step's LM head to the start of the next step's first block (hooks), the loop's own work and the
-  forward's set-up.
+  forward's set-up;
+- the kernels for one token (``kernels``): int8 weights, and 16-bit weights (oneDNN as torch calls it, oneDNN
+  with pre-packed weights, torch's own matrix-vector kernel that :class:`Bf16Linear` uses for one row,
+  float16 weights), on the reduced GPT-J's matrices, against float32's oneDNN and the read bound.
 
     .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt] [--skip ...] [--group-size 32]
 
-``--skip fp32 prefill batch ct2 kernels int4 llamacpp overhead`` leaves the int8 decode against the reference (and
+``--skip fp32 prefill batch ct2 kernels int4 bf16 llamacpp overhead`` leaves the int8 decode against the reference (and
 the int8 token check). The load average is printed before and after; a run whose load average exceeds
 the thread count says so.
 """
@@ -370,6 +374,9 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         ours_int4 = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=4,
                              group_size=args.group_size)
         contenders.append(torch_contender(f"polyformers-int4-g{args.group_size}", ours_int4))
+    if "bf16" not in args.skip:
+        ours_bf16 = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=16)
+        contenders.append(torch_contender("polyformers-bf16", ours_bf16))
     if "ct2" not in args.skip:
         for quantization, generator in ct2_generators(family, folder).items():
             contenders.append(ct2_contender(f"ctranslate2-{quantization}", generator))
@@ -397,6 +404,8 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         bytes_per_token["ctranslate2-int8"] = bytes_per_token["polyformers-int8"]
     if "int4" not in args.skip:
         bytes_per_token[f"polyformers-int4-g{args.group_size}"] = weight_bytes_per_token(ours_int4)
+    if "bf16" not in args.skip:
+        bytes_per_token["polyformers-bf16"] = weight_bytes_per_token(ours_bf16)
     for c in contenders:
         if hasattr(c, "bytes_per_token"):
             bytes_per_token[c.name] = c.bytes_per_token
@@ -452,6 +461,8 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         checked.append(("int8", ours_int8))
     if "int4" not in args.skip:
         checked.append((f"int4 (group {args.group_size})", ours_int4))
+    if "bf16" not in args.skip:
+        checked.append(("bf16", ours_bf16))
     if checked:
         tokenizer = polyformers.GPT2TokenizerFast(
             vocab_file=str(GPT2_VOCAB / "vocab.json"), merges_file=str(GPT2_VOCAB / "merges.txt")
@@ -534,6 +545,88 @@ def int8_kernels(repeat: int) -> None:
         print(f"  {name:40s} {statistics.median(ts) * 1e3:7.2f}")
 
 
+def bf16_kernels(repeat: int, stream: float) -> None:
+    """The candidates for a 16-bit matrix times one float32 token, per matrix shape of the reduced GPT-J
+    (MPT's are the same), each shape as copies filling 256 MB of float32: GB/s of weights read (as each
+    candidate stores them), and the time of one token's 12 layers and LM head against the read bound;
+    medians of ``3 * repeat`` rounds alternating the candidates. With ``THREADS`` threads (wall time), then
+    with one, timed by the thread's CPU time, which other processes on the machine disturb less."""
+    import torch
+
+    for threads in (THREADS, 1):
+        torch.set_num_threads(threads)
+        try:
+            _bf16_kernels(3 * repeat, stream, threads)
+        finally:
+            torch.set_num_threads(THREADS)
+
+
+def _bf16_kernels(rounds: int, stream: float, threads: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from polyformers.pt.layers import linear
+    from polyformers.pt.quantize import Bf16Linear
+
+    shapes = {(3072, 1024): 12, (1024, 1024): 12, (4096, 1024): 12, (1024, 4096): 12, (50400, 1024): 1}
+    names = ["float32, oneDNN (layers.linear)", "bfloat16, oneDNN (F.linear)", "bfloat16, oneDNN pre-packed",
+             "bfloat16, torch's mat-vec (Bf16Linear)", "float16, F.linear"]
+    rates: dict[str, list] = {name: [] for name in names}
+    token_s = dict.fromkeys(names, 0.0)
+    token_bytes = dict.fromkeys(names, 0)
+    for (out, inp), per_token in shapes.items():
+        torch.manual_seed(0)
+        weights = [torch.randn(out, inp) * 0.02 for _ in range(max(1, 2**26 // (out * inp)))]
+        layers = [Bf16Linear(w) for w in weights]
+        halves = [w.half() for w in weights]
+        try:
+            packed = [torch.ops.mkldnn._reorder_linear_weight(layer.weight, 1) for layer in layers]
+        except RuntimeError:  # oneDNN without bfloat16 on this CPU
+            packed = None
+        x = torch.randn(1, 1, inp)  # each 16-bit candidate rounds it and returns float32, as the layer does
+        candidates = {
+            names[0]: (4, lambda: [linear(x, w) for w in weights]),
+            names[1]: (2, lambda: [F.linear(x.bfloat16(), layer.weight).float() for layer in layers]),
+            names[2]: (2, None if packed is None else lambda: [
+                torch.ops.mkldnn._linear_pointwise(x.bfloat16(), p, None, "none", [], "").float() for p in packed]),
+            names[3]: (2, lambda: [layer(x) for layer in layers]),
+            names[4]: (2, lambda: [F.linear(x.half(), h).float() for h in halves]),
+        }
+        times: dict[str, list] = {name: [] for name, (_, fn) in candidates.items() if fn is not None}
+        with torch.inference_mode():
+            clock = time.perf_counter if threads > 1 else time.thread_time
+            for r in range(rounds):
+                order = list(times) if r % 2 == 0 else list(times)[::-1]
+                for name in order:
+                    fn = candidates[name][1]
+                    fn()  # first pass: the copies leave the caches of the previous candidate's
+                    start = clock()
+                    fn()
+                    times[name].append((clock() - start) / len(weights))
+        for name in names:
+            if name not in times:
+                rates[name].append(None)
+                continue
+            seconds, size = statistics.median(times[name]), out * inp * candidates[name][0]
+            rates[name].append(size / seconds)
+            token_s[name] += per_token * seconds
+            token_bytes[name] += per_token * size
+        del weights, layers, halves, packed
+    columns = "  ".join(f"{inp}->{out}".rjust(10) for out, inp in shapes)
+    bound = f"fraction of the read bound {stream / 1e9:.1f} GB/s" if threads == THREADS else "no bound measured"
+    timing = "wall time" if threads > 1 else "CPU time"
+    print(f"16-bit kernels, one token, {threads} thread{'s' * (threads > 1)} ({timing}; {load_average()}): GB/s "
+          f"of weights read per matrix shape; one token's 12 layers and head (ms, {bound}):")
+    print(f"  {'':40s} {columns}")
+    for name in names:
+        if not token_s[name]:
+            print(f"  {name:40s} (not available on this CPU)")
+            continue
+        cells = "  ".join("-".rjust(10) if r is None else f"{r / 1e9:10.1f}" for r in rates[name])
+        fraction = f"  {token_bytes[name] / token_s[name] / stream:4.0%}" if threads == THREADS else ""
+        print(f"  {name:40s} {cells}  {token_s[name] * 1e3:7.2f} ms{fraction}")
+
+
 def _quantized(weight):
     import torch
 
@@ -549,8 +642,8 @@ def main() -> None:
     parser.add_argument("--llamacpp", type=Path, default=ROOT / ".cache" / "llamacpp",
                         help="where ../shared/llamacpp/build.sh built llama-bench")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["fp32", "prefill", "batch", "int8", "int4", "ct2", "kernels", "llamacpp",
-                                 "overhead"],
+                        choices=["fp32", "prefill", "batch", "int8", "int4", "bf16", "ct2", "kernels",
+                                 "llamacpp", "overhead"],
                         help="fp32: polyformers' float32 decode (the reference stays, as the base of the ratios)")
     parser.add_argument("--extra", nargs="*", default=[], choices=["batch-reference"],
                         help="also time the reference at batch 8 (slow)")
@@ -564,6 +657,7 @@ def main() -> None:
     print(f"read bound: {args.stream_bandwidth / 1e9:.1f} GB/s ({how})", flush=True)
     if "kernels" not in args.skip:
         int8_kernels(args.repeat)
+        bf16_kernels(args.repeat, args.stream_bandwidth)
     bw_samples: list[tuple[float, float]] = []
     for family in args.family:
         bench_family(family, args, bw_samples)

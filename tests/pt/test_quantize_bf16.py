@@ -1,9 +1,11 @@
 """16-bit weights (``quantize(model, bits=16)``, :class:`Bf16Linear`): the layer against its rounded weights,
+in batches (oneDNN) and one row at a time (torch's matrix-vector kernel, oneDNN switched off around it),
 stacked projections, greedy tokens of a small decoder trained to be confident, the real all-mpnet-base-v2's
 embeddings, saving and loading, and errors."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -12,11 +14,21 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import polyformers
-from polyformers.pt.quantize import Bf16Linear, quantize
+from polyformers.pt.quantize import Bf16Linear, has_native_bf16, quantize
 
 from .test_mpnet_real import SENTENCES
 from .test_quantize_4bit import PROMPTS, _greedy, _mean_pooled, _tiny_gptj, _tiny_mpt, trained  # noqa: F401
 from .test_quantize_4bit import assert_each_refused
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool):
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def test_the_layer_multiplies_bfloat16_rounded_inputs_and_weights():
@@ -37,6 +49,43 @@ def test_the_layer_multiplies_bfloat16_rounded_inputs_and_weights():
     torch.testing.assert_close(y, unbiased + linear.bias.detach(), rtol=0, atol=1e-6)
     # ... and the rounding is real: float32's own product differs.
     assert (y - linear(x).detach()).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("shape", [(96,), (1, 96), (1, 1, 96)])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_one_row_takes_torchs_matrix_vector_kernel_within_the_same_contract(shape, onednn):
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(96, 300)
+    layer = Bf16Linear.from_linear(linear)
+    x = torch.randn(shape) * 3
+    with _onednn(onednn):
+        y = layer(x)
+        # the switch around the kernel leaves oneDNN as it was
+        assert torch.backends.mkldnn.enabled is onednn
+    assert y.shape == (*shape[:-1], 300) and y.dtype == torch.float32
+    with _onednn(False):
+        kernel = F.linear(x.bfloat16(), layer.weight)
+    assert torch.equal(y, kernel.float() + linear.bias.detach())
+    # the same contract as the batches': the rounded operands' product within one bfloat16 step
+    product = y - linear.bias.detach()
+    exact = x.bfloat16().float() @ linear.weight.detach().bfloat16().float().T
+    assert ((product - exact).abs() <= 2 ** -8 * exact.abs() + 1e-6).all()
+    # ... and within one step of the row's product in a batch (oneDNN where the CPU has bfloat16)
+    batch = torch.cat([x.reshape(1, 96), torch.randn(4, 96)])
+    in_batch = layer(batch)[0] - linear.bias.detach()
+    assert ((product.reshape(300) - in_batch).abs() <= 2 ** -7 * exact.abs().reshape(300) + 1e-6).all()
+
+
+def test_one_row_runs_outside_onednn_and_batches_in_it(capfd):
+    layer = Bf16Linear.from_linear(torch.nn.Linear(96, 300))
+    calls = {}
+    for name, x in (("one row", torch.randn(1, 1, 96)), ("batch", torch.randn(5, 96))):
+        capfd.readouterr()
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):  # oneDNN prints each call
+            layer(x)
+        calls[name] = capfd.readouterr().out.count(",exec,cpu,matmul,")
+    assert calls["one row"] == 0
+    assert calls["batch"] == (1 if has_native_bf16() else 0)
 
 
 @pytest.mark.parametrize("family", [_tiny_gptj, _tiny_mpt])  # MPT ties its head to the embedding
@@ -71,7 +120,9 @@ def test_greedy_tokens_equal_float32s(trained):  # noqa: F811
     model, _ = trained
     quantized = quantize(copy.deepcopy(model), bits=16)
     assert isinstance(quantized.transformer.h[0].mlp.fc_in, Bf16Linear)
-    assert torch.equal(_greedy(quantized, PROMPTS), _greedy(model, PROMPTS))
+    assert torch.equal(_greedy(quantized, PROMPTS), _greedy(model, PROMPTS))  # 4 rows a step: oneDNN
+    for prompt in PROMPTS:  # one row a step: torch's matrix-vector kernel
+        assert torch.equal(_greedy(quantized, prompt[None]), _greedy(model, prompt[None]))
 
 
 @pytest.mark.parametrize("family", [_tiny_gptj, _tiny_mpt])
@@ -112,6 +163,11 @@ def test_errors_name_the_argument():
     layer = Bf16Linear.from_linear(torch.nn.Linear(8, 4))
     with pytest.raises(TypeError, match=r"expected float32 inputs, given torch.float64"):
         layer(torch.randn(2, 8, dtype=torch.float64))
+    # as many numbers as one row, in the wrong shape
+    with pytest.raises(ValueError, match=r"expected an input of 8 features in its last dimension, given shape "
+                                         r"\(2, 4\)"):
+        layer(torch.randn(2, 4))
+    assert torch.backends.mkldnn.enabled
 
 
 def test_real_mpnet_bf16_embeddings_keep_float32s(assets):

@@ -435,16 +435,32 @@ _int4_mm = getattr(torch.ops.aten._weight_int4pack_mm_for_cpu.default, "_op",
 # ------------------------------------------------------------------------------------------------------
 # 16-bit weights
 
+_mkldnn_enabled, _set_mkldnn_enabled = torch._C._get_mkldnn_enabled, torch._C._set_mkldnn_enabled
+
+
 class Bf16Linear(nn.Module):
-    """``y = x W^T + b`` with W stored in bfloat16 and multiplied in bfloat16 (float32 accumulation, oneDNN's
-    AVX512-BF16 kernels where the CPU has them; the product is rounded to bfloat16 once, as under autocast,
-    since torch's CPU matmul has no float32 output for bfloat16 operands); inputs, outputs and the bias stay
+    """``y = x W^T + b`` with W stored in bfloat16 and multiplied in bfloat16: the inputs are rounded to
+    bfloat16, the products summed in float32 and the sum rounded to bfloat16 once, as under autocast
+    (torch's CPU matmul has no float32 output for bfloat16 operands); inputs, outputs and the bias stay
     float32.
 
-    Half of float32's bytes per weight, and on CPUs with native bfloat16 arithmetic (see
-    :func:`has_native_bf16`) about twice float32's matmul rate on batches. Rounding the weights and the
-    inputs to bfloat16's 8 significant bits moves each output by a few parts in a thousand; all-mpnet-base-v2's
-    mean-pooled embeddings keep a cosine of 0.9999 to float32's (``tests/pt/test_quantize_bf16.py``).
+    Half of float32's bytes per weight. Two kernels, by the number of rows:
+
+    - one row (a decoding step, bound by reading the weights): torch's own vectorized bfloat16
+      matrix-vector kernel, which streams the weights at float32's rate in bytes, so in half its time.
+      torch sends bfloat16 matmuls to oneDNN whenever the CPU has bfloat16 arithmetic, and oneDNN's
+      product of one row with an unpacked (or even pre-packed) bfloat16 matrix reads it no faster than
+      float32 ones (per layer, one thread: 9-10 GB/s unpacked, 13-17 packed, 18-22 torch's kernel); so
+      the call runs with oneDNN switched off (``torch.backends.mkldnn``, restored after the call). That
+      switch is process-wide: a float32 matmul of another thread at that instant takes torch's BLAS path
+      instead of oneDNN, with the same values up to the order of the sums.
+    - more rows (prompts, batches, encoders): oneDNN, whose AVX512-BF16 kernels (see
+      :func:`has_native_bf16`) run about twice float32's matmul rate.
+
+    Both sum in float32 and round once, so the output is the exact product of the rounded operands
+    within one bfloat16 step (2**-8 relative). Rounding the weights and the inputs to bfloat16's 8
+    significant bits moves each output by a few parts in a thousand; all-mpnet-base-v2's mean-pooled
+    embeddings keep a cosine of 0.9999 to float32's (``tests/pt/test_quantize_bf16.py``).
     The state dict keeps the layer's ``weight`` (bfloat16) and ``bias`` under their usual names, so
     ``save_pretrained`` writes a checkpoint that loads anywhere; loading it gives float32 layers.
     """
@@ -492,8 +508,20 @@ class Bf16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"Bf16Linear: expected float32 inputs, given {x.dtype}")
-        y = F.linear(x.to(torch.bfloat16), self.weight).float()
-        return y if self.bias is None else y + self.bias
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Bf16Linear: expected an input of {self.in_features} features in its last dimension, "
+                             f"given shape {tuple(x.shape)}")
+        x = x.to(torch.bfloat16)
+        if x.numel() == self.in_features and _mkldnn_enabled():
+            _set_mkldnn_enabled(False)  # torch's matrix-vector kernel (see the class docstring)
+            try:
+                y = F.linear(x, self.weight)
+            finally:
+                _set_mkldnn_enabled(True)
+        else:
+            y = F.linear(x, self.weight)
+        # one kernel: float32's sum of the bias and the bfloat16 product
+        return y.float() if self.bias is None else torch.add(self.bias, y)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -501,7 +529,8 @@ class Bf16Linear(nn.Module):
 
 def has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (oneDNN's AVX512-BF16 or AMX kernels): only there are
-    16-bit weights faster than float32 ones on batches."""
+    16-bit weights faster than float32 ones on batches. (One row, a decoding step, runs torch's own kernel,
+    which reads half float32's bytes whatever the answer.)"""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
