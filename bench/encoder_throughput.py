@@ -10,6 +10,10 @@ Runners, timed in the same process, taking turns batch by batch in a rotating or
                     "the reference" in the ratios;
   polyformers int8  a copy of it through ``polyformers.pt.quantize.quantize_int8`` with
                     ``outlier_threshold=OUTLIER_THRESHOLD``.
+The bound: the machine's fp32 GEMM rate, measured first (the best of several runs of square and
+encoder-shaped products, through torch's matmul and oneDNN's, ``--threads`` threads); the 1x128 forward's
+floating-point work (its linear layers and attention products, counted from the config) over its median time
+is printed as a fraction of that rate.
 Random base-size weights are built once with polyformers and saved to .cache/bench/<family>-base; both
 libraries load that folder. Finally the int8 path is checked on the real all-mpnet-base-v2 checkpoint:
 cosine similarity of its mean-pooled embeddings to the fp32 ones.
@@ -100,6 +104,41 @@ def workloads(tok, batches: int) -> dict[str, list[dict]]:
     return {"mixed": [dict(b) for b in mixed], "1x128": [dict(single)]}
 
 
+def gemm_rate(runs: int = 5) -> tuple[float, str]:
+    """The best fp32 multiply-add rate (FLOP/s) this machine reaches with the current thread count: square
+    products of 1024 and 2048 and the encoder's own shapes (128 x 768 x 3072 both ways), through torch's
+    matmul and through oneDNN's linear, best of ``runs`` each."""
+    onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    best, how = 0.0, ""
+    shapes = [(1024, 1024, 1024), (2048, 2048, 2048), (128, 768, 3072), (128, 3072, 768)]
+    with torch.inference_mode():
+        for rows, inner, cols in shapes:
+            x, w = torch.randn(rows, inner), torch.randn(cols, inner)
+            kernels = {"torch.matmul": lambda: torch.matmul(x, w.t())}
+            if onednn:
+                kernels["oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            for name, kernel in kernels.items():
+                kernel()
+                repeats = max(1, int(2e9 / (2 * rows * inner * cols)))
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        kernel()
+                    rate = 2 * rows * inner * cols * repeats / (time.perf_counter() - start)
+                    if rate > best:
+                        best, how = rate, f"{name}, {rows}x{inner}x{cols}"
+    return best, how
+
+
+def forward_flops(family: str, tokens: int) -> float:
+    """Multiply-adds x 2 of one forward over ``tokens`` tokens of one sequence: the linear layers (attention
+    projections, output, feed-forward) and the two attention products; embeddings and norms are left out."""
+    c = CONFIGS[family]
+    hidden, inner, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    per_layer = 2 * tokens * hidden * (4 * hidden + 2 * inner) + 2 * 2 * tokens * tokens * hidden
+    return layers * per_layer
+
+
 def interleaved(runners: dict, inputs: list[dict], repeat: int) -> dict[str, list[float]]:
     """Seconds per pass over ``inputs`` for each runner, ``repeat`` times. The runners take turns batch by
     batch, in an order that rotates, so that a change in the machine's load hits all of them alike."""
@@ -121,7 +160,7 @@ def interleaved(runners: dict, inputs: list[dict], repeat: int) -> dict[str, lis
     return times
 
 
-def bench_family(family: str, repeat: int, batches: int) -> dict:
+def bench_family(family: str, repeat: int, batches: int, bound: float) -> dict:
     import polyformers
     import transformers
     from polyformers.pt.quantize import OUTLIER_THRESHOLD, quantize_int8
@@ -171,6 +210,13 @@ def bench_family(family: str, repeat: int, batches: int) -> dict:
                 ratio = medians[fastest] / medians[runner]
                 print(f"   {runner} vs {fastest} (fp32): {ratio:.2f}x")
                 results[(family, name, runner)] = ratio
+            if name == "1x128":
+                flops = forward_flops(family, MAX_LENGTH)
+                for runner in ["polyformers", *references]:
+                    rate = flops / medians[runner]
+                    print(f"   {runner:18s} {rate / 1e9:6.1f} GFLOP/s = {rate / bound:4.0%} of the fp32 GEMM bound "
+                          f"({flops / 1e9:.1f} GFLOP a forward)")
+                    results[(family, name, f"{runner} / GEMM bound")] = rate / bound
     return results
 
 
@@ -207,17 +253,25 @@ def main() -> None:
     parser.add_argument("--cosine-texts", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    bound, how = gemm_rate()
+    print(f"fp32 GEMM bound: {bound / 1e9:.1f} GFLOP/s ({how}, best of 5)", flush=True)
     results = {}
     for family in args.families:
-        results.update(bench_family(family, args.repeat, args.batches))
+        results.update(bench_family(family, args.repeat, args.batches, bound))
     if args.cosine_texts:
         int8_cosine(args.cosine_texts)
-    print(f"\n== summary (load average now {os.getloadavg()[0]:.1f}): speed-up over the reference's faster "
-          "attention implementation (fp32)")
+    after = os.getloadavg()[0]
+    print(f"\n== summary (load average {load:.1f} before, {after:.1f} now): speed-up over the reference's faster "
+          "attention implementation (fp32), and fraction of the GEMM bound")
     for (family, name, runner), ratio in results.items():
-        print(f"   {family:8s} {name:6s} {runner:17s} {ratio:5.2f}x")
+        value = f"{ratio:5.0%}" if runner.endswith("GEMM bound") else f"{ratio:5.2f}x"
+        print(f"   {family:8s} {name:6s} {runner:30s} {value}")
+    if max(load, after) > args.threads:
+        print(f"   the load average exceeded the {args.threads} threads: other work shared the cores, so these "
+              "figures are low")
 
 
 if __name__ == "__main__":
