@@ -281,11 +281,17 @@ class Contender:
         self.generate = generate  # (input_ids tensor, new tokens) -> output ids
 
 
-def torch_contender(name: str, model) -> Contender:
+def torch_contender(name: str, model, kernels_off: bool = False) -> Contender:
+    """``model.generate``; with ``kernels_off``, inside ``polyformers.pt.kernels.switched_off()``: torch's
+    kernels where polyformers' compiled ones would run."""
+    import contextlib
+
     import torch
 
+    from polyformers.pt import kernels
+
     def generate(ids, new):
-        with torch.inference_mode():
+        with torch.inference_mode(), kernels.switched_off() if kernels_off else contextlib.nullcontext():
             return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                                   do_sample=False)
 
@@ -357,9 +363,11 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     import transformers
 
     import polyformers
+    from polyformers.pt import kernels
     from polyformers.pt.quantize import quantize, quantize_int8
 
     folder = build(family)
+    print(f"polyformers' compiled kernels: {'in use' if kernels.available() else kernels.why_not()}")
     ref_class = {"gptj": transformers.GPTJForCausalLM, "mpt": transformers.MptForCausalLM}[family]
     pf_class = {"gptj": polyformers.GPTJForCausalLM, "mpt": polyformers.MptForCausalLM}[family]
     reference = ref_class.from_pretrained(folder, dtype=torch.float32).eval()
@@ -374,9 +382,16 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         ours_int4 = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=4,
                              group_size=args.group_size)
         contenders.append(torch_contender(f"polyformers-int4-g{args.group_size}", ours_int4))
+        if kernels.available():  # the same layers packed for torch's int4 kernel
+            with kernels.switched_off():
+                int4_torch = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=4,
+                                      group_size=args.group_size)
+            contenders.append(torch_contender(f"int4-g{args.group_size} torch's kernel", int4_torch, True))
     if "bf16" not in args.skip:
         ours_bf16 = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=16)
         contenders.append(torch_contender("polyformers-bf16", ours_bf16))
+        if kernels.available():
+            contenders.append(torch_contender("bf16 torch's kernels", ours_bf16, True))
     if "ct2" not in args.skip:
         for quantization, generator in ct2_generators(family, folder).items():
             contenders.append(ct2_contender(f"ctranslate2-{quantization}", generator))
@@ -404,8 +419,9 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         bytes_per_token["ctranslate2-int8"] = bytes_per_token["polyformers-int8"]
     if "int4" not in args.skip:
         bytes_per_token[f"polyformers-int4-g{args.group_size}"] = weight_bytes_per_token(ours_int4)
+        bytes_per_token[f"int4-g{args.group_size} torch's kernel"] = weight_bytes_per_token(ours_int4)
     if "bf16" not in args.skip:
-        bytes_per_token["polyformers-bf16"] = weight_bytes_per_token(ours_bf16)
+        bytes_per_token["polyformers-bf16"] = bytes_per_token["bf16 torch's kernels"] = weight_bytes_per_token(ours_bf16)
     for c in contenders:
         if hasattr(c, "bytes_per_token"):
             bytes_per_token[c.name] = c.bytes_per_token
@@ -448,7 +464,10 @@ def bench_family(family: str, args, bw_samples: list) -> None:
             print(f"  {name:20s} {PREFILL / seconds:7.1f}   x{prefill_s['reference'] / seconds:4.2f} of the reference")
 
     if "batch" not in args.skip:
-        batch_s = rounds([by_name[n] for n in ("polyformers", "polyformers-int8", "reference") if n in by_name
+        # (torch's int4 kernel takes one row: its layers dequantize the whole weight for a batch, minutes here)
+        batched = ("polyformers", "polyformers-int8", "polyformers-bf16", "bf16 torch's kernels",
+                   f"polyformers-int4-g{args.group_size}", "reference")
+        batch_s = rounds([by_name[n] for n in batched if n in by_name
                           and (n != "reference" or "batch-reference" in args.extra)],
                          lambda c: c.generate(batch_prompt, NEW), args.repeat)
         print(f"batch {BATCH} decode throughput (new tokens over the batch / s):")

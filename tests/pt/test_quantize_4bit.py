@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import polyformers
-from polyformers.pt.quantize import Int4Linear, Int8Linear, quantize
+from polyformers.pt.quantize import Int4Linear, Int8Linear, quantize, quantize_int8
 
 from .test_mpnet_real import SENTENCES
 
@@ -119,33 +119,80 @@ def test_int4_linear_computes_with_its_dequantized_weight(group_size, out_featur
     assert layer.qweight.dtype == torch.uint8 and layer.qweight.shape == (out_features, 128)
 
 
+_SAVED = {  # quantize's arguments -> (the quantization_config saved, the layer class, the stored weight's dtype)
+    "4-bit": (dict(bits=4, group_size=32), {"quant_method": "polyformers", "bits": 4, "group_size": 32}, Int4Linear,
+              torch.uint8),
+    "8-bit": (dict(bits=8), {"quant_method": "polyformers", "bits": 8, "outlier_threshold": None, "per_row": False},
+              Int8Linear, torch.int8),
+    "8-bit outliers": (dict(bits=8, outlier_threshold=3.0),
+                       {"quant_method": "polyformers", "bits": 8, "outlier_threshold": 3.0, "per_row": False},
+                       Int8Linear, torch.int8),
+}
+
+
+def _stored_weight(layer) -> torch.Tensor:
+    return layer.qweight if isinstance(layer, Int4Linear) else layer.unpack()[0]
+
+
+@pytest.mark.parametrize("kind", sorted(_SAVED))
 @pytest.mark.parametrize("family", [_tiny_gptj, _tiny_mpt])  # MPT ties its head to the embedding
-def test_save_and_load_the_4bit_weights(tmp_path, family):
+def test_save_and_load_the_quantized_weights(tmp_path, family, kind):
+    arguments, saved_config, layer_class, stored_dtype = _SAVED[kind]
     torch.manual_seed(0)
-    model = quantize(family().eval(), bits=4, group_size=32)
+    model = quantize(family().eval(), **arguments)
     ids = torch.tensor([[5, 9, 2, 31, 7, 7, 1]])
     with torch.no_grad():
         expected = model(ids).logits
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["quantization_config"] == {"quant_method": "polyformers", "bits": 4, "group_size": 32}
+    assert config["quantization_config"] == saved_config
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         keys = set(f.keys())
-        assert f.get_tensor("lm_head.qweight").dtype == torch.uint8
+        assert f.get_tensor("lm_head.qweight").dtype == stored_dtype
     # No float copy of a quantized matrix is stored, so loading cannot quantize again: it reads these.
     assert not any(k.endswith("lm_head.weight") or k.endswith("fc_in.weight") or k.endswith("up_proj.weight")
                    for k in keys)
     loaded = type(model).from_pretrained(tmp_path)
-    assert isinstance(loaded.lm_head, Int4Linear) and loaded.lm_head.group_size == 32
-    assert torch.equal(loaded.lm_head.qweight, model.lm_head.qweight)
+    assert isinstance(loaded.lm_head, layer_class)
+    assert not any(isinstance(m, torch.nn.Linear) for m in loaded.modules())
+    assert torch.equal(_stored_weight(loaded.lm_head), _stored_weight(model.lm_head))
+    if layer_class is Int8Linear:
+        assert loaded.lm_head.outlier_threshold == arguments.get("outlier_threshold")
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, expected)
     assert torch.equal(_greedy(loaded, ids, 8), _greedy(model, ids, 8))
-    # and again, from the loaded model
+    # and again, from the loaded model (whose projections have been stacked by the calls above)
     loaded.save_pretrained(tmp_path / "again")
     again = type(model).from_pretrained(tmp_path / "again")
     with torch.no_grad():
         assert torch.equal(again(ids).logits, expected)
+
+
+def test_a_per_row_8bit_model_loads_per_row(tmp_path):
+    model = quantize_int8(_tiny_mpt().eval(), per_row=True)
+    model.save_pretrained(tmp_path)
+    loaded = polyformers.MptForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.quantization_config["per_row"] is True and loaded.lm_head.per_row
+    ids = torch.tensor([[5, 9, 2, 31], [7, 7, 1, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_a_folder_missing_8bit_weights_is_refused(tmp_path):
+    model = quantize(_tiny_gptj().eval(), bits=8)
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    del state["lm_head.scales"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lm_head: the checkpoint holds no 8-bit weights \(qweight, scales, bias\)"):
+        polyformers.GPTJForCausalLM.from_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"]["per_row"] = "yes"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"quantization_config: per_row: expected a bool.*given per_row='yes'"):
+        polyformers.GPTJForCausalLM.from_pretrained(tmp_path)
 
 
 def test_a_folder_with_a_foreign_quantization_config_is_refused(tmp_path):

@@ -1,5 +1,6 @@
 """16-bit weights (``quantize(model, bits=16)``, :class:`Bf16Linear`): the layer against its rounded weights,
-in batches (oneDNN) and one row at a time (torch's matrix-vector kernel, oneDNN switched off around it),
+in batches (oneDNN), two to eight rows (polyformers' kernel, against torch's path) and one row at a time
+(torch's matrix-vector kernel, oneDNN switched off around it),
 stacked projections, greedy tokens of a small decoder trained to be confident, the real all-mpnet-base-v2's
 embeddings, saving and loading, and errors."""
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import polyformers
+from polyformers.pt import kernels
 from polyformers.pt.quantize import Bf16Linear, has_native_bf16, quantize
 
 from .test_mpnet_real import SENTENCES
@@ -31,24 +33,46 @@ def _onednn(enabled: bool):
         torch.backends.mkldnn.enabled = before
 
 
-def test_the_layer_multiplies_bfloat16_rounded_inputs_and_weights():
+@pytest.mark.parametrize("rows", [5, 12])  # polyformers' kernel (2-8 rows), oneDNN (more)
+def test_the_layer_multiplies_bfloat16_rounded_inputs_and_weights(rows):
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
-    x = torch.randn(5, 96) * 3
+    x = torch.randn(rows, 96) * 3
     layer = Bf16Linear.from_linear(linear)
     assert layer.weight.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32
     y = layer(x)
     assert y.dtype == torch.float32
     product = y - linear.bias.detach()
     # The product of the rounded inputs and weights (exact in float32 but for the order of the sums),
-    # rounded once to bfloat16: within one bfloat16 step (2**-8 relative) of the exact value.
-    exact = x.bfloat16().float() @ linear.weight.detach().bfloat16().float().T
+    # within one bfloat16 step (2**-8 relative) of the exact value.
+    exact = x.bfloat16().double() @ linear.weight.detach().bfloat16().double().T
     assert ((product - exact).abs() <= 2 ** -8 * exact.abs() + 1e-6).all()
     unbiased = Bf16Linear(linear.weight)(x)
-    assert torch.equal(unbiased, unbiased.bfloat16().float())
-    torch.testing.assert_close(y, unbiased + linear.bias.detach(), rtol=0, atol=1e-6)
+    if rows <= kernels.MAX_ROWS and kernels.available():
+        # float32's sum, unrounded
+        torch.testing.assert_close(unbiased.double(), exact, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(unbiased, unbiased.bfloat16().float())
+    else:
+        assert torch.equal(unbiased, unbiased.bfloat16().float())  # oneDNN rounds the sum once
+    torch.testing.assert_close(y, unbiased + linear.bias.detach(), rtol=0, atol=1e-5)
     # ... and the rounding is real: float32's own product differs.
     assert (y - linear(x).detach()).abs().max() > 1e-4
+
+
+def test_the_kernel_agrees_with_torchs_path_for_two_to_eight_rows():
+    assert kernels.available(), kernels.why_not()
+    torch.manual_seed(5)
+    layer = Bf16Linear.from_linear(torch.nn.Linear(200, 70))
+    for rows in range(2, kernels.MAX_ROWS + 1):
+        x = torch.randn(rows, 200)
+        y = layer(x)
+        with kernels.switched_off():
+            by_torch = layer(x)
+        # torch's rounds its sum to bfloat16: within one step of it
+        assert ((y - by_torch).abs() <= 2 ** -8 * (y - layer.bias).abs() + 1e-5).all(), rows
+        # each row as it would be alone (one row: torch's kernel, rounded)
+        alone = torch.cat([layer(x[i:i + 1]) for i in range(rows)])
+        assert ((y - alone).abs() <= 2 ** -8 * (y - layer.bias).abs() + 1e-5).all(), rows
 
 
 @pytest.mark.parametrize("shape", [(96,), (1, 96), (1, 1, 96)])
@@ -79,12 +103,14 @@ def test_one_row_takes_torchs_matrix_vector_kernel_within_the_same_contract(shap
 def test_one_row_runs_outside_onednn_and_batches_in_it(capfd):
     layer = Bf16Linear.from_linear(torch.nn.Linear(96, 300))
     calls = {}
-    for name, x in (("one row", torch.randn(1, 1, 96)), ("batch", torch.randn(5, 96))):
+    for name, x in (("one row", torch.randn(1, 1, 96)), ("few rows", torch.randn(5, 96)),
+                    ("batch", torch.randn(12, 96))):
         capfd.readouterr()
         with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):  # oneDNN prints each call
             layer(x)
         calls[name] = capfd.readouterr().out.count(",exec,cpu,matmul,")
     assert calls["one row"] == 0
+    assert calls["few rows"] == (0 if kernels.available() else calls["batch"])  # polyformers' kernel
     assert calls["batch"] == (1 if has_native_bf16() else 0)
 
 

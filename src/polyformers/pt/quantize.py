@@ -4,10 +4,13 @@ weights, described at the class).
 
 4 bits (weight-only). Each run of ``group_size`` (32, 64, 128) weights of a row is stored as integers
 0..15 with a scale and an offset (min-max), an eighth of float32's bytes plus the scales'; inputs,
-embeddings, norms and the key/value cache stay float32. One token is multiplied by torch's own int4 CPU
+embeddings, norms and the key/value cache stay float32. Up to :data:`INT4_KERNEL_ROWS` rows (decoding
+steps, short prompts) are multiplied by polyformers' compiled kernel (:mod:`polyformers.pt.kernels`),
+which reads the 4-bit weights once for every eight rows and dequantizes them in registers, with float32 inputs and sums: the output is the float32
+product with :meth:`Int4Linear.dequantized_weight`. Without it, one token goes to torch's own int4 CPU
 kernel (``torch.ops.aten._weight_int4pack_mm_for_cpu``, in bfloat16: its float32 path is scalar and 4x
-slower; the outputs move by well under a percent, a tenth of the 4-bit weights' own error); more rows (prompts, encoders) by the dequantized weight in float32, as the kernel's
-time grows with the rows. A 4-bit model saves its packed weights (``save_pretrained``: a
+slower; the outputs move by well under a percent, a tenth of the 4-bit weights' own error). More rows
+(prompts, encoders) are multiplied by the dequantized weight in float32. A 4-bit model saves its packed weights (``save_pretrained``: a
 ``quantization_config`` in config.json, ``qweight``/``scales``/``offsets`` in safetensors) and
 ``from_pretrained`` of that folder, with the model's own class, builds 4-bit layers and loads them as
 stored, without quantizing again; a ``quantization_config`` of another library is refused with an error.
@@ -48,8 +51,10 @@ about a percent of float32's, and the search costs a decoding step of the reduce
 ``bench/decode_speed.py`` 8% at threshold 6 and half its speed at 3, where unit-variance normed inputs
 cross the threshold in many columns.
 
-A quantized model is for inference: it is put in eval mode, has no gradients, cannot be saved (quantize
-after loading) and takes float32 inputs only.
+A quantized model is for inference: it is put in eval mode, has no gradients and takes float32 inputs
+only. ``save_pretrained`` writes its int8 weights and scales (``qweight``, ``scales``) with a
+``quantization_config`` in config.json, and ``from_pretrained`` of that folder builds the 8-bit layers
+from them without quantizing again (see :func:`quantize`).
 
     model = quantize_int8(GPTJForCausalLM.from_pretrained(folder))           # decoders
     model = quantize_int8(MPNetModel.from_pretrained(folder), outlier_threshold=OUTLIER_THRESHOLD)
@@ -64,6 +69,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import kernels
 
 OUTLIER_THRESHOLD = 3.0
 """The ``outlier_threshold`` for post-norm encoders (BERT-style, MPNet); see the module docstring."""
@@ -257,10 +264,24 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}{threshold}{per_row}"
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        raise RuntimeError(
-            f"{prefix.rstrip('.') or 'model'}: an int8-quantized model cannot be saved or give a state_dict; save "
-            "the float model and call quantize_int8 after loading it"
-        )
+        # What a saved 8-bit folder holds (see quantize): the int8 weight, its per-row scales, the bias.
+        weight, scales, bias = self.unpack()
+        destination[prefix + "qweight"] = weight.contiguous()
+        destination[prefix + "scales"] = scales.contiguous()
+        if bias is not None:
+            destination[prefix + "bias"] = bias.contiguous()
+
+
+class _StoredInt8(nn.Module):
+    """The place of an :class:`Int8Linear` while an 8-bit folder loads (built on the meta device, filled by
+    the checkpoint); :func:`finish_quantized` then puts the layer made from it in its place."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device="meta"))
+        self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device="meta"))
+        self.bias = nn.Parameter(torch.empty(out_features, device="meta"), requires_grad=False) if bias else None
 
 
 def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, per_row: bool = False) -> nn.Module:
@@ -277,7 +298,8 @@ def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, p
 
     Greedy decoding usually picks the same tokens as in float32; logits move by about a percent. The
     float weights of the replaced layers are released, so ``copy.deepcopy`` the model first to keep a
-    float32 one. Gradients, saving and other dtypes are not available afterwards.
+    float32 one. Gradients and other dtypes are not available afterwards; ``save_pretrained`` writes the
+    int8 weights, which ``from_pretrained`` loads as they are (see :func:`quantize`).
 
         model = GPTJForCausalLM.from_pretrained(folder)
         quantize_int8(model).generate(input_ids, max_new_tokens=32)
@@ -301,7 +323,12 @@ def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, p
     if per_row and outlier_threshold is not None:
         raise ValueError(f"quantize_int8: per_row=True takes outlier_threshold=None, given {outlier_threshold!r}")
     threshold = None if outlier_threshold is None else float(outlier_threshold)
-    return _replace_linears(model, "quantize_int8", lambda linear: Int8Linear.from_linear(linear, threshold, per_row))
+    _replace_linears(model, "quantize_int8", lambda linear: Int8Linear.from_linear(linear, threshold, per_row))
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.quantization_config = {"quant_method": QUANT_METHOD, "bits": 8, "outlier_threshold": threshold,
+                                      "per_row": per_row}
+    return model
 
 
 
@@ -333,13 +360,15 @@ def _int4_unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 class Int4Linear(nn.Module):
     """``y = x W^T + b`` with W in 4 bits: each run of ``group_size`` weights of a row is stored as integers
     0..15 with one float scale and one float offset, ``w = (q - 8) * scale + offset`` (min-max, asymmetric).
-    Inputs and outputs are float32; one token is multiplied by torch's int4 CPU kernel
-    (``_weight_int4pack_mm_for_cpu``, in bfloat16), more rows by the dequantized weight in float32.
+    Inputs and outputs are float32; up to :data:`INT4_KERNEL_ROWS` rows are multiplied by polyformers'
+    kernel (or, without it, one row by torch's int4 CPU kernel, ``_weight_int4pack_mm_for_cpu``, in bfloat16), more rows by
+    the dequantized weight in float32.
 
     State (what ``save_pretrained`` writes): ``qweight`` (out, in / 2) uint8, two weights a byte, the even
     column in the low nibble; ``scales`` and ``offsets`` (out, in / group_size) float32; ``bias``. This
-    layout is ours and portable; the kernel's own packing, which depends on the CPU, is made from it when
-    the layer is built or loaded (:meth:`pack`), never saved.
+    layout is ours and portable; the kernels' own packing (the scales and offsets in bfloat16, which holds
+    them exactly when :meth:`from_linear` made them), is made from it when the layer is built or loaded
+    (:meth:`pack`), never saved.
     """
 
     quantized = True  # PreTrainedModel.tie_weights leaves a quantized output layer untied
@@ -354,7 +383,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float32, device=device))
         self.register_buffer("offsets", torch.empty(out_features, groups, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
-        self._kernel = None  # (packed weight, scales-and-zeros, padded rows) once packed
+        self._kernel = None  # ("rows", packed, pairs) or ("torch", packed, scales-and-zeros, padded rows) once packed
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> "Int4Linear":
@@ -384,6 +413,9 @@ class Int4Linear(nn.Module):
         if self.bias is not None and self.bias.dtype != torch.float32:
             self.bias = nn.Parameter(self.bias.detach().float(), requires_grad=False)
         q = _int4_unpack_nibbles(self.qweight)
+        if kernels.available():
+            self._kernel = ("rows", *kernels.pack_i4(q, self.scales, self.offsets))
+            return self
         scales, offsets = self.scales, self.offsets
         pad = -self.out_features % 16  # the kernel wants a multiple of 16 rows
         if pad:
@@ -392,7 +424,7 @@ class Int4Linear(nn.Module):
             offsets = torch.cat([offsets, offsets.new_zeros(pad, offsets.shape[1])])
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         scale_and_zeros = torch.stack([scales.t(), offsets.t()], dim=-1).to(torch.bfloat16).contiguous()
-        self._kernel = (packed, scale_and_zeros, pad)
+        self._kernel = ("torch", packed, scale_and_zeros, pad)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -404,11 +436,15 @@ class Int4Linear(nn.Module):
             raise ValueError(f"Int4Linear: expected an input of {self.in_features} features in its last "
                              f"dimension, given shape {tuple(x.shape)}")
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > 1:
-            # torch's int4 kernel takes time in proportion to the rows (it is written for one token); for
-            # more, the weight is dequantized for the call and multiplied in float32.
+        if self._kernel[0] == "rows" and 0 < flat.shape[0] <= INT4_KERNEL_ROWS:
+            _, packed, pairs = self._kernel
+            out = kernels.ops().linear_i4(flat, packed, pairs, self.group_size, self.bias, self.out_features)
+            return out.view(*x.shape[:-1], self.out_features)
+        if flat.shape[0] != 1 or self._kernel[0] != "torch":
+            # More rows than the kernels take (prompts, encoders; torch's int4 kernel takes time in
+            # proportion to the rows): the weight is dequantized for the call and multiplied in float32.
             return F.linear(x, self.dequantized_weight(), self.bias)
-        packed, scale_and_zeros, pad = self._kernel
+        _, packed, scale_and_zeros, pad = self._kernel
         # Its vectorised path works in bfloat16 (float32 inputs take a scalar path, 4x slower): the token
         # and the dequantized weights are rounded to 8 bits of mantissa, well under the 4-bit error.
         out = _int4_mm(flat.to(torch.bfloat16), packed, self.group_size, scale_and_zeros).float()
@@ -428,6 +464,11 @@ class Int4Linear(nn.Module):
                 f"bias={self.bias is not None}")
 
 
+INT4_KERNEL_ROWS = 64
+"""Int4Linear multiplies up to this many rows by polyformers' kernel, eight at a time (one pass over the
+4-bit weights each), and more by its dequantized weight: dequantizing a matrix costs as much as about
+ten passes of the kernel, and the float32 product then runs at the machine's matmul rate."""
+
 _int4_mm = getattr(torch.ops.aten._weight_int4pack_mm_for_cpu.default, "_op",
                    torch.ops.aten._weight_int4pack_mm_for_cpu.default)
 
@@ -444,21 +485,25 @@ class Bf16Linear(nn.Module):
     (torch's CPU matmul has no float32 output for bfloat16 operands); inputs, outputs and the bias stay
     float32.
 
-    Half of float32's bytes per weight. Two kernels, by the number of rows:
+    Half of float32's bytes per weight. Three kernels, by the number of rows:
 
     - one row (a decoding step, bound by reading the weights): torch's own vectorized bfloat16
       matrix-vector kernel, which streams the weights at float32's rate in bytes, so in half its time.
       torch sends bfloat16 matmuls to oneDNN whenever the CPU has bfloat16 arithmetic, and oneDNN's
       product of one row with an unpacked (or even pre-packed) bfloat16 matrix reads it no faster than
-      float32 ones (per layer, one thread: 9-10 GB/s unpacked, 13-17 packed, 18-22 torch's kernel); so
+      float32 ones (per layer, one thread: 9-10 GB/s unpacked, 13-17 packed, 18-22 torch's kernel; polyformers' kernel reads one row no faster); so
       the call runs with oneDNN switched off (``torch.backends.mkldnn``, restored after the call). That
       switch is process-wide: a float32 matmul of another thread at that instant takes torch's BLAS path
       instead of oneDNN, with the same values up to the order of the sums.
-    - more rows (prompts, batches, encoders): oneDNN, whose AVX512-BF16 kernels (see
-      :func:`has_native_bf16`) run about twice float32's matmul rate.
+    - two to eight rows (a batch of decoding steps): polyformers' compiled kernel
+      (:mod:`polyformers.pt.kernels`), which reads the weights once for all the rows, where torch's
+      reads them at half its one-row rate; its float32 sum is returned unrounded. Without the kernels,
+      oneDNN, as for:
+    - more rows (prompts, encoders): oneDNN, whose AVX512-BF16 kernels (see :func:`has_native_bf16`) run
+      about twice float32's matmul rate.
 
-    Both sum in float32 and round once, so the output is the exact product of the rounded operands
-    within one bfloat16 step (2**-8 relative). Rounding the weights and the inputs to bfloat16's 8
+    All sum in float32 (torch's kernels round the sum to bfloat16 once), so the output is the exact
+    product of the rounded operands within one bfloat16 step (2**-8 relative). Rounding the weights and the inputs to bfloat16's 8
     significant bits moves each output by a few parts in a thousand; all-mpnet-base-v2's mean-pooled
     embeddings keep a cosine of 0.9999 to float32's (``tests/pt/test_quantize_bf16.py``).
     The state dict keeps the layer's ``weight`` (bfloat16) and ``bias`` under their usual names, so
@@ -512,7 +557,12 @@ class Bf16Linear(nn.Module):
             raise ValueError(f"Bf16Linear: expected an input of {self.in_features} features in its last dimension, "
                              f"given shape {tuple(x.shape)}")
         x = x.to(torch.bfloat16)
-        if x.numel() == self.in_features and _mkldnn_enabled():
+        rows = x.numel() // self.in_features
+        if 1 < rows <= kernels.MAX_ROWS and kernels.available():
+            # polyformers' kernel: the weights read once for all the rows (see the class docstring)
+            y = kernels.ops().linear_bf16(x.reshape(rows, self.in_features).float(), self.weight, self.bias)
+            return y.view(*x.shape[:-1], self.out_features)
+        if rows == 1 and _mkldnn_enabled():
             _set_mkldnn_enabled(False)  # torch's matrix-vector kernel (see the class docstring)
             try:
                 y = F.linear(x, self.weight)
@@ -577,7 +627,9 @@ def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
     layers and loads them as they are, without quantizing again.
 
     ``bits=8``: :func:`quantize_int8` (int8 weights per output channel, 8-bit inputs); ``group_size``
-    must be None and ``outlier_threshold`` is passed on. An 8-bit model cannot be saved.
+    must be None and ``outlier_threshold`` is passed on. Saved and loaded as the 4-bit ones are: the int8
+    weights (``qweight``) and per-row ``scales``, with ``outlier_threshold`` and ``per_row`` in the
+    ``quantization_config``.
 
     ``bits=16``: bfloat16 weights (:class:`Bf16Linear`), float32 inputs and outputs; ``group_size`` and
     ``outlier_threshold`` must be None. ``save_pretrained`` writes the bfloat16 weights under their usual
@@ -614,42 +666,67 @@ def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
 
 
 def _quantization_settings(config) -> Optional[dict]:
-    """The 4-bit settings of a config saved by a quantized model, or None; an error for a config that
-    asks for a quantization polyformers does not load."""
+    """The 4- or 8-bit settings of a config saved by a quantized model, or None; an error for a config
+    that asks for a quantization polyformers does not load."""
     settings = getattr(config, "quantization_config", None)
     if settings is None:
         return None
     if not isinstance(settings, dict):
         settings = settings.to_dict() if hasattr(settings, "to_dict") else dict(vars(settings))
     method, bits = settings.get("quant_method"), settings.get("bits")
-    if method != QUANT_METHOD or bits != 4:
-        raise ValueError(f"quantization_config: expected quant_method={QUANT_METHOD!r} with bits=4 (saved by "
+    if method != QUANT_METHOD or bits not in (4, 8) or isinstance(bits, bool):
+        raise ValueError(f"quantization_config: expected quant_method={QUANT_METHOD!r} with bits=4 or 8 (saved by "
                          f"polyformers.pt.quantize.quantize), given quant_method={method!r}, bits={bits!r}")
-    _check_group_size("quantization_config", settings.get("group_size"))
+    if bits == 4:
+        _check_group_size("quantization_config", settings.get("group_size"))
+        return settings
+    threshold, per_row = settings.get("outlier_threshold"), settings.get("per_row", False)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                  or not threshold > 0):
+        raise ValueError(f"quantization_config: outlier_threshold: expected None or a number > 0, given {threshold!r}")
+    if not isinstance(per_row, bool) or (per_row and threshold is not None):
+        raise ValueError(f"quantization_config: per_row: expected a bool, False with an outlier_threshold, given "
+                         f"per_row={per_row!r}, outlier_threshold={threshold!r}")
     return settings
 
 
 def prepare_quantized(model: nn.Module, settings: dict) -> None:
-    """Before loading a 4-bit folder: every ``nn.Linear`` of ``model`` (built on the meta device) becomes
-    an empty :class:`Int4Linear`, whose state the checkpoint then fills."""
-    group_size = settings["group_size"]
-    replaced: dict[int, Int4Linear] = {}
+    """Before loading a quantized folder: every ``nn.Linear`` of ``model`` (built on the meta device)
+    becomes an empty 4-bit layer (:class:`Int4Linear`) or the place of an 8-bit one, whose state the
+    checkpoint then fills."""
+    replaced: dict[int, nn.Module] = {}
     for parent, name, linear in _linears(model):
         if id(linear) not in replaced:
-            replaced[id(linear)] = Int4Linear(linear.in_features, linear.out_features, group_size,
-                                              bias=linear.bias is not None, device="meta")
+            if settings["bits"] == 4:
+                replaced[id(linear)] = Int4Linear(linear.in_features, linear.out_features, settings["group_size"],
+                                                  bias=linear.bias is not None, device="meta")
+            else:
+                replaced[id(linear)] = _StoredInt8(linear.in_features, linear.out_features, linear.bias is not None)
         setattr(parent, name, replaced[id(linear)])
 
 
 def finish_quantized(model: nn.Module) -> None:
-    """After loading a 4-bit folder: pack every :class:`Int4Linear`; an error names a layer the checkpoint
-    did not hold."""
-    for name, module in model.named_modules():
+    """After loading a quantized folder: pack every :class:`Int4Linear` and build every 8-bit layer from
+    its stored weights; an error names a layer the checkpoint did not hold."""
+    settings = model.config.quantization_config
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (Int4Linear, _StoredInt8)):
+            names = ("qweight", "scales", "offsets") if isinstance(module, Int4Linear) else ("qweight", "scales")
+            if any(getattr(module, n).device.type == "meta" for n in names) or (
+                    module.bias is not None and module.bias.device.type == "meta"):
+                raise ValueError(f"{name}: the checkpoint holds no {'4' if isinstance(module, Int4Linear) else '8'}-bit "
+                                 f"weights ({', '.join(names)}, bias) for this layer, though its config has a "
+                                 "quantization_config")
         if isinstance(module, Int4Linear):
-            if any(t.device.type == "meta" for t in (module.qweight, module.scales, module.offsets)):
-                raise ValueError(f"{name}: the checkpoint holds no 4-bit weights (qweight, scales, offsets) "
-                                 "for this layer, though its config has a quantization_config")
             module.pack()
+    built: dict[int, Int8Linear] = {}
+    for parent, name, stored in [(p, n, c) for p in model.modules() for n, c in p.named_children()
+                                 if isinstance(c, _StoredInt8)]:
+        if id(stored) not in built:
+            bias = None if stored.bias is None else stored.bias.detach().float()
+            built[id(stored)] = Int8Linear(stored.qweight, stored.scales.float(), bias,
+                                           settings.get("outlier_threshold"), settings.get("per_row", False))
+        setattr(parent, name, built[id(stored)])
     model.requires_grad_(False)
 
 

@@ -1,0 +1,202 @@
+"""polyformers' compiled CPU kernels: products of a few rows with a weight matrix read once (``rows.cpp``).
+
+Decoding a token multiplies one row (or, batched, a few) by every weight matrix of the model, so its
+speed is the rate at which the weights are read. Two of torch's kernels fall short of it: its bfloat16
+matrix product of 2-8 rows (a batch of decoding steps) reads the weights at half the rate of one row,
+and its 4-bit kernel works in bfloat16 on one row only (more rows dequantize the whole weight). The
+kernels of ``rows.cpp`` stream each weight row once for up to eight input rows with AVX-512, widening
+bfloat16 weights and looking 4-bit ones up in registers, with float32 inputs and sums
+(``bench/decode_speed.py`` prints both paths side by side).
+
+It is a PyTorch C++ extension (operators registered with ``TORCH_LIBRARY`` as ``torch.ops.polyformers``)
+compiled on first use with the machine's C++ compiler for its own CPU (``-march=native``) and cached, per
+source, torch version and CPU, under ``$POLYFORMERS_KERNEL_CACHE`` (default ``~/.cache/polyformers/
+kernels``); ``python -m polyformers.pt.kernels`` builds it ahead (the project's set-up does). Where it
+cannot be built (no compiler, a CPU without AVX-512) or is switched off (``POLYFORMERS_KERNELS=0``),
+:func:`available` is False and the layers use torch's kernels (``quantize.py`` says how their results
+differ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+SOURCE = Path(__file__).with_name("rows.cpp")
+_REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl")
+
+MAX_ROWS = 8
+"""The layers take the kernels for at most this many input rows (one pass over the weights); more rows
+(prompts, encoder batches) go to torch's matrix products, which reuse each weight from the caches."""
+
+_lock = threading.Lock()
+_loaded: Optional[bool] = None  # None until the first call of available()
+_why_not: Optional[str] = None
+_off = 0  # depth of switched_off() blocks
+
+
+class UnsupportedCPU(RuntimeError):
+    """This CPU lacks the instructions the kernels are written with."""
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("POLYFORMERS_KERNEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "polyformers" / "kernels"
+
+
+def _compile_command(output: Path) -> list:
+    import torch
+    from torch.utils import cpp_extension
+
+    torch_lib = Path(torch.__file__).parent / "lib"
+    includes = [f"-I{path}" for path in cpp_extension.include_paths()]
+    includes.append(f"-I{sysconfig.get_paths()['include']}")
+    return [
+        os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *includes,
+        str(SOURCE), "-o", str(output),
+        f"-L{torch_lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",
+    ]
+
+
+def library_path() -> Path:
+    """Where the build for this source, torch version, compiler and CPU lies (or will)."""
+    import torch
+
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(torch.__version__.encode())
+    key.update(" ".join(sorted(_cpu_flags())).encode())
+    key.update(os.environ.get("CXX", "g++").encode())
+    return cache_dir() / f"polyformers_rows_{key.hexdigest()[:16]}.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile ``rows.cpp`` unless this machine's build is cached; return the library's path. The build
+    is written under a temporary name and renamed, so a concurrent or interrupted one leaves no partial file."""
+    missing = [flag for flag in _REQUIRED_FLAGS if flag not in _cpu_flags()]
+    if missing:
+        raise UnsupportedCPU(f"polyformers kernels: this CPU lacks {', '.join(missing)} (expected {_REQUIRED_FLAGS})")
+    path = library_path()
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    command = _compile_command(Path(tmp))
+    if verbose:
+        print(" ".join(command), file=sys.stderr)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"polyformers kernels: compiling {SOURCE.name} failed ({command[0]} exited "
+                               f"{done.returncode}):\n{done.stderr[-4000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def available() -> bool:
+    """Whether ``torch.ops.polyformers`` holds the kernels (built and loaded on the first call). False
+    where ``POLYFORMERS_KERNELS=0`` or the build failed; :func:`why_not` says why, and a warning says it
+    once when the failure is unexpected."""
+    global _loaded, _why_not
+    if _off:
+        return False
+    if _loaded is not None:
+        return _loaded
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        if os.environ.get("POLYFORMERS_KERNELS", "1") == "0":
+            _why_not, _loaded = "switched off by POLYFORMERS_KERNELS=0", False
+            return False
+        try:
+            import torch
+
+            torch.ops.load_library(str(build()))
+            _loaded = True
+        except UnsupportedCPU as error:
+            _why_not, _loaded = str(error), False
+        except Exception as error:  # noqa: BLE001 - any failure means: use torch's kernels
+            _why_not, _loaded = str(error), False
+            warnings.warn(f"polyformers kernels unavailable, using torch's: {error}", RuntimeWarning, stacklevel=2)
+        return _loaded
+
+
+@contextlib.contextmanager
+def switched_off():
+    """Within the block, :func:`available` is False: layers built or packed there use torch's kernels
+    (to compare both paths in one process)."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
+
+def why_not() -> Optional[str]:
+    """Why :func:`available` is False (None when it is True or not yet asked)."""
+    return _why_not
+
+
+def ops():
+    """``torch.ops.polyformers`` once :func:`available` is True."""
+    import torch
+
+    return torch.ops.polyformers
+
+
+# ------------------------------------------------------------------------------------------------------
+# The packed 4-bit layout of rows.cpp: panels of eight output rows (padded with zero rows), within a panel
+# the first step of each row, then the second of each, and so on.
+
+PANEL = 8
+
+
+def _panel_rows(t, rows: int):
+    """``t`` (rows, ...) padded with zeros to a multiple of :data:`PANEL` rows."""
+    import torch
+
+    padded = -(-rows // PANEL) * PANEL
+    if padded == rows:
+        return t.contiguous()
+    return torch.cat([t, t.new_zeros(padded - rows, *t.shape[1:])])
+
+
+def pack_i4(q, scales, offsets):
+    """4-bit integers ``q`` (out, in) in 0..15 and (out, in / group) ``scales`` and ``offsets`` -> (packed
+    weight, packed scale-offset pairs), the arguments of ``linear_i4``: steps of 32 weights, 16 bytes, byte
+    j holding weight j in its low nibble and weight j + 16 in its high one; the pairs in bfloat16."""
+    import torch
+
+    out_features, in_features = q.shape
+    chunks = q.to(torch.uint8).view(out_features, in_features // 32, 2, 16)
+    steps = chunks[:, :, 0] | (chunks[:, :, 1] << 4)  # (out, in / 32, 16)
+    packed = _panel_rows(steps, out_features).view(-1, PANEL, in_features // 32, 16).transpose(1, 2).contiguous()
+    pairs = torch.stack([scales, offsets], dim=-1).to(torch.bfloat16)  # (out, groups, 2)
+    pairs = _panel_rows(pairs, out_features).view(-1, PANEL, scales.shape[1], 2).transpose(1, 2).contiguous()
+    return packed, pairs

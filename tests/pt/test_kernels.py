@@ -1,0 +1,119 @@
+"""polyformers' compiled kernels (``polyformers.pt.kernels``, ``rows.cpp``): built and loaded here, each
+against torch's path for the same layer (the library fallback) and against the exact product, the build's
+failure and switch falling back to torch's kernels, and the operators' errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polyformers.pt import kernels
+from polyformers.pt.quantize import Int4Linear
+
+
+def test_the_kernels_build_and_load_on_this_machine():
+    # CI's machines have AVX-512 and a C++ compiler: there the kernels must be used, never skipped.
+    flags = kernels._cpu_flags()
+    if all(flag in flags for flag in kernels._REQUIRED_FLAGS):
+        assert kernels.available(), kernels.why_not()
+        path = kernels.build()
+        assert path.exists() and kernels.build() == path  # cached: the second call builds nothing
+        assert not [p for p in path.parent.iterdir() if p.name.startswith("tmp")]  # no partial builds left
+    else:
+        assert not kernels.available() and "lacks" in kernels.why_not()
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("out_features", [3, 8, 70])
+def test_int4_kernel_gives_the_dequantized_weights_product(group_size, out_features):
+    assert kernels.available(), kernels.why_not()
+    torch.manual_seed(out_features)
+    linear = torch.nn.Linear(256, out_features)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(out_features, 1) * 3)  # rows of different scales
+    layer = Int4Linear.from_linear(linear, group_size)
+    with kernels.switched_off():
+        fallback = Int4Linear.from_linear(linear, group_size)
+    assert layer._kernel[0] == "rows" and fallback._kernel[0] == "torch"
+    weight = layer.dequantized_weight()
+    assert torch.equal(weight, fallback.dequantized_weight())
+    for rows in (1, 2, 3, 5, 8, 9, 64, 65):
+        x = torch.randn(rows, 256)
+        exact = F.linear(x.double(), weight.double(), linear.bias.detach().double())
+        y = layer(x)
+        torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
+        by_torch = fallback(x)
+        if rows == 1:  # torch's int4 kernel works in bfloat16: within a percent of the scale of the output
+            assert (by_torch - y).abs().max() <= 1e-2 * exact.abs().max()
+        else:  # the dequantized weight in float32
+            torch.testing.assert_close(by_torch, y, rtol=1e-5, atol=1e-5)
+    # three dimensions, as the models call it
+    x = torch.randn(2, 3, 256)
+    torch.testing.assert_close(layer(x), F.linear(x, weight, linear.bias.detach()), rtol=1e-5, atol=1e-5)
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_a_failed_build_falls_back_to_torchs_kernels_with_a_warning(tmp_path):
+    done = _run("""
+        import warnings, torch
+        from polyformers.pt import kernels
+        from polyformers.pt.quantize import Int4Linear
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not kernels.available()
+        print("WARNED", *[str(w.message)[:200] for w in caught])
+        layer = Int4Linear.from_linear(torch.nn.Linear(64, 16), 32)
+        assert layer._kernel[0] == "torch"
+        x = torch.randn(3, 64)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias))
+        print("WHY", kernels.why_not()[:200])
+    """, CXX="false", POLYFORMERS_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "compiling rows.cpp failed (false exited 1)" in done.stdout
+    assert "WARNED polyformers kernels unavailable, using torch's" in done.stdout
+    assert not list(tmp_path.iterdir())  # the failed build left no file behind
+
+
+def test_the_environment_switches_them_off_without_a_warning():
+    done = _run("""
+        import warnings
+        warnings.simplefilter("error")
+        from polyformers.pt import kernels
+        assert not kernels.available()
+        print(kernels.why_not())
+    """, POLYFORMERS_KERNELS="0")
+    assert done.returncode == 0, done.stderr
+    assert "switched off by POLYFORMERS_KERNELS=0" in done.stdout
+
+
+def test_the_operators_name_the_argument_the_expected_and_the_given():
+    assert kernels.available(), kernels.why_not()
+    ops = kernels.ops()
+    layer = Int4Linear.from_linear(torch.nn.Linear(64, 16), 32)
+    _, packed, pairs = layer._kernel
+    x = torch.randn(2, 64)
+    cases = [
+        (lambda: ops.linear_i4(x.double(), packed, pairs, 32, None, 16), "x: expected a 2-D float32 CPU tensor"),
+        (lambda: ops.linear_i4(torch.randn(2, 32), packed, pairs, 32, None, 16), "x: expected 64 features, given 32"),
+        (lambda: ops.linear_i4(x, packed.float(), pairs, 32, None, 16), "weight: expected a contiguous uint8"),
+        (lambda: ops.linear_i4(x, packed, pairs, 48, None, 16), "group: expected a multiple of 32 dividing 64, given 48"),
+        (lambda: ops.linear_i4(x, packed, pairs.float(), 32, None, 16), "scale_offset: expected a contiguous bfloat16"),
+        (lambda: ops.linear_i4(x, packed, pairs, 32, torch.zeros(15), 16), "bias: expected a contiguous float32 vector of 16"),
+        (lambda: ops.linear_i4(x, packed, pairs, 32, None, 40), "weight: expected a contiguous uint8 tensor of shape (5,"),
+        (lambda: ops.linear_bf16(x, torch.randn(16, 64), None), "weight: expected a contiguous 2-D BFloat16 tensor"),
+        (lambda: ops.linear_bf16(x, torch.randn(16, 32).bfloat16(), None), "x: expected 32 features, given 64"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError) as caught:
+            call()
+        assert message in str(caught.value), (message, str(caught.value)[:300])
