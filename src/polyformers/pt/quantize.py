@@ -6,11 +6,14 @@ weights, described at the class).
 0..15 with a scale and an offset (min-max), an eighth of float32's bytes plus the scales'; inputs,
 embeddings, norms and the key/value cache stay float32. Up to :data:`INT4_KERNEL_ROWS` rows (decoding
 steps, short prompts) are multiplied by polyformers' compiled kernel (:mod:`polyformers.pt.kernels`),
-which reads the 4-bit weights once for every eight rows and dequantizes them in registers, with float32 inputs and sums: the output is the float32
-product with :meth:`Int4Linear.dequantized_weight`. Without it, one token goes to torch's own int4 CPU
-kernel (``torch.ops.aten._weight_int4pack_mm_for_cpu``, in bfloat16: its float32 path is scalar and 4x
-slower; the outputs move by well under a percent, a tenth of the 4-bit weights' own error). More rows
-(prompts, encoders) are multiplied by the dequantized weight in float32. A 4-bit model saves its packed weights (``save_pretrained``: a
+which reads the 4-bit weights once for every eight rows and multiplies them as integers by the inputs
+rounded to 8 bits per row (one scale a row, AVX-512 VNNI), applying each group's scale and offset to the
+integer sums in float32, as llama.cpp's 4-bit path does: twice the speed of the same product on float
+inputs, and the rounding moves outputs by about a percent of their scale, a tenth of the 4-bit weights'
+own error. Without it, one token goes to torch's own int4 CPU kernel
+(``torch.ops.aten._weight_int4pack_mm_for_cpu``, in bfloat16: its float32 path is scalar and 4x slower;
+the outputs move by well under a percent). More rows (prompts, encoders) are multiplied by the
+dequantized weight in float32. A 4-bit model saves its packed weights (``save_pretrained``: a
 ``quantization_config`` in config.json, ``qweight``/``scales``/``offsets`` in safetensors) and
 ``from_pretrained`` of that folder, with the model's own class, builds 4-bit layers and loads them as
 stored, without quantizing again; a ``quantization_config`` of another library is refused with an error.
@@ -361,7 +364,7 @@ class Int4Linear(nn.Module):
     """``y = x W^T + b`` with W in 4 bits: each run of ``group_size`` weights of a row is stored as integers
     0..15 with one float scale and one float offset, ``w = (q - 8) * scale + offset`` (min-max, asymmetric).
     Inputs and outputs are float32; up to :data:`INT4_KERNEL_ROWS` rows are multiplied by polyformers'
-    kernel (or, without it, one row by torch's int4 CPU kernel, ``_weight_int4pack_mm_for_cpu``, in bfloat16), more rows by
+    kernel, inputs rounded to 8 bits per row (or, without it, one row by torch's int4 CPU kernel, ``_weight_int4pack_mm_for_cpu``, in bfloat16), more rows by
     the dequantized weight in float32.
 
     State (what ``save_pretrained`` writes): ``qweight`` (out, in / 2) uint8, two weights a byte, the even
@@ -438,7 +441,7 @@ class Int4Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if self._kernel[0] == "rows" and 0 < flat.shape[0] <= INT4_KERNEL_ROWS:
             _, packed, pairs = self._kernel
-            out = kernels.ops().linear_i4(flat, packed, pairs, self.group_size, self.bias, self.out_features)
+            out = kernels.ops().linear_i4(flat, packed, pairs, self.bias, self.in_features, self.out_features)
             return out.view(*x.shape[:-1], self.out_features)
         if flat.shape[0] != 1 or self._kernel[0] != "torch":
             # More rows than the kernels take (prompts, encoders; torch's int4 kernel takes time in

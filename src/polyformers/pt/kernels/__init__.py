@@ -3,16 +3,17 @@
 Decoding a token multiplies one row (or, batched, a few) by every weight matrix of the model, so its
 speed is the rate at which the weights are read. Two of torch's kernels fall short of it: its bfloat16
 matrix product of 2-8 rows (a batch of decoding steps) reads the weights at half the rate of one row,
-and its 4-bit kernel works in bfloat16 on one row only (more rows dequantize the whole weight). The
-kernels of ``rows.cpp`` stream each weight row once for up to eight input rows with AVX-512, widening
-bfloat16 weights and looking 4-bit ones up in registers, with float32 inputs and sums
-(``bench/decode_speed.py`` prints both paths side by side).
+and its 4-bit kernel (one row only: more rows dequantize the whole weight) is bound by its arithmetic at
+about half the machine's bandwidth. The kernels of ``rows.cpp`` stream each weight row once for up to
+eight input rows with AVX-512: bfloat16 weights widened in registers (float32 inputs and sums), and
+4-bit weights multiplied as integers with inputs rounded to 8 bits per row (VNNI), as llama.cpp's
+4-bit path does (``bench/decode_speed.py`` prints both paths side by side).
 
 It is a PyTorch C++ extension (operators registered with ``TORCH_LIBRARY`` as ``torch.ops.polyformers``)
 compiled on first use with the machine's C++ compiler for its own CPU (``-march=native``) and cached, per
 source, torch version and CPU, under ``$POLYFORMERS_KERNEL_CACHE`` (default ``~/.cache/polyformers/
 kernels``); ``python -m polyformers.pt.kernels`` builds it ahead (the project's set-up does). Where it
-cannot be built (no compiler, a CPU without AVX-512) or is switched off (``POLYFORMERS_KERNELS=0``),
+cannot be built (no compiler, a CPU without AVX-512 VNNI) or is switched off (``POLYFORMERS_KERNELS=0``),
 :func:`available` is False and the layers use torch's kernels (``quantize.py`` says how their results
 differ).
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("rows.cpp")
-_REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl")
+_REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 
 MAX_ROWS = 8
 """The layers take the kernels for at most this many input rows (one pass over the weights); more rows
@@ -188,15 +189,26 @@ def _panel_rows(t, rows: int):
 
 
 def pack_i4(q, scales, offsets):
-    """4-bit integers ``q`` (out, in) in 0..15 and (out, in / group) ``scales`` and ``offsets`` -> (packed
-    weight, packed scale-offset pairs), the arguments of ``linear_i4``: steps of 32 weights, 16 bytes, byte
-    j holding weight j in its low nibble and weight j + 16 in its high one; the pairs in bfloat16."""
+    """4-bit integers ``q`` (out, in) in 0..15 and their (out, in / group) ``scales`` and ``offsets`` ->
+    (packed weight, packed scale-offset pairs), the arguments of ``linear_i4``: steps of 64 weights (the
+    columns padded with zero weights to a multiple of 64), 32 bytes, byte j holding weight j in its low
+    nibble and weight j + 32 in its high one; per step and panel, the eight rows' scales of the step's two
+    halves, then their offsets, in bfloat16."""
     import torch
 
     out_features, in_features = q.shape
-    chunks = q.to(torch.uint8).view(out_features, in_features // 32, 2, 16)
-    steps = chunks[:, :, 0] | (chunks[:, :, 1] << 4)  # (out, in / 32, 16)
-    packed = _panel_rows(steps, out_features).view(-1, PANEL, in_features // 32, 16).transpose(1, 2).contiguous()
-    pairs = torch.stack([scales, offsets], dim=-1).to(torch.bfloat16)  # (out, groups, 2)
-    pairs = _panel_rows(pairs, out_features).view(-1, PANEL, scales.shape[1], 2).transpose(1, 2).contiguous()
-    return packed, pairs
+    group = in_features // scales.shape[1]
+    steps = -(-in_features // 64)
+    wide = torch.zeros(out_features, steps * 64, dtype=torch.uint8)
+    wide[:, :in_features] = q.to(torch.uint8)
+    halves = wide.view(out_features, steps, 2, 32)
+    nibbles = halves[:, :, 0] | (halves[:, :, 1] << 4)  # (out, steps, 32)
+    packed = _panel_rows(nibbles, out_features).view(-1, PANEL, steps, 32).transpose(1, 2).contiguous()
+    # per half-step (32 weights): its group's scale and offset
+    half_group = (torch.arange(steps * 2) * 32) // group
+    valid = (torch.arange(steps * 2) * 32) < in_features
+    s = torch.where(valid, scales[:, half_group.clamp(max=scales.shape[1] - 1)], 0.0)  # (out, steps*2)
+    o = torch.where(valid, offsets[:, half_group.clamp(max=scales.shape[1] - 1)], 0.0)
+    both = torch.stack([s.view(out_features, steps, 2), o.view(out_features, steps, 2)], dim=2)  # (out, steps, 2, 2)
+    both = _panel_rows(both.to(torch.bfloat16), out_features).view(-1, PANEL, steps, 2, 2)
+    return packed, both.permute(0, 2, 3, 1, 4).contiguous()  # (panels, steps, 2 [scale|offset], 8, 2)

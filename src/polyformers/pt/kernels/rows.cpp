@@ -2,13 +2,15 @@
 // read once per call: the work is bound by reading the weights, so each kernel streams every weight row
 // once for up to eight input rows and keeps the partial sums in registers.
 //
-//   linear_bf16(x, w bfloat16 (N, K), bias?)              the weights widened to float32 in registers
-//   linear_i4(x, w uint8 packed, scale_offset bfloat16 packed, group, bias?, N)
-//       4-bit weight-only, w = (q - 8) * scale + offset, dequantized in registers (the packed layout is
-//       described below and made by polyformers.pt.kernels.pack_i4)
+//   linear_bf16(x, w bfloat16 (N, K), bias?)
+//       the weights widened to float32 in registers, float32 inputs and sums
+//   linear_i4(x, w uint8 packed, scale_offset bfloat16 packed, bias?, K, N)
+//       4-bit weights, w = (q - 8) * scale + offset per group; the inputs rounded to 8 bits per row and
+//       multiplied by the 4-bit integers with AVX-512 VNNI, the group's scale and offset applied to the
+//       integer sums in float32 (the packed layout is described below and made by
+//       polyformers.pt.kernels.pack_i4)
 //
-// x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N) and the sums are
-// float32's. Output rows are split between torch's intra-op threads. Built with -march=native by
+// x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are split between torch's intra-op threads. Built with -march=native by
 // polyformers.pt.kernels, whose layers fall back to torch's kernels where this file cannot be built.
 // (Float32 and int8 kernels of the same shape were tried: they stream no faster than oneDNN's and
 // fbgemm's one-row kernels on this design's target CPUs, so torch's are kept for those.)
@@ -23,8 +25,8 @@
 #include <cmath>
 #include <cstdint>
 
-#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__)
-#error "polyformers kernels need AVX-512 (F, BW, VL)"
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512VNNI__)
+#error "polyformers kernels need AVX-512 (F, BW, VL, VNNI)"
 #endif
 
 namespace {
@@ -97,7 +99,7 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
 // Stored in panels of eight output rows (the rows padded to a multiple of eight with zero weights):
 // within a panel, the first step of each of the eight rows, then the second step of each, and so on, so
 // that a pass over a panel reads one contiguous stream, where rows side by side would be eight short
-// ones. A step is 32 weights (16 bytes). A pass over fewer than eight rows (R = 4 or 2, when more input
+// ones. A step is 64 weights (32 bytes). A pass over fewer than eight rows (R = 4 or 2, when more input
 // rows take the registers) reads its rows' parts of each step.
 
 constexpr int64_t kPanel = 8;
@@ -114,49 +116,54 @@ inline void prefetch_ahead(const void* step) {
   for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
 }
 
-// ---- 4-bit weight-only --------------------------------------------------------------------------------
-// A step's 16 bytes hold 32 weights of a row, byte j weight j in its low nibble and weight j + 16 in its
-// high one. scale_offset holds (scale, offset) per group, bfloat16, in panels too: for each group, the
-// eight rows' pairs. w = (q - 8) * scale + offset: the sixteen values of a group's weights are computed
-// once into a vector, and vpermps looks each weight up in it.
+// A step is 64 weights of a row (the columns padded with zero weights to a multiple of 64), 32 bytes: byte j holds weight j in its low nibble and weight j + 32 in
+// its high one; so after vpdpbusd's sums of four neighbouring products, lanes 0-7 hold the first 32
+// weights' (one group of 32, or half of a larger one) and lanes 8-15 the last 32's. scale_offset holds,
+// per step and panel, the eight rows' (scale, scale) of the two halves, then their (offset, offset), all
+// bfloat16. With x ~ s_x * u (u int8 per row): sum_k x_k w_k = s_x * sum over half-steps h of
+// [scale_h * sum_{k in h} u_k q_k + (offset_h - 8 scale_h) * sum_{k in h} u_k], the second sum computed
+// once per call (usums, per lane).
 
 template <int M, int R>
-void i4_pass(const float* x, int64_t K, const uint8_t* w, const at::BFloat16* so, int64_t group, int64_t n,
-             int64_t rows, float* y, int64_t N, const float* bias) {
-  const __m512 centered = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-  const int64_t groups = K / group;
+void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t steps, const uint8_t* w,
+              const at::BFloat16* so, int64_t n, int64_t rows, float* y, int64_t N, const float* bias) {
+  alignas(64) int32_t lanes[R][16];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 16; ++i) lanes[r][i] = static_cast<int32_t>(2 * (n % kPanel + r) + (i >= 8));
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512 minus8 = _mm512_set1_ps(-8.0f);
   __m512 acc[M][R];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  const uint8_t* first = w + (n / kPanel) * kPanel * (K / 2) + (n % kPanel) * 16;
-  const at::BFloat16* pairs = so + (n / kPanel) * kPanel * groups * 2 + (n % kPanel) * 2;
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512 values[R];
-    for (int r = 0; r < R; ++r) {
-      const at::BFloat16* p = pairs + g * kPanel * 2 + r * 2;
-      values[r] = _mm512_fmadd_ps(centered, _mm512_set1_ps(float(p[0])), _mm512_set1_ps(float(p[1])));
+  const uint8_t* first = w + (n / kPanel) * kPanel * steps * 32 + (n % kPanel) * 32;
+  const at::BFloat16* pairs = so + (n / kPanel) * kPanel * steps * 4;
+  for (int64_t k = 0; k < steps; ++k) {
+    const uint8_t* step = first + k * kPanel * 32;
+    prefetch_ahead<R, 32>(step);
+    const __m512 scales = BF16::load(pairs + k * kPanel * 4);
+    const __m512 offsets = BF16::load(pairs + k * kPanel * 4 + 16);
+    __m512i uv[M];
+    __m512 sums[M];
+    for (int m = 0; m < M; ++m) {
+      uv[m] = _mm512_loadu_si512(u + m * steps * 64 + k * 64);
+      sums[m] = _mm512_loadu_ps(usums + m * steps * 16 + k * 16);
     }
-    for (int64_t k = g * group; k < (g + 1) * group; k += 32) {
-      const uint8_t* step = first + (k / 32) * kPanel * 16;
-      prefetch_ahead<R, 16>(step);
-      __m512i bytes[R];
-      for (int r = 0; r < R; ++r)
-        bytes[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(step + r * 16)));
-      for (int half = 0; half < 2; ++half) {
-        __m512 xv[M];
-        for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k + 16 * half);
-        for (int r = 0; r < R; ++r) {
-          // vpermps reads the low four bits of each index: the low nibble as it is, the high one shifted.
-          const __m512i index = half ? _mm512_srli_epi32(bytes[r], 4) : bytes[r];
-          const __m512 wv = _mm512_permutexvar_ps(index, values[r]);
-          for (int m = 0; m < M; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
-        }
+    for (int r = 0; r < R; ++r) {
+      __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(step + r * 32)));
+      q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 4), nibble);
+      const __m512i at = _mm512_load_si512(lanes[r]);
+      const __m512 scale = _mm512_permutexvar_ps(at, scales);
+      const __m512 zero_point = _mm512_fmadd_ps(scale, minus8, _mm512_permutexvar_ps(at, offsets));
+      for (int m = 0; m < M; ++m) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, uv[m]);
+        acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m][r]);
+        acc[m][r] = _mm512_fmadd_ps(zero_point, sums[m], acc[m][r]);
       }
     }
   }
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R && r < rows; ++r)
-      y[m * N + n + r] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
+      y[m * N + n + r] = x_scale[m] * _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
 }
 
 // ---- driver -------------------------------------------------------------------------------------------
@@ -201,15 +208,6 @@ struct FloatPass {
   }
 };
 
-struct I4Pass {
-  const float* x; const uint8_t* w; const at::BFloat16* so; int64_t group; const float* b; float* y; int64_t N, K;
-  // The group's lookup vectors take R registers more than the float kernels' passes.
-  template <int M> static constexpr int rows() { return M == 1 ? 8 : M <= 4 ? 4 : 2; }
-  template <int M, int R> void run(int64_t m0, int64_t n, int64_t rows) const {
-    i4_pass<M, R>(x + m0 * K, K, w, so, group, n, rows, y + m0 * N, N, b);
-  }
-};
-
 void check_input(const char* op, const at::Tensor& x, int64_t K) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2,
               op, ": x: expected a 2-D float32 CPU tensor, given ", x.scalar_type(), " of ", x.dim(), " dimensions");
@@ -248,28 +246,63 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
 
 int64_t panels(int64_t N) { return (N + kPanel - 1) / kPanel; }
 
-at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& so, int64_t group,
-                     const c10::optional<at::Tensor>& bias, int64_t N) {
+struct I4Pass {
+  const int8_t* u; const float* usums; const float* xs; int64_t steps; const uint8_t* w; const at::BFloat16* so;
+  const float* b; float* y; int64_t N;
+  template <int M> static constexpr int rows() { return M <= 2 ? 8 : M <= 4 ? 4 : 2; }
+  template <int M, int R> void run(int64_t m0, int64_t n, int64_t rows) const {
+    i4_pass<M, R>(u + m0 * steps * 64, usums + m0 * steps * 16, xs + m0, steps, w, so, n, rows, y + m0 * N, N, b);
+  }
+};
+
+// x rounded to 8 bits per row, u = round(x / s) with s = max|x| / 127 (columns past K: 0), and the sums of
+// each four neighbouring u (a VNNI lane), as floats.
+void round_rows(const float* x, int64_t M, int64_t K, int64_t steps, int8_t* u, float* usums, float* scales) {
+  const int64_t Kp = steps * 64;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float scale = amax > 0 ? amax / 127.0f : 1.0f, inv = 1.0f / scale;
+    scales[m] = scale;
+    int8_t* out = u + m * Kp;
+    for (int64_t k = 0; k < Kp; ++k) out[k] = k < K ? static_cast<int8_t>(std::nearbyint(row[k] * inv)) : 0;
+    float* sums = usums + m * steps * 16;
+    for (int64_t k = 0; k < steps; ++k)
+      for (int lane = 0; lane < 16; ++lane) {
+        // lane i of a step sums bytes 4i..4i+3 of the 64 input bytes laid out as the weights' nibbles:
+        // lanes 0-7 the step's first 32 inputs, lanes 8-15 its last 32.
+        const int8_t* p = out + k * 64 + (lane < 8 ? 4 * lane : 32 + 4 * (lane - 8));
+        sums[k * 16 + lane] = float(int(p[0]) + p[1] + p[2] + p[3]);
+      }
+  }
+}
+
+at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& so, const c10::optional<at::Tensor>& bias,
+                      int64_t K, int64_t N) {
   const char* op = "linear_i4";
-  TORCH_CHECK(N > 0, op, ": expected out_features > 0, given ", N);
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 4 && w.is_contiguous() && w.size(0) == panels(N) &&
-                  w.size(2) == kPanel && w.size(3) == 16,
-              op, ": weight: expected a contiguous uint8 tensor of shape (", panels(N), ", in_features / 32, 8, 16), given ",
+  const int64_t steps = (K + 63) / 64;
+  TORCH_CHECK(K > 0 && N > 0, op, ": expected in_features and out_features > 0, given ", K, " and ", N);
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.is_contiguous() &&
+                  w.sizes() == at::IntArrayRef({panels(N), steps, kPanel, 32}),
+              op, ": weight: expected a contiguous uint8 tensor of shape (", panels(N), ", ", steps, ", 8, 32), given ",
               w.scalar_type(), " ", w.sizes());
-  const int64_t K = w.size(1) * 32;
-  TORCH_CHECK(group > 0 && group % 32 == 0 && K % group == 0, op, ": group: expected a multiple of 32 dividing ",
-              K, ", given ", group);
   TORCH_CHECK(so.scalar_type() == at::kBFloat16 && so.is_contiguous() &&
-                  so.sizes() == at::IntArrayRef({panels(N), K / group, kPanel, 2}),
-              op, ": scale_offset: expected a contiguous bfloat16 tensor of shape (", panels(N), ", ", K / group,
-              ", 8, 2), given ", so.scalar_type(), " ", so.sizes());
+                  so.sizes() == at::IntArrayRef({panels(N), steps, 2, kPanel, 2}),
+              op, ": scale_offset: expected a contiguous bfloat16 tensor of shape (", panels(N), ", ", steps,
+              ", 2, 8, 2), given ", so.scalar_type(), " ", so.sizes());
   check_input(op, x_in, K);
   check_bias(op, bias, N);
   const at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty({x.size(0), N}, x.options());
-  const I4Pass pass{x.data_ptr<float>(), w.data_ptr<uint8_t>(), so.data_ptr<at::BFloat16>(), group,
-                    bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), N, K};
-  over_rows(x.size(0), N, pass);
+  const int64_t M = x.size(0);
+  at::Tensor u = at::empty({M, steps * 64}, x.options().dtype(at::kChar));
+  at::Tensor usums = at::empty({M, steps * 16}, x.options());
+  at::Tensor xs = at::empty({M}, x.options());
+  round_rows(x.data_ptr<float>(), M, K, steps, u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>());
+  at::Tensor y = at::empty({M, N}, x.options());
+  const I4Pass pass{u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>(), steps, w.data_ptr<uint8_t>(),
+                     so.data_ptr<at::BFloat16>(), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), N};
+  over_rows(M, N, pass);
   return y;
 }
 
@@ -277,7 +310,7 @@ at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
 
 TORCH_LIBRARY(polyformers, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("linear_i4(Tensor x, Tensor weight, Tensor scale_offset, int group, Tensor? bias, int out_features) -> Tensor");
+  m.def("linear_i4(Tensor x, Tensor weight, Tensor scale_offset, Tensor? bias, int in_features, int out_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
