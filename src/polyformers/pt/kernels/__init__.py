@@ -212,3 +212,4 @@ def pack_i4(q, scales, offsets):
     both = torch.stack([s.view(out_features, steps, 2), o.view(out_features, steps, 2)], dim=2)  # (out, steps, 2, 2)
     both = _panel_rows(both.to(torch.bfloat16), out_features).view(-1, PANEL, steps, 2, 2)
     return packed, both.permute(0, 2, 3, 1, 4).contiguous()  # (panels, steps, 2 [scale|offset], 8, 2)
+
