@@ -144,12 +144,8 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
     prefetch_ahead<R, 32>(step);
     const __m512 scales = BF16::load(pairs + k * kPanel * 4);
     const __m512 offsets = BF16::load(pairs + k * kPanel * 4 + 16);
-    __m512i uv[M];
-    __m512 sums[M];
-    for (int m = 0; m < M; ++m) {
-      uv[m] = _mm512_loadu_si512(u + m * steps * 64 + k * 64);
-      sums[m] = _mm512_loadu_ps(usums + m * steps * 16 + k * 16);
-    }
+    // (the inputs are read from the first-level cache for each row: kept in registers, eight input rows'
+    // would crowd out the accumulators)
     for (int r = 0; r < R; ++r) {
       __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(step + r * 32)));
       q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 4), nibble);
@@ -157,9 +153,9 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
       const __m512 scale = _mm512_permutexvar_ps(at, scales);
       const __m512 zero_point = _mm512_fmadd_ps(scale, minus8, _mm512_permutexvar_ps(at, offsets));
       for (int m = 0; m < M; ++m) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, uv[m]);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(u + m * steps * 64 + k * 64));
         acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m][r]);
-        acc[m][r] = _mm512_fmadd_ps(zero_point, sums[m], acc[m][r]);
+        acc[m][r] = _mm512_fmadd_ps(zero_point, _mm512_loadu_ps(usums + m * steps * 16 + k * 16), acc[m][r]);
       }
     }
   }
