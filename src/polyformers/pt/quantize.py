@@ -364,8 +364,8 @@ class Int4Linear(nn.Module):
     """``y = x W^T + b`` with W in 4 bits: each run of ``group_size`` weights of a row is stored as integers
     0..15 with one float scale and one float offset, ``w = (q - 8) * scale + offset`` (min-max, asymmetric).
     Inputs and outputs are float32; up to :data:`INT4_KERNEL_ROWS` rows are multiplied by polyformers'
-    kernel, inputs rounded to 8 bits per row (or, without it, one row by torch's int4 CPU kernel, ``_weight_int4pack_mm_for_cpu``, in bfloat16), more rows by
-    the dequantized weight in float32.
+    kernel, inputs rounded to 8 bits per row (or, without it, one row by torch's int4 CPU kernel,
+    ``_weight_int4pack_mm_for_cpu``, in bfloat16), more rows by the dequantized weight in float32.
 
     State (what ``save_pretrained`` writes): ``qweight`` (out, in / 2) uint8, two weights a byte, the even
     column in the low nibble; ``scales`` and ``offsets`` (out, in / group_size) float32; ``bias``. This
@@ -494,7 +494,8 @@ class Bf16Linear(nn.Module):
       matrix-vector kernel, which streams the weights at float32's rate in bytes, so in half its time.
       torch sends bfloat16 matmuls to oneDNN whenever the CPU has bfloat16 arithmetic, and oneDNN's
       product of one row with an unpacked (or even pre-packed) bfloat16 matrix reads it no faster than
-      float32 ones (per layer, one thread: 9-10 GB/s unpacked, 13-17 packed, 18-22 torch's kernel; polyformers' kernel reads one row no faster); so
+      float32 ones (per layer, one thread: 9-10 GB/s unpacked, 13-17 packed, 18-22 torch's kernel;
+      polyformers' kernel reads one row no faster); so
       the call runs with oneDNN switched off (``torch.backends.mkldnn``, restored after the call). That
       switch is process-wide: a float32 matmul of another thread at that instant takes torch's BLAS path
       instead of oneDNN, with the same values up to the order of the sums.
@@ -506,9 +507,10 @@ class Bf16Linear(nn.Module):
       about twice float32's matmul rate.
 
     All sum in float32 (torch's kernels round the sum to bfloat16 once), so the output is the exact
-    product of the rounded operands within one bfloat16 step (2**-8 relative). Rounding the weights and the inputs to bfloat16's 8
-    significant bits moves each output by a few parts in a thousand; all-mpnet-base-v2's mean-pooled
-    embeddings keep a cosine of 0.9999 to float32's (``tests/pt/test_quantize_bf16.py``).
+    product of the rounded operands within one bfloat16 step (2**-8 relative). Rounding the weights and
+    the inputs to bfloat16's 8 significant bits moves each output by a few parts in a thousand;
+    all-mpnet-base-v2's mean-pooled embeddings keep a cosine of 0.9999 to float32's
+    (``tests/pt/test_quantize_bf16.py``).
     The state dict keeps the layer's ``weight`` (bfloat16) and ``bias`` under their usual names, so
     ``save_pretrained`` writes a checkpoint that loads anywhere; loading it gives float32 layers.
     """
@@ -717,9 +719,9 @@ def finish_quantized(model: nn.Module) -> None:
             names = ("qweight", "scales", "offsets") if isinstance(module, Int4Linear) else ("qweight", "scales")
             if any(getattr(module, n).device.type == "meta" for n in names) or (
                     module.bias is not None and module.bias.device.type == "meta"):
-                raise ValueError(f"{name}: the checkpoint holds no {'4' if isinstance(module, Int4Linear) else '8'}-bit "
-                                 f"weights ({', '.join(names)}, bias) for this layer, though its config has a "
-                                 "quantization_config")
+                bits = 4 if isinstance(module, Int4Linear) else 8
+                raise ValueError(f"{name}: the checkpoint holds no {bits}-bit weights ({', '.join(names)}, bias) "
+                                 "for this layer, though its config has a quantization_config")
         if isinstance(module, Int4Linear):
             module.pack()
     built: dict[int, Int8Linear] = {}

@@ -10,8 +10,9 @@
 //       integer sums in float32 (the packed layout is described below and made by
 //       polyformers.pt.kernels.pack_i4)
 //
-// x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are split between torch's intra-op threads. Built with -march=native by
-// polyformers.pt.kernels, whose layers fall back to torch's kernels where this file cannot be built.
+// x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are
+// split between torch's intra-op threads. Built with -march=native by polyformers.pt.kernels, whose
+// layers fall back to torch's kernels where this file cannot be built.
 // (Float32 and int8 kernels of the same shape were tried. The float32 one streams no faster than oneDNN's
 // one-row product; the int8 one (VNNI, inputs rounded per row) read one row's weights about 1.2x faster
 // than fbgemm's but 2-8 rows slower, and a layer would need both packings, twice the memory: torch's
@@ -47,9 +48,9 @@ inline void prefetch_next(const void* block_end, int64_t step) {
 
 inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
 
-// Output rows computed together by one pass: enough independent sums to hide the FMA latency, few
-// enough that M * R accumulators, M inputs and a weight vector fit in the 32 vector registers.
-// (R divides eight, the rows of a panel of packed weights.)
+// Output rows computed together by one pass of the bfloat16 kernel: enough independent sums to hide the
+// FMA latency, few enough that M * R accumulators, M inputs and a weight vector fit in the 32 vector
+// registers.
 template <int M> constexpr int rows_per_pass() { return M <= 3 ? 8 : M <= 6 ? 4 : 2; }
 
 // ---- bfloat16 weights --------------------------------------------------------------------
@@ -106,29 +107,28 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
 
 constexpr int64_t kPanel = 8;
 
-// How far ahead of a pass's reads its prefetches go (into the second-level cache): enough to cover the
-// memory's latency at its bandwidth.
+// How far ahead of a pass's reads its prefetches go, into the second-level cache: enough to cover the
+// memory's latency at its bandwidth. (Past a panel's end, they reach the next panel's first steps.)
 constexpr int kAhead = 4096;
 
 template <int R, int StepBytes>
 inline void prefetch_ahead(const void* step) {
-  // A fixed distance ahead in the panel's stream (past its end: the next panel's first steps), long
-  // enough to cover the memory's latency at its bandwidth.
   const char* p = static_cast<const char*>(step) + kAhead;
   for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T1);
 }
 
-// A step is 64 weights of a row (the columns padded with zero weights to a multiple of 64), 32 bytes: byte j holds weight j in its low nibble and weight j + 32 in
-// its high one; so after vpdpbusd's sums of four neighbouring products, lanes 0-7 hold the first 32
-// weights' (one group of 32, or half of a larger one) and lanes 8-15 the last 32's. scale_offset holds,
-// per step and panel, the eight rows' (scale, scale) of the two halves, then their (offset, offset), all
-// bfloat16. With x ~ s_x * u (u int8 per row): sum_k x_k w_k = s_x * sum over half-steps h of
-// [scale_h * sum_{k in h} u_k q_k + (offset_h - 8 scale_h) * sum_{k in h} u_k], the second sum computed
-// once per call (usums, per lane).
+// A step is 64 weights of a row (the columns padded with zero weights to a multiple of 64), 32 bytes:
+// byte j holds weight j in its low nibble and weight j + 32 in its high one; so after vpdpbusd's sums of
+// four neighbouring products, lanes 0-7 hold the first 32 weights' (one group of 32, or half of a larger
+// one) and lanes 8-15 the last 32's. scale_offset holds, per step and panel, the eight rows' scales of
+// the step's two halves, then their offsets, all bfloat16. With x ~ s_x * u (u int8 per row):
+//   sum_k x_k w_k = s_x * sum over half-steps h of
+//                   [scale_h * sum_{k in h} u_k q_k + (offset_h - 8 scale_h) * sum_{k in h} u_k],
+// the last sum computed once per call (usums, per lane).
 
 template <int M, int R>
 void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t steps, const uint8_t* w,
-              const at::BFloat16* so, int64_t n, int64_t rows, float* y, int64_t N, const float* bias) {
+             const at::BFloat16* so, int64_t n, int64_t rows, float* y, int64_t N, const float* bias) {
   alignas(64) int32_t lanes[R][16];
   for (int r = 0; r < R; ++r)
     for (int i = 0; i < 16; ++i) lanes[r][i] = static_cast<int32_t>(2 * (n % kPanel + r) + (i >= 8));
@@ -153,7 +153,8 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
       const __m512 scale = _mm512_permutexvar_ps(at, scales);
       const __m512 zero_point = _mm512_fmadd_ps(scale, minus8, _mm512_permutexvar_ps(at, offsets));
       for (int m = 0; m < M; ++m) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(u + m * steps * 64 + k * 64));
+        const __m512i inputs = _mm512_loadu_si512(u + m * steps * 64 + k * 64);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, inputs);
         acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m][r]);
         acc[m][r] = _mm512_fmadd_ps(zero_point, _mm512_loadu_ps(usums + m * steps * 16 + k * 16), acc[m][r]);
       }
@@ -166,8 +167,8 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
 
 // ---- driver -------------------------------------------------------------------------------------------
 
-// Calls pass.template run<M, R>(n, rows, tile) over all N output rows, split between threads, for each
-// tile of up to eight input rows.
+// For each tile of up to eight input rows (from m0), calls pass.run<M, R>(m0, n, rows) for the passes over
+// all N output rows (R at a time from n), split between torch's threads.
 template <class Pass>
 void over_rows(int64_t Mtotal, int64_t N, const Pass& pass) {
   for (int64_t m0 = 0; m0 < Mtotal; m0 += kTile) {
@@ -221,8 +222,8 @@ void check_bias(const char* op, const c10::optional<at::Tensor>& bias, int64_t N
 }
 
 template <class W>
-at::Tensor float_linear(const char* op, const at::Tensor& x_in, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
-                        at::ScalarType wtype) {
+at::Tensor float_linear(const char* op, const at::Tensor& x_in, const at::Tensor& w,
+                        const c10::optional<at::Tensor>& bias, at::ScalarType wtype) {
   TORCH_CHECK(w.scalar_type() == wtype && w.dim() == 2 && w.is_contiguous(), op,
               ": weight: expected a contiguous 2-D ", wtype, " tensor, given ", w.scalar_type(), " ", w.sizes());
   const int64_t N = w.size(0), K = w.size(1);
@@ -273,11 +274,13 @@ void round_rows(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* u, flo
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(q));
     }
     for (int64_t lane = 0; lane < Kp / 4; ++lane)
-      usums[m * (Kp / 4) + lane] = float(int(out[4 * lane]) + out[4 * lane + 1] + out[4 * lane + 2] + out[4 * lane + 3]);
+      usums[m * (Kp / 4) + lane] =
+          float(int(out[4 * lane]) + out[4 * lane + 1] + out[4 * lane + 2] + out[4 * lane + 3]);
   }
 }
 
-at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& so, const c10::optional<at::Tensor>& bias,
+at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& so,
+                     const c10::optional<at::Tensor>& bias,
                       int64_t K, int64_t N) {
   const char* op = "linear_i4";
   const int64_t steps = (K + 63) / 64;
@@ -297,7 +300,8 @@ at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   at::Tensor u = at::empty({M, steps * 64}, x.options().dtype(at::kChar));
   at::Tensor usums = at::empty({M, steps * 16}, x.options());
   at::Tensor xs = at::empty({M}, x.options());
-  round_rows(x.data_ptr<float>(), M, K, steps * 64, u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>());
+  round_rows(x.data_ptr<float>(), M, K, steps * 64, u.data_ptr<int8_t>(), usums.data_ptr<float>(),
+             xs.data_ptr<float>());
   at::Tensor y = at::empty({M, N}, x.options());
   const I4Pass pass{u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>(), steps, w.data_ptr<uint8_t>(),
                      so.data_ptr<at::BFloat16>(), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), N};
@@ -309,7 +313,8 @@ at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
 
 TORCH_LIBRARY(polyformers, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("linear_i4(Tensor x, Tensor weight, Tensor scale_offset, Tensor? bias, int in_features, int out_features) -> Tensor");
+  m.def("linear_i4(Tensor x, Tensor weight, Tensor scale_offset, Tensor? bias, int in_features, "
+        "int out_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
