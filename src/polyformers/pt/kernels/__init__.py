@@ -1,4 +1,6 @@
-"""polyformers' compiled CPU kernels: products of a few rows with a weight matrix read once (``rows.cpp``).
+"""polyformers' compiled CPU kernels for decoding: products of a few rows with a weight matrix read once
+(``rows.cpp``), one query's attention over a key/value cache (``attention.cpp``) and GELU
+(``pointwise.cpp``).
 
 Decoding a token multiplies one row (or, batched, a few) by every weight matrix of the model, so its
 speed is the rate at which the weights are read. Two of torch's kernels fall short of it: its bfloat16
@@ -8,6 +10,11 @@ about half the machine's bandwidth. The kernels of ``rows.cpp`` stream each weig
 eight input rows with AVX-512: bfloat16 weights widened in registers (float32 inputs and sums), and
 4-bit weights multiplied as integers with inputs rounded to 8 bits per row (VNNI), as llama.cpp's
 4-bit path does (``bench/decode_speed.py`` prints both paths side by side).
+
+What is left of a step once the weights stream fast is a dozen small operations per layer, and torch's
+attention and GELU carry fixed costs per call (buffers, thread splits, generic element-wise machinery)
+of 10-60 us where their arithmetic takes a few: ``layers.attend`` and ``layers.gelu`` take this
+library's versions for float32 inference on the CPU (the same function within 1e-6).
 
 It is a PyTorch C++ extension (operators registered with ``TORCH_LIBRARY`` as ``torch.ops.polyformers``)
 compiled on first use with the machine's C++ compiler for its own CPU (``-march=native``) and cached, per
@@ -32,7 +39,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-SOURCE = Path(__file__).with_name("rows.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cpp", "attention.cpp", "pointwise.cpp"))
+HEADERS = (Path(__file__).with_name("vector_math.h"),)
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 
 MAX_ROWS = 8
@@ -43,6 +51,7 @@ _lock = threading.Lock()
 _loaded: Optional[bool] = None  # None until the first call of available()
 _why_not: Optional[str] = None
 _off = 0  # depth of switched_off() blocks
+_looked = False  # whether ready() has looked for a build
 
 
 class UnsupportedCPU(RuntimeError):
@@ -75,7 +84,7 @@ def _compile_command(output: Path) -> list:
     return [
         os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *includes,
-        str(SOURCE), "-o", str(output),
+        *map(str, SOURCES), "-o", str(output),
         f"-L{torch_lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",
     ]
 
@@ -85,7 +94,8 @@ def library_path() -> Path:
     import torch
 
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in (*SOURCES, *HEADERS):
+        key.update(source.read_bytes())
     key.update(torch.__version__.encode())
     key.update(" ".join(sorted(_cpu_flags())).encode())
     key.update(os.environ.get("CXX", "g++").encode())
@@ -93,7 +103,7 @@ def library_path() -> Path:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile ``rows.cpp`` unless this machine's build is cached; return the library's path. The build
+    """Compile the sources into one library unless this machine's build is cached; return the library's path. The build
     is written under a temporary name and renamed, so a concurrent or interrupted one leaves no partial file."""
     missing = [flag for flag in _REQUIRED_FLAGS if flag not in _cpu_flags()]
     if missing:
@@ -110,7 +120,8 @@ def build(verbose: bool = False) -> Path:
     try:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"polyformers kernels: compiling {SOURCE.name} failed ({command[0]} exited "
+            names = ", ".join(source.name for source in SOURCES)
+            raise RuntimeError(f"polyformers kernels: compiling {names} failed ({command[0]} exited "
                                f"{done.returncode}):\n{done.stderr[-4000:]}")
         os.replace(tmp, path)
     finally:
@@ -145,6 +156,28 @@ def available() -> bool:
             _why_not, _loaded = str(error), False
             warnings.warn(f"polyformers kernels unavailable, using torch's: {error}", RuntimeWarning, stacklevel=2)
         return _loaded
+
+
+def ready() -> bool:
+    """Whether the kernels are loaded, or built on this machine and loadable now, without building them.
+
+    The float32 paths (``layers.attend``, ``layers.gelu``) ask this, so that a model's first forward never
+    waits for a compiler: they take the kernels once the set-up, ``python -m polyformers.pt.kernels`` or
+    a quantized layer (which asks :func:`available`) has built them, and torch's functions until then."""
+    global _looked
+    if _off:
+        return False
+    if _loaded is not None:
+        return _loaded
+    if _looked:
+        return False
+    _looked = True
+    try:
+        built = (os.environ.get("POLYFORMERS_KERNELS", "1") != "0"
+                 and all(flag in _cpu_flags() for flag in _REQUIRED_FLAGS) and library_path().exists())
+    except Exception:  # noqa: BLE001 - torch missing or the sources unreadable: no kernels
+        built = False
+    return available() if built else False
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...configs import MptConfig
@@ -89,7 +88,7 @@ class MptMLP(nn.Module):
         self.down_proj = L.Linear(inner, config.d_model, bias=False)
 
     def forward(self, hidden_states):
-        return self.down_proj(F.gelu(self.up_proj(hidden_states)))
+        return self.down_proj(L.gelu(self.up_proj(hidden_states)))
 
 
 class MptBlock(nn.Module):

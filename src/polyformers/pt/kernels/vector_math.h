@@ -1,0 +1,34 @@
+// Vectorised float math shared by the kernels (AVX-512, 16 floats at a time).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace polyformers {
+
+inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
+
+// e^x: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor polynomial (relative error below
+// 2e-7 on that interval), times 2^n. Inputs below -87.3 (e^x under float's smallest normal) give 0, so a
+// score biased by -inf or by float's minimum weighs nothing; inputs above 88.7 give +inf.
+inline __m512 exp16(__m512 x) {
+  const __m512 underflow = _mm512_set1_ps(-87.3f);
+  const __mmask16 zero = _mm512_cmp_ps_mask(x, underflow, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, underflow);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln 2, with ln 2 split in two so that the product is exact to float precision
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(p, n));
+}
+
+}  // namespace polyformers
