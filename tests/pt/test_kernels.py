@@ -67,9 +67,9 @@ def test_int4_kernel_gives_the_dequantized_weights_product(group_size, out_featu
     torch.testing.assert_close(layer(x), layer(x.reshape(6, in_features)).reshape(2, 3, out_features))
 
 
-def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+def _run(code: str, *args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=300)
 
 
 def test_a_failed_build_falls_back_to_torchs_kernels_with_a_warning(tmp_path):
@@ -91,6 +91,36 @@ def test_a_failed_build_falls_back_to_torchs_kernels_with_a_warning(tmp_path):
     assert "compiling rows.cpp, attention.cpp, pointwise.cpp failed (false exited 1)" in done.stdout
     assert "WARNED polyformers kernels unavailable, using torch's" in done.stdout
     assert not list(tmp_path.iterdir())  # the failed build left no file behind
+
+
+def test_float32_layers_take_the_kernels_once_built_and_never_build_them(tmp_path):
+    # ready() (asked by layers.attend and layers.gelu) loads a build that exists and never starts one: a
+    # model's first forward does not wait for a compiler.
+    assert kernels.available(), kernels.why_not()
+    built = kernels.build()
+    done = _run("""
+        import shutil, sys, torch
+        from polyformers.pt import kernels, layers as L
+        assert not kernels.ready() and not kernels.ready()  # looked once, nothing built
+        with torch.profiler.profile() as profile:
+            L.gelu(torch.randn(4))
+        assert not [e.name for e in profile.events() if e.name.startswith("polyformers::")]
+        print("FILES", sorted(p.name for p in kernels.cache_dir().iterdir()) if kernels.cache_dir().exists() else [])
+        # a build of this machine appears (the set-up, another process): the next process takes it
+        kernels.cache_dir().mkdir(parents=True, exist_ok=True)
+        shutil.copy(sys.argv[1], kernels.library_path())
+    """, built, POLYFORMERS_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "FILES []" in done.stdout
+    done = _run("""
+        import torch
+        from polyformers.pt import kernels, layers as L
+        assert kernels.ready()
+        with torch.profiler.profile() as profile:
+            L.gelu(torch.randn(4))
+        assert "polyformers::gelu" in [e.name for e in profile.events()]
+    """, POLYFORMERS_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_environment_switches_them_off_without_a_warning():
