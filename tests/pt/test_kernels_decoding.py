@@ -122,6 +122,29 @@ def test_gelu_with_gradients_stays_on_torchs_function():
         assert L.get_activation(name)(x).grad_fn is not None
 
 
+def test_greedy_choice_is_torchs_argmax():
+    from polyformers.pt.generation.greedy import greedy_choice
+
+    torch.manual_seed(0)
+    for shape in [(1, 50368), (8, 50368), (3, 17), (2, 1), (5, 33)]:
+        scores = torch.randn(shape)
+        assert torch.equal(kernels.ops().argmax_rows(scores), scores.argmax(-1)), shape
+        assert torch.equal(greedy_choice(scores), scores.argmax(-1))
+    # ties (the first wins), NaN (counts as the maximum, the first one), a row of -inf, a strided view
+    scores = torch.randn(6, 100)
+    scores[0, [3, 60, 99]] = 1e9
+    scores[1, [7, 50]] = float("nan")
+    scores[2] = float("-inf")
+    scores[3] = 5.0
+    scores[4, 99] = float("inf")
+    scores[5, 0] = float("nan")
+    assert torch.equal(kernels.ops().argmax_rows(scores), scores.argmax(-1))
+    assert torch.equal(kernels.ops().argmax_rows(scores.t().contiguous().t()), scores.argmax(-1))
+    assert torch.equal(greedy_choice(scores.double()), scores.double().argmax(-1))  # torch's path
+    with pytest.raises(RuntimeError, match=r"argmax_rows: x: expected a 2-D float32 CPU tensor with at least one"):
+        kernels.ops().argmax_rows(torch.randn(2, 0))
+
+
 def _tiny(family):
     from polyformers import (GPTJConfig, GPTJForCausalLM, MptConfig, MptForCausalLM, PegasusConfig,
                              PegasusForConditionalGeneration)
@@ -154,7 +177,7 @@ def test_decoders_give_the_same_tokens_and_scores_with_and_without_the_kernels(f
     with torch.profiler.profile() as profile:
         ours = model.generate(ids, **settings)
     called = {event.name for event in profile.events()}
-    assert {"polyformers::attend_one", "polyformers::gelu"} <= called, sorted(n for n in called if "polyformers" in n)
+    assert {"polyformers::attend_one", "polyformers::gelu", "polyformers::argmax_rows"} <= called, sorted(n for n in called if "polyformers" in n)
     with kernels.switched_off():
         torchs = model.generate(ids, **settings)
     assert torch.equal(ours.sequences, torchs.sequences)

@@ -65,6 +65,7 @@ from them without quantizing again (see :func:`quantize`).
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 from typing import Optional
@@ -360,6 +361,12 @@ def _int4_unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).view(packed.shape[0], -1).to(torch.int32)
 
 
+@functools.lru_cache(maxsize=None)
+def _linear_i4():
+    """The kernel's operator overload, looked up once."""
+    return kernels.ops().linear_i4.default
+
+
 class Int4Linear(nn.Module):
     """``y = x W^T + b`` with W in 4 bits: each run of ``group_size`` weights of a row is stored as integers
     0..15 with one float scale and one float offset, ``w = (q - 8) * scale + offset`` (min-max, asymmetric).
@@ -431,18 +438,20 @@ class Int4Linear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel is None:
+        kernel, shape, width = self._kernel, x.shape, self.in_features
+        if (kernel is not None and kernel[0] == "rows" and x.dtype == torch.float32 and shape and shape[-1] == width
+                and 0 < x.numel() <= INT4_KERNEL_ROWS * width):
+            # A decoding step: polyformers' kernel, with as little as possible around it (48 calls a token).
+            out = _linear_i4()(x.reshape(-1, width), kernel[1], kernel[2], self.bias, width, self.out_features)
+            return out.view(shape[:-1] + (self.out_features,))
+        if kernel is None:
             raise RuntimeError("Int4Linear: not packed; call pack() after assigning its weights")
         if x.dtype != torch.float32:
             raise TypeError(f"Int4Linear: expected a float32 input, given {x.dtype}")
-        if x.shape[-1] != self.in_features:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Int4Linear: expected an input of {self.in_features} features in its last "
                              f"dimension, given shape {tuple(x.shape)}")
         flat = x.reshape(-1, self.in_features)
-        if self._kernel[0] == "rows" and 0 < flat.shape[0] <= INT4_KERNEL_ROWS:
-            _, packed, pairs = self._kernel
-            out = kernels.ops().linear_i4(flat, packed, pairs, self.bias, self.in_features, self.out_features)
-            return out.view(*x.shape[:-1], self.out_features)
         if flat.shape[0] != 1 or self._kernel[0] != "torch":
             # More rows than the kernels take (prompts, encoders; torch's int4 kernel takes time in
             # proportion to the rows): the weight is dequantized for the call and multiplied in float32.

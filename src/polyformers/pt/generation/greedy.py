@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from .records import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, _Recorder
 
 
@@ -21,6 +22,16 @@ def append_tokens(input_ids, next_tokens, unfinished, pad, streamer):
     return torch.cat([input_ids, next_tokens[:, None]], dim=-1)
 
 
+def greedy_choice(scores: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(scores, dim=-1)`` of a (batch, vocabulary) float32 CPU tensor by polyformers' kernel
+    once it is built (torch's reduction is scalar: 45 us for a 50k vocabulary, a tenth of a step's work
+    outside the model); the same indices, the first maximum and NaN counting as the largest."""
+    if scores.dtype == torch.float32 and scores.dim() == 2 and scores.device.type == "cpu" and scores.shape[1] \
+            and kernels.ready():
+        return kernels.ops().argmax_rows(scores)
+    return torch.argmax(scores, dim=-1)
+
+
 def sample(model, input_ids, config, processors, warpers, criteria, streamer, model_kwargs):
     """Greedy decoding (argmax) or, with ``do_sample``, multinomial sampling, one token per step."""
     is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -34,7 +45,7 @@ def sample(model, input_ids, config, processors, warpers, criteria, streamer, mo
             scores = warpers(input_ids, scores)
             next_tokens = torch.multinomial(nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
-            next_tokens = torch.argmax(scores, dim=-1)
+            next_tokens = greedy_choice(scores)
         record.step(scores, outputs)
         input_ids = append_tokens(input_ids, next_tokens, unfinished, pad, streamer)
         model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
