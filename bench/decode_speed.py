@@ -15,7 +15,10 @@ rounds in which the contenders run one after another, in alternating order. Prin
   bound. A float32 ``torch.mv`` is printed beside it: it does not reach the machine's limit;
 - ``quantize(bits=8)`` (``quantize_int8``), ``quantize(bits=4, group_size=--group-size)`` and
   ``quantize(bits=16)`` (bfloat16 weights, 2 bytes each): tokens/s, and whether their greedy tokens equal
-  float32's on prompts written with the real GPT-2 vocabulary;
+  float32's on prompts written with the real GPT-2 vocabulary; the 4-bit and 16-bit models again as
+  "torch's kernels", decoding with polyformers' compiled kernels switched off (``kernels.switched_off``:
+  torch's int4 and bfloat16 products, and torch's attention, GELU and argmax, which every other row takes
+  from polyformers' kernels when they are built);
 - CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed;
 - llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
   by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
