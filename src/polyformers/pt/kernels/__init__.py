@@ -1,6 +1,6 @@
 """polyformers' compiled CPU kernels for decoding: products of a few rows with a weight matrix read once
-(``rows.cpp``), one query's attention over a key/value cache (``attention.cpp``) and GELU
-(``pointwise.cpp``).
+(``rows.cpp``), one query's attention over a key/value cache (``attention.cpp``), GELU and the greedy
+argmax (``pointwise.cpp``).
 
 Decoding a token multiplies one row (or, batched, a few) by every weight matrix of the model, so its
 speed is the rate at which the weights are read. Two of torch's kernels fall short of it: its bfloat16
@@ -12,9 +12,10 @@ eight input rows with AVX-512: bfloat16 weights widened in registers (float32 in
 4-bit path does (``bench/decode_speed.py`` prints both paths side by side).
 
 What is left of a step once the weights stream fast is a dozen small operations per layer, and torch's
-attention and GELU carry fixed costs per call (buffers, thread splits, generic element-wise machinery)
-of 10-60 us where their arithmetic takes a few: ``layers.attend`` and ``layers.gelu`` take this
-library's versions for float32 inference on the CPU (the same function within 1e-6).
+attention, GELU and argmax carry fixed costs per call (buffers, thread splits, generic element-wise
+machinery, a scalar reduction) of 10-60 us where their arithmetic takes a few: ``layers.attend``,
+``layers.gelu`` and greedy decoding's ``greedy_choice`` take this library's versions for float32
+inference on the CPU (the same function within 1e-6; the same indices) once they are built (:func:`ready`).
 
 It is a PyTorch C++ extension (operators registered with ``TORCH_LIBRARY`` as ``torch.ops.polyformers``)
 compiled on first use with the machine's C++ compiler for its own CPU (``-march=native``) and cached, per
