@@ -204,3 +204,34 @@ def test_the_operators_name_the_argument_the_expected_and_the_given():
         with pytest.raises(RuntimeError) as caught:
             call()
         assert message in str(caught.value), (message, str(caught.value)[:300])
+
+
+def test_the_operators_trace_for_torch_compile():
+    """Each operator has a fake (shape-only) implementation that agrees with it (``torch.library.opcheck``),
+    so a ``fullgraph`` compile of code calling the kernels traces instead of failing."""
+    from polyformers.pt.generation.greedy import greedy_choice
+    from polyformers.pt.quantize import Int4Linear
+
+    ops = kernels.ops()
+    layer = Int4Linear.from_linear(torch.nn.Linear(64, 32), 32)
+    _, packed, pairs = layer._kernel
+    for op, args in [
+        (ops.linear_i4.default, (torch.randn(3, 64), packed, pairs, None, 64, 32)),
+        (ops.linear_bf16.default, (torch.randn(3, 64), torch.randn(32, 64).bfloat16(), torch.randn(32))),
+        (ops.attend_one.default, (torch.randn(2, 3, 1, 16), torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16),
+                                  torch.randn(1, 3, 1, 5), 0.25)),
+        (ops.gelu.default, (torch.randn(4, 5), "tanh")),
+        (ops.argmax_rows.default, (torch.randn(4, 50),)),
+    ]:
+        torch.library.opcheck(op, args)
+
+    def step(query, key, value, bias, x):
+        context, _ = L.attend(query, key, value, bias)
+        return context, L.gelu(x), greedy_choice(x), layer(x)
+
+    args = (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 1, 5),
+            torch.randn(3, 64))
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        for got, want in zip(compiled(*args), step(*args)):
+            assert torch.equal(got, want)

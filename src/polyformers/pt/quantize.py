@@ -65,7 +65,6 @@ from them without quantizing again (see :func:`quantize`).
 
 from __future__ import annotations
 
-import functools
 import numbers
 import warnings
 from typing import Optional
@@ -361,10 +360,15 @@ def _int4_unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).view(packed.shape[0], -1).to(torch.int32)
 
 
-@functools.lru_cache(maxsize=None)
+_LINEAR_I4 = None
+
+
 def _linear_i4():
     """The kernel's operator overload, looked up once."""
-    return kernels.ops().linear_i4.default
+    global _LINEAR_I4
+    if _LINEAR_I4 is None:
+        _LINEAR_I4 = kernels.ops().linear_i4.default
+    return _LINEAR_I4
 
 
 class Int4Linear(nn.Module):

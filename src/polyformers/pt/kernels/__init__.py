@@ -150,6 +150,7 @@ def available() -> bool:
             import torch
 
             torch.ops.load_library(str(build()))
+            _register_fakes()
             _loaded = True
         except UnsupportedCPU as error:
             _why_not, _loaded = str(error), False
@@ -157,6 +158,20 @@ def available() -> bool:
             _why_not, _loaded = str(error), False
             warnings.warn(f"polyformers kernels unavailable, using torch's: {error}", RuntimeWarning, stacklevel=2)
         return _loaded
+
+
+def _register_fakes() -> None:
+    """Output shapes of the operators without running them, which torch.compile and torch.export trace
+    with (without them a ``fullgraph`` compile of a model that calls the kernels fails)."""
+    import torch
+
+    fake = torch.library.register_fake
+    fake("polyformers::linear_i4")(lambda x, weight, scale_offset, bias, in_features, out_features:
+                                   x.new_empty((x.shape[0], out_features)))
+    fake("polyformers::linear_bf16")(lambda x, weight, bias: x.new_empty((x.shape[0], weight.shape[0])))
+    fake("polyformers::attend_one")(lambda query, key, value, bias, scale: query.new_empty(query.shape))
+    fake("polyformers::gelu")(lambda x, approximate: x.new_empty(x.shape))
+    fake("polyformers::argmax_rows")(lambda x: x.new_empty((x.shape[0],), dtype=torch.long))
 
 
 def ready() -> bool:
