@@ -1,4 +1,4 @@
-// Element-wise activations of float32 tensors.
+// Element-wise activations and row reductions of float32 tensors.
 //
 //   gelu(x, approximate) -> x * Phi(x), "none" (exact: erf) or "tanh" (the tanh approximation)
 //   argmax_rows(x (rows, n)) -> int64 (rows): the first index of each row's maximum, NaN counting as the

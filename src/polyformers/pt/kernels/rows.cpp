@@ -24,6 +24,8 @@
 
 #include <immintrin.h>
 
+#include "vector_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -46,7 +48,7 @@ inline void prefetch_next(const void* block_end, int64_t step) {
   for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T1);
 }
 
-inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
+using polyformers::tail_mask;
 
 // Output rows computed together by one pass of the bfloat16 kernel: enough independent sums to hide the
 // FMA latency, few enough that M * R accumulators, M inputs and a weight vector fit in the 32 vector
