@@ -17,8 +17,8 @@ rounds in which the contenders run one after another, in alternating order. Prin
   ``quantize(bits=16)`` (bfloat16 weights, 2 bytes each): tokens/s, and whether their greedy tokens equal
   float32's on prompts written with the real GPT-2 vocabulary; the 4-bit and 16-bit models again as
   "torch's kernels", decoding with polyformers' compiled kernels switched off (``kernels.switched_off``:
-  torch's int4 and bfloat16 products, and torch's attention, GELU and argmax, which every other row takes
-  from polyformers' kernels when they are built);
+  fbgemm's int8, torch's int4 and bfloat16 products, and torch's attention, GELU and argmax, which every
+  other row takes from polyformers' kernels when they are built);
 - CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed;
 - llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
   by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
@@ -381,6 +381,10 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     if "int8" not in args.skip:
         ours_int8 = quantize_int8(pf_class.from_pretrained(folder, dtype=torch.float32).eval())
         contenders.append(torch_contender("polyformers-int8", ours_int8))
+        if kernels.available():  # the same int8 weights through fbgemm
+            with kernels.switched_off():
+                int8_torch = quantize_int8(pf_class.from_pretrained(folder, dtype=torch.float32).eval())
+            contenders.append(torch_contender("int8 torch's kernels", int8_torch, True))
     if "int4" not in args.skip:
         ours_int4 = quantize(pf_class.from_pretrained(folder, dtype=torch.float32).eval(), bits=4,
                              group_size=args.group_size)
@@ -420,6 +424,7 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     if "int8" not in args.skip:
         bytes_per_token["polyformers-int8"] = weight_bytes_per_token(ours_int8)
         bytes_per_token["ctranslate2-int8"] = bytes_per_token["polyformers-int8"]
+        bytes_per_token["int8 torch's kernels"] = bytes_per_token["polyformers-int8"]
     if "int4" not in args.skip:
         bytes_per_token[f"polyformers-int4-g{args.group_size}"] = weight_bytes_per_token(ours_int4)
         bytes_per_token[f"int4-g{args.group_size} torch's kernel"] = weight_bytes_per_token(ours_int4)
@@ -468,8 +473,8 @@ def bench_family(family: str, args, bw_samples: list) -> None:
 
     if "batch" not in args.skip:
         # (torch's int4 kernel takes one row: its layers dequantize the whole weight for a batch, minutes here)
-        batched = ("polyformers", "polyformers-int8", "polyformers-bf16", "bf16 torch's kernels",
-                   f"polyformers-int4-g{args.group_size}", "reference")
+        batched = ("polyformers", "polyformers-int8", "int8 torch's kernels", "polyformers-bf16",
+                   "bf16 torch's kernels", f"polyformers-int4-g{args.group_size}", "reference")
         batch_s = rounds([by_name[n] for n in batched if n in by_name
                           and (n != "reference" or "batch-reference" in args.extra)],
                          lambda c: c.generate(batch_prompt, NEW), args.repeat)
@@ -541,14 +546,19 @@ def int8_kernels(repeat: int) -> None:
 
     from polyformers.pt.quantize import Int8Linear
 
+    from polyformers.pt import kernels
+
     shapes = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)] * 4
     weights = [torch.randn(out, inp) * 0.02 for out, inp in shapes]
     int8 = [_quantized(w) for w in weights]
     layers = [Int8Linear(q, s) for q, s in int8]
+    with kernels.switched_off():
+        fbgemm = [Int8Linear(q, s) for q, s in int8]
     x = {inp: torch.randn(1, 1, inp) for _, inp in shapes}  # (batch, token, features), as in decoding
     candidates = {
         "float32 F.linear (reference point)": lambda: [F.linear(x[w.shape[1]], w) for w in weights],
-        "fbgemm dynamic int8 (Int8Linear)": lambda: [layer(x[layer.in_features]) for layer in layers],
+        "polyformers linear_i8 (Int8Linear)": lambda: [layer(x[layer.in_features]) for layer in layers],
+        "fbgemm dynamic int8 (without kernels)": lambda: [layer(x[layer.in_features]) for layer in fbgemm],
         "torch._weight_int8pack_mm, float32 in": lambda: [
             torch.ops.aten._weight_int8pack_mm(x[q.shape[1]][0], q, s) for q, s in int8],
         "dequantise per layer, then F.linear": lambda: [

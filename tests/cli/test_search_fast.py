@@ -26,6 +26,17 @@ def play_lines(assets):
 
 
 @pytest.fixture(scope="module")
+def short_lines(assets):
+    # The play's 128 shortest passages (stage directions, "How now! what news?"), in the play's order, so
+    # that sorted by length they fall into the batches the search makes of them. With inputs rounded per
+    # token, int8's errors average out over long passages and are largest over a few tokens.
+    text = (assets / "corpora" / "macbeth.txt").read_text("utf-8")
+    lines = [t for _, t in search.split_passages(text)]
+    shortest = set(sorted(range(len(lines)), key=lambda i: (len(lines[i].split()), i))[:128])
+    return [t for i, t in enumerate(lines) if i in shortest]
+
+
+@pytest.fixture(scope="module")
 def plain(assets):
     from polyformers import pipeline
 
@@ -54,18 +65,21 @@ def test_fast_path_gives_the_float32_embeddings(plain, play_lines):
     assert _top(vectors, fast) == _top(reference, plain)
 
 
-def test_int8_is_used_only_if_it_keeps_the_answers(plain, play_lines):
+def test_int8_is_used_only_if_it_keeps_the_answers(plain, play_lines, short_lines):
     """int8 + skipped padding against plain float32: the search may use int8 only when the worst cosine is
-    >= 0.995 and the top results are the same. It is not on this project's CPUs, so USE_INT8 is False."""
+    >= 0.995 and the top results are the same. It is not on this project's CPUs, so USE_INT8 is False
+    (with polyformers' int8 kernel: 0.9955 over the 50 passages, 0.9915 with the short ones)."""
     torch = pytest.importorskip("torch")
     from polyformers.pt.quantize import OUTLIER_THRESHOLD, quantize_int8
     from polyformers.pt.unpad import skip_padding
 
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         pytest.skip("no fbgemm int8 kernels on this CPU")
+    play_lines = play_lines + short_lines
     reference = plain.encode(play_lines)
     int8 = copy.copy(plain)
     int8.model = quantize_int8(skip_padding(copy.deepcopy(plain.model)), outlier_threshold=OUTLIER_THRESHOLD)
+    int8.batch_size = search.FAST_BATCH_SIZE  # as the search batches (the outlier columns are per batch)
     vectors = int8.encode(play_lines)
     cosine = float((reference * vectors).sum(1).min())
     same_top = _top(vectors, int8) == _top(reference, plain)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import polyformers
+from polyformers.pt import kernels
 from polyformers.pt.quantize import OUTLIER_THRESHOLD, Int8Linear, quantize_int8
 from polyformers.pt.unpad import skip_padding
 
@@ -128,7 +129,18 @@ def test_skip_padding_needs_an_encoder():
         skip_padding(nn.Linear(2, 2))
 
 
-def test_int8_linear_keeps_outlier_columns_exact_enough():
+@pytest.fixture(params=["kernel", "fbgemm"])
+def int8_path(request):
+    """Int8Linear built and run with polyformers' int8 kernel, then with torch's fbgemm."""
+    if request.param == "kernel":
+        assert kernels.available(), kernels.why_not()
+        yield request.param
+    else:
+        with kernels.switched_off():
+            yield request.param
+
+
+def test_int8_linear_keeps_outlier_columns_exact_enough(int8_path):
     torch.manual_seed(0)
     linear = nn.Linear(64, 48)
     x = torch.randn(2, 10, 64)
@@ -149,7 +161,7 @@ def test_int8_linear_keeps_outlier_columns_exact_enough():
         layer(torch.randn(3, 63))
 
 
-def test_int8_outlier_columns_survive_stacking():
+def test_int8_outlier_columns_survive_stacking(int8_path):
     torch.manual_seed(0)
     linears = [nn.Linear(32, n) for n in (16, 8)]
     x = torch.randn(3, 32)
@@ -164,7 +176,7 @@ def test_int8_outlier_columns_survive_stacking():
         Int8Linear.stack([Int8Linear.from_linear(linears[0]), Int8Linear.from_linear(linears[1], 3.0)])
 
 
-def test_int8_per_row_rounds_each_row_as_it_would_be_alone():
+def test_int8_per_row_rounds_each_row_as_it_would_be_alone(int8_path):
     torch.manual_seed(0)
     linear = nn.Linear(64, 40)
     # rows of very different ranges and offsets: one range for the call would round the small ones coarsely
@@ -173,11 +185,15 @@ def test_int8_per_row_rounds_each_row_as_it_would_be_alone():
     with torch.no_grad():
         want = linear(x)
         per_row = Int8Linear.from_linear(linear, per_row=True)
-        plain = Int8Linear.from_linear(linear)
+        with kernels.switched_off():
+            plain = Int8Linear.from_linear(linear)  # fbgemm's, one range per call
         got = per_row(x)
         assert torch.equal(got, torch.cat([per_row(row[None]) for row in x]))
         assert torch.equal(per_row(x.view(2, 3, 64)), got.view(2, 3, 40))
         assert not torch.equal(plain(x), torch.cat([plain(row[None]) for row in x]))  # what per_row fixes
+        if int8_path == "kernel":  # which rounds every row on its own range, per_row or not
+            default = Int8Linear.from_linear(linear)
+            assert torch.equal(default(x), torch.cat([default(row[None]) for row in x]))
         assert per_row(x[:0]).shape == (0, 40)
         for i in range(6):
             scale = want[i].norm()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from polyformers.pt import kernels
-from polyformers.pt.quantize import Int4Linear
+from polyformers.pt.quantize import Int4Linear, Int8Linear
 
 
 def test_the_kernels_build_and_load_on_this_machine():
@@ -65,6 +65,76 @@ def test_int4_kernel_gives_the_dequantized_weights_product(group_size, out_featu
     # three dimensions, as the models call it
     x = torch.randn(2, 3, in_features)
     torch.testing.assert_close(layer(x), layer(x.reshape(6, in_features)).reshape(2, 3, out_features))
+
+
+def _rounded_per_row(x: torch.Tensor) -> torch.Tensor:
+    """float32 x as linear_i8 rounds it, in the same float32 steps: each row onto 256 levels between its
+    minimum and its maximum; returned in float64."""
+    low, high = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
+    size = torch.where(high > low, (high - low) / 255, torch.ones_like(low))
+    low = torch.where((low < 0) & (high > 0), -torch.round(-low / size) * size, low)  # zero on a level
+    u = torch.round((x - low) * (1 / size)).clamp(0, 255)
+    return low.double() + u.double() * size.double()
+
+
+@pytest.mark.parametrize("out_features", [5, 32, 70])  # panels of 32 rows: part of one, one, three
+@pytest.mark.parametrize("in_features", [64, 100, 16])  # 100: a quad of four columns half filled
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_kernel_gives_the_product_of_the_rounded_inputs(out_features, in_features, bias):
+    assert kernels.available(), kernels.why_not()
+    torch.manual_seed(out_features + in_features)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(out_features, 1) * 3)  # rows of different scales
+    layer = Int8Linear.from_linear(linear)
+    with kernels.switched_off():
+        fallback = Int8Linear.from_linear(linear)
+    assert layer._rows is not None and fallback._rows is None
+    weight, scales, b = layer.unpack()
+    fb_weight, fb_scales, fb_bias = fallback.unpack()
+    assert torch.equal(weight, fb_weight) and torch.equal(scales, fb_scales)
+    assert (b is None and fb_bias is None) or torch.equal(b, fb_bias)
+    dequantized = weight.double() * scales.double()[:, None]
+    bias64 = None if b is None else b.double()
+    for rows in (1, 2, 3, 4, 5, 8, 9, 17, 64):
+        x = torch.randn(rows, in_features) * torch.rand(rows, 1) * 4 + torch.randn(rows, 1)
+        y = layer(x)
+        # the exact product with the inputs rounded as the kernel rounds them (integer sums are exact)
+        want = F.linear(_rounded_per_row(x), dequantized, bias64)
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+        # and within half a rounding step per input of the exact product with the int8 weights
+        exact = F.linear(x.double(), dequantized, bias64)
+        size = (x.amax(1) - x.amin(1)).double()[:, None] / 255
+        assert ((y.double() - exact).abs() <= size / 2 * dequantized.abs().sum(1) + 1e-4).all(), rows
+        # fbgemm's path: one range for the whole call, so coarser for the narrow rows
+        spread = float((x.amax() - x.amin()) / 255)
+        assert ((fallback(x).double() - exact).abs() <= spread * dequantized.abs().sum(1) + 1e-3).all(), rows
+        # each row as it would be alone
+        assert torch.equal(torch.cat([layer(row[None]) for row in x]), y)
+    assert layer(torch.randn(0, in_features)).shape == (0, out_features)
+    x = torch.randn(2, 3, in_features)  # three dimensions, as the models call it
+    assert torch.equal(layer(x), layer(x.reshape(6, in_features)).reshape(2, 3, out_features))
+    constant = torch.full((1, in_features), -0.75)  # a constant row is held exactly by its low end
+    torch.testing.assert_close(layer(constant).double(), F.linear(constant.double(), dequantized, bias64))
+
+
+def test_int8_packing_round_trips_and_finds_outlier_columns():
+    torch.manual_seed(0)
+    q = torch.randint(-127, 128, (37, 70), dtype=torch.int8)
+    packed, sums = kernels.pack_i8(q)
+    assert packed.shape == (2, 20, 32, 4) and packed.dtype == torch.int8  # 70 columns padded to 80
+    assert torch.equal(kernels.unpack_i8(packed, 37, 70), q)
+    assert torch.equal(sums, q.sum(1).float())
+    linear = torch.nn.Linear(70, 37)
+    x = torch.randn(4, 70)
+    x[:, [3, 41, 69]] *= 40
+    with torch.no_grad():
+        layer = Int8Linear.from_linear(linear, outlier_threshold=3.0)
+        with kernels.switched_off():
+            fallback = Int8Linear.from_linear(linear, outlier_threshold=3.0)
+        want = linear(x)
+        for got in (layer(x), fallback(x)):
+            assert float((got - want).norm() / want.norm()) < 0.01
 
 
 def _run(code: str, *args, **env) -> subprocess.CompletedProcess:
@@ -140,6 +210,8 @@ def test_the_operators_name_the_argument_the_expected_and_the_given():
     ops = kernels.ops()
     layer = Int4Linear.from_linear(torch.nn.Linear(64, 16), 32)
     _, packed, pairs = layer._kernel
+    q8, sums = kernels.pack_i8(torch.ones(16, 64, dtype=torch.int8))
+    scales = torch.ones(16)
     x = torch.randn(2, 64)
     cases = [
         (lambda: ops.linear_i4(x.double(), packed, pairs, None, 64, 16), "x: expected a 2-D float32 CPU tensor"),
@@ -153,6 +225,17 @@ def test_the_operators_name_the_argument_the_expected_and_the_given():
         (lambda: ops.linear_i4(x, packed, pairs, None, 0, 16),
          "expected in_features and out_features > 0, given 0 and 16"),
         (lambda: ops.linear_bf16(x, torch.randn(16, 64), None), "weight: expected a contiguous 2-D BFloat16 tensor"),
+        (lambda: ops.linear_i8(x, q8, scales, sums, None, 64, 40),
+         "weight: expected a contiguous int8 tensor of shape (2, 16, 32, 4), given Char [1, 16, 32, 4]"),
+        (lambda: ops.linear_i8(x, q8.float(), scales, sums, None, 64, 16), "weight: expected a contiguous int8"),
+        (lambda: ops.linear_i8(x, q8, scales[:15], sums, None, 64, 16),
+         "scales: expected a contiguous float32 vector of 16, given Float [15]"),
+        (lambda: ops.linear_i8(x, q8, scales, sums.double(), None, 64, 16),
+         "sums: expected a contiguous float32 vector of 16, given Double"),
+        (lambda: ops.linear_i8(torch.randn(2, 60), q8, scales, sums, None, 64, 16),
+         "x: expected 64 features, given 60"),
+        (lambda: ops.linear_i8(x, q8, scales, sums, None, 70000, 16),
+         "expected in_features in 1..65536 and out_features > 0, given 70000 and 16"),
         (lambda: ops.linear_bf16(x, torch.randn(16, 32).bfloat16(), None), "x: expected 32 features, given 64"),
     ]
     for call, message in cases:

@@ -23,17 +23,25 @@ PROMPTS = [
     "Once upon a time",
 ]
 MAX_TOKENS = [20, 7, 33, 15, 1, 26, 12]
+NEAR_TIE = 1e-2  # a margin between the two best scores under which int8 rounding may swap them
 
 
-def _reference(served, ids, max_tokens):
-    """``generate`` on the prompt alone, greedy, cut after the first end-of-sequence token."""
+def _reference(served, ids, max_tokens, gaps=None):
+    """``generate`` on the prompt alone, greedy, cut after the first end-of-sequence token; ``gaps``, a
+    list, receives each step's margin between the two best scores."""
     model = served.model
     if served.kind == "seq2seq":
-        out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False, num_beams=1)[0, 1:]
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False, num_beams=1,
+                             output_scores=True, return_dict_in_generate=True)
+        tokens = out.sequences[0, 1:]
     else:
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)[0, len(ids):]
-    out = out.tolist()
+                             max_new_tokens=max_tokens, do_sample=False, pad_token_id=0, output_scores=True,
+                             return_dict_in_generate=True)
+        tokens = out.sequences[0, len(ids):]
+    if gaps is not None:
+        gaps.extend(float(top[0] - top[1]) for top in (scores[0].topk(2).values for scores in out.scores))
+    out = tokens.tolist()
     for i, token in enumerate(out):
         if token in served.scheduler.eos:
             return out[: i + 1]
@@ -60,20 +68,35 @@ def _run_mixed(served, stops=None, stagger=0.01):
                                          ("gptj", True), ("mpt", True), ("pegasus", True)])
 def test_greedy_equals_generate_alone(serve_checkpoints, family, int8):
     served = load_served_model(family, str(serve_checkpoints[family]), max_batch=4, prefill_chunk=16, int8=int8)
-    if int8:  # --int8 rounds each row on its own range, so a batch cannot change a request's tokens
+    if int8:  # --int8 rounds each row on its own range, so that the batch does not set a request's rounding
         assert {m.per_row for m in served.model.modules() if type(m).__name__ == "Int8Linear"} == {True}
     try:
         requests = _run_mixed(served)
         assert served.scheduler.max_running > 1  # requests really shared the batch
+        compared = total = 0
         for ids, m, request, collector in requests:
             seq = request.sequences[0]
-            expected = _reference(served, ids, m)
+            gaps = []
+            expected = _reference(served, ids, m, gaps)
+            if int8:
+                # Each row is rounded to 8 bits on its own, but the float work around the int8 products
+                # (attention over a padded batch) sums in another order, and a value moved by one float
+                # step can round to the next 8-bit level: scores move by ~1e-3. So the tokens may part
+                # only where the request alone had a near-tie.
+                got = seq.output_ids
+                part = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+                compared, total = compared + (len(expected) if part is None else part), total + len(expected)
+                if part is not None:
+                    assert gaps[part] < NEAR_TIE, (f"prompt {served.tokenizer.decode(ids)!r}: token {part} differs "
+                                                   f"with a margin of {gaps[part]:.2e}")
+                    continue
             assert seq.output_ids == expected, f"prompt {served.tokenizer.decode(ids)!r}"
             ended_by_eos = expected[-1] in served.scheduler.eos
             assert collector.events[-1].finish_reason == ("stop" if ended_by_eos else "length")
             text = served.tokenizer.decode(expected[:-1] if ended_by_eos else expected, skip_special_tokens=True,
                                            clean_up_tokenization_spaces=False)
             assert collector.text == text
+        assert compared >= 0.5 * total, (compared, total)  # int8: most tokens were compared
     finally:
         served.scheduler.stop()
 

@@ -9,14 +9,14 @@
 //       multiplied by the 4-bit integers with AVX-512 VNNI, the group's scale and offset applied to the
 //       integer sums in float32 (the packed layout is described below and made by
 //       polyformers.pt.kernels.pack_i4)
+//   linear_i8(x, w int8 packed, scales, sums, bias?, K, N)
+//       int8 weights with one scale per output row; each input row rounded onto 0..255 over its own
+//       range and multiplied as integers with VNNI (layout below, made by polyformers.pt.kernels.pack_i8)
 //
 // x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are
 // split between torch's intra-op threads. Built with -march=native by polyformers.pt.kernels, whose
 // layers fall back to torch's kernels where this file cannot be built.
-// (Float32 and int8 kernels of the same shape were tried. The float32 one streams no faster than oneDNN's
-// one-row product; the int8 one (VNNI, inputs rounded per row) read one row's weights about 1.2x faster
-// than fbgemm's but 2-8 rows slower, and a layer would need both packings, twice the memory: torch's
-// kernels are kept for those.)
+// (A float32 kernel of the same shape was tried: it streams no faster than oneDNN's one-row product.)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512VNNI__)
 #error "polyformers kernels need AVX-512 (F, BW, VL, VNNI)"
@@ -171,36 +172,94 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
       y[m * N + n + r] = x_scale[m] * _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
 }
 
-// ---- driver -------------------------------------------------------------------------------------------
+// ---- int8 weights -------------------------------------------------------------------------------------
+// Stored in panels of 32 output rows (padded with zero rows), the columns padded with zero weights to a
+// multiple of 16: within a panel, for each four neighbouring columns (a quad), the 32 rows' four weights,
+// 128 bytes, then the next quad's. So one vector holds four weights of 16 rows, and vpdpbusd multiplies
+// it by one input row's four values (broadcast) into 16 output rows' sums at once: no horizontal sums,
+// and each input value is read once per panel and row. A panel is one contiguous stream.
+// Each input row is rounded onto 0..255 over its own range, x ~ low + size * u, so that
+//   sum_k x_k q_k = size * sum_k u_k q_k + low * sum_k q_k:
+// the first sum is exact in int32 (unsigned u times signed q; at most 255 * 128 a column, so
+// kMaxI8Features columns cannot overflow), the second is stored per weight row.
 
-// For each tile of up to eight input rows (from m0), calls pass.run<M, R>(m0, n, rows) for the passes over
-// all N output rows (R at a time from n), split between torch's threads.
-template <class Pass>
-void over_rows(int64_t Mtotal, int64_t N, const Pass& pass) {
-  for (int64_t m0 = 0; m0 < Mtotal; m0 += kTile) {
-    const int64_t M = std::min(kTile, Mtotal - m0);
-    auto run = [&](auto tag) {
-      constexpr int Mc = decltype(tag)::value;
-      constexpr int R = Pass::template rows<Mc>();
-      const int64_t passes = (N + R - 1) / R;
-      at::parallel_for(0, passes, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p) {
-          const int64_t n = p * R;
-          pass.template run<Mc, R>(m0, n, std::min<int64_t>(R, N - n));
-        }
-      });
-    };
-    switch (M) {
-      case 1: run(std::integral_constant<int, 1>{}); break;
-      case 2: run(std::integral_constant<int, 2>{}); break;
-      case 3: run(std::integral_constant<int, 3>{}); break;
-      case 4: run(std::integral_constant<int, 4>{}); break;
-      case 5: run(std::integral_constant<int, 5>{}); break;
-      case 6: run(std::integral_constant<int, 6>{}); break;
-      case 7: run(std::integral_constant<int, 7>{}); break;
-      default: run(std::integral_constant<int, 8>{}); break;
+constexpr int64_t kPanelI8 = 32;
+constexpr int64_t kMaxI8Features = 65536;
+constexpr int64_t kI8Step = 16;  // columns per unrolled step: four quads
+
+template <int M>
+void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, const float* low,
+              const float* size, const float* scales, const float* sums, const float* bias, float* y, int64_t N) {
+  // S sets of sums taken in turn by the quads, to keep enough independent chains for a few input rows
+  constexpr int S = M <= 4 ? 2 : 1;
+  __m512i acc[S][M][2];
+  for (int s = 0; s < S; ++s)
+    for (int m = 0; m < M; ++m) acc[s][m][0] = acc[s][m][1] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < Kp; k += kI8Step) {
+    const int8_t* step = panel + k * kPanelI8;  // 4 quads of 128 bytes
+    for (int line = 0; line < 512; line += 64) _mm_prefetch(reinterpret_cast<const char*>(step) + kAhead + line,
+                                                            _MM_HINT_NTA);
+    for (int quad = 0; quad < 4; ++quad) {
+      const __m512i w0 = _mm512_loadu_si512(step + quad * 128);
+      const __m512i w1 = _mm512_loadu_si512(step + quad * 128 + 64);
+      __m512i (&a)[M][2] = acc[quad % S];
+      for (int m = 0; m < M; ++m) {
+        int32_t four;
+        std::memcpy(&four, u + m * Kp + k + quad * 4, 4);
+        const __m512i x = _mm512_set1_epi32(four);
+        a[m][0] = _mm512_dpbusd_epi32(a[m][0], x, w0);
+        a[m][1] = _mm512_dpbusd_epi32(a[m][1], x, w1);
+      }
     }
   }
+  for (int half = 0; half < 2; ++half) {
+    const int64_t first = n + 16 * half;
+    if (first >= N) break;
+    const __mmask16 mask = first + 16 <= N ? __mmask16(0xFFFF) : tail_mask(N - first);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, scales + first);
+    const __m512 sum = _mm512_maskz_loadu_ps(mask, sums + first);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + first) : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) {
+      __m512i dot = acc[0][m][half];
+      if constexpr (S == 2) dot = _mm512_add_epi32(dot, acc[1][m][half]);
+      const __m512 inner = _mm512_fmadd_ps(_mm512_set1_ps(size[m]), _mm512_cvtepi32_ps(dot),
+                                           _mm512_mul_ps(_mm512_set1_ps(low[m]), sum));
+      _mm512_mask_storeu_ps(y + m * N + first, mask, _mm512_fmadd_ps(scale, inner, b));
+    }
+  }
+}
+
+// ---- driver -------------------------------------------------------------------------------------------
+
+// Calls tile(std::integral_constant<int, M>{}, m0) for each tile of M <= eight input rows, from row m0.
+template <class Tile>
+void over_tiles(int64_t Mtotal, const Tile& tile) {
+  for (int64_t m0 = 0; m0 < Mtotal; m0 += kTile) {
+    switch (std::min(kTile, Mtotal - m0)) {
+      case 1: tile(std::integral_constant<int, 1>{}, m0); break;
+      case 2: tile(std::integral_constant<int, 2>{}, m0); break;
+      case 3: tile(std::integral_constant<int, 3>{}, m0); break;
+      case 4: tile(std::integral_constant<int, 4>{}, m0); break;
+      case 5: tile(std::integral_constant<int, 5>{}, m0); break;
+      case 6: tile(std::integral_constant<int, 6>{}, m0); break;
+      case 7: tile(std::integral_constant<int, 7>{}, m0); break;
+      default: tile(std::integral_constant<int, 8>{}, m0); break;
+    }
+  }
+}
+
+// For each tile of input rows, calls pass.run<M, R>(m0, n, rows) for the passes over all N output rows
+// (R at a time from n), split between torch's threads.
+template <class Pass>
+void over_rows(int64_t Mtotal, int64_t N, const Pass& pass) {
+  over_tiles(Mtotal, [&](auto tag, int64_t m0) {
+    constexpr int M = decltype(tag)::value;
+    constexpr int R = Pass::template rows<M>();
+    const int64_t passes = (N + R - 1) / R;
+    at::parallel_for(0, passes, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) pass.template run<M, R>(m0, p * R, std::min<int64_t>(R, N - p * R));
+    });
+  });
 }
 
 // One pass each: the arguments of a kernel, and run<M, R>(first input row, first output row, rows).
@@ -250,6 +309,7 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
 }
 
 int64_t panels(int64_t N) { return (N + kPanel - 1) / kPanel; }
+int64_t panels_i8(int64_t N) { return (N + kPanelI8 - 1) / kPanelI8; }
 
 struct I4Pass {
   const int8_t* u; const float* usums; const float* xs; int64_t steps; const uint8_t* w; const at::BFloat16* so;
@@ -315,15 +375,98 @@ at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   return y;
 }
 
+// x rounded per row onto 0..255 over its range: u = round((x - low) / size), size = (max - min) / 255 (1 for
+// a constant row, which low then holds exactly), low = min moved by under half a step to put zero on a level
+// when the range holds zero; zero past K up to the padded width Kp.
+void round_rows_unsigned(const float* x, int64_t M, int64_t K, int64_t Kp, uint8_t* u, float* lows, float* sizes) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m512 v = _mm512_loadu_ps(row + k);
+      lo = _mm512_min_ps(lo, v);
+      hi = _mm512_max_ps(hi, v);
+    }
+    if (k < K) {
+      const __mmask16 mask = tail_mask(K - k);
+      lo = _mm512_mask_min_ps(lo, mask, lo, _mm512_maskz_loadu_ps(mask, row + k));
+      hi = _mm512_mask_max_ps(hi, mask, hi, _mm512_maskz_loadu_ps(mask, row + k));
+    }
+    float low = _mm512_reduce_min_ps(lo);
+    const float high = _mm512_reduce_max_ps(hi), span = high - low;
+    const float size = span > 0 ? span / 255.0f : 1.0f;
+    // Zero on the grid, as in fbgemm's rounding: many inputs are near zero (after GELU, or outlier columns
+    // taken out), and rounding them all to one level off zero would add up, weight by weight, to a bias.
+    if (low < 0 && high > 0) low = -std::nearbyint(-low / size) * size;
+    lows[m] = low;
+    sizes[m] = size;
+    const __m512 base = _mm512_set1_ps(low), inv = _mm512_set1_ps(1.0f / size);
+    const __m512i top = _mm512_set1_epi32(255);
+    uint8_t* out = u + m * Kp;
+    for (k = 0; k < Kp; k += 16) {
+      const __mmask16 mask = k + 16 <= K ? __mmask16(0xFFFF) : k < K ? tail_mask(K - k) : __mmask16(0);
+      const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, row + k), base), inv);
+      const __m512i q = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), _mm512_setzero_si512()), top);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_maskz_cvtepi32_epi8(mask, q));
+    }
+  }
+}
+
+at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& sums,
+                     const c10::optional<at::Tensor>& bias, int64_t K, int64_t N) {
+  const char* op = "linear_i8";
+  const int64_t Kp = (K + kI8Step - 1) / kI8Step * kI8Step;
+  TORCH_CHECK(K > 0 && N > 0 && K <= kMaxI8Features, op, ": expected in_features in 1..", kMaxI8Features,
+              " and out_features > 0, given ", K, " and ", N);
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous() &&
+                  w.sizes() == at::IntArrayRef({panels_i8(N), Kp / 4, kPanelI8, 4}),
+              op, ": weight: expected a contiguous int8 tensor of shape (", panels_i8(N), ", ", Kp / 4,
+              ", 32, 4), given ", w.scalar_type(), " ", w.sizes());
+  auto check_rows = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 1 && t.size(0) == N,
+                op, ": ", name, ": expected a contiguous float32 vector of ", N, ", given ", t.scalar_type(), " ",
+                t.sizes());
+  };
+  check_rows("scales", scales);
+  check_rows("sums", sums);
+  check_input(op, x_in, K);
+  check_bias(op, bias, N);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t M = x.size(0);
+  at::Tensor u = at::empty({M, Kp}, x.options().dtype(at::kByte));
+  at::Tensor rounding = at::empty({2, M}, x.options());
+  float* lows = rounding.data_ptr<float>();
+  round_rows_unsigned(x.data_ptr<float>(), M, K, Kp, u.data_ptr<uint8_t>(), lows, lows + M);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const uint8_t* up = u.data_ptr<uint8_t>();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* sump = sums.data_ptr<float>();
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  over_tiles(M, [&](auto tag, int64_t m0) {
+    at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        i8_panel<decltype(tag)::value>(up + m0 * Kp, Kp, wp + p * kPanelI8 * Kp, p * kPanelI8, lows + m0,
+                                       lows + M + m0, sp, sump, bp, yp + m0 * N, N);
+    });
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(polyformers, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_i4(Tensor x, Tensor weight, Tensor scale_offset, Tensor? bias, int in_features, "
         "int out_features) -> Tensor");
+  m.def("linear_i8(Tensor x, Tensor weight, Tensor scales, Tensor sums, Tensor? bias, int in_features, "
+        "int out_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
   m.impl("linear_i4", &linear_i4);
+  m.impl("linear_i8", &linear_i8);
 }
