@@ -67,6 +67,35 @@ def test_int4_kernel_gives_the_dequantized_weights_product(group_size, out_featu
     torch.testing.assert_close(layer(x), layer(x.reshape(6, in_features)).reshape(2, 3, out_features))
 
 
+@pytest.mark.parametrize("out_features,in_features", [(5, 16), (70, 100), (33, 1030)])
+def test_float32_kernel_gives_the_product_and_layers_take_it_for_a_few_rows(out_features, in_features):
+    from torch.profiler import ProfilerActivity, profile
+
+    from polyformers.pt import layers as L
+
+    assert kernels.available(), kernels.why_not()
+    torch.manual_seed(in_features)
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    for rows in (1, 2, 3, 7, 8, 9, 17):
+        x = torch.randn(rows, in_features)
+        for b in (bias, None):
+            want = F.linear(x.double(), weight.double(), None if b is None else b.double())
+            got = kernels.ops().linear_f32(x, weight, b)
+            # float32 sums in another order than torch's: an error of the same size as torch's own
+            torchs = float((F.linear(x, weight, b).double() - want).abs().max())
+            assert float((got.double() - want).abs().max()) <= 4 * torchs + 1e-6, rows
+    layer = L.Linear(in_features, out_features)
+    for shape, taken in [((1, 1, in_features), True), ((2, 4, in_features), True), ((3, 3, in_features), False)]:
+        x = torch.randn(*shape)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = layer(x)
+        assert ("polyformers::linear_f32" in {e.key for e in prof.key_averages()}) == taken, shape
+        torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    x = torch.randn(1, in_features, requires_grad=True)  # gradients: torch's product
+    layer(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 def _rounded_per_row(x: torch.Tensor) -> torch.Tensor:
     """float32 x as linear_i8 rounds it, in the same float32 steps: each row onto 256 levels between its
     minimum and its maximum; returned in float64."""
@@ -237,6 +266,8 @@ def test_the_operators_name_the_argument_the_expected_and_the_given():
         (lambda: ops.linear_i8(x, q8, scales, sums, None, 70000, 16),
          "expected in_features in 1..65536 and out_features > 0, given 70000 and 16"),
         (lambda: ops.linear_bf16(x, torch.randn(16, 32).bfloat16(), None), "x: expected 32 features, given 64"),
+        (lambda: ops.linear_f32(x, torch.randn(16, 64).double(), None), "weight: expected a contiguous 2-D Float"),
+        (lambda: ops.linear_f32(x, torch.randn(16, 64), torch.zeros(3)), "bias: expected a contiguous float32 vector"),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeError) as caught:

@@ -218,6 +218,7 @@ def test_the_operators_trace_for_torch_compile():
     for op, args in [
         (ops.linear_i4.default, (torch.randn(3, 64), packed, pairs, None, 64, 32)),
         (ops.linear_bf16.default, (torch.randn(3, 64), torch.randn(32, 64).bfloat16(), torch.randn(32))),
+        (ops.linear_f32.default, (torch.randn(3, 64), torch.randn(32, 64), torch.randn(32))),
         (ops.linear_i8.default, (torch.randn(3, 64), kernels.pack_i8(torch.ones(32, 64, dtype=torch.int8))[0],
                                  torch.ones(32), torch.full((32,), 64.0), None, 64, 32)),
         (ops.attend_one.default, (torch.randn(2, 3, 1, 16), torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16),

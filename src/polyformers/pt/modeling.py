@@ -21,6 +21,7 @@ from ..checkpoints import find_weights, save_weights
 from ..checkpoints.dtypes import canonical_dtype, to_torch_dtype
 from ..checkpoints.files import cached_file, pop_hub_kwargs, push_folder
 from ..configs import PretrainedConfig
+from . import memory
 
 logger = logging.getLogger("polyformers")
 
@@ -420,12 +421,17 @@ class PreTrainedModel(nn.Module):
             plan.append((model_key, ckpt_key, shape, stored, wanted))
         stacked = self._stacked_slices([(key, shape, wanted) for key, _, shape, _, wanted in plan
                                         if _matches(key, self._keys_loaded_unmapped)])
-        for model_key, ckpt_key, _, stored, wanted in plan:
-            # Weights are views of the mapped file unless they will be copied anyway (a cast, or a layer
-            # that fuses them); those are read into memory of their own, because a mapped page once
-            # touched stays resident for as long as any weight of its file lives, beside the copy.
+        for model_key, ckpt_key, shape, stored, wanted in plan:
+            # Weights of 2 MiB or more are read into memory in huge pages (polyformers.pt.memory: decoding
+            # streams them faster), and so are those that will be copied anyway (a cast, or a layer that
+            # fuses them), because a mapped page once touched stays resident for as long as any weight of
+            # its file lives, beside the copy. Without huge pages, the others are views of the mapped file.
             if model_key in stacked:
                 tensor = stacked[model_key]
+                reader.read_into(ckpt_key, tensor)
+            elif wanted == stored and memory.huge_pages_available() and \
+                    torch.Size(shape).numel() * _itemsize(stored) >= memory.HUGE_PAGE:
+                tensor = memory.empty(shape, stored)
                 reader.read_into(ckpt_key, tensor)
             else:
                 tensor = reader.get(ckpt_key, framework="pt", mapped=wanted == stored)
@@ -487,7 +493,7 @@ class PreTrainedModel(nn.Module):
             shape, dtype = parts[0][2], parts[0][3]
             if any(s[1:] != shape[1:] or d != dtype or not s for _, _, s, d in parts):
                 continue
-            buffer = torch.empty((sum(s[0] for _, _, s, _ in parts), *shape[1:]), dtype=dtype)
+            buffer = memory.empty((sum(s[0] for _, _, s, _ in parts), *shape[1:]), dtype)
             start = 0
             for _, key, rows, _ in parts:
                 slices[key] = buffer[start:start + rows[0]]
@@ -585,6 +591,10 @@ class PreTrainedModel(nn.Module):
             keep = next((n for n in names if not any(n.endswith(t) or re.fullmatch(t, n) for t in tied)), names[0])
             result[keep] = state_dict[keep].contiguous()
         return {k: result[k] for k in state_dict if k in result}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def _matches(key: str, patterns: Optional[list[str]]) -> bool:

@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import kernels, memory
 
 OUTLIER_THRESHOLD = 3.0
 """The ``outlier_threshold`` for post-norm encoders (BERT-style, MPNet); see the module docstring."""
@@ -157,6 +157,7 @@ class Int8Linear(nn.Module):
         self._rows = None  # polyformers' kernel: (packed weight, scales, row sums, bias)
         if kernels.available():
             packed, sums = kernels.pack_i8(weight)
+            packed = memory.in_huge_pages(packed)  # streamed once a token: see polyformers.pt.memory
             bias = None if bias is None else bias.float().contiguous()
             self._rows = (packed, scales.float().contiguous(), sums, bias)
         elif per_row:
@@ -471,7 +472,7 @@ class Int4Linear(nn.Module):
             self.bias = nn.Parameter(self.bias.detach().float(), requires_grad=False)
         q = _int4_unpack_nibbles(self.qweight)
         if kernels.available():
-            self._kernel = ("rows", *kernels.pack_i4(q, self.scales, self.offsets))
+            self._kernel = ("rows", *map(memory.in_huge_pages, kernels.pack_i4(q, self.scales, self.offsets)))
             return self
         scales, offsets = self.scales, self.offsets
         pad = -self.out_features % 16  # the kernel wants a multiple of 16 rows
@@ -576,7 +577,7 @@ class Bf16Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+        self.weight = nn.Parameter(memory.in_huge_pages(weight.detach().to(torch.bfloat16)), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
 
     @classmethod

@@ -2,8 +2,8 @@
 // read once per call: the work is bound by reading the weights, so each kernel streams every weight row
 // once for up to eight input rows and keeps the partial sums in registers.
 //
-//   linear_bf16(x, w bfloat16 (N, K), bias?)
-//       the weights widened to float32 in registers, float32 inputs and sums
+//   linear_bf16(x, w bfloat16 (N, K), bias?), linear_f32(x, w float32 (N, K), bias?)
+//       float32 inputs and sums, bfloat16 weights widened in registers
 //   linear_i4(x, w uint8 packed, scale_offset bfloat16 packed, bias?, K, N)
 //       4-bit weights, w = (q - 8) * scale + offset per group; the inputs rounded to 8 bits per row and
 //       multiplied by the 4-bit integers with AVX-512 VNNI, the group's scale and offset applied to the
@@ -16,7 +16,6 @@
 // x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are
 // split between torch's intra-op threads. Built with -march=native by polyformers.pt.kernels, whose
 // layers fall back to torch's kernels where this file cannot be built.
-// (A float32 kernel of the same shape was tried: it streams no faster than oneDNN's one-row product.)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -43,10 +42,10 @@ constexpr int64_t kTile = 8;  // input rows per pass over the weights
 // follow (a row of 1024 bfloat16 weights is 32 cache lines). The R rows of the next pass lie right after
 // them: while a pass takes its k-th step, it asks for the k-th part of the next pass's block (the same
 // number of bytes as the step reads), so that block is in the caches when the next pass starts.
-template <int R, int StepBytes>
+template <int R, int StepBytes, int Hint>
 inline void prefetch_next(const void* block_end, int64_t step) {
   const char* p = static_cast<const char*>(block_end) + step * R * StepBytes;
-  for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T1);
+  for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, static_cast<_mm_hint>(Hint));
 }
 
 using polyformers::tail_mask;
@@ -58,8 +57,16 @@ template <int M> constexpr int rows_per_pass() { return M <= 3 ? 8 : M <= 6 ? 4 
 
 // ---- bfloat16 weights --------------------------------------------------------------------
 
+struct F32 {
+  using T = float;
+  static constexpr int hint = _MM_HINT_NTA;
+  static __m512 load(const T* p) { return _mm512_loadu_ps(p); }
+  static __m512 load(const T* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+};
+
 struct BF16 {
   using T = at::BFloat16;
+  static constexpr int hint = _MM_HINT_T1;
   static __m512 widen(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
   static __m512 load(const T* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static __m512 load(const T* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
@@ -75,7 +82,7 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
   int64_t k = 0;
   const typename W::T* next = wr + R * K;
   for (; k + 16 <= K; k += 16) {
-    prefetch_next<R, 16 * sizeof(typename W::T)>(next, k / 16);
+    prefetch_next<R, 16 * sizeof(typename W::T), W::hint>(next, k / 16);
     __m512 xv[M];
     for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k);
     for (int r = 0; r < R; ++r) {
@@ -308,6 +315,10 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return float_linear<BF16>("linear_bf16", x, w, bias, at::kBFloat16);
 }
 
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  return float_linear<F32>("linear_f32", x, w, bias, at::kFloat);
+}
+
 int64_t panels(int64_t N) { return (N + kPanel - 1) / kPanel; }
 int64_t panels_i8(int64_t N) { return (N + kPanelI8 - 1) / kPanelI8; }
 
@@ -459,6 +470,7 @@ at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
 
 TORCH_LIBRARY(polyformers, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_f32(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_i4(Tensor x, Tensor weight, Tensor scale_offset, Tensor? bias, int in_features, "
         "int out_features) -> Tensor");
   m.def("linear_i8(Tensor x, Tensor weight, Tensor scales, Tensor sums, Tensor? bias, int in_features, "
@@ -467,6 +479,7 @@ TORCH_LIBRARY(polyformers, m) {
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
+  m.impl("linear_f32", &linear_f32);
   m.impl("linear_i4", &linear_i4);
   m.impl("linear_i8", &linear_i8);
 }

@@ -1,0 +1,98 @@
+"""Weights in transparent huge pages (``polyformers.pt.memory``): where the memory comes from, that it is
+advised (the kernel's own view, ``/proc/self/smaps``), and that from_pretrained and the quantized layers
+put their large weights there with the same values."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from polyformers import MptConfig, MptForCausalLM
+from polyformers.pt import memory
+from polyformers.pt.quantize import quantize
+
+
+def _mapping(address: int) -> dict:
+    """The fields of the /proc/self/smaps entry holding ``address``."""
+    entry = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(part, 16) for part in head.split("-"))
+                entry = {} if start <= address < end else None
+            elif entry is not None and ":" in head:
+                entry[head.rstrip(":")] = line.split(":", 1)[1].strip()
+            if entry is not None and "VmFlags" in entry:
+                return entry
+    return entry or {}
+
+
+def test_huge_pages_are_available_where_linux_offers_them():
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        setting = f.read()
+    assert memory.huge_pages_available() == ("[always]" in setting or "[madvise]" in setting)
+
+
+def test_large_tensors_lie_in_advised_huge_pages_and_small_ones_in_torchs_memory():
+    big = memory.empty((1024, 1536), torch.float32)  # 6 MiB
+    assert big.shape == (1024, 1536) and big.dtype == torch.float32 and big.is_contiguous()
+    big.fill_(1.5)
+    assert float(big.sum()) == 1.5 * big.numel()
+    small = memory.empty((100, 100), torch.float32)
+    assert small.shape == (100, 100)
+    if memory.huge_pages_available():
+        assert big.data_ptr() % memory.HUGE_PAGE == 0
+        fields = _mapping(big.data_ptr())
+        assert "hg" in fields["VmFlags"].split(), fields  # madvise(MADV_HUGEPAGE) took
+        assert "hg" not in _mapping(small.data_ptr()).get("VmFlags", "").split()
+    copy = memory.in_huge_pages(big)
+    assert torch.equal(copy, big) and copy.data_ptr() != big.data_ptr()
+    assert memory.in_huge_pages(small) is small
+    for dtype in (torch.bfloat16, torch.int8, torch.uint8):  # views of other element sizes
+        t = memory.empty((3, 1 << 20), dtype)
+        assert t.dtype == dtype and t.shape == (3, 1 << 20)
+
+
+def test_the_memory_goes_back_when_the_tensor_is_freed():
+    def mapped() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    before = mapped()
+    tensors = [memory.empty((1 << 20,), torch.float32) for _ in range(8)]
+    for t in tensors:
+        t.zero_()
+    assert mapped() >= before + (8 if memory.huge_pages_available() else 0)
+    del tensors, t
+    gc.collect()
+    assert mapped() <= before + 1
+
+
+def test_loaded_and_quantized_weights_lie_in_huge_pages(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    config = MptConfig(vocab_size=16384, d_model=256, n_heads=4, n_layers=2, max_seq_len=64)
+    model = MptForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = MptForCausalLM.from_pretrained(tmp_path).eval()
+    want = dict(model.state_dict())
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, want[name]), name
+        nbytes = tensor.numel() * tensor.element_size()
+        if memory.huge_pages_available() and nbytes >= memory.HUGE_PAGE:  # the 16 MiB embedding
+            assert "hg" in _mapping(tensor.data_ptr())["VmFlags"].split(), name
+    ids = torch.randint(0, 16384, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+        for bits in (4, 8, 16):
+            quantized = quantize(MptForCausalLM.from_pretrained(tmp_path).eval(), bits=bits)
+            head = quantized.lm_head
+            stored = {4: lambda: head._kernel[1], 8: lambda: head._rows[0], 16: lambda: head.weight}[bits]()
+            assert stored.numel() * stored.element_size() >= memory.HUGE_PAGE  # 2-8 MiB: moved
+            if memory.huge_pages_available():
+                assert "hg" in _mapping(stored.data_ptr())["VmFlags"].split(), bits
+            with monkeypatch.context() as patch:  # the same layers in torch's memory: the same logits
+                patch.setattr(memory, "_AVAILABLE", False)
+                plain = quantize(MptForCausalLM.from_pretrained(tmp_path).eval(), bits=bits)
+            assert torch.equal(quantized(ids).logits, plain(ids).logits), bits
