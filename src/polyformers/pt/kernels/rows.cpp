@@ -108,6 +108,28 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
       y[m * N + n + r] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
 }
 
+// One input row: each weight row read from start to end, one row after another, so that a pass reads a
+// single contiguous stream, which the hardware prefetchers follow at the memory's full rate (R rows side by
+// side are R streams, 30% slower); four sums per row hide the FMA latency.
+template <class W>
+void row_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, int64_t rows, float* y,
+              const float* bias) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const typename W::T* wr = w + (n + r) * K;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64)
+      for (int j = 0; j < 4; ++j)
+        acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16 * j), W::load(wr + k + 16 * j), acc[j]);
+    for (; k < K; k += 16) {
+      const __mmask16 mask = k + 16 <= K ? __mmask16(0xFFFF) : tail_mask(K - k);
+      acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + k), W::load(wr + k, mask), acc[0]);
+    }
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    y[n + r] = _mm512_reduce_add_ps(sum) + (bias ? bias[n + r] : 0.0f);
+  }
+}
+
 // ---- packed 4-bit weights -------------------------------------------------------------------------------
 // Stored in panels of eight output rows (the rows padded to a multiple of eight with zero weights):
 // within a panel, the first step of each of the eight rows, then the second step of each, and so on, so
@@ -275,7 +297,11 @@ struct FloatPass {
   const float* x; const typename W::T* w; const float* b; float* y; int64_t N, K;
   template <int M> static constexpr int rows() { return rows_per_pass<M>(); }
   template <int M, int R> void run(int64_t m0, int64_t n, int64_t rows) const {
-    float_pass<W, M, R>(x + m0 * K, K, w, n, rows, y + m0 * N, N, b);
+    if constexpr (M == 1) {
+      row_pass<W>(x + m0 * K, K, w, n, rows, y + m0 * N, b);
+    } else {
+      float_pass<W, M, R>(x + m0 * K, K, w, n, rows, y + m0 * N, N, b);
+    }
   }
 };
 
