@@ -88,15 +88,16 @@ _linear_dynamic = getattr(torch.ops.quantized.linear_dynamic.default, "_op",
                           torch.ops.quantized.linear_dynamic.default)
 
 
-_LINEAR_I8 = None
+_KERNEL_OPS: dict = {}
 
 
-def _linear_i8():
-    """polyformers' int8 operator overload, looked up once."""
-    global _LINEAR_I8
-    if _LINEAR_I8 is None:
-        _LINEAR_I8 = kernels.ops().linear_i8.default
-    return _LINEAR_I8
+def _kernel_op(name: str):
+    """The overload of polyformers' operator ``name`` (``linear_i4``, ``linear_i8``), looked up once: the
+    layers call it on every decoding step."""
+    op = _KERNEL_OPS.get(name)
+    if op is None:
+        op = _KERNEL_OPS[name] = getattr(kernels.ops(), name).default
+    return op
 
 
 def _has_vnni() -> bool:
@@ -247,7 +248,7 @@ class Int8Linear(nn.Module):
         if self._rows is None:
             return _linear_dynamic(x, self._packed, self._reduce_range)
         packed, scales, sums, bias = self._rows
-        out = _linear_i8()(x.reshape(-1, self.in_features), packed, scales, sums, bias, self.in_features,
+        out = _kernel_op("linear_i8")(x.reshape(-1, self.in_features), packed, scales, sums, bias, self.in_features,
                            self.out_features)
         return out.view(x.shape[:-1] + (self.out_features,))
 
@@ -404,16 +405,6 @@ def _int4_unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).view(packed.shape[0], -1).to(torch.int32)
 
 
-_LINEAR_I4 = None
-
-
-def _linear_i4():
-    """The kernel's operator overload, looked up once."""
-    global _LINEAR_I4
-    if _LINEAR_I4 is None:
-        _LINEAR_I4 = kernels.ops().linear_i4.default
-    return _LINEAR_I4
-
 
 class Int4Linear(nn.Module):
     """``y = x W^T + b`` with W in 4 bits: each run of ``group_size`` weights of a row is stored as integers
@@ -490,7 +481,8 @@ class Int4Linear(nn.Module):
         if (kernel is not None and kernel[0] == "rows" and x.dtype == torch.float32 and shape and shape[-1] == width
                 and 0 < x.numel() <= INT4_KERNEL_ROWS * width):
             # A decoding step: polyformers' kernel, with as little as possible around it (48 calls a token).
-            out = _linear_i4()(x.reshape(-1, width), kernel[1], kernel[2], self.bias, width, self.out_features)
+            out = _kernel_op("linear_i4")(x.reshape(-1, width), kernel[1], kernel[2], self.bias, width,
+                                          self.out_features)
             return out.view(shape[:-1] + (self.out_features,))
         if kernel is None:
             raise RuntimeError("Int4Linear: not packed; call pack() after assigning its weights")
