@@ -33,8 +33,9 @@ rounded to int8 with one float scale per output channel (symmetric, ``max |w| / 
 polyformers' kernels are built (:mod:`polyformers.pt.kernels`), ``linear_i8`` rounds each input row to
 8 bits over its own range (``x ~ low + size * u``, u in 0..255), multiplies in integers and rescales to
 float32; it streams the weights once for every eight rows, with non-temporal prefetches that leave the
-caches to the rest of the step. Against fbgemm's kernel, in one run: 1.0-1.2x the speed on 1-512 rows,
-a decoding step of the reduced MPT 14% faster, and every row gets what it would alone. Without the
+caches to the rest of the step. Against fbgemm's kernel: 1.0-1.8x the speed on 1-512 rows of the reduced
+models' matrices, decoding the reduced MPT and GPT-J 1.10-1.22x as fast at batch 1 and 1.23-1.37x at
+batch 8 (``bench/decode_speed.py``, same runs), and every row gets what it would alone. Without the
 kernels, fbgemm's dynamic-quantization kernel multiplies, rounding each input with one scale per call.
 (Keeping the inputs in float and converting the weights on the fly, by torch's weight-only int8 kernel
 or by dequantising a layer at a time, reads the same bytes but computes too slowly to gain.)
@@ -51,7 +52,9 @@ than the threshold anywhere in a call are taken out of the int8 product and mult
 (their int8 weights rescaled); there are a handful per layer, so this costs little. On the 64 texts of
 ``bench/encoder_throughput.py``, the worst cosine of all-mpnet-base-v2's mean-pooled embeddings to
 float32's is, without outlier columns / with thresholds 6, 4, 3: 0.78 / 0.996, 0.995, 0.995 with 8-bit
-inputs (VNNI), and 0.45 / 0.985, 0.989, 0.991 with the 7-bit inputs of CPUs without VNNI. LLM.int8()
+inputs (VNNI), and 0.45 / 0.985, 0.989, 0.991 with the 7-bit inputs of CPUs without VNNI (measured through
+fbgemm, one range per call; polyformers' kernel, one range per row, had a lower error in every layer of
+all-mpnet-base-v2 measured: ``tests/cli/test_search_fast.py`` gives its figures over Macbeth). LLM.int8()
 uses 6; :data:`OUTLIER_THRESHOLD` is 3, for >= 0.99 on both kinds of CPU, at 1.6% of the products in
 float32 (6: 0.2%). Decoders are quantized without it: pre-norm GPT-J and MPT keep their logits within
 about a percent of float32's, and the search costs a decoding step of the reduced MPT of
@@ -248,8 +251,8 @@ class Int8Linear(nn.Module):
         if self._rows is None:
             return _linear_dynamic(x, self._packed, self._reduce_range)
         packed, scales, sums, bias = self._rows
-        out = _kernel_op("linear_i8")(x.reshape(-1, self.in_features), packed, scales, sums, bias, self.in_features,
-                           self.out_features)
+        out = _kernel_op("linear_i8")(x.reshape(-1, self.in_features), packed, scales, sums, bias,
+                                      self.in_features, self.out_features)
         return out.view(x.shape[:-1] + (self.out_features,))
 
     def _per_row(self, x: torch.Tensor) -> torch.Tensor:
