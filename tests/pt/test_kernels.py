@@ -147,6 +147,17 @@ def test_int8_kernel_gives_the_product_of_the_rounded_inputs(out_features, in_fe
     torch.testing.assert_close(layer(constant).double(), F.linear(constant.double(), dequantized, bias64))
 
 
+def test_int8_layers_wider_than_the_kernel_takes_use_fbgemm():
+    linear = torch.nn.Linear(kernels.MAX_INT8_FEATURES + 1, 2)
+    layer = Int8Linear.from_linear(linear)
+    assert layer._rows is None and layer._packed is not None
+    x = torch.randn(1, kernels.MAX_INT8_FEATURES + 1)
+    with torch.no_grad():
+        assert float((layer(x) - linear(x)).abs().max()) < 0.05 * float(linear(x).abs().max()) + 0.05
+    narrow = Int8Linear.from_linear(torch.nn.Linear(kernels.MAX_INT8_FEATURES, 2))
+    assert narrow._rows is not None
+
+
 def test_int8_packing_round_trips_and_finds_outlier_columns():
     torch.manual_seed(0)
     q = torch.randint(-127, 128, (37, 70), dtype=torch.int8)

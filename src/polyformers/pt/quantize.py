@@ -159,7 +159,7 @@ class Int8Linear(nn.Module):
         self._reduce_range = _reduce_range()
         self._packed = self._bias = self._row_sums = self._unpacked = None
         self._rows = None  # polyformers' kernel: (packed weight, scales, row sums, bias)
-        if kernels.available():
+        if kernels.available() and weight.shape[1] <= kernels.MAX_INT8_FEATURES:
             packed, sums = kernels.pack_i8(weight)
             packed = memory.in_huge_pages(packed)  # streamed once a token: see polyformers.pt.memory
             bias = None if bias is None else bias.float().contiguous()

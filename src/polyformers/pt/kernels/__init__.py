@@ -273,6 +273,10 @@ def pack_i4(q, scales, offsets):
 
 PANEL_I8 = 32
 
+MAX_INT8_FEATURES = 65536
+"""The most input features ``linear_i8`` takes (its int32 sums cannot overflow below it); wider int8 layers
+use fbgemm's kernel."""
+
 
 def pack_i8(q):
     """int8 weights ``q`` (out, in) -> (packed weight, row sums as float32), the ``weight`` and ``sums``

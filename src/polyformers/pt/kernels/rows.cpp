@@ -213,7 +213,7 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
 // kMaxI8Features columns cannot overflow), the second is stored per weight row.
 
 constexpr int64_t kPanelI8 = 32;
-constexpr int64_t kMaxI8Features = 65536;
+constexpr int64_t kMaxI8Features = 65536;  // polyformers.pt.kernels.MAX_INT8_FEATURES
 constexpr int64_t kI8Step = 16;  // columns per unrolled step: four quads
 
 template <int M>
