@@ -45,14 +45,20 @@ def huge_pages_available() -> bool:
     return _AVAILABLE
 
 
+def advised(shape: Sequence[int], dtype: torch.dtype) -> bool:
+    """Whether :func:`empty` puts a tensor of this shape and dtype in huge pages: 2 MiB or more, on a
+    system that has them."""
+    return torch.Size(shape).numel() * dtype.itemsize >= HUGE_PAGE and huge_pages_available()
+
+
 def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised contiguous CPU tensor, in memory advised into huge pages when it is 2 MiB or more
-    and the system has them (see the module docstring); ``torch.empty`` otherwise. The memory is returned
-    to the system when the last tensor viewing it is freed."""
+    """An uninitialised contiguous CPU tensor, in memory advised into huge pages when :func:`advised`
+    (see the module docstring); ``torch.empty`` otherwise. The memory is returned to the system when the
+    last tensor viewing it is freed."""
     shape = tuple(int(n) for n in shape)
-    nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
-    if nbytes < HUGE_PAGE or not huge_pages_available():
+    if not advised(shape, dtype):
         return torch.empty(shape, dtype=dtype)
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     # One huge page more than needed, to start on a 2 MiB boundary (mmap aligns to 4 KiB only). Only the
     # whole huge pages are advised: the tail stays in small pages, so that no partly used 2 MiB page is
     # made resident (untouched pages, the slack included, take no memory).
@@ -66,15 +72,14 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     return raw[start:start + nbytes].view(dtype).view(shape)
 
 
-def in_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of a CPU ``tensor`` in memory from :func:`empty` (``tensor`` itself when it is
-    too small to gain, or on another device)."""
-    if tensor.device.type != "cpu" or tensor.numel() * tensor.element_size() < HUGE_PAGE \
-            or not huge_pages_available():
-        return tensor
-    out = empty(tensor.shape, tensor.dtype)
-    out.copy_(tensor)
-    return out
+def in_huge_pages(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``tensor.to(dtype)`` (its own dtype by default), copied in one pass into memory from :func:`empty`
+    when :func:`advised`; on another device, or too small to gain, just ``tensor.to(dtype)`` (``tensor``
+    itself when the dtype is its own)."""
+    dtype = tensor.dtype if dtype is None else dtype
+    if tensor.device.type != "cpu" or not advised(tensor.shape, dtype):
+        return tensor.to(dtype)
+    return empty(tensor.shape, dtype).copy_(tensor)
 
 
-__all__ = ["HUGE_PAGE", "empty", "huge_pages_available", "in_huge_pages"]
+__all__ = ["HUGE_PAGE", "advised", "empty", "huge_pages_available", "in_huge_pages"]

@@ -429,8 +429,7 @@ class PreTrainedModel(nn.Module):
             if model_key in stacked:
                 tensor = stacked[model_key]
                 reader.read_into(ckpt_key, tensor)
-            elif wanted == stored and memory.huge_pages_available() and \
-                    torch.Size(shape).numel() * _itemsize(stored) >= memory.HUGE_PAGE:
+            elif wanted == stored and memory.advised(shape, stored):
                 tensor = memory.empty(shape, stored)
                 reader.read_into(ckpt_key, tensor)
             else:
@@ -591,10 +590,6 @@ class PreTrainedModel(nn.Module):
             keep = next((n for n in names if not any(n.endswith(t) or re.fullmatch(t, n) for t in tied)), names[0])
             result[keep] = state_dict[keep].contiguous()
         return {k: result[k] for k in state_dict if k in result}
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
 
 
 def _matches(key: str, patterns: Optional[list[str]]) -> bool:

@@ -572,7 +572,7 @@ class Bf16Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.weight = nn.Parameter(memory.in_huge_pages(weight.detach().to(torch.bfloat16)), requires_grad=False)
+        self.weight = nn.Parameter(memory.in_huge_pages(weight.detach(), torch.bfloat16), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
 
     @classmethod

@@ -9,9 +9,8 @@ and its 4-bit kernel (one row only: more rows dequantize the whole weight) is bo
 about half the machine's bandwidth. The kernels of ``rows.cpp`` stream each weight row once for up to
 eight input rows with AVX-512: float32 weights and bfloat16 ones widened in registers (float32 inputs
 and sums; oneDNN's float32 product of 2-8 rows reads 812 MB of matrices at 16-20 GB/s against 43 for one
-row, this one at 19-34), and
-4-bit and int8 weights multiplied as integers with inputs rounded to 8 bits per row (VNNI), as
-llama.cpp's quantized paths do (``bench/decode_speed.py`` prints them beside torch's). The int8 one
+row, this one at 19-34), and 4-bit and int8 weights multiplied as integers with inputs rounded to 8 bits
+per row (VNNI), as llama.cpp's quantized paths do (``bench/decode_speed.py`` prints them beside torch's). The int8 one
 replaces fbgemm's, which it matches or beats at every row count while its non-temporal prefetches keep
 the weight stream out of the caches the rest of a decoding step uses.
 
@@ -268,7 +267,6 @@ def pack_i4(q, scales, offsets):
     both = torch.stack([s.view(out_features, steps, 2), o.view(out_features, steps, 2)], dim=2)  # (out, steps, 2, 2)
     both = _panel_rows(both.to(torch.bfloat16), out_features).view(-1, PANEL, steps, 2, 2)
     return packed, both.permute(0, 2, 3, 1, 4).contiguous()  # (panels, steps, 2 [scale|offset], 8, 2)
-
 
 
 PANEL_I8 = 32

@@ -147,10 +147,11 @@ constexpr int64_t kPanel = 8;
 // level, and a whole 4-bit decoding step takes 0.7 ms (8%) less.
 constexpr int kAhead = 4096;
 
-template <int R, int StepBytes>
+// (Bytes: what a pass reads of each step, so the prefetches keep pace with the reads.)
+template <int Bytes>
 inline void prefetch_ahead(const void* step) {
   const char* p = static_cast<const char*>(step) + kAhead;
-  for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, _MM_HINT_NTA);
+  for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_NTA);
 }
 
 // A step is 64 weights of a row (the columns padded with zero weights to a multiple of 64), 32 bytes:
@@ -177,7 +178,7 @@ void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t 
   const at::BFloat16* pairs = so + (n / kPanel) * kPanel * steps * 4;
   for (int64_t k = 0; k < steps; ++k) {
     const uint8_t* step = first + k * kPanel * 32;
-    prefetch_ahead<R, 32>(step);
+    prefetch_ahead<R * 32>(step);
     const __m512 scales = BF16::load(pairs + k * kPanel * 4);
     const __m512 offsets = BF16::load(pairs + k * kPanel * 4 + 16);
     // (the inputs are read from the first-level cache for each row: kept in registers, eight input rows'
@@ -226,8 +227,7 @@ void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, cons
     for (int m = 0; m < M; ++m) acc[s][m][0] = acc[s][m][1] = _mm512_setzero_si512();
   for (int64_t k = 0; k < Kp; k += kI8Step) {
     const int8_t* step = panel + k * kPanelI8;  // 4 quads of 128 bytes
-    for (int line = 0; line < 512; line += 64) _mm_prefetch(reinterpret_cast<const char*>(step) + kAhead + line,
-                                                            _MM_HINT_NTA);
+    prefetch_ahead<4 * 128>(step);
     for (int quad = 0; quad < 4; ++quad) {
       const __m512i w0 = _mm512_loadu_si512(step + quad * 128);
       const __m512i w1 = _mm512_loadu_si512(step + quad * 128 + 64);
