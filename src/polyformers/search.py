@@ -8,16 +8,20 @@ not even re-read, which with a cached query embedding makes a repeated search lo
 
 A first run spends nearly all its time embedding, so by default (``fast=True``) a PyTorch model is run the
 fastest way that keeps the answers (:func:`speed_up`): padding skipped and batches of similar lengths, which
-give float32's embeddings up to rounding, and, on CPUs that multiply bfloat16 natively (AVX512-BF16, AMX),
-bfloat16 weights (:class:`polyformers.pt.quantize.Bf16Linear`): the linear layers, nearly all of the work,
-run about twice as fast, and all-mpnet-base-v2's embeddings of Macbeth's passages keep a cosine of 0.9999
-to float32's over the 50 around the dagger speech with the same top results (``tests/cli/
-test_search_fast.py``), and of 0.9950 at worst over all 1086 (mean 0.99998).
-int8 (:func:`polyformers.pt.quantize.quantize_int8`, outlier columns in float32) is not used: over the
-whole play its embeddings fall below a cosine of 0.995 to float32's for a few of the shortest passages
-(with polyformers' int8 kernel: worst 0.9912, 2 of 1086 below 0.995, mean 0.99858; with fbgemm's: worst
-0.9870, 20 below), which ``tests/cli/test_search_fast.py`` checks against :data:`USE_INT8` on the 50
-passages and the 128 shortest. It would be faster: 12.7 s against bfloat16's 16.3 s for the whole play.
+give float32's embeddings up to rounding, and lower-precision weights in the linear layers, nearly all of the
+work, on CPUs that multiply bfloat16 natively (AVX512-BF16, AMX):
+
+- With polyformers' kernels built (:data:`USE_INT8`): int8 weights and inputs but in the feed-forward output
+  layers, which are bfloat16, and bfloat16 throughout for batches holding a passage of at most
+  :data:`SHORT_TOKENS` tokens (:func:`polyformers.pt.mixed.int8_with_bf16`, whose docstring gives the
+  figures). Over all 1086 passages of Macbeth, all-mpnet-base-v2's embeddings keep a cosine of at least 0.995
+  to float32's (``tests/cli/test_search_fast.py`` checks the passages around the dagger speech and the 128
+  shortest, with the same top results), and the play embeds in 14.9 s against bfloat16's 17.9 s and float32's
+  29.4 s on this project's 2-core machine (``bench/search_embedding.py``). int8 in every layer is no faster
+  (15.0 s) and falls to 0.9912 (fbgemm's int8, without polyformers' kernels: 0.9870), so it is not used.
+- Otherwise bfloat16 weights (:class:`polyformers.pt.quantize.Bf16Linear`, :data:`USE_BF16`): a cosine of
+  0.9999 over the 50 passages around the dagger speech with the same top results, 0.9950 at worst over all
+  1086 (mean 0.99998).
 """
 
 from __future__ import annotations
@@ -43,28 +47,32 @@ MAX_PASSAGE_WORDS = 40
 # Rows per forward pass on the fast path. Rows are sorted by length, so a batch pads little, and skipped
 # padding costs nothing in the linear layers; larger batches amortise the per-call overhead.
 FAST_BATCH_SIZE = 32
-# Whether the fast path quantizes to int8: only if that keeps a cosine >= 0.995 to float32 on the real model,
-# which it does not for the shortest passages (see the module docstring); the test recomputes it and must
-# agree with this.
-USE_INT8 = False
+# Whether the fast path uses int8 (with bfloat16 where int8 would move the answers; see the module docstring):
+# only if that keeps a cosine >= 0.995 to float32 on the real model; the test recomputes it and must agree.
+USE_INT8 = True
+# Batches holding a passage of at most this many tokens (stage directions) run in bfloat16 on the int8 path:
+# int8's error grows past 0.005 below about 10 tokens, where a mean over a few tokens averages nothing away.
+SHORT_TOKENS = 12
 # Whether the fast path multiplies with bfloat16 weights where the CPU has native bfloat16 arithmetic: only if
 # that keeps a cosine >= 0.9999 to float32 and the same top results on the real model, which the test checks.
 USE_BF16 = True
 
 
 def speed_up(pipe) -> None:
-    """Make a sentence-similarity pipeline embed faster without changing its embeddings (beyond rounding).
+    """Make a sentence-similarity pipeline embed faster without changing its answers (see the module docstring).
 
     A PyTorch model's encoder skips padding (:func:`polyformers.pt.unpad.skip_padding`: padded positions are
     not computed, and mean pooling over the mask never read them), and the pipeline, which already sorts its
     rows by length, gets batches of at least :data:`FAST_BATCH_SIZE`. A float32 model on a CPU with native
-    bfloat16 arithmetic gets bfloat16 weights (``quantize(model, bits=16)``; :data:`USE_BF16`). Other
-    frameworks are left as they are.
+    bfloat16 arithmetic then gets int8 and bfloat16 weights (:data:`USE_INT8`, where polyformers' kernels are
+    built) or bfloat16 weights (:data:`USE_BF16`). Other frameworks are left as they are.
     """
     if getattr(pipe, "framework", None) != "pt":
         return
     import torch
 
+    from .pt import kernels
+    from .pt.mixed import int8_with_bf16
     from .pt.quantize import has_native_bf16, quantize
     from .pt.unpad import skip_padding
 
@@ -74,8 +82,12 @@ def speed_up(pipe) -> None:
         return
     pipe.batch_size = max(pipe.batch_size, FAST_BATCH_SIZE)
     linears = [m for m in pipe.model.modules() if isinstance(m, torch.nn.Linear)]
-    if USE_BF16 and has_native_bf16() and linears and all(
-            m.weight.dtype == torch.float32 and m.weight.device.type == "cpu" for m in linears):
+    if not (linears and has_native_bf16() and all(
+            m.weight.dtype == torch.float32 and m.weight.device.type == "cpu" for m in linears)):
+        return
+    if USE_INT8 and kernels.ready() and isinstance(getattr(pipe.model.config, "intermediate_size", None), int):
+        pipe.model = int8_with_bf16(pipe.model, SHORT_TOKENS)
+    elif USE_BF16:
         quantize(pipe.model, bits=16)
 
 

@@ -374,7 +374,7 @@ def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, p
     if per_row and outlier_threshold is not None:
         raise ValueError(f"quantize_int8: per_row=True takes outlier_threshold=None, given {outlier_threshold!r}")
     threshold = None if outlier_threshold is None else float(outlier_threshold)
-    _replace_linears(model, "quantize_int8", lambda linear: Int8Linear.from_linear(linear, threshold, per_row))
+    replace_linears(model, "quantize_int8", lambda linear: Int8Linear.from_linear(linear, threshold, per_row))
     config = getattr(model, "config", None)
     if config is not None:
         config.quantization_config = {"quant_method": QUANT_METHOD, "bits": 8, "outlier_threshold": threshold,
@@ -655,7 +655,7 @@ def _linears(model: nn.Module):
             if isinstance(child, nn.Linear)]
 
 
-def _replace_linears(model: nn.Module, where: str, make) -> nn.Module:
+def replace_linears(model: nn.Module, where: str, make) -> nn.Module:
     """Replace every ``nn.Linear`` of a float32 CPU ``model`` by ``make(linear)`` (a layer reachable twice
     becomes one), and return the model in eval mode without gradients."""
     linears = _linears(model)
@@ -701,7 +701,7 @@ def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
         for name, value in (("group_size", group_size), ("outlier_threshold", outlier_threshold)):
             if value is not None:
                 raise ValueError(f"quantize: {name}: expected None with bits=16, given {value!r}")
-        return _replace_linears(model, "quantize", lambda linear: Bf16Linear.from_linear(linear))
+        return replace_linears(model, "quantize", lambda linear: Bf16Linear.from_linear(linear))
     if bits == 8:
         if group_size is not None:
             raise ValueError(f"quantize: group_size: expected None with bits=8 (one scale per output channel), "
@@ -716,7 +716,7 @@ def quantize(model: nn.Module, bits: int = 4, group_size: Optional[int] = None,
         if linear.in_features % group_size:
             raise ValueError(f"quantize: group_size: expected a divisor of every layer's in_features, given "
                              f"group_size={group_size} for {name!r} with in_features={linear.in_features}")
-    _replace_linears(model, "quantize", lambda linear: Int4Linear.from_linear(linear, group_size))
+    replace_linears(model, "quantize", lambda linear: Int4Linear.from_linear(linear, group_size))
     config = getattr(model, "config", None)
     if config is not None:
         config.quantization_config = {"quant_method": QUANT_METHOD, "bits": 4, "group_size": group_size}
@@ -789,4 +789,4 @@ def finish_quantized(model: nn.Module) -> None:
 
 
 __all__ = ["Bf16Linear", "DEFAULT_GROUP_SIZE", "GROUP_SIZES", "Int4Linear", "Int8Linear", "OUTLIER_THRESHOLD",
-           "has_native_bf16", "quantize", "quantize_int8"]
+           "has_native_bf16", "quantize", "quantize_int8", "replace_linears"]
