@@ -253,7 +253,11 @@ def test_prepare_inputs_for_generation_feeds_only_unseen_tokens(family):
     assert model.can_generate() and model._supports_cache_class
     first = model.prepare_inputs_for_generation(ids, past_key_values=DynamicCache(), attention_mask=mask)
     assert torch.equal(first["input_ids"], ids) and torch.equal(first["cache_position"], torch.arange(7))
-    assert first["position_ids"][2].tolist() == [1, 1, 1, 1, 1, 0, 1]
+    reads_positions = name != "mpt"  # ALiBi's MPT derives none, as the reference's MPT does not
+    if reads_positions:
+        assert first["position_ids"][2].tolist() == [1, 1, 1, 1, 1, 0, 1]
+    else:
+        assert first["position_ids"] is None
     with torch.no_grad():
         cache = model(**first).past_key_values
     longer = torch.cat([ids, torch.full((3, 1), 5)], dim=1)
@@ -261,7 +265,11 @@ def test_prepare_inputs_for_generation_feeds_only_unseen_tokens(family):
     step = model.prepare_inputs_for_generation(longer, past_key_values=cache, attention_mask=longer_mask,
                                                use_cache=True, logits_to_keep=1)
     assert step["input_ids"].tolist() == [[5], [5], [5]]
-    assert step["position_ids"].tolist() == [[7], [5], [2]] and step["cache_position"].tolist() == [7]
+    if reads_positions:
+        assert step["position_ids"].tolist() == [[7], [5], [2]]
+    else:
+        assert step["position_ids"] is None
+    assert step["cache_position"].tolist() == [7]
     assert step["logits_to_keep"] == 1 and step["use_cache"] is True
     embeds = torch.randn(3, 7, model.config.hidden_size)
     with_embeds = model.prepare_inputs_for_generation(ids, past_key_values=DynamicCache(), inputs_embeds=embeds)
@@ -347,3 +355,38 @@ def test_greedy_tokens_match_the_reference_generate(family, tmp_path):
     assert torch.equal(_greedy(ours, ids, mask, DynamicCache(), 6), expected)
     static = StaticCache(ours.config, max_batch_size=3, max_cache_len=ids.shape[1] + 6)
     assert torch.equal(_greedy(ours, ids, mask, static, 6), expected)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (61, IndexError, r"input_ids holds id 61, outside \[0, 61\) \(the vocab_size=61\)"),
+    (-2, IndexError, r"input_ids holds id -2, outside \[0, 61\)"),
+    (2.0, TypeError, r"input_ids must hold integer ids, got dtype torch.float32"),
+])
+def test_bad_ids_in_a_prompt_or_a_decoding_step_name_the_argument(family, bad, error, message):
+    # The embedding lookup checks the ids (no check of its own in the hot path); its errors become these.
+    _, model = family
+    assert model.config.vocab_size == 61
+    ids, mask = _left_padded(5)
+    with torch.no_grad():
+        cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        step_mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+        for inputs in (dict(input_ids=torch.tensor([[4, bad, 5]])),
+                       dict(input_ids=torch.tensor([[4], [bad], [5]]), past_key_values=cache, attention_mask=step_mask)):
+            with pytest.raises(error, match=message):
+                model(**inputs)
+
+
+def test_mpt_decoding_steps_take_alibi_from_a_table_with_the_same_values():
+    from polyformers.pt import layers as L
+
+    config_cls, model_cls, kwargs = FAMILIES["mpt"]
+    body = model_cls(config_cls(**kwargs)).eval().transformer
+    ids = torch.tensor([[5, 6]])
+    with torch.no_grad():
+        body(input_ids=ids, use_cache=True)  # the slopes
+    for key_length in (1, 7, 256, 300, 700):  # the table grows past 256 slots, then doubles
+        row = body._last_query_alibi(key_length)
+        expected = L.alibi_bias(body._slopes, torch.tensor([key_length - 1]), key_length)
+        assert row.shape == expected.shape == (1, kwargs["n_heads"], 1, key_length)
+        assert torch.equal(row, expected)
+    assert body._alibi_table.shape[-1] == 1024  # 256, then 512 for 300 slots, then 1024 for 700

@@ -323,13 +323,15 @@ def prepare_generation_inputs(
     inputs_embeds: Optional[torch.Tensor] = None,
     cache_position: Optional[torch.Tensor] = None,
     position_ids: Optional[torch.Tensor] = None,
+    positions: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The forward arguments of one decoding step of a causal LM.
 
     With a cache, only the tokens it has not seen are fed. Positions come from the attention mask, so
     a left-padded prompt gets the same positions as the prompt alone (the first real token is 0; pad
-    positions get 1, a harmless value that attention masks out anyway).
+    positions get 1, a harmless value that attention masks out anyway); ``positions=False`` derives none,
+    for models that read no positions (ALiBi's MPT).
     """
     if past_key_values is None:
         past = 0
@@ -344,7 +346,7 @@ def prepare_generation_inputs(
             input_ids = input_ids[:, -cache_position.shape[0]:]
         elif input_ids.shape[1] != cache_position.shape[0]:
             input_ids = input_ids[:, cache_position.to(input_ids.device)]
-    if position_ids is None and attention_mask is not None:
+    if position_ids is None and attention_mask is not None and positions:
         position_ids = attention_mask.long().cumsum(-1) - 1
         position_ids = position_ids.masked_fill(attention_mask == 0, 1)
     if position_ids is not None:

@@ -82,7 +82,11 @@ def check_ids(name: str, ids: Optional[torch.Tensor], limit: int, what: str) -> 
         return
     if ids.is_floating_point() or ids.is_complex():
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
-    low, high = int(ids.min()), int(ids.max())
+    if ids.numel() <= 64:  # a decoding step's few ids: one copy out rather than two reductions
+        values = ids.flatten().tolist()
+        low, high = min(values), max(values)
+    else:
+        low, high = (int(v) for v in torch.aminmax(ids))
     if low < 0 or high >= limit:
         bad = low if low < 0 else high
         raise IndexError(f"{name} holds id {bad}, outside [0, {limit}) (the {what})")
@@ -196,8 +200,9 @@ def decoder_self_attention_mask(
         attention_mask = attention_mask[:, :key_length]
     padded = attention_mask is not None and (attention_mask.shape[-1] < key_length or not bool(attention_mask.all()))
     if not explicit and not padded:
-        first, last = cache_position[[0, -1]].tolist()
         length = cache_position.shape[0]
+        ends = (cache_position if length <= 2 else cache_position[[0, -1]]).tolist()
+        first, last = ends[0], ends[-1]
         if length == 1 and last + 1 >= key_length:
             return CausalMask(None, False, key_length)
         if first == 0 and last + 1 == length == key_length:
@@ -853,8 +858,11 @@ def decoder_inputs(
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if inputs_embeds is None:
-        check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
-        inputs_embeds = embed(input_ids)
+        try:
+            inputs_embeds = embed(input_ids)
+        except (IndexError, RuntimeError):  # the lookup checks the ids; say which and why (a step saves a check)
+            check_ids("input_ids", input_ids, config.vocab_size, f"vocab_size={config.vocab_size}")
+            raise
     length = inputs_embeds.shape[1]
     cache, legacy = as_cache(past_key_values, use_cache)
     past = cache.get_seq_length() if cache is not None else 0
@@ -922,6 +930,14 @@ def cached_decoder_generation_inputs(model, input_ids, past_key_values=None, att
     step's forward arguments, from :func:`cache.prepare_generation_inputs`."""
     return prepare_generation_inputs(input_ids, past_key_values, attention_mask, inputs_embeds, cache_position,
                                      **kwargs)
+
+
+def alibi_decoder_generation_inputs(model, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
+                                    cache_position=None, **kwargs):
+    """:func:`cached_decoder_generation_inputs` for ALiBi decoders (MPT), which read no positions: none are
+    derived from the mask (as in the reference's MPT), a few operations less per step."""
+    return prepare_generation_inputs(input_ids, past_key_values, attention_mask, inputs_embeds, cache_position,
+                                     positions=False, **kwargs)
 
 
 def uncached_tokens(input_ids: torch.Tensor, past_key_values) -> torch.Tensor:

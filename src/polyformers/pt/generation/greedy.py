@@ -11,9 +11,9 @@ from .records import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, _R
 
 
 def append_tokens(input_ids, next_tokens, unfinished, pad, streamer):
-    """``input_ids`` with one more column: ``next_tokens``, or ``pad`` in the rows already finished; the new
-    column goes to the ``streamer``."""
-    if not bool(unfinished.all()):
+    """``input_ids`` with one more column: ``next_tokens``, or ``pad`` in the rows already finished (none
+    when ``unfinished`` is None); the new column goes to the ``streamer``."""
+    if unfinished is not None and not bool(unfinished.all()):
         if pad is None:
             raise ValueError("pad_token_id: needed to pad sequences that finished early, given None")
         next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
@@ -38,8 +38,10 @@ def sample(model, input_ids, config, processors, warpers, criteria, streamer, mo
     record = _Recorder(config, model_kwargs, is_encoder_decoder)
     pad = config.pad_token_id
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    edited = bool(processors) or config.do_sample  # else the argmax reads the model's logits as they are
+    every = True  # no sequence has finished yet
     while True:
-        outputs, logits = model._step(input_ids, model_kwargs, config)
+        outputs, logits = model._step(input_ids, model_kwargs, config, copy=edited)
         scores = processors(input_ids, logits)
         if config.do_sample:
             scores = warpers(input_ids, scores)
@@ -47,11 +49,14 @@ def sample(model, input_ids, config, processors, warpers, criteria, streamer, mo
         else:
             next_tokens = greedy_choice(scores)
         record.step(scores, outputs)
-        input_ids = append_tokens(input_ids, next_tokens, unfinished, pad, streamer)
+        input_ids = append_tokens(input_ids, next_tokens, None if every else unfinished, pad, streamer)
         model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
-        unfinished = unfinished & ~criteria(input_ids, record.scores)
-        if not bool(unfinished.any()):
-            break
+        done = criteria(input_ids, record.scores)
+        if bool(done.any()):  # until a sequence finishes, one check a step
+            unfinished = unfinished & ~done
+            every = False
+            if not bool(unfinished.any()):
+                break
     if streamer is not None:
         streamer.end()
     if not config.return_dict_in_generate:

@@ -528,11 +528,14 @@ class GenerationMixin:
                 torch.cat([positions, following])
         return model_kwargs
 
-    def _step(self, input_ids, model_kwargs, config):
-        """Run the model once on the next inputs: its outputs and the last position's logits (a float32 copy)."""
+    def _step(self, input_ids, model_kwargs, config, copy: bool = True):
+        """Run the model once on the next inputs: its outputs and the last position's logits in float32, a
+        copy unless ``copy`` is False (nothing will edit them) and they already are float32."""
         inputs = self.prepare_inputs_for_generation(input_ids, **model_kwargs)
         outputs = self(**inputs, return_dict=True, output_attentions=config.output_attentions,
                        output_hidden_states=config.output_hidden_states)
         # A copy in float32: processors edit it, and half-precision scores would round the log-probs.
-        logits = outputs.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+        logits = outputs.logits[:, -1, :]
+        if copy or logits.dtype != torch.float32:
+            logits = logits.to(dtype=torch.float32, copy=True)
         return outputs, logits

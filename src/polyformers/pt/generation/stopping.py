@@ -114,14 +114,15 @@ class StoppingCriteriaList(list):
     """Criteria combined: a sequence is done when any criterion says so."""
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        done = _every_row(input_ids, False)
+        done = None
         for criterion in self:
             result = criterion(input_ids, scores, **kwargs)
             if isinstance(result, torch.Tensor) and result.dim() > 0:
-                done = done | result.to(device=done.device, dtype=torch.bool)
+                result = result.to(device=input_ids.device, dtype=torch.bool)
             else:
-                done = done | bool(result)
-        return done
+                result = _every_row(input_ids, bool(result))
+            done = result if done is None else done | result
+        return _every_row(input_ids, False) if done is None else done
 
     @property
     def max_length(self) -> Optional[int]:

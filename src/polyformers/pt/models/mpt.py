@@ -143,6 +143,7 @@ class MptModel(MptPreTrainedModel):
         self.blocks = nn.ModuleList([MptBlock(config, i) for i in range(config.n_layers)])
         self.norm_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon, bias=False)
         self._slopes = None  # ALiBi's per-head slopes, computed on the first call
+        self._alibi_table = None  # (1, heads, 1, slots): the decoding steps' biases (_last_query_alibi)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -161,7 +162,10 @@ class MptModel(MptPreTrainedModel):
         # without padding, which needs none.
         causal = L.decoder_self_attention_mask(attention_mask, run.cache_position, run.key_length, torch.float32,
                                                explicit=embeds.shape[1] > 1 or run.output_attentions)
-        bias = L.alibi_bias(self._slopes, run.cache_position, run.key_length)
+        if causal.bias is None and not causal.is_causal and embeds.shape[1] == 1:
+            bias = self._last_query_alibi(run.key_length)  # a decoding step that sees every slot
+        else:
+            bias = L.alibi_bias(self._slopes, run.cache_position, run.key_length)
         if causal.bias is not None:
             # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
             # would round to -inf, and a fully masked (padding) row would turn into NaNs.
@@ -175,6 +179,17 @@ class MptModel(MptPreTrainedModel):
         return L.decoder_output(BaseModelOutputWithPastAndCrossAttentions, self.norm_f(hidden), all_hidden, all_attn,
                                 run)
 
+    def _last_query_alibi(self, key_length: int) -> torch.Tensor:
+        """ALiBi's bias for one query after ``key_length`` keys, ``slope * (slot - (key_length - 1))``: the
+        last ``key_length`` columns of a table kept for the longest such step so far (one slice a step
+        instead of building the row; the same values as :func:`layers.alibi_bias`)."""
+        table = self._alibi_table
+        if table is None or table.shape[-1] < key_length or table.device != self._slopes.device:
+            width = max(key_length, 256, 0 if table is None else 2 * table.shape[-1])
+            slot = torch.full((1,), width - 1, device=self._slopes.device)
+            self._alibi_table = table = L.alibi_bias(self._slopes, slot, width)
+        return table[..., table.shape[-1] - key_length:]
+
 
 class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
     """MPT with its language modelling head, tied to the input embeddings. ``labels`` are the input
@@ -183,7 +198,7 @@ class MptForCausalLM(GenerationMixin, MptPreTrainedModel):
 
     _tied_weights_keys = ["lm_head.weight"]
     _output_embeddings = "lm_head"
-    prepare_inputs_for_generation = L.cached_decoder_generation_inputs
+    prepare_inputs_for_generation = L.alibi_decoder_generation_inputs
     _reorder_cache = staticmethod(reorder_legacy_or_cache)
 
     def __init__(self, config: MptConfig):
