@@ -20,16 +20,31 @@ LEGACY_PYTHON = Path(os.environ.get("POLYFORMERS_LEGACY_VENV", ROOT / ".cache" /
 # Under pytest-xdist (`./run test` runs `-n auto --dist loadgroup`), each test file runs whole on one worker,
 # so that a module-scoped fixture (most files batch their reference runs into one) is computed once; the
 # folders below share session-scoped fixtures between their files (a server, the reference's config runs),
-# so each runs whole on one worker.
+# so each runs whole on one worker. (xdist's own loadgroup reads xdist_group marks through a node id suffix
+# that pytest 9 no longer keeps, which spread every file over the workers: the grouping is done here instead.)
 _ONE_WORKER_FOLDERS = {"serve", "configs"}
 
 
-def pytest_collection_modifyitems(config, items):
-    tests = ROOT / "tests"
-    for item in items:
-        parts = Path(str(item.fspath)).resolve().relative_to(tests).parts
-        group = parts[0] if parts[0] in _ONE_WORKER_FOLDERS else "/".join(parts)
-        item.add_marker(pytest.mark.xdist_group(group))
+def worker_group(nodeid: str) -> str:
+    """The group of a test (run whole on one worker): its folder under tests/ for those above, else its file."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in _ONE_WORKER_FOLDERS:
+        return "/".join(parts[:2])
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session")
