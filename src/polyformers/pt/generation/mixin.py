@@ -530,12 +530,13 @@ class GenerationMixin:
 
     def _step(self, input_ids, model_kwargs, config, copy: bool = True):
         """Run the model once on the next inputs: its outputs and the last position's logits in float32, a
-        copy unless ``copy`` is False (nothing will edit them) and they already are float32."""
+        copy unless ``copy`` is False (nothing will edit them) and they are float32 logits of one position
+        (a view of more would keep all of them alive)."""
         inputs = self.prepare_inputs_for_generation(input_ids, **model_kwargs)
         outputs = self(**inputs, return_dict=True, output_attentions=config.output_attentions,
                        output_hidden_states=config.output_hidden_states)
         # A copy in float32: processors edit it, and half-precision scores would round the log-probs.
         logits = outputs.logits[:, -1, :]
-        if copy or logits.dtype != torch.float32:
+        if copy or logits.dtype != torch.float32 or outputs.logits.shape[1] != 1:
             logits = logits.to(dtype=torch.float32, copy=True)
         return outputs, logits
