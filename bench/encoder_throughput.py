@@ -104,6 +104,21 @@ def workloads(tok, batches: int) -> dict[str, list[dict]]:
     return {"mixed": [dict(b) for b in mixed], "1x128": [dict(single)]}
 
 
+def product_rate(product, rows: int, inner: int, cols: int, runs: int, work: float = 2e9) -> float:
+    """The best FLOP/s of ``product()``, a (rows x inner) by (inner x cols) product, over ``runs`` timings of
+    about ``work`` FLOP each, after one untimed call."""
+    product()
+    flops = 2 * rows * inner * cols
+    repeats = max(1, int(work / flops))
+    best = 0.0
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            product()
+        best = max(best, flops * repeats / (time.perf_counter() - start))
+    return best
+
+
 def gemm_rate(runs: int = 5) -> tuple[float, str]:
     """The best fp32 multiply-add rate (FLOP/s) this machine reaches with the current thread count: square
     products of 1024 and 2048 and the encoder's own shapes (128 x 768 x 3072 both ways), through torch's
@@ -118,15 +133,9 @@ def gemm_rate(runs: int = 5) -> tuple[float, str]:
             if onednn:
                 kernels["oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
             for name, kernel in kernels.items():
-                kernel()
-                repeats = max(1, int(2e9 / (2 * rows * inner * cols)))
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    for _ in range(repeats):
-                        kernel()
-                    rate = 2 * rows * inner * cols * repeats / (time.perf_counter() - start)
-                    if rate > best:
-                        best, how = rate, f"{name}, {rows}x{inner}x{cols}"
+                rate = product_rate(kernel, rows, inner, cols, runs)
+                if rate > best:
+                    best, how = rate, f"{name}, {rows}x{inner}x{cols}"
     return best, how
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from encoder_throughput import product_rate  # bench/ is the script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / ".cache" / "assets"
@@ -48,13 +49,7 @@ def gemm_rates(runs: int = 3) -> dict[str, float]:
                 "int8": lambda: torch._int_mm(xi, wi),
             }
             for name, product in products.items():
-                product()
-                repeats = max(1, int(4e9 / (2 * rows * inner * cols)))
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    for _ in range(repeats):
-                        product()
-                    best[name] = max(best[name], 2 * rows * inner * cols * repeats / (time.perf_counter() - start))
+                best[name] = max(best[name], product_rate(product, rows, inner, cols, runs, work=4e9))
     return best
 
 
