@@ -370,8 +370,8 @@ def test_bad_ids_in_a_prompt_or_a_decoding_step_name_the_argument(family, bad, e
     with torch.no_grad():
         cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
         step_mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-        for inputs in (dict(input_ids=torch.tensor([[4, bad, 5]])),
-                       dict(input_ids=torch.tensor([[4], [bad], [5]]), past_key_values=cache, attention_mask=step_mask)):
+        step = dict(input_ids=torch.tensor([[4], [bad], [5]]), past_key_values=cache, attention_mask=step_mask)
+        for inputs in (dict(input_ids=torch.tensor([[4, bad, 5]])), step):
             with pytest.raises(error, match=message):
                 model(**inputs)
 
