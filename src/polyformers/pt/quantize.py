@@ -382,8 +382,6 @@ def quantize_int8(model: nn.Module, outlier_threshold: Optional[float] = None, p
     return model
 
 
-
-
 # ------------------------------------------------------------------------------------------------------
 # 4-bit weight-only, and quantize(model, bits=...)
 
@@ -406,7 +404,6 @@ def _int4_unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`_int4_pack_nibbles`, as int32 (what torch's packing wants)."""
     low, high = packed & 15, packed >> 4
     return torch.stack([low, high], dim=-1).view(packed.shape[0], -1).to(torch.int32)
-
 
 
 class Int4Linear(nn.Module):
