@@ -169,6 +169,19 @@ def test_save_and_load_the_quantized_weights(tmp_path, family, kind):
         assert torch.equal(again(ids).logits, expected)
 
 
+def test_4bit_weights_loaded_into_a_quantized_model_are_the_ones_it_multiplies_by():
+    torch.manual_seed(0)
+    model, other = (quantize(_tiny_mpt().eval(), bits=4, group_size=32) for _ in range(2))
+    ids = torch.tensor([[5, 9, 2, 31, 7, 7, 1]])
+    with torch.no_grad():
+        before, want = model(ids).logits, other(ids).logits
+        model.load_state_dict(other.state_dict())
+        got = model(ids).logits
+    assert not torch.equal(before, want)
+    assert torch.equal(got, want)  # the kernel's packing was made again from the loaded weights
+    assert torch.equal(_greedy(model, ids, 8), _greedy(other, ids, 8))
+
+
 def test_a_per_row_8bit_model_loads_per_row(tmp_path):
     model = quantize_int8(_tiny_mpt().eval(), per_row=True)
     model.save_pretrained(tmp_path)

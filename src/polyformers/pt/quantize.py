@@ -452,6 +452,14 @@ class Int4Linear(nn.Module):
             layer.bias = nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
         return layer.pack()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Weights loaded into a packed layer (``load_state_dict`` of another checkpoint): the kernel's
+        # packing is made again from them, else the layer would go on multiplying by the old ones. (A layer
+        # not packed yet, loading from a folder, is packed by finish_quantized.)
+        if self._kernel is not None and all(t.device.type == "cpu" for t in (self.qweight, self.scales, self.offsets)):
+            self.pack()
+
     def pack(self) -> "Int4Linear":
         """Build the kernel's packed weight from ``qweight``, ``scales`` and ``offsets`` (after loading)."""
         for name in ("qweight", "scales", "offsets"):
