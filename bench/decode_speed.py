@@ -524,24 +524,39 @@ def bench_family(family: str, args, bw_samples: list) -> None:
 
 def step_gap(model, family: str, prompt, new: int) -> float:
     """Median seconds, over one greedy ``generate`` of ``new`` tokens, from the end of the LM head of a step
-    to the start of the first block of the next one (hooks on both; the prefill's gap is not counted)."""
+    to the start of the first block of the next one (the prefill's gap is not counted). A hook on the head
+    marks its end; the blocks' start is a pre-hook on the first block, or, for polyformers' MPT, whose
+    decoding steps run the blocks in one compiled call that a hook on a block would switch off, the entry
+    of ``fused.alibi_blocks`` (its check that the step qualifies is then counted with the blocks)."""
     import torch
 
-    first = (model.transformer.h if family == "gptj" else model.transformer.blocks)[0]
+    from polyformers.pt import fused
+
     head_end, gaps = [None], []
 
     def after_head(module, args, output):
         head_end[0] = time.perf_counter()
 
-    def before_first(module, args):
+    def before_first(*args):
         if head_end[0] is not None:
             gaps.append(time.perf_counter() - head_end[0])
 
-    hooks = [model.lm_head.register_forward_hook(after_head), first.register_forward_pre_hook(before_first)]
+    hooks = [model.lm_head.register_forward_hook(after_head)]
+    compiled = fused.alibi_blocks
+    if type(model).__module__.startswith("polyformers") and family == "mpt":
+        def entry(*args):
+            before_first()
+            return compiled(*args)
+
+        fused.alibi_blocks = entry
+    else:
+        first = (model.transformer.h if family == "gptj" else model.transformer.blocks)[0]
+        hooks.append(first.register_forward_pre_hook(before_first))
     try:
         with torch.inference_mode():
             model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False)
     finally:
+        fused.alibi_blocks = compiled
         for hook in hooks:
             hook.remove()
     return statistics.median(gaps)

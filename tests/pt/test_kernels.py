@@ -198,7 +198,7 @@ def test_a_failed_build_falls_back_to_torchs_kernels_with_a_warning(tmp_path):
         print("WHY", kernels.why_not()[:200])
     """, CXX="false", POLYFORMERS_KERNEL_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "compiling rows.cpp, attention.cpp, pointwise.cpp failed (false exited 1)" in done.stdout
+    assert "compiling rows.cpp, attention.cpp, pointwise.cpp, blocks.cpp failed (false exited 1)" in done.stdout
     assert "WARNED polyformers kernels unavailable, using torch's" in done.stdout
     assert not list(tmp_path.iterdir())  # the failed build left no file behind
 

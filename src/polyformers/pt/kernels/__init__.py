@@ -1,6 +1,7 @@
 """polyformers' compiled CPU kernels for decoding: products of a few rows with a weight matrix read once
 (``rows.cpp``), one query's attention over a key/value cache (``attention.cpp``), GELU and the greedy
-argmax (``pointwise.cpp``).
+argmax (``pointwise.cpp``), and a whole decoding step of MPT's blocks in one call (``blocks.cpp``, see
+``polyformers.pt.fused``).
 
 Decoding a token multiplies one row (or, batched, a few) by every weight matrix of the model, so its
 speed is the rate at which the weights are read. Two of torch's kernels fall short of it: its bfloat16
@@ -43,7 +44,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cpp", "attention.cpp", "pointwise.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("rows.cpp", "attention.cpp", "pointwise.cpp", "blocks.cpp"))
 HEADERS = (Path(__file__).with_name("vector_math.h"),)
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 
@@ -178,6 +180,8 @@ def _register_fakes() -> None:
     fake("polyformers::attend_one")(lambda query, key, value, bias, scale: query.new_empty(query.shape))
     fake("polyformers::gelu")(lambda x, approximate: x.new_empty(x.shape))
     fake("polyformers::argmax_rows")(lambda x: x.new_empty((x.shape[0],), dtype=torch.long))
+    fake("polyformers::alibi_blocks")(lambda hidden, tensors, layout, keys, values, written, slot, bias, scale, eps,
+                                      heads: hidden.new_empty(hidden.shape))
 
 
 def ready() -> bool:

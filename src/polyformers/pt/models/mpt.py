@@ -23,6 +23,7 @@ from ...outputs import (
     CausalLMOutputWithCrossAttentions,
     TokenClassifierOutput,
 )
+from .. import fused
 from .. import layers as L
 from ..cache import Cache, reorder_legacy_or_cache
 from ..generation import GenerationMixin
@@ -173,9 +174,13 @@ class MptModel(MptPreTrainedModel):
         bias = bias.to(embeds.dtype)
 
         # No embedding dropout: the reference ignores emb_pdrop.
-        hidden, all_hidden, all_attn = L.run_blocks(
-            self.blocks, embeds, (bias, run.cache, run.cache_position, run.output_attentions), run
-        )
+        hidden = fused.alibi_blocks(self, embeds, bias, run)  # a decoding step in one compiled call, if it can
+        if hidden is not None:
+            all_hidden = all_attn = None
+        else:
+            hidden, all_hidden, all_attn = L.run_blocks(
+                self.blocks, embeds, (bias, run.cache, run.cache_position, run.output_attentions), run
+            )
         return L.decoder_output(BaseModelOutputWithPastAndCrossAttentions, self.norm_f(hidden), all_hidden, all_attn,
                                 run)
 
