@@ -1,7 +1,7 @@
-"""The compiled decoding step of MPT's blocks (``polyformers.pt.fused``, ``kernels/blocks.cpp``): the same
-bits as the blocks' Python forward for every kind of linear layer, with and without padding; taken on every
-decoding step of ``generate``, and not taken where it would differ (hooks, training, attention weights, a
-growing cache, a layer it does not know); a replaced module or reloaded weights are seen."""
+"""The compiled decoding step of MPT's and GPT-J's blocks (``polyformers.pt.fused``, ``kernels/blocks.cpp``):
+the same bits as the blocks' Python forward for every kind of linear layer, with and without padding; taken
+on every decoding step of ``generate``, and not taken where it would differ (hooks, training, attention
+weights, a growing cache, a layer it does not know); a replaced module or reloaded weights are seen."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from polyformers import MptConfig, MptForCausalLM
+from polyformers import GPTJConfig, GPTJForCausalLM, MptConfig, MptForCausalLM
 from polyformers.pt import fused, kernels
 from polyformers.pt import layers as L
 from polyformers.pt.cache import StaticCache
@@ -23,10 +23,15 @@ def _built():
     assert kernels.available(), kernels.why_not()
 
 
-def _model(kind: str, seed: int = 0) -> MptForCausalLM:
+def _model(kind: str, seed: int = 0, family: str = "mpt"):
     torch.manual_seed(seed)
-    config = MptConfig(d_model=64, n_heads=4, n_layers=3, vocab_size=120, max_seq_len=64, use_cache=True)
-    model = MptForCausalLM(config).eval()
+    if family == "mpt":
+        config = MptConfig(d_model=64, n_heads=4, n_layers=3, vocab_size=120, max_seq_len=64, use_cache=True)
+        model = MptForCausalLM(config).eval()
+    else:  # rotary on 8 of each head's 16 dimensions; biased feed-forward layers
+        config = GPTJConfig(n_embd=64, n_head=4, n_layer=3, rotary_dim=8, vocab_size=120, n_positions=64,
+                            bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        model = GPTJForCausalLM(config).eval()
     with torch.no_grad():
         for p in model.parameters():  # every parameter away from its initial value, norms included
             p.add_(torch.randn_like(p) * 0.05)
@@ -35,19 +40,25 @@ def _model(kind: str, seed: int = 0) -> MptForCausalLM:
     return model
 
 
+def _blocks(model):
+    return model.transformer.blocks if isinstance(model, MptForCausalLM) else model.transformer.h
+
+
 class _Counter:
     """Wraps ``fused.alibi_blocks``: how many steps took the compiled path."""
 
     def __init__(self, monkeypatch):
         self.taken = 0
-        original = fused.alibi_blocks
+        for name in ("alibi_blocks", "rotary_blocks"):
+            monkeypatch.setattr(fused, name, self._counting(getattr(fused, name)))
 
+    def _counting(self, original):
         def counting(*args):
             out = original(*args)
             self.taken += out is not None
             return out
 
-        monkeypatch.setattr(fused, "alibi_blocks", counting)
+        return counting
 
 
 def _decode(model, prompt, mask, steps: int, compiled: bool):
@@ -72,8 +83,9 @@ def _decode(model, prompt, mask, steps: int, compiled: bool):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("kind", KINDS)
-def test_decoding_steps_are_the_same_bits_as_the_python_blocks(kind, batch, monkeypatch):
-    model = _model(kind)
+@pytest.mark.parametrize("family", ["mpt", "gptj"])
+def test_decoding_steps_are_the_same_bits_as_the_python_blocks(family, kind, batch, monkeypatch):
+    model = _model(kind, family=family)
     torch.manual_seed(1)
     prompt = torch.randint(0, 120, (batch, 6))
     mask = torch.ones_like(prompt)
@@ -92,8 +104,9 @@ def test_decoding_steps_are_the_same_bits_as_the_python_blocks(kind, batch, monk
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int4"])
-def test_generate_takes_it_on_every_step_with_the_same_tokens(kind, monkeypatch):
-    model = _model(kind, seed=2)
+@pytest.mark.parametrize("family", ["mpt", "gptj"])
+def test_generate_takes_it_on_every_step_with_the_same_tokens(family, kind, monkeypatch):
+    model = _model(kind, seed=2, family=family)
     prompt = torch.randint(0, 120, (2, 5))
     mask = torch.ones_like(prompt)
     mask[1, 0] = 0
@@ -116,23 +129,26 @@ def _generate(model, **kwargs):
         return model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False, **kwargs)
 
 
-def test_hooks_training_attention_weights_and_growing_caches_run_the_python_blocks(monkeypatch):
-    model = _model("fp32", seed=3)
+@pytest.mark.parametrize("family", ["mpt", "gptj"])
+def test_hooks_training_attention_weights_and_growing_caches_run_the_python_blocks(family, monkeypatch):
+    model = _model("fp32", seed=3, family=family)
+    blocks = _blocks(model)
     counter = _Counter(monkeypatch)
     want = _generate(model)
     assert counter.taken == 4
     seen = []
-    handle = model.transformer.blocks[1].ffn.up_proj.register_forward_hook(lambda *a: seen.append(1))
+    out_proj = blocks[1].attn.out_proj
+    handle = out_proj.register_forward_hook(lambda *a: seen.append(1))
     assert torch.equal(_generate(model), want)
     handle.remove()
     assert len(seen) == 5 and counter.taken == 4  # the hook ran on the prompt and on every step
-    handle = model.transformer.blocks[2].register_forward_pre_hook(lambda *a: None)
+    handle = blocks[2].register_forward_pre_hook(lambda *a: None)
     _generate(model)
     handle.remove()
     assert counter.taken == 4
-    model.transformer.blocks[0].train()  # one block in training mode: dropout would apply there
+    blocks[0].train()  # one block in training mode: dropout would apply there
     _generate(model)
-    model.transformer.blocks[0].eval()
+    blocks[0].eval()
     assert counter.taken == 4
     out = _generate(model, output_attentions=True, return_dict_in_generate=True)  # a growing cache, weights
     assert torch.equal(out.sequences, want) and counter.taken == 4
@@ -178,6 +194,31 @@ def test_a_replaced_layer_or_reloaded_weights_are_seen(monkeypatch):
         fused.ENABLED = True
     assert torch.equal(_generate(model), want)
     assert counter.taken == taken + 8
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+def test_gptj_projections_stacked_again_are_read_again(kind, monkeypatch):
+    # q, k and v are multiplied as one stacked matrix, made by the prompt's forward. A new k_proj (another
+    # weight) is stacked again by the next prompt; the compiled steps must read the new stack.
+    model = _model(kind, seed=6, family="gptj")
+    counter = _Counter(monkeypatch)
+    _generate(model)
+    attn = model.transformer.h[1].attn
+    fresh = L.Linear(64, 64, bias=False).eval()
+    with torch.no_grad():
+        fresh.weight.normal_(0, 0.3)
+    if kind != "fp32":
+        quantize_fresh = nn.Sequential(fresh)
+        quantize(quantize_fresh, bits={"bf16": 16, "int8": 8}[kind])
+        fresh = quantize_fresh[0]
+    attn.k_proj = fresh
+    got = _generate(model)
+    assert counter.taken == 8
+    fused.ENABLED = False
+    try:
+        assert torch.equal(got, _generate(model))
+    finally:
+        fused.ENABLED = True
 
 
 def test_the_operator_names_what_is_wrong():

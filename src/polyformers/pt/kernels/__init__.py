@@ -1,7 +1,7 @@
 """polyformers' compiled CPU kernels for decoding: products of a few rows with a weight matrix read once
 (``rows.cpp``), one query's attention over a key/value cache (``attention.cpp``), GELU and the greedy
-argmax (``pointwise.cpp``), and a whole decoding step of MPT's blocks in one call (``blocks.cpp``, see
-``polyformers.pt.fused``).
+argmax (``pointwise.cpp``), and a whole decoding step of MPT's or GPT-J's blocks in one call
+(``blocks.cpp``, see ``polyformers.pt.fused``).
 
 Decoding a token multiplies one row (or, batched, a few) by every weight matrix of the model, so its
 speed is the rate at which the weights are read. Two of torch's kernels fall short of it: its bfloat16
@@ -182,6 +182,8 @@ def _register_fakes() -> None:
     fake("polyformers::argmax_rows")(lambda x: x.new_empty((x.shape[0],), dtype=torch.long))
     fake("polyformers::alibi_blocks")(lambda hidden, tensors, layout, keys, values, written, slot, bias, scale, eps,
                                       heads: hidden.new_empty(hidden.shape))
+    fake("polyformers::rotary_blocks")(lambda hidden, tensors, layout, keys, values, written, slot, rotation, bias,
+                                       scale, eps, heads, rotary_dim, approximate: hidden.new_empty(hidden.shape))
 
 
 def ready() -> bool:

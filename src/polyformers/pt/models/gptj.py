@@ -15,6 +15,7 @@ from torch import nn
 
 from ...configs import GPTJConfig
 from ...outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from .. import fused
 from .. import layers as L
 from ..cache import Cache, reorder_legacy_or_cache
 from ..generation import GenerationMixin
@@ -143,9 +144,13 @@ class GPTJModel(GPTJPreTrainedModel):
             hidden = hidden + self.wte(token_type_ids.view(-1, embeds.shape[1]))
         hidden = self.drop(hidden)
 
-        hidden, all_hidden, all_attn = L.run_blocks(
-            self.h, hidden, (rotation, mask, run.cache, run.cache_position, run.output_attentions), run
-        )
+        stepped = fused.rotary_blocks(self, hidden, rotation, mask, run)  # a decoding step in one compiled call
+        if stepped is not None:
+            hidden, all_hidden, all_attn = stepped, None, None
+        else:
+            hidden, all_hidden, all_attn = L.run_blocks(
+                self.h, hidden, (rotation, mask, run.cache, run.cache_position, run.output_attentions), run
+            )
         return L.decoder_output(BaseModelOutputWithPast, self.ln_f(hidden), all_hidden, all_attn, run)
 
 

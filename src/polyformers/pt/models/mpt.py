@@ -174,9 +174,9 @@ class MptModel(MptPreTrainedModel):
         bias = bias.to(embeds.dtype)
 
         # No embedding dropout: the reference ignores emb_pdrop.
-        hidden = fused.alibi_blocks(self, embeds, bias, run)  # a decoding step in one compiled call, if it can
-        if hidden is not None:
-            all_hidden = all_attn = None
+        stepped = fused.alibi_blocks(self, embeds, bias, run)  # a decoding step in one compiled call
+        if stepped is not None:
+            hidden, all_hidden, all_attn = stepped, None, None
         else:
             hidden, all_hidden, all_attn = L.run_blocks(
                 self.blocks, embeds, (bias, run.cache, run.cache_position, run.output_attentions), run
