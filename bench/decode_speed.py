@@ -25,8 +25,9 @@ rounds in which the contenders run one after another, in alternating order. Prin
   converted by its ``convert_hf_to_gguf.py`` and quantized by its ``llama-quantize`` (once, cached), and
   ``llama-bench -t THREADS -p 0 -n NEW`` decodes, in the same rounds as the others;
 - the time between decoding steps outside the blocks, polyformers against the reference: from the end of
-  one step's LM head to the start of the next step's first block (hooks), the loop's own work and the
-  forward's set-up;
+  one step's LM head to the start of the next step's first block (hooks; for polyformers, the entry of its
+  compiled step, ``polyformers.pt.fused``), the loop's own work and the forward's set-up; and, for the
+  low-bit models, a step's time outside the weights' products with the blocks compiled and in Python;
 - the kernels for one token (``kernels``): int8 weights, and 16-bit weights (oneDNN as torch calls it, oneDNN
   with pre-packed weights, torch's own matrix-vector kernel that :class:`Bf16Linear` uses for one row,
   float16 weights), on the reduced GPT-J's matrices, against float32's oneDNN and the read bound.
@@ -385,6 +386,7 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     reference = ref_class.from_pretrained(folder, dtype=torch.float32).eval()
     ours = pf_class.from_pretrained(folder, dtype=torch.float32).eval()
     contenders = [torch_contender("reference", reference)]
+    ours_int8 = ours_int4 = ours_bf16 = None
     if "fp32" not in args.skip:
         contenders.insert(0, torch_contender("polyformers", ours))
     if "int8" not in args.skip:
@@ -473,6 +475,17 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         for name, model in (("polyformers", ours), ("reference", reference)):
             gaps = [step_gap(model, family, prompt, NEW) for _ in range(args.repeat)]
             print(f"  {name:20s} {min(gaps) * 1e6:7.0f}")
+        print("a decoding step's time outside the weights' products (ms: a step's time minus the model's linear "
+              "layers called alone on one row, medians of the rounds), the blocks in one compiled call (polyformers' "
+              "decoding steps) against the blocks' Python forward (fused.ENABLED off); the low-bit models only, "
+              "where the products are short enough for the difference to stand out of the bandwidth's drift:")
+        variants = [(n, m) for n, m in (("polyformers-int8", ours_int8),
+                                        (f"polyformers-int4-g{args.group_size}", ours_int4),
+                                        ("polyformers-bf16", ours_bf16)) if m is not None]
+        for name, model in variants:
+            compiled, python = outside_products(model, prompt, 64, args.repeat)
+            print(f"  {name:24s} compiled {compiled * 1e3:5.2f}   python {python * 1e3:5.2f}   "
+                  f"x{python / compiled:4.2f}")
 
     if "prefill" not in args.skip:
         prefill_s = rounds(timed, lambda c: c.generate(long_prompt, 1), args.repeat)
@@ -525,9 +538,10 @@ def bench_family(family: str, args, bw_samples: list) -> None:
 def step_gap(model, family: str, prompt, new: int) -> float:
     """Median seconds, over one greedy ``generate`` of ``new`` tokens, from the end of the LM head of a step
     to the start of the first block of the next one (the prefill's gap is not counted). A hook on the head
-    marks its end; the blocks' start is a pre-hook on the first block, or, for polyformers' MPT, whose
-    decoding steps run the blocks in one compiled call that a hook on a block would switch off, the entry
-    of ``fused.alibi_blocks`` (its check that the step qualifies is then counted with the blocks)."""
+    marks its end; the blocks' start is a pre-hook on the first block, or, for polyformers, whose decoding
+    steps run the blocks in one compiled call that a hook on a block would switch off, the entry of
+    ``fused.alibi_blocks`` or ``fused.rotary_blocks`` (its check that the step qualifies is then counted
+    with the blocks)."""
     import torch
 
     from polyformers.pt import fused
@@ -542,13 +556,14 @@ def step_gap(model, family: str, prompt, new: int) -> float:
             gaps.append(time.perf_counter() - head_end[0])
 
     hooks = [model.lm_head.register_forward_hook(after_head)]
-    compiled = fused.alibi_blocks
-    if type(model).__module__.startswith("polyformers") and family == "mpt":
+    name = "rotary_blocks" if family == "gptj" else "alibi_blocks"
+    compiled = getattr(fused, name)
+    if type(model).__module__.startswith("polyformers"):
         def entry(*args):
             before_first()
             return compiled(*args)
 
-        fused.alibi_blocks = entry
+        setattr(fused, name, entry)
     else:
         first = (model.transformer.h if family == "gptj" else model.transformer.blocks)[0]
         hooks.append(first.register_forward_pre_hook(before_first))
@@ -556,10 +571,42 @@ def step_gap(model, family: str, prompt, new: int) -> float:
         with torch.inference_mode():
             model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False)
     finally:
-        fused.alibi_blocks = compiled
+        setattr(fused, name, compiled)
         for hook in hooks:
             hook.remove()
     return statistics.median(gaps)
+
+
+def outside_products(model, prompt, new: int, repeat: int) -> tuple[float, float]:
+    """Seconds of a greedy decoding step outside the products with the weights, with the blocks' compiled
+    step and without it: the median over ``repeat`` rounds of (a step's time, from a ``generate`` of ``new``
+    tokens) minus (the model's linear layers, every module with in and out features and no children, called
+    one after another on one row). GPT-J's q, k and v count as three products; its step makes one."""
+    import torch
+
+    from polyformers.pt import fused
+
+    linears = [m for m in model.modules() if hasattr(m, "in_features") and hasattr(m, "out_features")
+               and not list(m.children())]
+    rows = [torch.randn(1, m.in_features) for m in linears]
+    outside = {True: [], False: []}
+    with torch.inference_mode():
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(5):
+                for layer, row in zip(linears, rows):
+                    layer(row)
+            products = (time.perf_counter() - start) / 5
+            for compiled in (True, False):
+                fused.ENABLED = compiled
+                try:
+                    start = time.perf_counter()
+                    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                                   min_new_tokens=new, do_sample=False)
+                    outside[compiled].append((time.perf_counter() - start) / new - products)
+                finally:
+                    fused.ENABLED = True
+    return statistics.median(outside[True]), statistics.median(outside[False])
 
 
 def int8_kernels(repeat: int) -> None:
