@@ -96,3 +96,26 @@ def test_loaded_and_quantized_weights_lie_in_huge_pages(tmp_path, monkeypatch):
                 patch.setattr(memory, "_AVAILABLE", False)
                 plain = quantize(MptForCausalLM.from_pretrained(tmp_path).eval(), bits=bits)
             assert torch.equal(quantized(ids).logits, plain(ids).logits), bits
+
+
+def test_with_huge_pages_no_loaded_weight_keeps_a_page_of_the_file_mapped(tmp_path, monkeypatch):
+    # Mapped, a small weight would keep its page of the file resident as long as it lives, and the page
+    # cache may hold the file in pages of up to 2 MiB: with huge pages, from_pretrained reads every weight.
+    # Without them, the small and large weights alike are views of the mapped file (nothing copied).
+    torch.manual_seed(0)
+    model = MptForCausalLM(MptConfig(vocab_size=16384, d_model=256, n_heads=4, n_layers=2, max_seq_len=64))
+    model.save_pretrained(tmp_path)
+    path = str(tmp_path / "model.safetensors")
+
+    def mapped_file() -> bool:
+        with open("/proc/self/maps") as f:
+            return any(line.rstrip().endswith(path) for line in f)
+
+    for available in (True, False):
+        monkeypatch.setattr(memory, "_AVAILABLE", available and memory.huge_pages_available())
+        loaded = MptForCausalLM.from_pretrained(tmp_path).eval()
+        for name, tensor in loaded.state_dict().items():
+            assert torch.equal(tensor, model.state_dict()[name]), name
+        assert mapped_file() == (not memory.huge_pages_available()), available
+        del loaded
+        gc.collect()

@@ -425,7 +425,10 @@ class PreTrainedModel(nn.Module):
             # Weights of 2 MiB or more are read into memory in huge pages (polyformers.pt.memory: decoding
             # streams them faster), and so are those that will be copied anyway (a cast, or a layer that
             # fuses them), because a mapped page once touched stays resident for as long as any weight of
-            # its file lives, beside the copy. Without huge pages, the others are views of the mapped file.
+            # its file lives, beside the copy. The small ones are then read too: mapped, each would keep
+            # its page of the file resident, and the page cache may hold the file in pages of up to 2 MiB
+            # (94 MB of file pages for the 2 GB ELECTRA of bench/load_memory.py, beside 2 MB of weights).
+            # Without huge pages, the others are views of the mapped file: nothing is copied.
             if model_key in stacked:
                 tensor = stacked[model_key]
                 reader.read_into(ckpt_key, tensor)
@@ -433,7 +436,8 @@ class PreTrainedModel(nn.Module):
                 tensor = memory.empty(shape, stored)
                 reader.read_into(ckpt_key, tensor)
             else:
-                tensor = reader.get(ckpt_key, framework="pt", mapped=wanted == stored)
+                tensor = reader.get(ckpt_key, framework="pt",
+                                    mapped=wanted == stored and not memory.huge_pages_available())
                 if tensor.dtype != wanted:
                     tensor = tensor.to(wanted)
             self._set_tensor(model_key, tensor)
