@@ -11,6 +11,7 @@ framework prefixes (``TF``/``Flax``) name the same structure with the reference'
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import OrderedDict
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ class ModelOutput(OrderedDict):
     """Base of every output: a dataclass that is also an ordered dict of its non-``None`` fields."""
 
     def __post_init__(self) -> None:
-        names = [f.name for f in dataclasses.fields(self)]
+        names = _field_names(type(self))
         first = getattr(self, names[0])
         others_none = all(getattr(self, n) is None for n in names[1:])
         # ``Output({"logits": x})`` and ``Output([("logits", x)])`` build from a mapping, as in the
@@ -73,6 +74,12 @@ class ModelOutput(OrderedDict):
     def to_tuple(self) -> tuple:
         """The non-``None`` fields, in declaration order."""
         return tuple(self[k] for k in self.keys())
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass fields of an output class, in order (read once per class: every forward builds outputs)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _key_value_pairs(value) -> Optional[list]:

@@ -293,3 +293,31 @@ def test_int8_layer_alone_and_stacked_agree():
     exact = torch.cat([lin(x) for lin in linears], dim=-1).detach()
     assert (alone - exact).norm() / exact.norm() < 0.03
     assert math.isclose(stack.in_features, 16) and "out_features=20" in repr(stack)
+
+
+def test_the_loops_stopping_check_says_what_the_criteria_say():
+    from polyformers.pt.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, StoppingCriteria,
+                                                    StoppingCriteriaList)
+
+    asked = []
+
+    class Counting(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            asked.append(input_ids.shape[-1])
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    ids = torch.tensor([[5, 7, 2], [5, 7, 9]])
+    for criteria, expected in [
+        (StoppingCriteriaList([MaxLengthCriteria(4)]), None),  # nothing done: no tensor at all
+        (StoppingCriteriaList([MaxLengthCriteria(3)]), [True, True]),
+        (StoppingCriteriaList([MaxLengthCriteria(4), EosTokenCriteria(2)]), [True, False]),
+        (StoppingCriteriaList([MaxLengthCriteria(3), EosTokenCriteria(2), Counting()]), [True, True]),
+        (StoppingCriteriaList([Counting()]), [False, False]),
+        (StoppingCriteriaList(), None),
+    ]:
+        done = criteria.rows_done(ids, None)
+        assert (done is None) == (expected is None)
+        if expected is not None:
+            assert done.tolist() == expected
+        assert criteria(ids, None).tolist() == (expected or [False, False])  # the call, as before
+    assert asked == [3, 3, 3, 3]  # every criterion is asked, even where the length already says done

@@ -273,18 +273,20 @@ class StaticCache(Cache):
 
 
 def attended_length(cache: Optional[Cache], cache_position: torch.Tensor, query_length: int,
-                    every_slot: bool = False) -> int:
+                    every_slot: bool = False, slots: Optional[list] = None) -> int:
     """How many cache slots self-attention reads once this step's states are stored.
 
     A growing cache holds exactly those; a preallocated one is read only up to the last slot written
     now, since the slots past every query's own are masked anyway. ``every_slot`` reads all of them, for
-    attention weights as wide as the reference's.
+    attention weights as wide as the reference's. ``slots``: ``cache_position.tolist()``, if the caller
+    has it.
     """
     if cache is None:
         return query_length
     length = cache.get_mask_sizes(query_length)[0]
     if cache.get_max_length() is not None and not every_slot and cache_position.numel():
-        length = min(length, int(cache_position.max()) + 1)
+        last = max(slots) if slots is not None else int(cache_position.max())
+        length = min(length, last + 1)
     return length
 
 
@@ -333,19 +335,25 @@ def prepare_generation_inputs(
     positions get 1, a harmless value that attention masks out anyway); ``positions=False`` derives none,
     for models that read no positions (ALiBi's MPT).
     """
-    if past_key_values is None:
-        past = 0
-    elif isinstance(past_key_values, Cache):
-        past = past_key_values.get_seq_length()
-    else:
-        past = past_key_values[0][0].shape[-2]
+    # How much the cache holds is asked only where the answer matters (no cache_position, or embeddings
+    # given): a preallocated cache counts its written slots with a tensor reduction, which a decoding step
+    # need not pay for. Given cache_position, the ids it names are fed.
+    past = None
+    if cache_position is None or inputs_embeds is not None:
+        if past_key_values is None:
+            past = 0
+        elif isinstance(past_key_values, Cache):
+            past = past_key_values.get_seq_length()
+        else:
+            past = past_key_values[0][0].shape[-2]
     if cache_position is None:
         cache_position = torch.arange(past, input_ids.shape[1], device=input_ids.device)
-    if past_key_values is not None and past > 0:
+    if past_key_values is not None:
         if inputs_embeds is not None:
-            input_ids = input_ids[:, -cache_position.shape[0]:]
+            if past > 0:
+                input_ids = input_ids[:, -cache_position.shape[0]:]
         elif input_ids.shape[1] != cache_position.shape[0]:
-            input_ids = input_ids[:, cache_position.to(input_ids.device)]
+            input_ids = input_ids.index_select(1, cache_position.to(input_ids.device))
     if position_ids is None and attention_mask is not None and positions:
         position_ids = attention_mask.long().cumsum(-1) - 1
         position_ids = position_ids.masked_fill(attention_mask == 0, 1)

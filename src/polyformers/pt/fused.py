@@ -232,7 +232,7 @@ def alibi_blocks(model, hidden: torch.Tensor, bias: torch.Tensor, inputs) -> Opt
     cache = inputs.cache
     eps, scale, heads = plan.settings
     return kernels.ops().alibi_blocks(hidden, plan.tensors, plan.layout, cache.key_cache, cache.value_cache,
-                                      cache._written, int(inputs.cache_position), bias, scale, eps, heads)
+                                      cache._written, inputs.slots[0], bias, scale, eps, heads)
 
 
 def rotary_blocks(model, hidden: torch.Tensor, rotation: torch.Tensor, mask, inputs) -> Optional[torch.Tensor]:
@@ -246,7 +246,7 @@ def rotary_blocks(model, hidden: torch.Tensor, rotation: torch.Tensor, mask, inp
     plan = _step_plan(model, model.h, "h", _gptj_block, hidden, inputs)
     if plan is None:
         return None
-    slot = int(inputs.cache_position)
+    slot = inputs.slots[0]
     if mask.key_length != slot + 1:
         return None
     cache = inputs.cache

@@ -189,19 +189,21 @@ def decoder_self_attention_mask(
     key_length: int,
     dtype: torch.dtype,
     explicit: bool = False,
+    slots: Optional[list] = None,
 ) -> CausalMask:
     """A decoder's self-attention mask over ``key_length`` cache slots.
 
     Without padding among those slots no mask is built where none is needed: a single query that sees
     every slot (a decoding step) needs none, and a prompt filling the slots from the first needs only the
     fused kernel's own causal mask. Otherwise, or with ``explicit``, the mask of :func:`cached_causal_mask`.
+    ``slots``: ``cache_position.tolist()`` if the caller has it (:class:`DecoderInputs` does).
     """
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.shape[-1] > key_length:
         attention_mask = attention_mask[:, :key_length]
     padded = attention_mask is not None and (attention_mask.shape[-1] < key_length or not bool(attention_mask.all()))
     if not explicit and not padded:
         length = cache_position.shape[0]
-        ends = (cache_position if length <= 2 else cache_position[[0, -1]]).tolist()
+        ends = slots if slots is not None else (cache_position if length <= 2 else cache_position[[0, -1]]).tolist()
         first, last = ends[0], ends[-1]
         if length == 1 and last + 1 >= key_length:
             return CausalMask(None, False, key_length)
@@ -814,7 +816,8 @@ def last_token_classifier_output(logits: torch.Tensor, input_ids, labels, body, 
 class DecoderInputs(NamedTuple):
     """What a decoder's forward works from: the input embeddings, the cache (None without one; legacy
     when the caller gave tuples and expects tuples back), each query's cache slot, how many slots
-    self-attention reads, the call's output flags and whether the blocks run under activation checkpointing."""
+    self-attention reads, the call's output flags, whether the blocks run under activation checkpointing,
+    and for a decoding step its slots as Python ints."""
 
     inputs_embeds: torch.Tensor
     cache: Optional[Cache]
@@ -825,6 +828,7 @@ class DecoderInputs(NamedTuple):
     output_hidden_states: bool
     return_dict: bool
     checkpointing: bool
+    slots: Optional[list] = None  # cache_position as Python ints, when it holds one or two
 
 
 def decoder_inputs(
@@ -865,16 +869,18 @@ def decoder_inputs(
             raise
     length = inputs_embeds.shape[1]
     cache, legacy = as_cache(past_key_values, use_cache)
-    past = cache.get_seq_length() if cache is not None else 0
     if cache_position is None:
+        past = cache.get_seq_length() if cache is not None else 0
         cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
     cache_position = cache_position.to(inputs_embeds.device)
+    # A decoding step's slots, read out once: the attended length, the mask and the compiled step need them.
+    slots = cache_position.tolist() if cache_position.numel() <= 2 else None
     key_length = cache.get_mask_sizes(length)[0] if cache is not None else length
     check_decoder_mask(attention_mask, inputs_embeds.shape[0], key_length,
                        preallocated=cache is not None and cache.get_max_length() is not None)
-    key_length = attended_length(cache, cache_position, length, every_slot=output_attentions)
+    key_length = attended_length(cache, cache_position, length, every_slot=output_attentions, slots=slots)
     return DecoderInputs(inputs_embeds, cache, legacy, cache_position, key_length, output_attentions,
-                         output_hidden_states, return_dict, checkpointing)
+                         output_hidden_states, return_dict, checkpointing, slots)
 
 
 def run_blocks(blocks, hidden: torch.Tensor, args: tuple, inputs: DecoderInputs):

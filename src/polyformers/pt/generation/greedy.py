@@ -51,8 +51,8 @@ def sample(model, input_ids, config, processors, warpers, criteria, streamer, mo
         record.step(scores, outputs)
         input_ids = append_tokens(input_ids, next_tokens, None if every else unfinished, pad, streamer)
         model_kwargs = model._update_model_kwargs(outputs, model_kwargs, is_encoder_decoder)
-        done = criteria(input_ids, record.scores)
-        if bool(done.any()):  # until a sequence finishes, one check a step
+        done = criteria.rows_done(input_ids, record.scores)
+        if done is not None and bool(done.any()):  # until a sequence finishes, one check a step at most
             unfinished = unfinished & ~done
             every = False
             if not bool(unfinished.any()):

@@ -33,6 +33,10 @@ class MaxLengthCriteria(StoppingCriteria):
         self._warned = False
 
     def __call__(self, input_ids, scores, **kwargs):
+        return _every_row(input_ids, self.reached(input_ids))
+
+    def reached(self, input_ids) -> bool:
+        """Whether every sequence is done (they all have the same length)."""
         length = input_ids.shape[-1]
         done = length >= self.max_length
         limit = self.max_position_embeddings
@@ -41,7 +45,7 @@ class MaxLengthCriteria(StoppingCriteria):
             logger.warning(
                 "generation goes past the model's max_position_embeddings (%d); the model may fail or degrade", limit
             )
-        return _every_row(input_ids, done)
+        return done
 
 
 class MaxTimeCriteria(StoppingCriteria):
@@ -114,15 +118,25 @@ class StoppingCriteriaList(list):
     """Criteria combined: a sequence is done when any criterion says so."""
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        done = None
+        done = self.rows_done(input_ids, scores, **kwargs)
+        return _every_row(input_ids, False) if done is None else done
+
+    def rows_done(self, input_ids, scores, **kwargs) -> Optional[torch.Tensor]:
+        """What calling the list returns, or None where that would say no sequence is done: the decoding
+        loop's check, which asks the maximum length without building a tensor (a step of a small model
+        spends tens of microseconds on each tensor operation). Every criterion is asked, as a call asks."""
+        done, every = None, False
         for criterion in self:
+            if type(criterion) is MaxLengthCriteria:
+                every = criterion.reached(input_ids) or every
+                continue
             result = criterion(input_ids, scores, **kwargs)
             if isinstance(result, torch.Tensor) and result.dim() > 0:
                 result = result.to(device=input_ids.device, dtype=torch.bool)
             else:
                 result = _every_row(input_ids, bool(result))
             done = result if done is None else done | result
-        return _every_row(input_ids, False) if done is None else done
+        return _every_row(input_ids, True) if every else done
 
     @property
     def max_length(self) -> Optional[int]:

@@ -134,7 +134,7 @@ class GPTJModel(GPTJPreTrainedModel):
         embeds = run.inputs_embeds
         position_ids = run.cache_position[None] if position_ids is None else position_ids.to(embeds.device)
         mask = L.decoder_self_attention_mask(attention_mask, run.cache_position, run.key_length, embeds.dtype,
-                                             explicit=run.output_attentions)
+                                             explicit=run.output_attentions, slots=run.slots)
         rotation = self.rotary(position_ids)
 
         hidden = embeds

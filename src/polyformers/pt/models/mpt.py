@@ -162,7 +162,7 @@ class MptModel(MptPreTrainedModel):
         # ALiBi needs an explicit bias, so the causal mask is explicit too, but for a decoding step
         # without padding, which needs none.
         causal = L.decoder_self_attention_mask(attention_mask, run.cache_position, run.key_length, torch.float32,
-                                               explicit=embeds.shape[1] > 1 or run.output_attentions)
+                                               explicit=embeds.shape[1] > 1 or run.output_attentions, slots=run.slots)
         if causal.bias is None and not causal.is_causal and embeds.shape[1] == 1:
             bias = self._last_query_alibi(run.key_length)  # a decoding step that sees every slot
         else:
