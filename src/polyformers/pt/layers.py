@@ -589,7 +589,9 @@ def keep_last_logits(hidden_states: torch.Tensor, logits_to_keep: Union[int, tor
         return hidden_states[:, logits_to_keep.to(hidden_states.device), :]
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
         raise ValueError(f"logits_to_keep must be an int >= 0 or a 1-D index tensor, got {logits_to_keep!r}")
-    return hidden_states[:, -logits_to_keep:, :] if logits_to_keep else hidden_states
+    if not logits_to_keep or logits_to_keep >= hidden_states.shape[1]:
+        return hidden_states  # (a decoding step's one position: no slice to make)
+    return hidden_states[:, -logits_to_keep:, :]
 
 
 def last_token_logits(logits: torch.Tensor, input_ids: Optional[torch.Tensor], pad_token_id: Optional[int]):
@@ -872,7 +874,8 @@ def decoder_inputs(
     if cache_position is None:
         past = cache.get_seq_length() if cache is not None else 0
         cache_position = torch.arange(past, past + length, device=inputs_embeds.device)
-    cache_position = cache_position.to(inputs_embeds.device)
+    if cache_position.device != inputs_embeds.device:
+        cache_position = cache_position.to(inputs_embeds.device)
     # A decoding step's slots, read out once: the attended length, the mask and the compiled step need them.
     slots = cache_position.tolist() if cache_position.numel() <= 2 else None
     key_length = cache.get_mask_sizes(length)[0] if cache is not None else length

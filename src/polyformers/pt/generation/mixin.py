@@ -27,6 +27,7 @@ import warnings
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ...generation_config import (
     UNSUPPORTED, FIELDS, GenerationConfig, reject_duplicate_processors, use_model_tokens, warper_plan,
@@ -519,11 +520,11 @@ class GenerationMixin:
         name = "decoder_attention_mask" if is_encoder_decoder else "attention_mask"
         mask = model_kwargs.get(name)
         if mask is not None:
-            model_kwargs[name] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            model_kwargs[name] = F.pad(mask, (0, 1), value=1)  # one column of ones, in one operation
         positions = model_kwargs.get("cache_position")
         if positions is not None:
             # With a cache only the new token is fed; without one the whole sequence is, every step.
-            following = positions[-1:] + 1
+            following = (positions if positions.shape[0] == 1 else positions[-1:]) + 1
             model_kwargs["cache_position"] = following if model_kwargs["past_key_values"] is not None else \
                 torch.cat([positions, following])
         return model_kwargs

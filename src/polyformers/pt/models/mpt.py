@@ -171,7 +171,8 @@ class MptModel(MptPreTrainedModel):
             # Summed in float32 and clamped: in float16 a masked slot's minimum plus a negative ALiBi term
             # would round to -inf, and a fully masked (padding) row would turn into NaNs.
             bias = (bias + causal.bias).clamp(min=torch.finfo(embeds.dtype).min)
-        bias = bias.to(embeds.dtype)
+        if bias.dtype != embeds.dtype:
+            bias = bias.to(embeds.dtype)
 
         # No embedding dropout: the reference ignores emb_pdrop.
         stepped = fused.alibi_blocks(self, embeds, bias, run)  # a decoding step in one compiled call
