@@ -581,29 +581,34 @@ def outside_products(model, prompt, new: int, repeat: int) -> tuple[float, float
     """Seconds of a greedy decoding step outside the products with the weights, with the blocks' compiled
     step and without it: the median over ``repeat`` rounds of (a step's time, from a ``generate`` of ``new``
     tokens) minus (the model's linear layers, every module with in and out features and no children, called
-    one after another on one row). GPT-J's q, k and v count as three products; its step makes one."""
+    one after another on one row). GPT-J's q, k and v are multiplied as its step does, in one stacked
+    product (``layers.stacked_linear``)."""
     import torch
 
     from polyformers.pt import fused
+    from polyformers.pt import layers as L
 
-    linears = [m for m in model.modules() if hasattr(m, "in_features") and hasattr(m, "out_features")
-               and not list(m.children())]
-    rows = [torch.randn(1, m.in_features) for m in linears]
+    groups = [(m.q_proj, m.k_proj, m.v_proj) for m in model.modules() if hasattr(m, "q_proj")]
+    grouped = {id(layer) for group in groups for layer in group}
+    calls = [(m, torch.randn(1, m.in_features)) for m in model.modules() if hasattr(m, "in_features")
+             and hasattr(m, "out_features") and not list(m.children()) and id(m) not in grouped]
+    calls += [(lambda row, group=group: L.stacked_linear(row, *group), torch.randn(1, group[0].in_features))
+              for group in groups]
     outside = {True: [], False: []}
     with torch.inference_mode():
         for _ in range(repeat):
             start = time.perf_counter()
             for _ in range(5):
-                for layer, row in zip(linears, rows):
-                    layer(row)
-            products = (time.perf_counter() - start) / 5
+                for call, row in calls:
+                    call(row)
+            products_s = (time.perf_counter() - start) / 5
             for compiled in (True, False):
                 fused.ENABLED = compiled
                 try:
                     start = time.perf_counter()
                     model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                    min_new_tokens=new, do_sample=False)
-                    outside[compiled].append((time.perf_counter() - start) / new - products)
+                    outside[compiled].append((time.perf_counter() - start) / new - products_s)
                 finally:
                     fused.ENABLED = True
     return statistics.median(outside[True]), statistics.median(outside[False])
