@@ -62,15 +62,20 @@ def split():
 
 
 def test_each_way_has_its_layers(split):
-    _, model = split
+    reference, model = split
     assert isinstance(model, ShortRowsSplit) and model.config is model.long.config and not model.training
     long_layers = dict(model.long.named_modules())
+    float32 = dict(reference.named_modules())
     for name, layer in model.short.named_modules():
-        if name.endswith(("attn.q", "attn.k", "attn.v", "attn.o", "intermediate.dense")):
+        if name.endswith(("attn.q", "attn.k", "attn.v", "attn.o")):
             assert isinstance(layer, Bf16Linear) and isinstance(long_layers[name], Int8Linear), name
+        if name.endswith("intermediate.dense"):  # the feed-forward input (intermediate_size outputs)
+            assert type(layer) is type(float32[name]) and isinstance(long_layers[name], Int8Linear), name
+            assert torch.equal(layer.weight, float32[name].weight) and layer.weight.dtype == torch.float32
         if name.endswith("output.dense"):  # the feed-forward output (intermediate_size inputs): one layer
             assert isinstance(layer, Bf16Linear) and long_layers[name] is layer, name
-    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(n.startswith("short.") and n.endswith("intermediate.dense") for n in linears), linears
     assert model.short.embeddings is not model.long.embeddings
     assert model.short.embeddings.word_embeddings.weight is model.long.embeddings.word_embeddings.weight
     assert not any(p.requires_grad for p in model.parameters())
