@@ -261,7 +261,10 @@ def test_the_operators_name_the_argument_the_expected_and_the_given():
         (lambda: ops.linear_i4(x, packed, pairs, torch.zeros(15), 64, 16),
          "bias: expected a contiguous float32 vector of 16"),
         (lambda: ops.linear_i4(x, packed, pairs, None, 64, 40),
-         "weight: expected a contiguous uint8 tensor of shape (5, 1, 8, 32)"),
+         "weight: expected a contiguous uint8 tensor of shape (3, 2, 4, 16, 4)"),
+        (lambda: ops.linear_i4(x, packed, torch.cat([pairs, pairs[:, :1]], 1), None, 64, 16),  # 3 groups of 64
+         "scale_offset: expected a contiguous bfloat16 tensor of shape (1, groups, 2, 16), groups dividing 2, "
+         "given BFloat16 [1, 3, 2, 16]"),
         (lambda: ops.linear_i4(x, packed, pairs, None, 0, 16),
          "expected in_features and out_features > 0, given 0 and 16"),
         (lambda: ops.linear_bf16(x, torch.randn(16, 64), None), "weight: expected a contiguous 2-D BFloat16 tensor"),
@@ -284,3 +287,35 @@ def test_the_operators_name_the_argument_the_expected_and_the_given():
         with pytest.raises(RuntimeError) as caught:
             call()
         assert message in str(caught.value), (message, str(caught.value)[:300])
+
+
+def test_the_quantized_kernels_keep_the_weights_in_the_caches_only_where_they_all_fit(monkeypatch):
+    """The int8 and 4-bit kernels prefetch into the caches while the packed weights alive take at most half
+    the last-level cache, else non-temporally (rows.cpp's set_keep_weights): the same products either way."""
+    import gc
+
+    assert kernels.available(), kernels.why_not()
+    if os.path.exists("/sys/devices/system/cpu/cpu0/cache/index0/size"):
+        assert kernels.last_level_cache_bytes() >= 1 << 20
+    gc.collect()
+    base = kernels._held
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1024, 512)
+    x = torch.randn(3, 1024)
+    int4, int8 = Int4Linear.from_linear(linear, 32), Int8Linear.from_linear(linear)
+    packed = sum(t.numel() * t.element_size() for t in (*int4._kernel[1:], int8._rows[0]))
+    assert kernels._held == base + packed
+    monkeypatch.setattr(kernels, "_cache_bytes", 2 * (base + packed))  # they fit in half of it
+    kernels._update()
+    assert kernels.keeping_weights()
+    kept = int4(x), int8(x)
+    monkeypatch.setattr(kernels, "_cache_bytes", 2 * (base + packed) - 1)  # one byte too many
+    kernels._update()
+    assert not kernels.keeping_weights()
+    assert torch.equal(int4(x), kept[0]) and torch.equal(int8(x), kept[1])
+    monkeypatch.setattr(kernels, "_cache_bytes", 2 * base + packed)  # int8's weights freed: the rest fits
+    del int8
+    gc.collect()
+    assert kernels._held == base + packed - 1024 * 512 and kernels.keeping_weights()
+    monkeypatch.undo()
+    kernels._update()

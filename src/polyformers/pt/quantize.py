@@ -162,6 +162,7 @@ class Int8Linear(nn.Module):
         if kernels.available() and weight.shape[1] <= kernels.MAX_INT8_FEATURES:
             packed, sums = kernels.pack_i8(weight)
             packed = memory.in_huge_pages(packed)  # streamed once a token: see polyformers.pt.memory
+            kernels.hold(packed)  # (the kernel keeps it in the caches where all such weights fit)
             bias = None if bias is None else bias.float().contiguous()
             self._rows = (packed, scales.float().contiguous(), sums, bias)
         elif per_row:
@@ -472,6 +473,7 @@ class Int4Linear(nn.Module):
         q = _int4_unpack_nibbles(self.qweight)
         if kernels.available():
             self._kernel = ("rows", *map(memory.in_huge_pages, kernels.pack_i4(q, self.scales, self.offsets)))
+            kernels.hold(*self._kernel[1:])  # (the kernel keeps them in the caches where they all fit)
             return self
         scales, offsets = self.scales, self.offsets
         pad = -self.out_features % 16  # the kernel wants a multiple of 16 rows

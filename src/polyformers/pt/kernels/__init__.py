@@ -12,8 +12,10 @@ eight input rows with AVX-512: float32 weights and bfloat16 ones widened in regi
 and sums; oneDNN's float32 product of 2-8 rows reads 812 MB of matrices at 16-20 GB/s against 43 for one
 row, this one at 19-34), and 4-bit and int8 weights multiplied as integers with inputs rounded to 8 bits
 per row (VNNI), as llama.cpp's quantized paths do (``bench/decode_speed.py`` prints them beside torch's). The int8 one
-replaces fbgemm's, which it matches or beats at every row count while its non-temporal prefetches keep
-the weight stream out of the caches the rest of a decoding step uses.
+replaces fbgemm's, which it matches or beats at every row count. The int8 and 4-bit kernels prefetch the
+weights non-temporally, out of the caches the rest of a decoding step uses, unless the packed weights
+alive in the process fit in half the last-level cache (:func:`hold`): then into the caches, where the
+next token finds them (a CPU with hundreds of megabytes of L3 holds a small model's weights whole).
 
 What is left of a step once the weights stream fast is a dozen small operations per layer, and torch's
 attention, GELU and argmax carry fixed costs per call (buffers, thread splits, generic element-wise
@@ -41,6 +43,7 @@ import sysconfig
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -233,46 +236,106 @@ def ops():
 
 
 # ------------------------------------------------------------------------------------------------------
-# The packed 4-bit layout of rows.cpp: panels of eight output rows (padded with zero rows), within a panel
-# the first step of each row, then the second of each, and so on.
+# Whether the int8 and 4-bit kernels keep the weights in the caches (rows.cpp's set_keep_weights)
 
-PANEL = 8
+KEEP_FRACTION = 0.5
+"""The packed weights alive are prefetched into the caches while they take at most this part of the
+last-level cache (the rest holds the key/value cache, activations and other processes' data)."""
+
+_held = 0  # bytes of the packed weights alive (hold)
+_held_lock = threading.RLock()  # (reentrant: a finalizer may run in the middle of hold, at a collection)
+_keeping = False  # what set_keep_weights was told last
+_cache_bytes: Optional[int] = None
 
 
-def _panel_rows(t, rows: int):
-    """``t`` (rows, ...) padded with zeros to a multiple of :data:`PANEL` rows."""
-    import torch
+def last_level_cache_bytes() -> int:
+    """The size of this CPU's last-level cache as Linux reports it for CPU 0 (0 where it does not)."""
+    global _cache_bytes
+    if _cache_bytes is None:
+        _cache_bytes = 0
+        best_level = 0
+        for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+            try:
+                level = int((index / "level").read_text())
+                kind = (index / "type").read_text().strip()
+                size = (index / "size").read_text().strip()
+            except (OSError, ValueError):
+                continue
+            if kind in ("Unified", "Data") and level > best_level and size:
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+                try:
+                    _cache_bytes, best_level = int(size.rstrip("KMG")) * scale, level
+                except ValueError:
+                    continue
+    return _cache_bytes
 
-    padded = -(-rows // PANEL) * PANEL
-    if padded == rows:
-        return t.contiguous()
-    return torch.cat([t, t.new_zeros(padded - rows, *t.shape[1:])])
+
+def hold(*tensors) -> None:
+    """Count ``tensors`` (packed weights of the int8 and 4-bit kernels) as alive until they are freed, and
+    tell the kernels whether all such weights fit in :data:`KEEP_FRACTION` of the last-level cache, so that
+    their prefetches keep them there (see ``rows.cpp``)."""
+    global _held
+    with _held_lock:
+        for tensor in tensors:
+            nbytes = tensor.numel() * tensor.element_size()
+            _held += nbytes
+            weakref.finalize(tensor, _release, nbytes).atexit = False
+        _update()
+
+
+def _release(nbytes: int) -> None:
+    global _held
+    with _held_lock:
+        _held -= nbytes
+        _update()
+
+
+def keeping_weights() -> bool:
+    """Whether the int8 and 4-bit kernels now prefetch the weights into the caches (see :func:`hold`)."""
+    return _keeping
+
+
+def _update() -> None:
+    global _keeping
+    keep = 0 < _held <= KEEP_FRACTION * last_level_cache_bytes()
+    if keep != _keeping and _loaded:
+        ops().set_keep_weights(keep)
+        _keeping = keep
+
+
+# ------------------------------------------------------------------------------------------------------
+# The packed 4-bit layout of rows.cpp: panels of 16 output rows (padded with zero rows), each one stream of
+# blocks of 32 columns.
+
+PANEL_I4 = 16
 
 
 def pack_i4(q, scales, offsets):
     """4-bit integers ``q`` (out, in) in 0..15 and their (out, in / group) ``scales`` and ``offsets`` ->
-    (packed weight, packed scale-offset pairs), the arguments of ``linear_i4``: steps of 64 weights (the
-    columns padded with zero weights to a multiple of 64), 32 bytes, byte j holding weight j in its low
-    nibble and weight j + 32 in its high one; per step and panel, the eight rows' scales of the step's two
-    halves, then their offsets, in bfloat16."""
+    (packed weight, packed scale-offset pairs), the arguments of ``linear_i4``. The weight: per panel of
+    16 rows and block of 32 columns, four vectors of 16 rows' four bytes, vector v's bytes holding
+    columns 8v..8v+3 in their low nibbles and 8v+4..8v+7 in their high ones: shape (panels, in / 32, 4, 16,
+    4). The pairs: per panel and group, the 16 rows' scales, then their offsets, in bfloat16: shape
+    (panels, groups, 2, 16). ``in`` is a multiple of the group size, itself a multiple of 32."""
     import torch
 
     out_features, in_features = q.shape
-    group = in_features // scales.shape[1]
-    steps = -(-in_features // 64)
-    wide = torch.zeros(out_features, steps * 64, dtype=torch.uint8)
-    wide[:, :in_features] = q.to(torch.uint8)
-    halves = wide.view(out_features, steps, 2, 32)
-    nibbles = halves[:, :, 0] | (halves[:, :, 1] << 4)  # (out, steps, 32)
-    packed = _panel_rows(nibbles, out_features).view(-1, PANEL, steps, 32).transpose(1, 2).contiguous()
-    # per half-step (32 weights): its group's scale and offset
-    half_group = (torch.arange(steps * 2) * 32) // group
-    valid = (torch.arange(steps * 2) * 32) < in_features
-    s = torch.where(valid, scales[:, half_group.clamp(max=scales.shape[1] - 1)], 0.0)  # (out, steps*2)
-    o = torch.where(valid, offsets[:, half_group.clamp(max=scales.shape[1] - 1)], 0.0)
-    both = torch.stack([s.view(out_features, steps, 2), o.view(out_features, steps, 2)], dim=2)  # (out, steps, 2, 2)
-    both = _panel_rows(both.to(torch.bfloat16), out_features).view(-1, PANEL, steps, 2, 2)
-    return packed, both.permute(0, 2, 3, 1, 4).contiguous()  # (panels, steps, 2 [scale|offset], 8, 2)
+    groups = scales.shape[1]
+    if in_features % 32 or in_features % groups or (in_features // groups) % 32:
+        raise ValueError(f"pack_i4: expected in_features a multiple of a group size that is a multiple of 32, "
+                         f"given {in_features} features in {groups} groups")
+    panels = -(-out_features // PANEL_I4)
+    rows = panels * PANEL_I4
+    wide = torch.zeros(rows, in_features, dtype=torch.uint8)
+    wide[:out_features] = q.to(torch.uint8)
+    # (panels, row, block, vector, low|high, byte)
+    parts = wide.view(panels, PANEL_I4, in_features // 32, 4, 2, 4)
+    nibbles = parts[:, :, :, :, 0] | (parts[:, :, :, :, 1] << 4)  # (panels, row, block, vector, byte)
+    packed = nibbles.permute(0, 2, 3, 1, 4).contiguous()
+    both = torch.zeros(rows, 2, groups, dtype=torch.bfloat16)
+    both[:out_features, 0], both[:out_features, 1] = scales, offsets
+    pairs = both.view(panels, PANEL_I4, 2, groups).permute(0, 3, 2, 1).contiguous()
+    return packed, pairs
 
 
 PANEL_I8 = 32

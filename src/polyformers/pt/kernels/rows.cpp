@@ -7,7 +7,7 @@
 //   linear_i4(x, w uint8 packed, scale_offset bfloat16 packed, bias?, K, N)
 //       4-bit weights, w = (q - 8) * scale + offset per group; the inputs rounded to 8 bits per row and
 //       multiplied by the 4-bit integers with AVX-512 VNNI, the group's scale and offset applied to the
-//       integer sums in float32 (the packed layout is described below and made by
+//       group's integer sums in float32 (the packed layout is described below and made by
 //       polyformers.pt.kernels.pack_i4)
 //   linear_i8(x, w int8 packed, scales, sums, bias?, K, N)
 //       int8 weights with one scale per output row; each input row rounded onto 0..255 over its own
@@ -26,6 +26,7 @@
 #include "vector_math.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -131,75 +132,98 @@ void row_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, int6
 }
 
 // ---- packed 4-bit weights -------------------------------------------------------------------------------
-// Stored in panels of eight output rows (the rows padded to a multiple of eight with zero weights):
-// within a panel, the first step of each of the eight rows, then the second step of each, and so on, so
-// that a pass over a panel reads one contiguous stream, where rows side by side would be eight short
-// ones. A step is 64 weights (32 bytes). A pass over fewer than eight rows (R = 4 or 2, when more input
-// rows take the registers) reads its rows' parts of each step.
+// Stored in panels of 16 output rows (the rows padded to a multiple of 16 with zero weights and scales),
+// each one contiguous stream: for each block of 32 columns, four vectors of 64 bytes, vector v holding in
+// lane i (row i of the panel) columns 8v..8v+3 of the row in its four bytes' low nibbles and 8v+4..8v+7 in
+// their high ones. So one vpdpbusd multiplies a vector's low (or high) nibbles by four input values,
+// broadcast, into the 16 rows' sums at once: no horizontal sums, and each input value is read once per
+// panel and input row. The sums stay integers over a whole group (32 to 128 columns) and take the group's
+// scale and offset once; scale_offset holds, per panel and group, the 16 rows' scales, then their offsets,
+// in bfloat16. With x ~ s_x * u (u int8 per row) and w = (q - 8) * scale + offset:
+//   sum_k x_k w_k = s_x * sum over groups g of [scale_g * sum_{k in g} u_k q_k
+//                                               + (offset_g - 8 scale_g) * sum_{k in g} u_k],
+// the last sum computed once per call and group (usums).
 
-constexpr int64_t kPanel = 8;
+constexpr int64_t kPanelI4 = 16;
+constexpr int64_t kBlockI4 = 32;  // columns of a block: four vectors, 256 bytes
 
 // How far ahead of a pass's reads its prefetches go: enough to cover the memory's latency at its
-// bandwidth. (Past a panel's end, they reach the next panel's first steps.) The prefetches are
-// non-temporal: each weight is read once a token, and keeping it out of the outer caches leaves the step's
-// key/value cache, activations and code there for the operations between the products. Measured on the
-// reduced MPT: a 4096 x 4096 matrix streams at 32-35 GB/s against 23-29 with prefetches into the second
-// level, and a whole 4-bit decoding step takes 0.7 ms (8%) less.
+// bandwidth. (Past a panel's end, they reach the next panel's first blocks.)
 constexpr int kAhead = 4096;
+
+// Where the prefetches put the weights, as set_keep_weights said last (polyformers.pt.kernels decides, from
+// the bytes of packed weights alive against the last-level cache):
+// - false (the default): non-temporal, for weights that do not fit in the last-level cache. Each weight is
+//   read once a token; kept out of the outer caches, it leaves the step's key/value cache, activations and
+//   code there for the operations between the products. Measured on the reduced MPT (a 2-core AMD EPYC,
+//   32 MB of L3): a 4096 x 4096 matrix streams at 32-35 GB/s against 23-29 with prefetches into the second
+//   level, and a whole 4-bit decoding step takes 0.7 ms (8%) less.
+// - true: into every level, for weights that fit in it: a non-temporal prefetch is not kept in the last
+//   level either, so every token read them from memory again. Measured on the reduced MPT (a 2-core Xeon
+//   that sees 480 MB of L3): int8 58 -> 153 tokens/s, 4-bit 103 -> 249.
+std::atomic<bool> keep_weights{false};
+
+void set_keep_weights(bool keep) { keep_weights.store(keep, std::memory_order_relaxed); }
 
 // (Bytes: what a pass reads of each step, so the prefetches keep pace with the reads.)
 template <int Bytes>
-inline void prefetch_ahead(const void* step) {
+inline void prefetch_ahead(const void* step, bool keep) {
   const char* p = static_cast<const char*>(step) + kAhead;
-  for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_NTA);
+  if (keep) {
+    for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
+  } else {
+    for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_NTA);
+  }
 }
 
-// A step is 64 weights of a row (the columns padded with zero weights to a multiple of 64), 32 bytes:
-// byte j holds weight j in its low nibble and weight j + 32 in its high one; so after vpdpbusd's sums of
-// four neighbouring products, lanes 0-7 hold the first 32 weights' (one group of 32, or half of a larger
-// one) and lanes 8-15 the last 32's. scale_offset holds, per step and panel, the eight rows' scales of
-// the step's two halves, then their offsets, all bfloat16. With x ~ s_x * u (u int8 per row):
-//   sum_k x_k w_k = s_x * sum over half-steps h of
-//                   [scale_h * sum_{k in h} u_k q_k + (offset_h - 8 scale_h) * sum_{k in h} u_k],
-// the last sum computed once per call (usums, per lane).
-
-template <int M, int R>
-void i4_pass(const int8_t* u, const float* usums, const float* x_scale, int64_t steps, const uint8_t* w,
-             const at::BFloat16* so, int64_t n, int64_t rows, float* y, int64_t N, const float* bias) {
-  alignas(64) int32_t lanes[R][16];
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < 16; ++i) lanes[r][i] = static_cast<int32_t>(2 * (n % kPanel + r) + (i >= 8));
+template <int M>
+void i4_panel(const int8_t* u, const float* usums, const float* x_scale, int64_t K, int64_t groups,
+              const uint8_t* w, const at::BFloat16* so, int64_t n, float* y, int64_t N, const float* bias,
+              bool keep) {
+  // A independent integer sums per input row, taken in turn by the vectors, to keep enough chains of
+  // vpdpbusd in flight for a few input rows
+  constexpr int A = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  const int64_t blocks = K / kBlockI4 / groups;  // per group
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   const __m512 minus8 = _mm512_set1_ps(-8.0f);
-  __m512 acc[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  const uint8_t* first = w + (n / kPanel) * kPanel * steps * 32 + (n % kPanel) * 32;
-  const at::BFloat16* pairs = so + (n / kPanel) * kPanel * steps * 4;
-  for (int64_t k = 0; k < steps; ++k) {
-    const uint8_t* step = first + k * kPanel * 32;
-    prefetch_ahead<R * 32>(step);
-    const __m512 scales = BF16::load(pairs + k * kPanel * 4);
-    const __m512 offsets = BF16::load(pairs + k * kPanel * 4 + 16);
-    // (the inputs are read from the first-level cache for each row: kept in registers, eight input rows'
-    // would crowd out the accumulators)
-    for (int r = 0; r < R; ++r) {
-      __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(step + r * 32)));
-      q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 4), nibble);
-      const __m512i at = _mm512_load_si512(lanes[r]);
-      const __m512 scale = _mm512_permutexvar_ps(at, scales);
-      const __m512 zero_point = _mm512_fmadd_ps(scale, minus8, _mm512_permutexvar_ps(at, offsets));
-      for (int m = 0; m < M; ++m) {
-        const __m512i inputs = _mm512_loadu_si512(u + m * steps * 64 + k * 64);
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, inputs);
-        acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m][r]);
-        acc[m][r] = _mm512_fmadd_ps(zero_point, _mm512_loadu_ps(usums + m * steps * 16 + k * 16), acc[m][r]);
+  __m512 acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  const uint8_t* block = w + (n / kPanelI4) * K * (kPanelI4 / 2);
+  const at::BFloat16* pairs = so + (n / kPanelI4) * groups * 2 * kPanelI4;
+  const int8_t* col = u;
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i dot[M][A];
+    for (int m = 0; m < M; ++m)
+      for (int a = 0; a < A; ++a) dot[m][a] = _mm512_setzero_si512();
+    for (int64_t b = 0; b < blocks; ++b, block += 256, col += kBlockI4) {
+      prefetch_ahead<256>(block, keep);
+      for (int v = 0; v < 4; ++v) {
+        const __m512i raw = _mm512_loadu_si512(block + 64 * v);
+        const __m512i low = _mm512_and_si512(raw, nibble);
+        const __m512i high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+        for (int m = 0; m < M; ++m) {
+          int32_t four[2];
+          std::memcpy(four, col + m * K + 8 * v, 8);
+          __m512i& d0 = dot[m][(2 * v) % A];
+          __m512i& d1 = dot[m][(2 * v + 1) % A];
+          d0 = _mm512_dpbusd_epi32(d0, low, _mm512_set1_epi32(four[0]));
+          d1 = _mm512_dpbusd_epi32(d1, high, _mm512_set1_epi32(four[1]));
+        }
       }
     }
+    const __m512 scale = BF16::load(pairs + g * 2 * kPanelI4);
+    const __m512 zero_point = _mm512_fmadd_ps(scale, minus8, BF16::load(pairs + g * 2 * kPanelI4 + kPanelI4));
+    for (int m = 0; m < M; ++m) {
+      __m512i d = dot[m][0];
+      for (int a = 1; a < A; ++a) d = _mm512_add_epi32(d, dot[m][a]);
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scale, acc[m]);
+      acc[m] = _mm512_fmadd_ps(zero_point, _mm512_set1_ps(usums[m * groups + g]), acc[m]);
+    }
   }
+  const __mmask16 mask = n + kPanelI4 <= N ? __mmask16(0xFFFF) : tail_mask(N - n);
+  const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
   for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R && r < rows; ++r)
-      y[m * N + n + r] = x_scale[m] * _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
+    _mm512_mask_storeu_ps(y + m * N + n, mask, _mm512_fmadd_ps(_mm512_set1_ps(x_scale[m]), acc[m], b));
 }
 
 // ---- int8 weights -------------------------------------------------------------------------------------
@@ -219,7 +243,8 @@ constexpr int64_t kI8Step = 16;  // columns per unrolled step: four quads
 
 template <int M>
 void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, const float* low,
-              const float* size, const float* scales, const float* sums, const float* bias, float* y, int64_t N) {
+              const float* size, const float* scales, const float* sums, const float* bias, float* y, int64_t N,
+              bool keep) {
   // S sets of sums taken in turn by the quads, to keep enough independent chains for a few input rows
   constexpr int S = M <= 4 ? 2 : 1;
   __m512i acc[S][M][2];
@@ -227,7 +252,7 @@ void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, cons
     for (int m = 0; m < M; ++m) acc[s][m][0] = acc[s][m][1] = _mm512_setzero_si512();
   for (int64_t k = 0; k < Kp; k += kI8Step) {
     const int8_t* step = panel + k * kPanelI8;  // 4 quads of 128 bytes
-    prefetch_ahead<4 * 128>(step);
+    prefetch_ahead<4 * 128>(step, keep);
     for (int quad = 0; quad < 4; ++quad) {
       const __m512i w0 = _mm512_loadu_si512(step + quad * 128);
       const __m512i w1 = _mm512_loadu_si512(step + quad * 128 + 64);
@@ -345,21 +370,22 @@ at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& w, const c10::optio
   return float_linear<F32>("linear_f32", x, w, bias, at::kFloat);
 }
 
-int64_t panels(int64_t N) { return (N + kPanel - 1) / kPanel; }
+int64_t panels_i4(int64_t N) { return (N + kPanelI4 - 1) / kPanelI4; }
 int64_t panels_i8(int64_t N) { return (N + kPanelI8 - 1) / kPanelI8; }
 
 struct I4Pass {
-  const int8_t* u; const float* usums; const float* xs; int64_t steps; const uint8_t* w; const at::BFloat16* so;
-  const float* b; float* y; int64_t N;
-  template <int M> static constexpr int rows() { return M <= 2 ? 8 : M <= 4 ? 4 : 2; }
-  template <int M, int R> void run(int64_t m0, int64_t n, int64_t rows) const {
-    i4_pass<M, R>(u + m0 * steps * 64, usums + m0 * steps * 16, xs + m0, steps, w, so, n, rows, y + m0 * N, N, b);
+  const int8_t* u; const float* usums; const float* xs; int64_t K, groups; const uint8_t* w;
+  const at::BFloat16* so; const float* b; float* y; int64_t N; bool keep;
+  template <int M> static constexpr int rows() { return kPanelI4; }
+  template <int M, int R> void run(int64_t m0, int64_t n, int64_t) const {
+    i4_panel<M>(u + m0 * K, usums + m0 * groups, xs + m0, K, groups, w, so, n, y + m0 * N, N, b, keep);
   }
 };
 
-// x rounded to 8 bits per row: u = round(x / s) with s = max|x| / 127, zero past K up to the padded width
-// Kp; usums: the sums of each four neighbouring u (a VNNI lane's inputs), as floats.
-void round_rows(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* u, float* usums, float* scales) {
+// x rounded to 8 bits per row: u = round(x / s) with s = max|x| / 127; usums: the sums of u over each
+// group of columns, as floats.
+void round_rows(const float* x, int64_t M, int64_t K, int64_t groups, int8_t* u, float* usums, float* scales) {
+  const int64_t group = K / groups;
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     __m512 top = _mm512_setzero_ps();
@@ -370,44 +396,46 @@ void round_rows(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* u, flo
     const float scale = amax > 0 ? amax / 127.0f : 1.0f;
     scales[m] = scale;
     const __m512 inv = _mm512_set1_ps(1.0f / scale);
-    int8_t* out = u + m * Kp;
-    for (k = 0; k < Kp; k += 16) {
-      const __mmask16 mask = k + 16 <= K ? __mmask16(0xFFFF) : k < K ? tail_mask(K - k) : __mmask16(0);
-      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + k), inv));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(q));
+    int8_t* out = u + m * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i sum = _mm512_setzero_si512();
+      for (k = g * group; k < (g + 1) * group; k += 16) {  // group: a multiple of 32
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), inv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(q));
+        sum = _mm512_add_epi32(sum, q);
+      }
+      usums[m * groups + g] = float(_mm512_reduce_add_epi32(sum));
     }
-    for (int64_t lane = 0; lane < Kp / 4; ++lane)
-      usums[m * (Kp / 4) + lane] =
-          float(int(out[4 * lane]) + out[4 * lane + 1] + out[4 * lane + 2] + out[4 * lane + 3]);
   }
 }
 
 at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& so,
-                     const c10::optional<at::Tensor>& bias,
-                      int64_t K, int64_t N) {
+                     const c10::optional<at::Tensor>& bias, int64_t K, int64_t N) {
   const char* op = "linear_i4";
-  const int64_t steps = (K + 63) / 64;
   TORCH_CHECK(K > 0 && N > 0, op, ": expected in_features and out_features > 0, given ", K, " and ", N);
+  TORCH_CHECK(K % kBlockI4 == 0, op, ": expected in_features a multiple of ", kBlockI4, ", given ", K);
   TORCH_CHECK(w.scalar_type() == at::kByte && w.is_contiguous() &&
-                  w.sizes() == at::IntArrayRef({panels(N), steps, kPanel, 32}),
-              op, ": weight: expected a contiguous uint8 tensor of shape (", panels(N), ", ", steps, ", 8, 32), given ",
-              w.scalar_type(), " ", w.sizes());
-  TORCH_CHECK(so.scalar_type() == at::kBFloat16 && so.is_contiguous() &&
-                  so.sizes() == at::IntArrayRef({panels(N), steps, 2, kPanel, 2}),
-              op, ": scale_offset: expected a contiguous bfloat16 tensor of shape (", panels(N), ", ", steps,
-              ", 2, 8, 2), given ", so.scalar_type(), " ", so.sizes());
+                  w.sizes() == at::IntArrayRef({panels_i4(N), K / kBlockI4, 4, kPanelI4, 4}),
+              op, ": weight: expected a contiguous uint8 tensor of shape (", panels_i4(N), ", ", K / kBlockI4,
+              ", 4, 16, 4), given ", w.scalar_type(), " ", w.sizes());
+  const int64_t groups = so.dim() == 4 ? so.size(1) : 0;
+  TORCH_CHECK(so.scalar_type() == at::kBFloat16 && so.is_contiguous() && groups > 0 &&
+                  so.sizes() == at::IntArrayRef({panels_i4(N), groups, 2, kPanelI4}) &&
+                  K % (groups * kBlockI4) == 0,
+              op, ": scale_offset: expected a contiguous bfloat16 tensor of shape (", panels_i4(N),
+              ", groups, 2, 16), groups dividing ", K / kBlockI4, ", given ", so.scalar_type(), " ", so.sizes());
   check_input(op, x_in, K);
   check_bias(op, bias, N);
   const at::Tensor x = x_in.contiguous();
   const int64_t M = x.size(0);
-  at::Tensor u = at::empty({M, steps * 64}, x.options().dtype(at::kChar));
-  at::Tensor usums = at::empty({M, steps * 16}, x.options());
+  at::Tensor u = at::empty({M, K}, x.options().dtype(at::kChar));
+  at::Tensor usums = at::empty({M, groups}, x.options());
   at::Tensor xs = at::empty({M}, x.options());
-  round_rows(x.data_ptr<float>(), M, K, steps * 64, u.data_ptr<int8_t>(), usums.data_ptr<float>(),
-             xs.data_ptr<float>());
+  round_rows(x.data_ptr<float>(), M, K, groups, u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>());
   at::Tensor y = at::empty({M, N}, x.options());
-  const I4Pass pass{u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>(), steps, w.data_ptr<uint8_t>(),
-                     so.data_ptr<at::BFloat16>(), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), N};
+  const I4Pass pass{u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>(), K, groups,
+                    w.data_ptr<uint8_t>(), so.data_ptr<at::BFloat16>(), bias ? bias->data_ptr<float>() : nullptr,
+                    y.data_ptr<float>(), N, keep_weights.load(std::memory_order_relaxed)};
   over_rows(M, N, pass);
   return y;
 }
@@ -482,11 +510,12 @@ at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   const float* sump = sums.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
+  const bool keep = keep_weights.load(std::memory_order_relaxed);
   over_tiles(M, [&](auto tag, int64_t m0) {
     at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p)
         i8_panel<decltype(tag)::value>(up + m0 * Kp, Kp, wp + p * kPanelI8 * Kp, p * kPanelI8, lows + m0,
-                                       lows + M + m0, sp, sump, bp, yp + m0 * N, N);
+                                       lows + M + m0, sp, sump, bp, yp + m0 * N, N, keep);
     });
   });
   return y;
@@ -501,6 +530,7 @@ TORCH_LIBRARY(polyformers, m) {
         "int out_features) -> Tensor");
   m.def("linear_i8(Tensor x, Tensor weight, Tensor scales, Tensor sums, Tensor? bias, int in_features, "
         "int out_features) -> Tensor");
+  m.def("set_keep_weights(bool keep) -> ()", &set_keep_weights);
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
