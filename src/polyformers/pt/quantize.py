@@ -547,21 +547,19 @@ class Bf16Linear(nn.Module):
     (torch's CPU matmul has no float32 output for bfloat16 operands); inputs, outputs and the bias stay
     float32.
 
-    Half of float32's bytes per weight. Three kernels, by the number of rows:
+    Half of float32's bytes per weight. Two kernels, by the number of rows:
 
-    - one row (a decoding step, bound by reading the weights): torch's own vectorized bfloat16
-      matrix-vector kernel, which streams the weights at float32's rate in bytes, so in half its time.
-      torch sends bfloat16 matmuls to oneDNN whenever the CPU has bfloat16 arithmetic, and oneDNN's
-      product of one row with an unpacked (or even pre-packed) bfloat16 matrix reads it no faster than
-      float32 ones (per layer, one thread: 9-10 GB/s unpacked, 13-17 packed, 18-22 torch's kernel;
-      polyformers' kernel reads one row no faster); so
-      the call runs with oneDNN switched off (``torch.backends.mkldnn``, restored after the call). That
-      switch is process-wide: a float32 matmul of another thread at that instant takes torch's BLAS path
-      instead of oneDNN, with the same values up to the order of the sums.
-    - two to eight rows (a batch of decoding steps): polyformers' compiled kernel
-      (:mod:`polyformers.pt.kernels`), which reads the weights once for all the rows, where torch's
-      reads them at half its one-row rate; its float32 sum is returned unrounded. Without the kernels,
-      oneDNN, as for:
+    - one to eight rows (decoding steps, bound by reading the weights): polyformers' compiled kernel
+      (:mod:`polyformers.pt.kernels`), which reads the weights once for all the rows and returns the
+      float32 sum unrounded. One row was first left to torch's own vectorized bfloat16 matrix-vector
+      kernel (oneDNN's product of one row with a bfloat16 matrix reads it no faster than float32 ones, so
+      the call ran with oneDNN switched off): on a 2-core AMD EPYC both read one row at the same rate
+      (per layer, one thread, 18-22 GB/s), on a 2-core Xeon (AMX, 480 MB of L3) torch's reads 19-28 GB/s
+      and ours 28-55, and the reduced MPT decodes 29 -> 55 tokens/s. Without the kernels, one row still
+      takes torch's matrix-vector kernel with oneDNN off for the call (``torch.backends.mkldnn``, restored
+      after it; the switch is process-wide: a float32 matmul of another thread at that instant takes
+      torch's BLAS path instead of oneDNN, with the same values up to the order of the sums), and 2-8
+      rows oneDNN, as for:
     - more rows (prompts, encoders): oneDNN, whose AVX512-BF16 kernels (see :func:`has_native_bf16`) run
       about twice float32's matmul rate.
 
@@ -622,7 +620,7 @@ class Bf16Linear(nn.Module):
                              f"given shape {tuple(x.shape)}")
         x = x.to(torch.bfloat16)
         rows = x.numel() // self.in_features
-        if 1 < rows <= kernels.MAX_ROWS and kernels.available():
+        if 0 < rows <= kernels.MAX_ROWS and kernels.available():
             # polyformers' kernel: the weights read once for all the rows (see the class docstring)
             y = kernels.ops().linear_bf16(x.reshape(rows, self.in_features).float(), self.weight, self.bias)
             return y.view(*x.shape[:-1], self.out_features)

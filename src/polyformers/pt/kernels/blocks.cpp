@@ -24,7 +24,7 @@
 // integers per linear layer: its kind, in and out features. Kinds and their entries (unused ones None):
 //  -1 absent
 //   0 float32: weight, -, -, bias                 -> linear_f32
-//   1 bfloat16: weight, -, -, bias                -> torch's matrix-vector product (one row) or linear_bf16
+//   1 bfloat16: weight, -, -, bias                -> linear_bf16
 //   2 int8: packed weight, scales, row sums, bias -> linear_i8
 //   3 4-bit: packed weight, scale-offsets, -, bias -> linear_i4
 // (polyformers/pt/fused.py builds both lists and says which layers qualify.)
@@ -85,24 +85,8 @@ at::Tensor linear(const at::Tensor& x, const c10::List<Optional>& tensors, at::I
   switch (kind) {
     case kF32:
       return k.f32.call(x, *t0, bias);
-    case kBF16: {
-      const at::Tensor rounded = x.to(at::kBFloat16);
-      if (x.size(0) > 1) return k.bf16.call(rounded.to(at::kFloat), *t0, bias);
-      // One row: torch's own matrix-vector kernel, with oneDNN off for the call (as Bf16Linear does).
-      auto& context = at::globalContext();
-      const bool onednn = context.userEnabledMkldnn();
-      if (onednn) context.setUserEnabledMkldnn(false);
-      at::Tensor y;
-      try {
-        y = at::linear(rounded, *t0);
-      } catch (...) {
-        if (onednn) context.setUserEnabledMkldnn(true);
-        throw;
-      }
-      if (onednn) context.setUserEnabledMkldnn(true);
-      y = y.to(at::kFloat);
-      return bias ? y.add_(*bias) : y;
-    }
+    case kBF16:
+      return k.bf16.call(x.to(at::kBFloat16).to(at::kFloat), *t0, bias);  // (the inputs rounded, as Bf16Linear does)
     case kI8:
       TORCH_CHECK(t1.has_value() && t2.has_value(), "blocks: an int8 layer needs its scales and row sums");
       return k.i8.call(x, *t0, *t1, *t2, bias, K, N);
