@@ -453,12 +453,17 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     bw_linear = statistics.median(ours for _, ours in bw_samples)
     ref_tps = NEW / decode_s["reference"]
     stream = args.stream_bandwidth
+    from polyformers.pt import kernels
+
+    cache = kernels.last_level_cache_bytes()
     print(f"decode, batch 1, {PROMPT}-token prompt, {NEW} new tokens (tokens/s; MB of weights read per token; "
-          f"fraction of the read bound {stream / 1e9:.1f} GB/s):")
+          f"fraction of the read bound {stream / 1e9:.1f} GB/s; * weights within the last-level cache, "
+          f"{cache / 2 ** 20:.0f} MiB, so read from it rather than from memory):")
     for name in names:
         tps = NEW / decode_s[name]
         read = bytes_per_token.get(name)
-        bound = "" if read is None else f"   {read / 1e6:6.1f} MB  {read * tps / stream:4.0%} of the bound"
+        fits = "*" if read is not None and read <= cache else ""
+        bound = "" if read is None else f"   {read / 1e6:6.1f} MB{fits:1s} {read * tps / stream:4.0%} of the bound"
         print(f"  {name:24s} {tps:7.2f}   x{tps / ref_tps:4.2f} of the reference{bound}")
     if "polyformers" in decode_s:
         pf_tps = NEW / decode_s["polyformers"]
@@ -587,6 +592,7 @@ def outside_products(model, prompt, new: int, repeat: int) -> tuple[float, float
 
     from polyformers.pt import fused
     from polyformers.pt import layers as L
+    from polyformers.pt.quantize import decoding_weights
 
     groups = [(m.q_proj, m.k_proj, m.v_proj) for m in model.modules() if hasattr(m, "q_proj")]
     grouped = {id(layer) for group in groups for layer in group}
@@ -597,11 +603,12 @@ def outside_products(model, prompt, new: int, repeat: int) -> tuple[float, float
     outside = {True: [], False: []}
     with torch.inference_mode():
         for _ in range(repeat):
-            start = time.perf_counter()
-            for _ in range(5):
-                for call, row in calls:
-                    call(row)
-            products_s = (time.perf_counter() - start) / 5
+            with decoding_weights(model):  # (as within generate: see polyformers.pt.kernels.weights_in_use)
+                start = time.perf_counter()
+                for _ in range(5):
+                    for call, row in calls:
+                        call(row)
+                products_s = (time.perf_counter() - start) / 5
             for compiled in (True, False):
                 fused.ENABLED = compiled
                 try:

@@ -319,3 +319,38 @@ def test_the_quantized_kernels_keep_the_weights_in_the_caches_only_where_they_al
     assert kernels._held == base + packed - 1024 * 512 and kernels.keeping_weights()
     monkeypatch.undo()
     kernels._update()
+
+
+def test_generate_keeps_its_own_models_weights_in_the_caches_whatever_else_is_alive(monkeypatch):
+    """Within ``generate``, the packed weights that count are the decoding model's (another model alive in the
+    process, too large for the cache, does not send this one's prefetches past it); after it, all of them."""
+    import polyformers
+    from polyformers.pt.quantize import packed_bytes, quantize
+
+    assert kernels.available(), kernels.why_not()
+    config = polyformers.MptConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, max_seq_len=32,
+                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    small = quantize(polyformers.MptForCausalLM(config).eval(), bits=4)
+    large = Int8Linear.from_linear(torch.nn.Linear(1024, 2048))
+    nbytes = packed_bytes(small)
+    layers = [m for m in small.modules() if isinstance(m, Int4Linear)]
+    assert nbytes == sum(t.numel() * t.element_size() for m in layers for t in m._kernel[1:]) > 0
+    assert packed_bytes(torch.nn.Sequential(large)) == 1024 * 2048
+    monkeypatch.setattr(kernels, "_cache_bytes", 2 * nbytes + 1024)  # the small model fits; with the large not
+    kernels._update()
+    seen = []
+    hook = small.transformer.blocks[0].register_forward_hook(lambda *a: seen.append(kernels.keeping_weights()))
+    ids = torch.tensor([[1, 2, 3]])
+    try:
+        with torch.inference_mode():
+            out = small.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+            assert seen and all(seen) and not kernels.keeping_weights(), seen
+            seen.clear()
+            monkeypatch.setattr(kernels, "_cache_bytes", 1024)  # nothing fits: the same tokens, streamed
+            again = small.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+            assert seen and not any(seen) and torch.equal(again, out), seen
+    finally:
+        hook.remove()
+    monkeypatch.undo()
+    kernels._update()

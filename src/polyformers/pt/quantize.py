@@ -72,6 +72,7 @@ from them without quantizing again (see :func:`quantize`).
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
 from typing import Optional
@@ -524,6 +525,32 @@ class Int4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"bias={self.bias is not None}")
+
+
+def packed_bytes(model: nn.Module) -> int:
+    """Bytes of the weights of ``model``'s int8 and 4-bit layers that polyformers' kernels read (packed)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, Int8Linear) and module._rows is not None:
+            tensors = module._rows[:1]
+        elif isinstance(module, Int4Linear) and module._kernel is not None and module._kernel[0] == "rows":
+            tensors = module._kernel[1:]
+        else:
+            continue
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+@contextlib.contextmanager
+def decoding_weights(model: nn.Module):
+    """Within the block, ``model``'s packed weights are those the kernels read again and again
+    (:func:`polyformers.pt.kernels.weights_in_use`): ``generate`` wraps its loop in it."""
+    nbytes = packed_bytes(model)  # (none without the kernels)
+    if not nbytes:
+        yield
+        return
+    with kernels.weights_in_use(nbytes):
+        yield
 
 
 INT4_KERNEL_ROWS = 64

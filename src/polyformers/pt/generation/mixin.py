@@ -21,6 +21,7 @@ Encoder-decoder models (``config.is_encoder_decoder``) go through the same ``gen
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import warnings
@@ -34,6 +35,7 @@ from ...generation_config import (
 )
 from ..._shared import settings_for_call
 from ..cache import StaticCache
+from ..quantize import decoding_weights
 from .assisted import assisted_generate
 from .beam_search import beam_search
 from .constrained import constrained_beam_search
@@ -71,6 +73,18 @@ _WARPERS = {
 }
 
 
+def _with_decoding_weights(generate):
+    """``generate`` with the model's packed weights as those polyformers' kernels read again and again
+    (``quantize.decoding_weights``: kept in the caches where they fit, whatever else the process holds)."""
+
+    @functools.wraps(generate)
+    def wrapper(self, *args, **kwargs):
+        with decoding_weights(self):
+            return generate(self, *args, **kwargs)
+
+    return wrapper
+
+
 class GenerationMixin:
     """``generate()`` for models with a language-modelling head; see the module docstring for the contract.
 
@@ -106,6 +120,7 @@ class GenerationMixin:
     # -- generate -----------------------------------------------------------------------------------
 
     @torch.no_grad()
+    @_with_decoding_weights
     def generate(
         self,
         inputs: Optional[torch.Tensor] = None,

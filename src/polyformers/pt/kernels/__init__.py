@@ -14,8 +14,9 @@ row, this one at 19-34), and 4-bit and int8 weights multiplied as integers with 
 per row (VNNI), as llama.cpp's quantized paths do (``bench/decode_speed.py`` prints them beside torch's). The int8 one
 replaces fbgemm's, which it matches or beats at every row count. The int8 and 4-bit kernels prefetch the
 weights non-temporally, out of the caches the rest of a decoding step uses, unless the packed weights
-alive in the process fit in half the last-level cache (:func:`hold`): then into the caches, where the
-next token finds them (a CPU with hundreds of megabytes of L3 holds a small model's weights whole).
+alive in the process (:func:`hold`), or those of the model a ``generate`` call decodes with
+(:func:`weights_in_use`), fit in half the last-level cache: then into the caches, where the next token
+finds them (a CPU with hundreds of megabytes of L3 holds a small model's weights whole).
 
 What is left of a step once the weights stream fast is a dozen small operations per layer, and torch's
 attention, GELU and argmax carry fixed costs per call (buffers, thread splits, generic element-wise
@@ -290,6 +291,27 @@ def _release(nbytes: int) -> None:
         _update()
 
 
+_in_use: Optional[int] = None  # bytes of the weights read again and again within weights_in_use blocks
+
+
+@contextlib.contextmanager
+def weights_in_use(nbytes: int):
+    """Within the block, the packed weights a loop reads again and again (a ``generate`` call's model:
+    see ``quantize.decoding_weights``) are ``nbytes`` (added to those of enclosing blocks), in place of
+    all the packed weights alive: other models of the process do not keep this one's out of the caches."""
+    global _in_use
+    with _held_lock:
+        before = _in_use
+        _in_use = (before or 0) + nbytes
+        _update()
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _in_use = before
+            _update()
+
+
 def keeping_weights() -> bool:
     """Whether the int8 and 4-bit kernels now prefetch the weights into the caches (see :func:`hold`)."""
     return _keeping
@@ -297,7 +319,8 @@ def keeping_weights() -> bool:
 
 def _update() -> None:
     global _keeping
-    keep = 0 < _held <= KEEP_FRACTION * last_level_cache_bytes()
+    held = _held if _in_use is None else _in_use
+    keep = 0 < held <= KEEP_FRACTION * last_level_cache_bytes()
     if keep != _keeping and _loaded:
         ops().set_keep_weights(keep)
         _keeping = keep
