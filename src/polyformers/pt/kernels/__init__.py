@@ -68,6 +68,17 @@ class UnsupportedCPU(RuntimeError):
     """This CPU lacks the instructions the kernels are written with."""
 
 
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _cpu_flags() -> set:
     try:
         with open("/proc/cpuinfo") as f:
@@ -160,6 +171,7 @@ def available() -> bool:
 
             torch.ops.load_library(str(build()))
             _register_fakes()
+            torch.ops.polyformers.set_row_prefetch(_cpu_vendor() == "GenuineIntel")  # see rows.cpp's row_pass
             _loaded = True
         except UnsupportedCPU as error:
             _why_not, _loaded = str(error), False
