@@ -300,7 +300,10 @@ def _release(nbytes: int) -> None:
     global _held
     with _held_lock:
         _held -= nbytes
-        _update()
+        try:
+            _update()
+        except Exception:  # noqa: BLE001 - a collection at the interpreter's exit, torch already torn down
+            pass
 
 
 _in_use: Optional[int] = None  # bytes of the weights read again and again within weights_in_use blocks
