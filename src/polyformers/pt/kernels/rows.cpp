@@ -218,12 +218,15 @@ void i4_panel(const int8_t* u, const float* usums, const float* x_scale, int64_t
         const __m512i low = _mm512_and_si512(raw, nibble);
         const __m512i high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
         for (int m = 0; m < M; ++m) {
-          int32_t four[2];
-          std::memcpy(four, col + m * K + 8 * v, 8);
+          // (two 4-byte reads, each broadcast straight from memory: one 8-byte read split in registers
+          // went through the general registers, whose moves to vectors share a port with the products)
+          int32_t first, second;
+          std::memcpy(&first, col + m * K + 8 * v, 4);
+          std::memcpy(&second, col + m * K + 8 * v + 4, 4);
           __m512i& d0 = dot[m][(2 * v) % A];
           __m512i& d1 = dot[m][(2 * v + 1) % A];
-          d0 = _mm512_dpbusd_epi32(d0, low, _mm512_set1_epi32(four[0]));
-          d1 = _mm512_dpbusd_epi32(d1, high, _mm512_set1_epi32(four[1]));
+          d0 = _mm512_dpbusd_epi32(d0, low, _mm512_set1_epi32(first));
+          d1 = _mm512_dpbusd_epi32(d1, high, _mm512_set1_epi32(second));
         }
       }
     }
