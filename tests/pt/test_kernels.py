@@ -356,20 +356,21 @@ def test_generate_keeps_its_own_models_weights_in_the_caches_whatever_else_is_al
     kernels._update()
 
 
-def test_the_one_row_prefetch_is_on_for_intel_cpus_and_moves_no_value():
+@pytest.mark.parametrize("rows", [1, 3, 8])  # the one-row pass, and passes of 2-8 rows
+def test_the_intel_prefetches_are_on_for_intel_cpus_and_move_no_value(rows):
     assert kernels.available(), kernels.why_not()
     ops = kernels.ops()
     torch.manual_seed(2)
-    x = torch.randn(1, 1000)  # a row of 15 prefetched steps of 64 and a tail
+    x = torch.randn(rows, 1000)  # rows of 15 prefetched steps of 64 and a tail
     for weight in (torch.randn(70, 1000), torch.randn(70, 1000).bfloat16()):
         op = ops.linear_f32 if weight.dtype == torch.float32 else ops.linear_bf16
         try:
-            ops.set_row_prefetch(True)
+            ops.set_intel_prefetch(True)
             ahead = op(x, weight, None)
-            ops.set_row_prefetch(False)
+            ops.set_intel_prefetch(False)
             plain = op(x, weight, None)
         finally:
-            ops.set_row_prefetch(kernels._cpu_vendor() == "GenuineIntel")
+            ops.set_intel_prefetch(kernels._cpu_vendor() == "GenuineIntel")
         assert torch.equal(ahead, plain)
         torch.testing.assert_close(plain.double(), x.double() @ weight.double().T, rtol=1e-5, atol=1e-4)
     with open("/proc/cpuinfo") as f:

@@ -541,16 +541,24 @@ def packed_bytes(model: nn.Module) -> int:
     return total
 
 
+_decoding: set = set()  # ids of the models within decoding_weights blocks
+
+
 @contextlib.contextmanager
 def decoding_weights(model: nn.Module):
     """Within the block, ``model``'s packed weights are those the kernels read again and again
-    (:func:`polyformers.pt.kernels.weights_in_use`): ``generate`` wraps its loop in it."""
-    nbytes = packed_bytes(model)  # (none without the kernels)
+    (:func:`polyformers.pt.kernels.weights_in_use`): ``generate`` wraps its loop in it. A model already
+    within such a block (a ``generate`` inside one, an assistant decoding with its own) counts once."""
+    nbytes = packed_bytes(model) if id(model) not in _decoding else 0  # (none without the kernels)
     if not nbytes:
         yield
         return
-    with kernels.weights_in_use(nbytes):
-        yield
+    _decoding.add(id(model))
+    try:
+        with kernels.weights_in_use(nbytes):
+            yield
+    finally:
+        _decoding.discard(id(model))
 
 
 INT4_KERNEL_ROWS = 64

@@ -171,7 +171,7 @@ def available() -> bool:
 
             torch.ops.load_library(str(build()))
             _register_fakes()
-            torch.ops.polyformers.set_row_prefetch(_cpu_vendor() == "GenuineIntel")  # see rows.cpp's row_pass
+            torch.ops.polyformers.set_intel_prefetch(_cpu_vendor() == "GenuineIntel")  # see rows.cpp
             _loaded = True
         except UnsupportedCPU as error:
             _why_not, _loaded = str(error), False

@@ -39,6 +39,19 @@ namespace {
 
 constexpr int64_t kTile = 8;  // input rows per pass over the weights
 
+// How the float kernels prefetch, as set_intel_prefetch said (polyformers.pt.kernels: true on Intel CPUs,
+// whose second-level streamer stops at every 4 KiB boundary, huge pages or not, and whose last level keeps
+// no line prefetched non-temporally). Each choice was measured where it is taken:
+// - false (the AMD EPYC): the one-row pass relies on the hardware prefetchers (an 826 MB matrix at 56 GB/s,
+//   the machine's sum at 66); the float32 pass of 2-8 rows prefetches the next block non-temporally (a
+//   batch of 8 decodes 1.18x as fast as through oneDNN).
+// - true (a 2-core Xeon, 480 MB of L3): the one-row pass also prefetches 2 KiB ahead of its reads (reduced
+//   MPT float32 decoding 31.4 -> 34.3-35.1 tokens/s; 1 KiB ahead 33.2, 4 KiB 29.2-30.4, non-temporally 14),
+//   and the float32 pass of 2-8 rows prefetches into every level (a batch of 8: a step 91 -> 56 ms).
+std::atomic<bool> intel_prefetch{false};
+
+void set_intel_prefetch(bool on) { intel_prefetch.store(on, std::memory_order_relaxed); }
+
 // A pass reads R rows of weights side by side, R short streams that the hardware prefetchers are slow to
 // follow (a row of 1024 bfloat16 weights is 32 cache lines). The R rows of the next pass lie right after
 // them: while a pass takes its k-th step, it asks for the k-th part of the next pass's block (the same
@@ -82,8 +95,13 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
   const typename W::T* wr = w + n * K;
   int64_t k = 0;
   const typename W::T* next = wr + R * K;
+  const bool temporal = intel_prefetch.load(std::memory_order_relaxed);
   for (; k + 16 <= K; k += 16) {
-    prefetch_next<R, 16 * sizeof(typename W::T), W::hint>(next, k / 16);
+    if (W::hint == _MM_HINT_NTA && temporal) {
+      prefetch_next<R, 16 * sizeof(typename W::T), _MM_HINT_T0>(next, k / 16);
+    } else {
+      prefetch_next<R, 16 * sizeof(typename W::T), W::hint>(next, k / 16);
+    }
     __m512 xv[M];
     for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k);
     for (int r = 0; r < R; ++r) {
@@ -111,21 +129,15 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
 
 // One input row: each weight row read from start to end, one row after another, so that a pass reads a
 // single contiguous stream, which the hardware prefetchers follow (R rows side by side are R streams, 30%
-// slower); four sums per row hide the FMA latency. Where set_row_prefetch said so (polyformers.pt.kernels:
-// on Intel CPUs, whose second-level streamer stops at every 4 KiB boundary, huge pages or not), the pass
-// also prefetches kRowAhead bytes ahead of its reads: on a 2-core Xeon the reduced MPT's float32 decoding
-// went 31.4 -> 34.3-35.1 tokens/s (1 KiB ahead: 33.2; 4 KiB: 29.2-30.4; non-temporal: 14). On the AMD EPYC
-// the hardware prefetchers alone streamed an 826 MB matrix at 56 GB/s (its sum: 66); it was not tried there.
-std::atomic<bool> row_prefetch{false};
+// slower); four sums per row hide the FMA latency. On Intel CPUs it also prefetches kRowAhead bytes ahead of
+// its reads (see intel_prefetch).
 constexpr int kRowAhead = 2048;
-
-void set_row_prefetch(bool on) { row_prefetch.store(on, std::memory_order_relaxed); }
 
 template <class W>
 void row_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, int64_t rows, float* y,
               const float* bias) {
   constexpr int step_bytes = 64 * sizeof(typename W::T);
-  const bool ahead = row_prefetch.load(std::memory_order_relaxed);
+  const bool ahead = intel_prefetch.load(std::memory_order_relaxed);
   for (int64_t r = 0; r < rows; ++r) {
     const typename W::T* wr = w + (n + r) * K;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -550,7 +562,7 @@ TORCH_LIBRARY(polyformers, m) {
   m.def("linear_i8(Tensor x, Tensor weight, Tensor scales, Tensor sums, Tensor? bias, int in_features, "
         "int out_features) -> Tensor");
   m.def("set_keep_weights(bool keep) -> ()", &set_keep_weights);
-  m.def("set_row_prefetch(bool on) -> ()", &set_row_prefetch);
+  m.def("set_intel_prefetch(bool on) -> ()", &set_intel_prefetch);
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
