@@ -325,7 +325,7 @@ def test_generate_keeps_its_own_models_weights_in_the_caches_whatever_else_is_al
     """Within ``generate``, the packed weights that count are the decoding model's (another model alive in the
     process, too large for the cache, does not send this one's prefetches past it); after it, all of them."""
     import polyformers
-    from polyformers.pt.quantize import packed_bytes, quantize
+    from polyformers.pt.quantize import decoding_weights, packed_bytes, quantize
 
     assert kernels.available(), kernels.why_not()
     config = polyformers.MptConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, max_seq_len=32,
@@ -337,6 +337,11 @@ def test_generate_keeps_its_own_models_weights_in_the_caches_whatever_else_is_al
     layers = [m for m in small.modules() if isinstance(m, Int4Linear)]
     assert nbytes == sum(t.numel() * t.element_size() for m in layers for t in m._kernel[1:]) > 0
     assert packed_bytes(torch.nn.Sequential(large)) == 1024 * 2048
+    with decoding_weights(small):  # a generate within the block counts the model once, not twice
+        assert kernels._in_use == nbytes
+        with decoding_weights(small), decoding_weights(torch.nn.Sequential(large)):
+            assert kernels._in_use == nbytes + 1024 * 2048
+    assert kernels._in_use is None
     monkeypatch.setattr(kernels, "_cache_bytes", 2 * nbytes + 1024)  # the small model fits; with the large not
     kernels._update()
     seen = []
