@@ -183,9 +183,9 @@ constexpr int kAhead = 4096;
 // the bytes of packed weights alive against the last-level cache):
 // - false (the default): non-temporal, for weights that do not fit in the last-level cache. Each weight is
 //   read once a token; kept out of the outer caches, it leaves the step's key/value cache, activations and
-//   code there for the operations between the products. Measured on the reduced MPT (a 2-core AMD EPYC,
-//   32 MB of L3): a 4096 x 4096 matrix streams at 32-35 GB/s against 23-29 with prefetches into the second
-//   level, and a whole 4-bit decoding step takes 0.7 ms (8%) less.
+//   code there for the operations between the products. Measured on the reduced MPT (a 2-core AMD EPYC):
+//   a 4096 x 4096 matrix streams at 32-35 GB/s against 23-29 with prefetches into the second level, and a
+//   whole 4-bit decoding step takes 0.7 ms (8%) less.
 // - true: into every level, for weights that fit in it: a non-temporal prefetch is not kept in the last
 //   level either, so every token read them from memory again. Measured on the reduced MPT (a 2-core Xeon
 //   that sees 480 MB of L3): int8 58 -> 153 tokens/s, 4-bit 103 -> 249.
