@@ -603,7 +603,7 @@ def outside_products(model, prompt, new: int, repeat: int) -> tuple[float, float
     outside = {True: [], False: []}
     with torch.inference_mode():
         for _ in range(repeat):
-            with decoding_weights(model):  # (as within generate: see polyformers.pt.kernels.weights_in_use)
+            with decoding_weights(model):  # (as within generate: see polyformers.pt.kernels.begin_reading)
                 start = time.perf_counter()
                 for _ in range(5):
                     for call, row in calls:

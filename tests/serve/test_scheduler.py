@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from polyformers.pt import quantize
 from polyformers.serve.models import load_served_model
 from polyformers.serve.protocol import SamplingParams
 from polyformers.serve.scheduler import GenerationRequest, QueueFull
@@ -73,6 +74,8 @@ def test_greedy_equals_generate_alone(serve_checkpoints, family, int8):
     try:
         requests = _run_mixed(served)
         assert served.scheduler.max_running > 1  # requests really shared the batch
+        if int8:  # the decoding loop counts the served model's packed weights as those the kernels read again
+            assert quantize._decoding[id(served.model)][1] == quantize.packed_bytes(served.model) > 0
         compared = total = 0
         for ids, m, request, collector in requests:
             seq = request.sequences[0]
@@ -99,6 +102,7 @@ def test_greedy_equals_generate_alone(serve_checkpoints, family, int8):
         assert compared >= 0.5 * total, (compared, total)  # int8: most tokens were compared
     finally:
         served.scheduler.stop()
+    assert id(served.model) not in quantize._decoding  # the loop ended: the model no longer counts
 
 
 def test_stop_strings_end_only_their_request(serve_checkpoints):

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import threading
 import warnings
 from typing import Optional
 
@@ -529,8 +530,13 @@ class Int4Linear(nn.Module):
 
 def packed_bytes(model: nn.Module) -> int:
     """Bytes of the weights of ``model``'s int8 and 4-bit layers that polyformers' kernels read (packed)."""
-    total = 0
+    total, stacks = 0, set()
     for module in model.modules():
+        if isinstance(module, Int8Linear) and module._part is not None:  # (its weights lie in the stack)
+            module = module._part[0]
+            if id(module) in stacks:
+                continue
+            stacks.add(id(module))
         if isinstance(module, Int8Linear) and module._rows is not None:
             tensors = module._rows[:1]
         elif isinstance(module, Int4Linear) and module._kernel is not None and module._kernel[0] == "rows":
@@ -541,24 +547,32 @@ def packed_bytes(model: nn.Module) -> int:
     return total
 
 
-_decoding: set = set()  # ids of the models within decoding_weights blocks
+_decoding: dict = {}  # id of a model within decoding_weights blocks -> [how many blocks, its packed bytes]
+_decoding_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def decoding_weights(model: nn.Module):
-    """Within the block, ``model``'s packed weights are those the kernels read again and again
-    (:func:`polyformers.pt.kernels.weights_in_use`): ``generate`` wraps its loop in it. A model already
-    within such a block (a ``generate`` inside one, an assistant decoding with its own) counts once."""
-    nbytes = packed_bytes(model) if id(model) not in _decoding else 0  # (none without the kernels)
-    if not nbytes:
-        yield
-        return
-    _decoding.add(id(model))
+    """Within the block, ``model``'s packed weights are among those the kernels read again and again
+    (:func:`polyformers.pt.kernels.begin_reading`): ``generate`` and the server's decoding loop run in it.
+    A model within several such blocks at once (a ``generate`` inside one, two threads) counts once."""
+    key = id(model)
+    with _decoding_lock:
+        entry = _decoding.get(key)
+        if entry is None:
+            entry = _decoding[key] = [0, packed_bytes(model)]  # (no packed bytes without the kernels)
+            if entry[1]:
+                kernels.begin_reading(entry[1])
+        entry[0] += 1
     try:
-        with kernels.weights_in_use(nbytes):
-            yield
+        yield
     finally:
-        _decoding.discard(id(model))
+        with _decoding_lock:
+            entry[0] -= 1
+            if not entry[0]:
+                del _decoding[key]
+                if entry[1]:
+                    kernels.end_reading(entry[1])
 
 
 INT4_KERNEL_ROWS = 64

@@ -31,6 +31,7 @@ import torch
 
 from ..pt.cache import StaticCache
 from ..pt.generation import TopPLogitsWarper
+from ..pt.quantize import decoding_weights
 from .protocol import SamplingParams
 
 logger = logging.getLogger("polyformers.serve")
@@ -496,7 +497,8 @@ class Scheduler:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        with torch.inference_mode():
+        # (the served model's packed weights stay in the caches where they fit, whatever else is loaded)
+        with torch.inference_mode(), decoding_weights(self.runner.model):
             while True:
                 with self._cond:
                     while not (self._stopping or self._waiting or self._running or self._prefilling):

@@ -15,7 +15,7 @@ per row (VNNI), as llama.cpp's quantized paths do (``bench/decode_speed.py`` pri
 replaces fbgemm's, which it matches or beats at every row count. The int8 and 4-bit kernels prefetch the
 weights non-temporally, out of the caches the rest of a decoding step uses, unless the packed weights
 alive in the process (:func:`hold`), or those of the model a ``generate`` call decodes with
-(:func:`weights_in_use`), fit in half the last-level cache: then into the caches, where the next token
+(:func:`begin_reading`), fit in half the last-level cache: then into the caches, where the next token
 finds them (a CPU with hundreds of megabytes of L3 holds a small model's weights whole).
 
 What is left of a step once the weights stream fast is a dozen small operations per layer, and torch's
@@ -68,26 +68,24 @@ class UnsupportedCPU(RuntimeError):
     """This CPU lacks the instructions the kernels are written with."""
 
 
-def _cpu_vendor() -> str:
+def _cpuinfo(field: str) -> str:
+    """The value of ``field`` for the first CPU in /proc/cpuinfo ('' where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
 
 
+def _cpu_vendor() -> str:
+    return _cpuinfo("vendor_id")
+
+
 def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo("flags").split())
 
 
 def cache_dir() -> Path:
@@ -306,25 +304,29 @@ def _release(nbytes: int) -> None:
             pass
 
 
-_in_use: Optional[int] = None  # bytes of the weights read again and again within weights_in_use blocks
+_in_use = 0  # bytes of the weights that open reading loops read (begin_reading)
+_loops = 0  # how many such loops are open, in any thread
 
 
-@contextlib.contextmanager
-def weights_in_use(nbytes: int):
-    """Within the block, the packed weights a loop reads again and again (a ``generate`` call's model:
-    see ``quantize.decoding_weights``) are ``nbytes`` (added to those of enclosing blocks), in place of
-    all the packed weights alive: other models of the process do not keep this one's out of the caches."""
-    global _in_use
+def begin_reading(nbytes: int) -> None:
+    """A loop starts that reads ``nbytes`` of packed weights again and again (a ``generate`` call's model, a
+    server's decoding loop: ``quantize.decoding_weights``). While any is open, the weights that count are
+    those of the open loops, in place of all the packed weights alive: models of the process that no loop
+    reads do not keep these out of the caches. :func:`end_reading` closes it."""
+    global _in_use, _loops
     with _held_lock:
-        before = _in_use
-        _in_use = (before or 0) + nbytes
+        _in_use += nbytes
+        _loops += 1
         _update()
-    try:
-        yield
-    finally:
-        with _held_lock:
-            _in_use = before
-            _update()
+
+
+def end_reading(nbytes: int) -> None:
+    """Close a loop that :func:`begin_reading` opened with the same ``nbytes``."""
+    global _in_use, _loops
+    with _held_lock:
+        _in_use -= nbytes
+        _loops -= 1
+        _update()
 
 
 def keeping_weights() -> bool:
@@ -334,7 +336,7 @@ def keeping_weights() -> bool:
 
 def _update() -> None:
     global _keeping
-    held = _held if _in_use is None else _in_use
+    held = _in_use if _loops else _held
     keep = 0 < held <= KEEP_FRACTION * last_level_cache_bytes()
     if keep != _keeping and _loaded:
         ops().set_keep_weights(keep)

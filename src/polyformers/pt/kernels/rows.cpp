@@ -52,14 +52,20 @@ std::atomic<bool> intel_prefetch{false};
 
 void set_intel_prefetch(bool on) { intel_prefetch.store(on, std::memory_order_relaxed); }
 
+// Asks for the cache lines of `Bytes` bytes from `p` with `Hint` (_MM_HINT_T0: into every level, T1: the
+// second, NTA: past the outer levels).
+template <int Hint, int Bytes>
+inline void prefetch_lines(const char* p) {
+  for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, static_cast<_mm_hint>(Hint));
+}
+
 // A pass reads R rows of weights side by side, R short streams that the hardware prefetchers are slow to
 // follow (a row of 1024 bfloat16 weights is 32 cache lines). The R rows of the next pass lie right after
 // them: while a pass takes its k-th step, it asks for the k-th part of the next pass's block (the same
 // number of bytes as the step reads), so that block is in the caches when the next pass starts.
 template <int R, int StepBytes, int Hint>
 inline void prefetch_next(const void* block_end, int64_t step) {
-  const char* p = static_cast<const char*>(block_end) + step * R * StepBytes;
-  for (int line = 0; line < R * StepBytes; line += 64) _mm_prefetch(p + line, static_cast<_mm_hint>(Hint));
+  prefetch_lines<Hint, R * StepBytes>(static_cast<const char*>(block_end) + step * R * StepBytes);
 }
 
 using polyformers::tail_mask;
@@ -143,10 +149,7 @@ void row_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, int6
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-      if (ahead) {
-        const char* p = reinterpret_cast<const char*>(wr + k) + kRowAhead;
-        for (int line = 0; line < step_bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
-      }
+      if (ahead) prefetch_lines<_MM_HINT_T0, step_bytes>(reinterpret_cast<const char*>(wr + k) + kRowAhead);
       for (int j = 0; j < 4; ++j)
         acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16 * j), W::load(wr + k + 16 * j), acc[j]);
     }
@@ -198,9 +201,9 @@ template <int Bytes>
 inline void prefetch_ahead(const void* step, bool keep) {
   const char* p = static_cast<const char*>(step) + kAhead;
   if (keep) {
-    for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
+    prefetch_lines<_MM_HINT_T0, Bytes>(p);
   } else {
-    for (int line = 0; line < Bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_NTA);
+    prefetch_lines<_MM_HINT_NTA, Bytes>(p);
   }
 }
 
