@@ -147,6 +147,33 @@ def test_int8_kernel_gives_the_product_of_the_rounded_inputs(out_features, in_fe
     torch.testing.assert_close(layer(constant).double(), F.linear(constant.double(), dequantized, bias64))
 
 
+def test_int8_rows_through_the_tile_unit_are_the_vnni_kernels_bits():
+    """Where the CPU has AMX (and Linux grants it), linear_i8 takes 2+ rows through the tile unit: the same
+    integer sums, so the same bits as the VNNI kernel, over column counts with and without a last part of
+    under 64 and more rows than one tile holds."""
+    assert kernels.available(), kernels.why_not()
+    has_amx = "amx_int8" in kernels._cpu_flags() and "amx_tile" in kernels._cpu_flags()
+    assert kernels.int8_tiles() == has_amx  # on by default where the CPU has them
+    ops = kernels.ops()
+    torch.manual_seed(1)
+    try:
+        for in_features, out_features in [(64, 32), (100, 50), (16, 1), (1030, 70), (4096, 40)]:
+            q = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
+            packed, sums = kernels.pack_i8(q)
+            scales, bias = torch.rand(out_features) + 0.1, torch.randn(out_features)
+            for rows in (2, 3, 8, 16, 17, 40):
+                x = torch.randn(rows, in_features) * 3
+                assert kernels.int8_tiles(True) == has_amx
+                tiles = ops.linear_i8(x, packed, scales, sums, bias, in_features, out_features)
+                assert kernels.int8_tiles(False) is False
+                vnni = ops.linear_i8(x, packed, scales, sums, bias, in_features, out_features)
+                assert torch.equal(tiles, vnni), (in_features, out_features, rows)
+                want = F.linear(_rounded_per_row(x), q.double() * scales.double()[:, None], bias.double())
+                torch.testing.assert_close(vnni.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    finally:
+        kernels.int8_tiles(True)
+
+
 def test_int8_layers_wider_than_the_kernel_takes_use_fbgemm():
     linear = torch.nn.Linear(kernels.MAX_INT8_FEATURES + 1, 2)
     layer = Int8Linear.from_linear(linear)

@@ -153,7 +153,7 @@ def available() -> bool:
     """Whether ``torch.ops.polyformers`` holds the kernels (built and loaded on the first call). False
     where ``POLYFORMERS_KERNELS=0`` or the build failed; :func:`why_not` says why, and a warning says it
     once when the failure is unexpected."""
-    global _loaded, _why_not
+    global _loaded, _why_not, _tiles
     if _off:
         return False
     if _loaded is not None:
@@ -170,6 +170,7 @@ def available() -> bool:
             torch.ops.load_library(str(build()))
             _register_fakes()
             torch.ops.polyformers.set_intel_prefetch(_cpu_vendor() == "GenuineIntel")  # see rows.cpp
+            _tiles = bool(torch.ops.polyformers.set_int8_tiles(True))  # where the CPU and Linux allow them
             _loaded = True
         except UnsupportedCPU as error:
             _why_not, _loaded = str(error), False
@@ -244,6 +245,23 @@ def ops():
     import torch
 
     return torch.ops.polyformers
+
+
+def int8_tiles(on: Optional[bool] = None) -> bool:
+    """Whether ``linear_i8`` multiplies two or more input rows with the CPU's tile unit (AMX: Intel Xeon
+    from Sapphire Rapids on, where Linux grants its state) instead of AVX-512 VNNI; the integer sums and so
+    the outputs are the same bits either way, the tiles only take far fewer instructions (a batch of 8
+    decoding sequences reads the weights about as fast as one). ``on`` switches them on or off (they are on
+    by default where available); the return value is whether they are now used. False without the kernels."""
+    if not available():
+        return False
+    global _tiles
+    if on is not None:
+        _tiles = bool(ops().set_int8_tiles(bool(on)))
+    return _tiles
+
+
+_tiles = False  # what rows.cpp's set_int8_tiles answered last
 
 
 # ------------------------------------------------------------------------------------------------------

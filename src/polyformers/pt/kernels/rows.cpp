@@ -11,7 +11,8 @@
 //       polyformers.pt.kernels.pack_i4)
 //   linear_i8(x, w int8 packed, scales, sums, bias?, K, N)
 //       int8 weights with one scale per output row; each input row rounded onto 0..255 over its own
-//       range and multiplied as integers with VNNI (layout below, made by polyformers.pt.kernels.pack_i8)
+//       range and multiplied as integers with VNNI (layout below, made by polyformers.pt.kernels.pack_i8);
+//       2+ rows with the tile unit (AMX) where there is one, to the same bits (set_int8_tiles)
 //
 // x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are
 // split between torch's intra-op threads. Built with -march=native by polyformers.pt.kernels, whose
@@ -22,6 +23,8 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "vector_math.h"
 
@@ -47,8 +50,11 @@ constexpr int64_t kTile = 8;  // input rows per pass over the weights
 //   batch of 8 decodes 1.18x as fast as through oneDNN).
 // - true (a 2-core Xeon, 480 MB of L3): the one-row pass also prefetches 2 KiB ahead of its reads (reduced
 //   MPT float32 decoding 31.4 -> 34.3-35.1 tokens/s; 1 KiB ahead 33.2, 4 KiB 29.2-30.4, non-temporally 14),
-//   and the float32 pass of 2-8 rows prefetches into every level (a batch of 8: a step 91 -> 56 ms).
+//   and the float32 pass of 2-8 rows prefetches the block three passes ahead into the second level (the
+//   products of a reduced MPT's 49 matrices, 810 MB, with 8 rows: non-temporally 97 ms, the next pass into
+//   every level 48-52, three passes ahead into the second level 36-40; with 4 rows 41 -> 34-35).
 std::atomic<bool> intel_prefetch{false};
+constexpr int kIntelPassesAhead = 3;
 
 void set_intel_prefetch(bool on) { intel_prefetch.store(on, std::memory_order_relaxed); }
 
@@ -101,10 +107,10 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
   const typename W::T* wr = w + n * K;
   int64_t k = 0;
   const typename W::T* next = wr + R * K;
-  const bool temporal = intel_prefetch.load(std::memory_order_relaxed);
+  const bool intel = intel_prefetch.load(std::memory_order_relaxed);
   for (; k + 16 <= K; k += 16) {
-    if (W::hint == _MM_HINT_NTA && temporal) {
-      prefetch_next<R, 16 * sizeof(typename W::T), _MM_HINT_T0>(next, k / 16);
+    if (W::hint == _MM_HINT_NTA && intel) {
+      prefetch_next<R, 16 * sizeof(typename W::T), _MM_HINT_T1>(next + (kIntelPassesAhead - 1) * R * K, k / 16);
     } else {
       prefetch_next<R, 16 * sizeof(typename W::T), W::hint>(next, k / 16);
     }
@@ -275,6 +281,26 @@ constexpr int64_t kPanelI8 = 32;
 constexpr int64_t kMaxI8Features = 65536;  // polyformers.pt.kernels.MAX_INT8_FEATURES
 constexpr int64_t kI8Step = 16;  // columns per unrolled step: four quads
 
+// The panel's output rows n..n+31 for M input rows from their integer sums dot(m, half) (int32, rows
+// n + 16 * half ..): y = scale * (size * dot + low * sum) + bias.
+template <class Dot>
+inline void i8_finish(int M, const Dot& dot, int64_t n, const float* low, const float* size, const float* scales,
+                      const float* sums, const float* bias, float* y, int64_t N) {
+  for (int half = 0; half < 2; ++half) {
+    const int64_t first = n + 16 * half;
+    if (first >= N) break;
+    const __mmask16 mask = first + 16 <= N ? __mmask16(0xFFFF) : tail_mask(N - first);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, scales + first);
+    const __m512 sum = _mm512_maskz_loadu_ps(mask, sums + first);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + first) : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) {
+      const __m512 inner = _mm512_fmadd_ps(_mm512_set1_ps(size[m]), _mm512_cvtepi32_ps(dot(m, half)),
+                                           _mm512_mul_ps(_mm512_set1_ps(low[m]), sum));
+      _mm512_mask_storeu_ps(y + m * N + first, mask, _mm512_fmadd_ps(scale, inner, b));
+    }
+  }
+}
+
 template <int M>
 void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, const float* low,
               const float* size, const float* scales, const float* sums, const float* bias, float* y, int64_t N,
@@ -300,22 +326,95 @@ void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, cons
       }
     }
   }
-  for (int half = 0; half < 2; ++half) {
-    const int64_t first = n + 16 * half;
-    if (first >= N) break;
-    const __mmask16 mask = first + 16 <= N ? __mmask16(0xFFFF) : tail_mask(N - first);
-    const __m512 scale = _mm512_maskz_loadu_ps(mask, scales + first);
-    const __m512 sum = _mm512_maskz_loadu_ps(mask, sums + first);
-    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + first) : _mm512_setzero_ps();
-    for (int m = 0; m < M; ++m) {
-      __m512i dot = acc[0][m][half];
-      if constexpr (S == 2) dot = _mm512_add_epi32(dot, acc[1][m][half]);
-      const __m512 inner = _mm512_fmadd_ps(_mm512_set1_ps(size[m]), _mm512_cvtepi32_ps(dot),
-                                           _mm512_mul_ps(_mm512_set1_ps(low[m]), sum));
-      _mm512_mask_storeu_ps(y + m * N + first, mask, _mm512_fmadd_ps(scale, inner, b));
+  i8_finish(M, [&](int m, int half) {
+    if constexpr (S == 2) {
+      return _mm512_add_epi32(acc[0][m][half], acc[1][m][half]);
+    } else {
+      return acc[0][m][half];
     }
-  }
+  }, n, low, size, scales, sums, bias, y, N);
 }
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+// The same products with the CPU's tile unit (AMX, where -march=native has it and Linux grants its
+// state): one tdpbusd multiplies up to 16 input rows of 64 rounded values by 64 columns of 16 output
+// rows, exactly as 16 x 16 vpdpbusd do. The int8 layout is already what a tile of the second operand
+// holds: 16 quads (64 columns) of 16 output rows are 16 rows of 64 bytes, 128 bytes apart; the second
+// 16 rows of the panel start 64 bytes later. The integer sums are the VNNI kernel's, so the outputs are
+// the same bits. Worth it for several input rows, where VNNI runs out of multiplies long before the
+// weights run out of bandwidth (a batch of 8 decoding sequences).
+constexpr int64_t kAmxRows = 16;  // input rows per pass: the rows of a tile
+
+bool amx_granted() {
+  static const bool granted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, the tile data
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
+}
+
+std::atomic<bool> amx_on{false};  // until set_int8_tiles(true) is granted
+
+// Whether linear_i8 takes 2+ input rows through the tile unit: set_int8_tiles(on) asks, and the answer
+// is false where the CPU or the kernel does not allow it.
+bool set_int8_tiles(bool on) {
+  const bool can = on && amx_granted();
+  amx_on.store(can, std::memory_order_relaxed);
+  return can;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles: 0, 1 the sums of the panel's two halves (M x 16 int32); 2 the inputs (M x 64); 3, 4 the two
+// halves' weights (16 x 64); 5-7 the same for the last columns when Kp is not a multiple of 64.
+TileConfig tile_config(int M, int64_t Kp) {
+  TileConfig c;
+  const int tail = static_cast<int>(Kp % 64);
+  for (int t : {0, 1, 2}) c.rows[t] = M, c.bytes[t] = 64;
+  for (int t : {3, 4}) c.rows[t] = 16, c.bytes[t] = 64;
+  if (tail) {
+    c.rows[5] = M, c.bytes[5] = tail;
+    c.rows[6] = c.rows[7] = tail / 4, c.bytes[6] = c.bytes[7] = 64;
+  }
+  return c;
+}
+
+void i8_panel_tiles(int M, const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, const float* low,
+                    const float* size, const float* scales, const float* sums, const float* bias, float* y,
+                    int64_t N, bool keep) {
+  _tile_zero(0);
+  _tile_zero(1);
+  int64_t k = 0;
+  for (; k + 64 <= Kp; k += 64) {
+    const int8_t* step = panel + k * kPanelI8;  // 16 quads of 128 bytes
+    prefetch_ahead<16 * 128>(step, keep);
+    _tile_loadd(2, u + k, Kp);
+    _tile_loadd(3, step, 128);
+    _tile_loadd(4, step + 64, 128);
+    _tile_dpbusd(0, 2, 3);
+    _tile_dpbusd(1, 2, 4);
+  }
+  if (k < Kp) {
+    const int8_t* step = panel + k * kPanelI8;
+    _tile_loadd(5, u + k, Kp);
+    _tile_loadd(6, step, 128);
+    _tile_loadd(7, step + 64, 128);
+    _tile_dpbusd(0, 5, 6);
+    _tile_dpbusd(1, 5, 7);
+  }
+  alignas(64) int32_t dots[2][kAmxRows][16];
+  _tile_stored(0, dots[0], 64);
+  _tile_stored(1, dots[1], 64);
+  i8_finish(M, [&](int m, int half) { return _mm512_load_si512(dots[half][m]); }, n, low, size, scales, sums,
+            bias, y, N);
+}
+#else
+bool set_int8_tiles(bool) { return false; }
+#endif
 
 // ---- driver -------------------------------------------------------------------------------------------
 
@@ -545,6 +644,22 @@ at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const bool keep = keep_weights.load(std::memory_order_relaxed);
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+  if (M > 1 && amx_on.load(std::memory_order_relaxed)) {
+    for (int64_t m0 = 0; m0 < M; m0 += kAmxRows) {
+      const int rows = static_cast<int>(std::min(kAmxRows, M - m0));
+      const TileConfig config = tile_config(rows, Kp);
+      at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
+        _tile_loadconfig(&config);
+        for (int64_t p = begin; p < end; ++p)
+          i8_panel_tiles(rows, up + m0 * Kp, Kp, wp + p * kPanelI8 * Kp, p * kPanelI8, lows + m0, lows + M + m0,
+                         sp, sump, bp, yp + m0 * N, N, keep);
+        _tile_release();
+      });
+    }
+    return y;
+  }
+#endif
   over_tiles(M, [&](auto tag, int64_t m0) {
     at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p)
@@ -566,6 +681,7 @@ TORCH_LIBRARY(polyformers, m) {
         "int out_features) -> Tensor");
   m.def("set_keep_weights(bool keep) -> ()", &set_keep_weights);
   m.def("set_intel_prefetch(bool on) -> ()", &set_intel_prefetch);
+  m.def("set_int8_tiles(bool on) -> bool", &set_int8_tiles);
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
