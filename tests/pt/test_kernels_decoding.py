@@ -28,7 +28,7 @@ def _exact_attention(q, k, v, bias, scale):
 
 
 @pytest.mark.parametrize("keys", [1, 5, 16, 17, 40, 300])
-@pytest.mark.parametrize("dim", [64, 24, 256])  # 24: a vector of 16 and a masked tail
+@pytest.mark.parametrize("dim", [64, 24, 256, 32, 128])  # 24: a vector of 16 and a masked tail; 32-128 in registers
 def test_one_query_attention_over_a_cache_slice(keys, dim):
     torch.manual_seed(keys * dim)
     batch, heads = 3, 4

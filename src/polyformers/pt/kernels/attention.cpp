@@ -20,6 +20,7 @@
 
 #include "vector_math.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -60,18 +61,24 @@ struct Strides4 {
 
 Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
 
-// One head: q (D), keys and values (T rows of D, `kt` floats apart), bias (T, `bt` apart, or null).
-void one_head(const float* q, const float* k, int64_t kt, const float* v, int64_t vt, const float* bias, int64_t bt,
-              int64_t T, int64_t D, float scale, float* scores, float* out) {
-  float top = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < T; ++t) {
-    float s = scale * dot(q, k + t * kt, D);
-    if (bias) s += bias[t * bt];
-    scores[t] = s;
-    top = std::max(top, s);
-  }
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
-  if (top == -std::numeric_limits<float>::infinity()) return;  // no key is seen: zeros, as torch's kernel gives
+// Sixteen vectors -> one vector of their sums, by halving: each step adds the halves of pairs of vectors
+// (eight shuffles and adds, not sixteen horizontal sums). The sum of part[kSlot[i]] lands in lane i.
+constexpr int kSlot[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+
+inline __m512 sum16(const __m512 (&v)[16]) {
+  __m512 w[8], z[4], u[2];
+  for (int i = 0; i < 8; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[i], v[i + 8], 0x44), _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE));
+  for (int i = 0; i < 4; ++i)
+    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[i], w[i + 4], 0x88), _mm512_shuffle_f32x4(w[i], w[i + 4], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(z[i], z[i + 2], 0x44), _mm512_shuffle_ps(z[i], z[i + 2], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
+}
+
+// Softmax of scores[0:T] in place, unnormalised; returns 1 / their sum, or 0 where no key is seen.
+inline float softmax_in_place(float* scores, int64_t T, float top) {
+  if (top == -std::numeric_limits<float>::infinity()) return 0.0f;
   const __m512 shift = _mm512_set1_ps(top);
   __m512 total = _mm512_setzero_ps();
   int64_t t = 0;
@@ -86,8 +93,80 @@ void one_head(const float* q, const float* k, int64_t kt, const float* v, int64_
     _mm512_mask_storeu_ps(scores + t, m, e);
     total = _mm512_add_ps(total, e);
   }
-  const float inv = 1.0f / _mm512_reduce_add_ps(total);
-  for (t = 0; t < T; ++t) axpy(scores[t] * inv, v + t * vt, out, D);
+  return 1.0f / _mm512_reduce_add_ps(total);
+}
+
+// One head: q (D), keys and values (T rows of D, `kt` floats apart), bias (T, `bt` apart, or null).
+void one_head(const float* q, const float* k, int64_t kt, const float* v, int64_t vt, const float* bias, int64_t bt,
+              int64_t T, int64_t D, float scale, float* scores, float* out) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < T; ++t) {
+    float s = scale * dot(q, k + t * kt, D);
+    if (bias) s += bias[t * bt];
+    scores[t] = s;
+    top = std::max(top, s);
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
+  const float inv = softmax_in_place(scores, T, top);
+  if (inv == 0.0f) return;  // no key is seen: zeros, as torch's kernel gives
+  for (int64_t t = 0; t < T; ++t) axpy(scores[t] * inv, v + t * vt, out, D);
+}
+
+// The same for D = 16 * DV: the scores of 16 keys at a time (their products summed by sum16), and the
+// output's DV vectors held in registers (two sets, for even and odd keys, to halve the chains of FMAs).
+template <int DV>
+void one_head_vectors(const float* q, const float* k, int64_t kt, const float* v, int64_t vt, const float* bias,
+                      int64_t bt, int64_t T, float scale, float* scores, float* out) {
+  __m512 qv[DV];
+  for (int d = 0; d < DV; ++d) qv[d] = _mm512_loadu_ps(q + 16 * d);
+  const __m512 sv = _mm512_set1_ps(scale);
+  __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t t0 = 0; t0 < T; t0 += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, T - t0));
+    __m512 part[16];
+    for (int t = 0; t < 16; ++t) {
+      if (t < n) {
+        const float* kr = k + (t0 + t) * kt;
+        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+        for (int d = 1; d < DV; ++d) acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(kr + 16 * d), acc);
+        part[kSlot[t]] = acc;
+      } else {
+        part[kSlot[t]] = _mm512_setzero_ps();
+      }
+    }
+    const __mmask16 mask = n == 16 ? __mmask16(0xFFFF) : tail_mask(n);
+    __m512 s = _mm512_mul_ps(sv, sum16(part));
+    if (bias) {
+      alignas(64) float b[16] = {};
+      for (int t = 0; t < n; ++t) b[t] = bias[(t0 + t) * bt];
+      s = _mm512_add_ps(s, _mm512_load_ps(b));
+    }
+    _mm512_mask_storeu_ps(scores + t0, mask, s);
+    top = _mm512_mask_max_ps(top, mask, top, s);
+  }
+  const float inv = softmax_in_place(scores, T, _mm512_reduce_max_ps(top));
+  if (inv == 0.0f) {  // no key is seen: zeros, as torch's kernel gives
+    for (int d = 0; d < DV; ++d) _mm512_storeu_ps(out + 16 * d, _mm512_setzero_ps());
+    return;
+  }
+  __m512 even[DV], odd[DV];
+  for (int d = 0; d < DV; ++d) even[d] = odd[d] = _mm512_setzero_ps();
+  int64_t t = 0;
+  for (; t + 2 <= T; t += 2) {
+    const __m512 p0 = _mm512_set1_ps(scores[t]), p1 = _mm512_set1_ps(scores[t + 1]);
+    const float* v0 = v + t * vt;
+    const float* v1 = v0 + vt;
+    for (int d = 0; d < DV; ++d) {
+      even[d] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * d), even[d]);
+      odd[d] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * d), odd[d]);
+    }
+  }
+  if (t < T) {
+    const __m512 p0 = _mm512_set1_ps(scores[t]);
+    for (int d = 0; d < DV; ++d) even[d] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v + t * vt + 16 * d), even[d]);
+  }
+  const __m512 iv = _mm512_set1_ps(inv);
+  for (int d = 0; d < DV; ++d) _mm512_storeu_ps(out + 16 * d, _mm512_mul_ps(_mm512_add_ps(even[d], odd[d]), iv));
 }
 
 void check_qkv(const char* name, const at::Tensor& t, int64_t B, int64_t H, int64_t T, int64_t D) {
@@ -133,9 +212,17 @@ at::Tensor attend_one(const at::Tensor& query_in, const at::Tensor& key_in, cons
     std::vector<float> scores(T + 16);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / H, h = i % H;
-      one_head(qp + b * qs.b + h * qs.h, kp + b * ks.b + h * ks.h, ks.t, vp + b * vs.b + h * vs.h, vs.t,
-               bp ? bp + b * bs.b + h * bs.h : nullptr, bias_t, T, D, static_cast<float>(scale), scores.data(),
-               op + i * D);
+      const float* qh = qp + b * qs.b + h * qs.h;
+      const float* kh = kp + b * ks.b + h * ks.h;
+      const float* vh = vp + b * vs.b + h * vs.h;
+      const float* bh = bp ? bp + b * bs.b + h * bs.h : nullptr;
+      const float sc = static_cast<float>(scale);
+      switch (D) {
+        case 32: one_head_vectors<2>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        case 64: one_head_vectors<4>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        case 128: one_head_vectors<8>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        default: one_head(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, D, sc, scores.data(), op + i * D);
+      }
     }
   });
   return out;
