@@ -658,6 +658,25 @@ def int8_kernels(repeat: int) -> None:
     print("int8 kernels, one token through the reduced GPT-J's 12 layers (ms):")
     for name, ts in times.items():
         print(f"  {name:40s} {statistics.median(ts) * 1e3:7.2f}")
+    # Eight rows (a batch of 8 decoding sequences): polyformers' kernel with the tile unit and with VNNI.
+    if not kernels.int8_tiles():
+        print("  8 rows: this CPU (or Linux) gives no tile unit (AMX), so VNNI takes them")
+        return
+    x8 = {inp: torch.randn(8, 1, inp) for _, inp in shapes}
+    rows8 = {True: [], False: []}
+    try:
+        for _ in range(repeat):
+            for tiles in (True, False):
+                kernels.int8_tiles(tiles)
+                [layer(x8[layer.in_features]) for layer in layers]
+                for _ in range(5):
+                    start = time.perf_counter()
+                    [layer(x8[layer.in_features]) for layer in layers]
+                    rows8[tiles].append((time.perf_counter() - start) * 3)
+    finally:
+        kernels.int8_tiles(True)
+    print(f"  8 rows, polyformers linear_i8: tile unit (AMX) {statistics.median(rows8[True]) * 1e3:7.2f}, "
+          f"VNNI {statistics.median(rows8[False]) * 1e3:7.2f}")
 
 
 def bf16_kernels(repeat: int, stream: float) -> None:
