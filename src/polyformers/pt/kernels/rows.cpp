@@ -14,9 +14,9 @@
 //       range and multiplied as integers with VNNI (layout below, made by polyformers.pt.kernels.pack_i8);
 //       2+ rows with the tile unit (AMX) where there is one, to the same bits (set_int8_tiles)
 //
-// x is float32 (M, K), any M (taken eight rows at a time); the output is float32 (M, N). Output rows are
-// split between torch's intra-op threads. Built with -march=native by polyformers.pt.kernels, whose
-// layers fall back to torch's kernels where this file cannot be built.
+// x is float32 (M, K), any M (taken eight rows at a time, sixteen on the tile unit); the output is float32
+// (M, N). Output rows are split between torch's intra-op threads. Built with -march=native by
+// polyformers.pt.kernels, whose layers fall back to torch's kernels where this file cannot be built.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
