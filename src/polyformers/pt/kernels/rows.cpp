@@ -52,7 +52,7 @@ constexpr int64_t kTile = 8;  // input rows per pass over the weights
 //   MPT float32 decoding 31.4 -> 34.3-35.1 tokens/s; 1 KiB ahead 33.2, 4 KiB 29.2-30.4, non-temporally 14),
 //   and the float32 pass of 2-8 rows prefetches the block three passes ahead into the second level (the
 //   products of a reduced MPT's 49 matrices, 810 MB, with 8 rows: non-temporally 97 ms, the next pass into
-//   every level 48-52, three passes ahead into the second level 36-40; with 4 rows 41 -> 34-35).
+//   every level 43-52, three passes ahead into the second level 36-44, median 38; with 4 rows 41 -> 34-35).
 std::atomic<bool> intel_prefetch{false};
 constexpr int kIntelPassesAhead = 3;
 
