@@ -647,37 +647,28 @@ def int8_kernels(repeat: int) -> None:
         "dequantise per layer, then F.linear": lambda: [
             F.linear(x[q.shape[1]], q.float() * s[:, None]) for q, s in int8],
     }
+    # Eight rows (a batch of 8 decoding sequences) through polyformers' kernel, on the tile unit and on VNNI.
+    tiles = kernels.int8_tiles()
+    x8 = {inp: torch.randn(8, 1, inp) for _, inp in shapes}
+    for unit, on in (("tile unit (AMX)", True), ("VNNI", False)) if tiles else ():
+        candidates[f"8 rows, linear_i8 on {unit}"] = lambda on=on: (
+            kernels.int8_tiles(on), [layer(x8[layer.in_features]) for layer in layers])
     times = {name: [] for name in candidates}
-    for _ in range(repeat):
-        for name, fn in candidates.items():
-            fn()
-            for _ in range(5):
-                start = time.perf_counter()
+    try:
+        for _ in range(repeat):
+            for name, fn in candidates.items():
                 fn()
-                times[name].append((time.perf_counter() - start) * 3)  # 4 layers timed, 12 in the model
+                for _ in range(5):
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - start) * 3)  # 4 layers timed, 12 in the model
+    finally:
+        kernels.int8_tiles(tiles)
     print("int8 kernels, one token through the reduced GPT-J's 12 layers (ms):")
     for name, ts in times.items():
         print(f"  {name:40s} {statistics.median(ts) * 1e3:7.2f}")
-    # Eight rows (a batch of 8 decoding sequences): polyformers' kernel with the tile unit and with VNNI.
-    if not kernels.int8_tiles():
+    if not tiles:
         print("  8 rows: this CPU (or Linux) gives no tile unit (AMX), so VNNI takes them")
-        return
-    x8 = {inp: torch.randn(8, 1, inp) for _, inp in shapes}
-    rows8 = {True: [], False: []}
-    try:
-        for _ in range(repeat):
-            for tiles in (True, False):
-                kernels.int8_tiles(tiles)
-                [layer(x8[layer.in_features]) for layer in layers]
-                for _ in range(5):
-                    start = time.perf_counter()
-                    [layer(x8[layer.in_features]) for layer in layers]
-                    rows8[tiles].append((time.perf_counter() - start) * 3)
-    finally:
-        kernels.int8_tiles(True)
-    print(f"  8 rows, polyformers linear_i8: tile unit (AMX) {statistics.median(rows8[True]) * 1e3:7.2f}, "
-          f"VNNI {statistics.median(rows8[False]) * 1e3:7.2f}")
-
 
 def bf16_kernels(repeat: int, stream: float) -> None:
     """The candidates for a 16-bit matrix times one float32 token, per matrix shape of the reduced GPT-J

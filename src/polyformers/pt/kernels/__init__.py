@@ -61,6 +61,7 @@ _lock = threading.Lock()
 _loaded: Optional[bool] = None  # None until the first call of available()
 _why_not: Optional[str] = None
 _off = 0  # depth of switched_off() blocks
+_tiles = False  # whether linear_i8 takes 2+ rows on the tile unit: what rows.cpp's set_int8_tiles answered last
 _looked = False  # whether ready() has looked for a build
 
 
@@ -259,9 +260,6 @@ def int8_tiles(on: Optional[bool] = None) -> bool:
     if on is not None:
         _tiles = bool(ops().set_int8_tiles(bool(on)))
     return _tiles
-
-
-_tiles = False  # what rows.cpp's set_int8_tiles answered last
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -107,10 +107,11 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
   const typename W::T* wr = w + n * K;
   int64_t k = 0;
   const typename W::T* next = wr + R * K;
+  const typename W::T* ahead = wr + kIntelPassesAhead * R * K;
   const bool intel = intel_prefetch.load(std::memory_order_relaxed);
   for (; k + 16 <= K; k += 16) {
     if (W::hint == _MM_HINT_NTA && intel) {
-      prefetch_next<R, 16 * sizeof(typename W::T), _MM_HINT_T1>(next + (kIntelPassesAhead - 1) * R * K, k / 16);
+      prefetch_next<R, 16 * sizeof(typename W::T), _MM_HINT_T1>(ahead, k / 16);
     } else {
       prefetch_next<R, 16 * sizeof(typename W::T), W::hint>(next, k / 16);
     }
