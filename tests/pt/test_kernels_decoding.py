@@ -49,6 +49,39 @@ def test_one_query_attention_over_a_cache_slice(keys, dim):
                                        rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [64, 24])
+def test_storing_the_new_key_and_value_while_attending_is_storing_then_attending(dim):
+    """``attend_one_storing`` writes a step's key and value into the cache at its slot (each head by the thread
+    that reads it) and attends: the same buffers and the same bits as a copy and ``attend_one``."""
+    torch.manual_seed(dim)
+    batch, heads, length = 3, 4, 11
+    fused = torch.randn(batch, 1, 3 * heads * dim)
+    query, new_key, new_value = fused.view(batch, 1, 3, heads, dim).permute(2, 0, 3, 1, 4)
+    bias = torch.randn(1, heads, 1, 9)
+    for slot in (8, 3):  # the last attended slot, as in decoding, and one inside
+        keys, values = torch.randn(2, batch, heads, length, dim)
+        keys_then, values_then = keys.clone(), values.clone()
+        got = kernels.ops().attend_one_storing(query, keys[:, :, :9], values[:, :, :9], new_key, new_value, slot,
+                                               bias, 0.3)
+        keys_then[:, :, slot:slot + 1] = new_key
+        values_then[:, :, slot:slot + 1] = new_value
+        assert torch.equal(keys, keys_then) and torch.equal(values, values_then)
+        want = kernels.ops().attend_one(query, keys_then[:, :, :9], values_then[:, :, :9], bias, 0.3)
+        assert torch.equal(got, want)
+    for call, message in [
+        (lambda: kernels.ops().attend_one_storing(query, keys[:, :, :9], values[:, :, :9], new_key, new_value, 9,
+                                                  None, 0.3), "slot: expected 0 <= slot < 9, given 9"),
+        (lambda: kernels.ops().attend_one_storing(query, torch.randn(batch, heads, dim, 9).transpose(2, 3),
+                                                  values[:, :, :9], new_key, new_value, 2, None, 0.3),
+         "key and value: expected the cache's buffers"),
+        (lambda: kernels.ops().attend_one_storing(query, keys[:, :, :9], values[:, :, :9], new_key[:, :2],
+                                                  new_value, 2, None, 0.3), "new_key: expected shape (3, 4, 1,"),
+    ]:
+        with pytest.raises(RuntimeError) as caught:
+            call()
+        assert message in str(caught.value), (message, str(caught.value)[:300])
+
+
 def test_masked_keys_weigh_nothing_and_a_fully_masked_query_matches_torch():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 3, 1, 32), torch.randn(2, 3, 9, 32), torch.randn(2, 3, 9, 32)
@@ -223,6 +256,9 @@ def test_the_operators_trace_for_torch_compile():
                                  torch.ones(32), torch.full((32,), 64.0), None, 64, 32)),
         (ops.attend_one.default, (torch.randn(2, 3, 1, 16), torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16),
                                   torch.randn(1, 3, 1, 5), 0.25)),
+        (ops.attend_one_storing.default, (torch.randn(2, 3, 1, 16), torch.randn(2, 3, 5, 16),
+                                          torch.randn(2, 3, 5, 16), torch.randn(2, 3, 1, 16),
+                                          torch.randn(2, 3, 1, 16), 4, torch.randn(1, 3, 1, 5), 0.25)),
         (ops.gelu.default, (torch.randn(4, 5), "tanh")),
         (ops.argmax_rows.default, (torch.randn(4, 50),)),
     ]:

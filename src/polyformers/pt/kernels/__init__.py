@@ -194,6 +194,8 @@ def _register_fakes() -> None:
     fake("polyformers::linear_bf16")(lambda x, weight, bias: x.new_empty((x.shape[0], weight.shape[0])))
     fake("polyformers::linear_f32")(lambda x, weight, bias: x.new_empty((x.shape[0], weight.shape[0])))
     fake("polyformers::attend_one")(lambda query, key, value, bias, scale: query.new_empty(query.shape))
+    fake("polyformers::attend_one_storing")(lambda query, key, value, new_key, new_value, slot, bias, scale:
+                                            query.new_empty(query.shape))
     fake("polyformers::gelu")(lambda x, approximate: x.new_empty(x.shape))
     fake("polyformers::argmax_rows")(lambda x: x.new_empty((x.shape[0],), dtype=torch.long))
     fake("polyformers::alibi_blocks")(lambda hidden, tensors, layout, keys, values, written, slot, bias, scale, eps,

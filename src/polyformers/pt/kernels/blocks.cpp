@@ -54,8 +54,8 @@ struct Kernels {
                                       int64_t, int64_t)> i4;
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const Optional&, int64_t, int64_t)> i8;
-  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&,
-                                      double)> attend;
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, int64_t, const Optional&, double)> attend_storing;
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, c10::string_view)> gelu;
 };
 
@@ -67,8 +67,8 @@ const Kernels& kernels() {
                         int64_t)>("polyformers::linear_i4"),
       handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&,
                         int64_t, int64_t)>("polyformers::linear_i8"),
-      handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&, double)>(
-          "polyformers::attend_one"),
+      handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        const at::Tensor&, int64_t, const Optional&, double)>("polyformers::attend_one_storing"),
       handle<at::Tensor(const at::Tensor&, c10::string_view)>("polyformers::gelu"),
   };
   return k;
@@ -133,10 +133,9 @@ void check_stack(const char* op, const at::Tensor& hidden, const c10::List<Optio
 at::Tensor store_and_attend(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                             const at::Tensor& keys, const at::Tensor& values, const at::Tensor& written,
                             int64_t slot, int64_t T, const Optional& bias, double scale) {
-  keys.narrow(2, slot, 1).copy_(key);
-  values.narrow(2, slot, 1).copy_(value);
   written.narrow(0, slot, 1).fill_(true);
-  return kernels().attend.call(query, keys.narrow(2, 0, T), values.narrow(2, 0, T), bias, scale);
+  return kernels().attend_storing.call(query, keys.narrow(2, 0, T), values.narrow(2, 0, T), key, value, slot, bias,
+                                       scale);
 }
 
 at::Tensor alibi_blocks(const at::Tensor& hidden, const c10::List<Optional>& tensors, at::IntArrayRef layout,
