@@ -122,3 +122,22 @@ def test_with_huge_pages_no_loaded_weight_keeps_a_page_of_the_file_mapped(tmp_pa
         assert mapped_file() == (not memory.huge_pages_available()), available
         del loaded
         gc.collect()
+
+
+def test_a_static_caches_buffers_lie_in_huge_pages_and_start_at_zero():
+    """``generate``'s preallocated key/value cache: each layer's buffer from ``memory.empty`` where it is
+    large enough, zeroed; a small one in torch's memory."""
+    from polyformers.pt.cache import StaticCache
+
+    config = MptConfig(d_model=256, n_heads=4, n_layers=2, max_seq_len=4096)
+    for batch, length, huge in ((2, 1024, True), (1, 16, False)):  # 2 MiB a buffer; 16 KiB
+        cache = StaticCache(config, max_batch_size=batch, max_cache_len=length, dtype=torch.float32)
+        for buffer in (*cache.key_cache, *cache.value_cache):
+            assert buffer.shape == (batch, 4, length, 64) and not buffer.any()
+            nbytes = buffer.numel() * 4
+            if huge and memory.huge_pages_available():
+                assert buffer.untyped_storage().nbytes() == nbytes + memory.HUGE_PAGE
+                assert buffer.data_ptr() % memory.HUGE_PAGE == 0
+                assert "hg" in _mapping(buffer.data_ptr())["VmFlags"].split()
+            else:
+                assert buffer.untyped_storage().nbytes() == nbytes
