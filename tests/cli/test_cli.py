@@ -1,7 +1,15 @@
-"""The ``polyformers`` command, run as a user runs it: a subprocess, JSON and tables, stdin, errors."""
+"""The ``polyformers`` command: JSON and tables, stdin, errors.
+
+Most calls run ``polyformers.cli.main`` in this process, with its own stdin, stdout, stderr and
+environment (:func:`run`): a fresh interpreter costs about 1.4 s of CPU a call, mostly importing torch.
+The calls that only a process shows, the interpreter's exit code for ``python -m polyformers``, text
+piped into it, TensorFlow and JAX starting with the process' stderr closed, run as a user runs them
+(:func:`run_process`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -16,11 +24,43 @@ from tests.pipelines import checkpoints as ck
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args, stdin: str = "", env=None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_process(*args, stdin: str = "", env=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m polyformers ARGS`` with ``stdin`` piped in and the output captured."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("POLYFORMERS_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "polyformers", *map(str, args)], input=stdin, capture_output=True,
                           text=True, env=full_env, cwd=ROOT, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _environment(changes: dict):
+    saved = dict(os.environ)
+    os.environ.update(changes)
+    os.environ.pop("POLYFORMERS_DEBUG", None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run(*args, stdin: str = "", env=None) -> subprocess.CompletedProcess:
+    """The command's ``main`` in this process, as :func:`run_process` would see it: ``stdin`` as a pipe's
+    text (not a terminal), stdout and stderr captured, the exit code of ``main`` or of argparse's exit."""
+    from polyformers import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with _environment(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse on a malformed command line
+                code = exit_.code
+    finally:
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(["polyformers", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def ok(proc) -> subprocess.CompletedProcess:
@@ -69,7 +109,8 @@ def test_embed_json_from_arguments_and_stdin(mpnet_tiny):
     assert [r["text"] for r in out] == ["hello world", "second text"]
     assert all(len(r["embedding"]) == 32 for r in out)
     assert abs(sum(x * x for x in out[0]["embedding"]) - 1.0) < 1e-4
-    piped = json.loads(ok(run("embed", "--model", mpnet_tiny, "--json", stdin="hello world\n\nsecond text\n")).stdout)
+    piped = json.loads(ok(run_process("embed", "--model", mpnet_tiny, "--json",
+                                      stdin="hello world\n\nsecond text\n")).stdout)
     assert [r["text"] for r in piped] == ["hello world", "second text"]
     assert piped[0]["embedding"] == pytest.approx(out[0]["embedding"], abs=1e-6)
     table = ok(run("embed", "--model", mpnet_tiny, "hello world")).stdout
@@ -155,10 +196,10 @@ def test_search_errors(mpnet_tiny, tmp_path):
 
 
 def test_usage_and_input_errors(mpnet_tiny, electra):
-    user_error(run("translate", "x"), 2, "invalid choice: 'translate'")
+    user_error(run_process("translate", "x"), 2, "invalid choice: 'translate'")
     user_error(run(), 2, "required: COMMAND")
     user_error(run("embed", "-m", mpnet_tiny, "--batch-size", "0", "x"), 2, "expected a positive integer, got '0'")
-    user_error(run("embed", "-m", mpnet_tiny, stdin="\n  \n"), 1, "empty input")
+    user_error(run_process("embed", "-m", mpnet_tiny, stdin="\n  \n"), 1, "empty input")
     user_error(run("summarize", "-m", electra["mlm"], "some text"), 1, "task 'summarization' needs a model of family pegasus",
                "'electra' checkpoint")
     user_error(run("fill-mask", "-m", electra["mlm"], "no mask here"), 1, "no mask token ([MASK])")
@@ -169,7 +210,8 @@ def test_usage_and_input_errors(mpnet_tiny, electra):
 
 def test_framework_without_a_class_for_the_family(tmp_path, assets):
     folder = ck.build(tmp_path, "mpt", "MptForCausalLM", ck.MPT, lambda f: ck.bpe_files(assets, f, "GPT2Tokenizer"))
-    user_error(run("generate", "-m", folder, "--framework", "tf", "Hello"), 1, "polyformers has no TFMptForCausalLM")
+    user_error(run_process("generate", "-m", folder, "--framework", "tf", "Hello"), 1,
+               "polyformers has no TFMptForCausalLM")
     out = json.loads(ok(run("generate", "-m", folder, "--json", "--max-new-tokens", "3", "Hello")).stdout)
     assert out[0]["prompt"] == "Hello" and out[0]["generated"][0]["generated_text"].startswith("Hello")
 

@@ -12,7 +12,7 @@ from polyformers import pipeline
 from tests.pipelines import checkpoints as ck
 from tests.pipelines import legacy
 
-from .test_cli import ok, run, user_error
+from .test_cli import ok, run, run_process, user_error
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def test_summarize_json_from_stdin_and_table(world):
 
 def test_framework_tf_matches_the_reference(world):
     folder = world["folders"]["electra_cls"]
-    out = json.loads(ok(run("classify", "-m", folder, "--framework", "tf", "--json", "--top-k", "0",
-                            *legacy.SENTENCES[:2])).stdout)
+    out = json.loads(ok(run_process("classify", "-m", folder, "--framework", "tf", "--json", "--top-k", "0",
+                                    *legacy.SENTENCES[:2])).stdout)
     reference = world["tf"]["classification"][1]  # top_k=None on SENTENCES[0]
     got = {x["label"]: x["score"] for x in out[0]["labels"]}
     assert set(got) == {x["label"] for x in reference}
@@ -50,9 +50,9 @@ def test_framework_tf_matches_the_reference(world):
 
 def test_framework_without_a_class_is_one_line(tmp_path, assets, world):
     gptj = ck.build(tmp_path, "gptj", "GPTJForCausalLM", ck.GPTJ, lambda f: ck.bpe_files(assets, f, "GPT2Tokenizer"))
-    user_error(run("generate", "-m", gptj, "--framework", "tf", "Hello"), 1,
+    user_error(run_process("generate", "-m", gptj, "--framework", "tf", "Hello"), 1,
                "generate: error:", "polyformers has no TFGPTJForCausalLM for the 'gptj' family")
-    user_error(run("fill-mask", "-m", world["folders"]["electra_mlm"], "--framework", "flax", "a [MASK]."), 1,
+    user_error(run_process("fill-mask", "-m", world["folders"]["electra_mlm"], "--framework", "flax", "a [MASK]."), 1,
                "polyformers has no FlaxElectraForMaskedLM")
 
 
