@@ -56,6 +56,12 @@ def test_large_tensors_lie_in_advised_huge_pages_and_small_ones_in_torchs_memory
     for dtype in (torch.bfloat16, torch.int8, torch.uint8):  # views of other element sizes
         t = memory.empty((3, 1 << 20), dtype)
         assert t.dtype == dtype and t.shape == (3, 1 << 20)
+    # zeros: a fresh mapping (zero as the system hands it over) where advised, torch.zeros otherwise
+    for shape, mapped in (((3, 1 << 20), True), ((100, 100), False)):
+        zeros = memory.zeros(shape, torch.float32)
+        assert zeros.shape == shape and zeros.is_contiguous() and not zeros.any()
+        extra = memory.HUGE_PAGE if mapped and memory.huge_pages_available() else 0
+        assert zeros.untyped_storage().nbytes() == zeros.numel() * 4 + extra
 
 
 def test_the_memory_goes_back_when_the_tensor_is_freed():

@@ -72,6 +72,16 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     return raw[start:start + nbytes].view(dtype).view(shape)
 
 
+def zeros(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous CPU tensor of zeros, like :func:`empty` in huge pages when :func:`advised`. Such memory is a
+    fresh anonymous mapping, which the system fills with zeros as each page is first touched: nothing writes
+    it twice. (Zeroing it again costs more than the zeros themselves: 24 buffers of 5.3 MiB took 29-95 ms
+    with ``zero_()``, against 10 ms for ``torch.zeros`` in memory the allocator had already mapped.)"""
+    if not advised(shape, dtype):
+        return torch.zeros(tuple(int(n) for n in shape), dtype=dtype)
+    return empty(shape, dtype)
+
+
 def in_huge_pages(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``tensor.to(dtype)`` (its own dtype by default), copied in one pass into memory from :func:`empty`
     when :func:`advised`; on another device, or too small to gain, just ``tensor.to(dtype)`` (``tensor``
@@ -82,4 +92,4 @@ def in_huge_pages(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> 
     return empty(tensor.shape, dtype).copy_(tensor)
 
 
-__all__ = ["HUGE_PAGE", "advised", "empty", "huge_pages_available", "in_huge_pages"]
+__all__ = ["HUGE_PAGE", "advised", "empty", "huge_pages_available", "in_huge_pages", "zeros"]
