@@ -14,10 +14,13 @@ start-up cost of the reference environment (seconds) off each case.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
+import select
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -68,20 +71,56 @@ class Case:
     save_kwargs: dict = dataclasses.field(default_factory=dict)
 
 
+ORACLE_TIMEOUT = 900  # seconds for one job
+
+# One reference process per interpreter path, kept for the life of this (test) process: see oracle_pt.serve.
+_oracles: dict[str, tuple[subprocess.Popen, Any]] = {}
+
+
+def _oracle(python: Path) -> tuple[subprocess.Popen, Any]:
+    key = str(python)
+    if key in _oracles and _oracles[key][0].poll() is None:
+        return _oracles[key]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
+               OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    log = tempfile.TemporaryFile("w+")  # its stderr: a file, which never fills up as an unread pipe would
+    process = subprocess.Popen([key, str(ORACLE), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=log, text=True, env=env)
+    _oracles[key] = (process, log)
+    atexit.register(_close, process, log)
+    return process, log
+
+
+def _close(process: subprocess.Popen, log) -> None:
+    if process.poll() is None:
+        process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    log.close()
+
+
 def _run_oracle(python: Optional[Path], job: dict) -> dict:
     if python is None:  # the installed (current) reference, in this process
         from tests.parity.oracle_pt import run_job
 
         return run_job(job)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
-               OMP_NUM_THREADS="1")
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [str(python), str(ORACLE)], input=json.dumps(job), capture_output=True, text=True, env=env, timeout=900
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"reference run failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    process, log = _oracle(python)
+    process.stdin.write(json.dumps(job) + "\n")
+    process.stdin.flush()
+    ready, _, _ = select.select([process.stdout], [], [], ORACLE_TIMEOUT)
+    line = process.stdout.readline() if ready else ""
+    answer = json.loads(line) if line.strip() else None
+    if answer is None or "error" in answer:
+        if answer is None:  # no answer: the process died or hangs; the next job starts a new one
+            process.kill()
+            process.wait()
+        log.seek(0)
+        detail = answer["error"] if answer else log.read()[-4000:]
+        raise RuntimeError(f"reference run failed:\n{detail}")
+    return answer["summary"]
 
 
 def flatten(value, prefix: str, out: dict) -> None:

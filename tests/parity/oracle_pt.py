@@ -8,11 +8,17 @@ Reads a job (JSON on stdin), and for each case either builds a reference model f
 every parameter perturbed and saves it ("build"), or loads a folder ("load"); then runs the case's
 calls and writes every output tensor to ``<workdir>/<case>.out.safetensors`` under flattened names.
 Prints a JSON summary (output class names and key order) on the last line of stdout.
+
+With ``--serve`` it answers one job per line of stdin, each with one line of stdout (``{"summary": ...}`` or
+``{"error": traceback}``), until stdin closes: the harness keeps one such process per test process, so the
+reference's start-up (torch and transformers, a few seconds) is paid once, not per job.
 """
 
+import contextlib
 import json
 import os
 import sys
+import traceback
 
 import torch
 import transformers
@@ -81,8 +87,25 @@ def run_job(job):
     return summary
 
 
+def serve():
+    answers = sys.stdout
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # the answer line is the only output on stdout
+                answer = {"summary": run_job(json.loads(line))}
+        except Exception:  # noqa: BLE001 - reported to the harness, which raises it in the test
+            answer = {"error": traceback.format_exc()}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
 def main():
-    print(json.dumps(run_job(json.load(sys.stdin))))
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        print(json.dumps(run_job(json.load(sys.stdin))))
 
 
 if __name__ == "__main__":
