@@ -75,7 +75,8 @@ def test_storing_the_new_key_and_value_while_attending_is_storing_then_attending
                                                   values[:, :, :9], new_key, new_value, 2, None, 0.3),
          "key and value: expected the cache's buffers"),
         (lambda: kernels.ops().attend_one_storing(query, keys[:, :, :9], values[:, :, :9], new_key[:, :2],
-                                                  new_value, 2, None, 0.3), "new_key: expected shape (3, 4, 1,"),
+                                                  new_value, 2, None, 0.3),
+         "attend_one_storing: new_key: expected shape (3, 4, 1,"),
     ]:
         with pytest.raises(RuntimeError) as caught:
             call()

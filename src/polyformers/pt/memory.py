@@ -1,4 +1,4 @@
-"""Memory for weights in transparent huge pages (Linux), where decoding streams them faster.
+"""Memory for weights and caches in transparent huge pages (Linux), where decoding streams them faster.
 
 Decoding a token reads every weight once, a few hundred megabytes in 4 KiB pages: each page costs a
 translation (TLB) miss, and the hardware prefetchers stop at every page boundary. In 2 MiB pages both go

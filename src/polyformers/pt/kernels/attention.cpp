@@ -173,10 +173,10 @@ void one_head_vectors(const float* q, const float* k, int64_t kt, const float* v
   for (int d = 0; d < DV; ++d) _mm512_storeu_ps(out + 16 * d, _mm512_mul_ps(_mm512_add_ps(even[d], odd[d]), iv));
 }
 
-void check_qkv(const char* name, const at::Tensor& t, int64_t B, int64_t H, int64_t T, int64_t D) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4, "attend_one: ", name,
+void check_qkv(const char* caller, const char* name, const at::Tensor& t, int64_t B, int64_t H, int64_t T, int64_t D) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4, caller, ": ", name,
               ": expected a 4-D float32 CPU tensor, given ", t.scalar_type(), " of ", t.dim(), " dimensions");
-  TORCH_CHECK(t.size(0) == B && t.size(1) == H && t.size(2) == T && t.size(3) == D, "attend_one: ", name,
+  TORCH_CHECK(t.size(0) == B && t.size(1) == H && t.size(2) == T && t.size(3) == D, caller, ": ", name,
               ": expected shape (", B, ", ", H, ", ", T, ", ", D, "), given ", t.sizes());
 }
 
@@ -195,16 +195,17 @@ inline void copy_vector(const float* from, float* to, int64_t D) {
   if (d < D) _mm512_mask_storeu_ps(to + d, tail_mask(D - d), _mm512_maskz_loadu_ps(tail_mask(D - d), from + d));
 }
 
-at::Tensor attend_heads(const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in,
-                        const c10::optional<at::Tensor>& bias_in, double scale, const Store* store) {
+at::Tensor attend_heads(const char* caller, const at::Tensor& query_in, const at::Tensor& key_in,
+                        const at::Tensor& value_in, const c10::optional<at::Tensor>& bias_in, double scale,
+                        const Store* store) {
   TORCH_CHECK(query_in.dim() == 4 && query_in.size(2) == 1,
-              "attend_one: query: expected (batch, heads, 1, dim), given ", query_in.sizes());
+              caller, ": query: expected (batch, heads, 1, dim), given ", query_in.sizes());
   const int64_t B = query_in.size(0), H = query_in.size(1), D = query_in.size(3);
-  TORCH_CHECK(key_in.dim() == 4, "attend_one: key: expected (batch, heads, keys, dim), given ", key_in.sizes());
+  TORCH_CHECK(key_in.dim() == 4, caller, ": key: expected (batch, heads, keys, dim), given ", key_in.sizes());
   const int64_t T = key_in.size(2);
-  check_qkv("query", query_in, B, H, 1, D);
-  check_qkv("key", key_in, B, H, T, D);
-  check_qkv("value", value_in, B, H, T, D);
+  check_qkv(caller, "query", query_in, B, H, 1, D);
+  check_qkv(caller, "key", key_in, B, H, T, D);
+  check_qkv(caller, "value", value_in, B, H, T, D);
   // Each D-vector must be contiguous; anything else is copied first.
   const at::Tensor query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
   const at::Tensor key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
@@ -212,7 +213,7 @@ at::Tensor attend_heads(const at::Tensor& query_in, const at::Tensor& key_in, co
   at::Tensor bias;
   if (bias_in) {
     TORCH_CHECK(bias_in->scalar_type() == at::kFloat && bias_in->dim() <= 4,
-                "attend_one: bias: expected a float32 tensor of at most 4 dimensions, given ",
+                caller, ": bias: expected a float32 tensor of at most 4 dimensions, given ",
                 bias_in->scalar_type(), " of ", bias_in->dim(), " dimensions");
     bias = bias_in->expand({B, H, 1, T});  // a broadcast dimension gets stride 0; raises if it cannot broadcast
   }
@@ -254,7 +255,7 @@ at::Tensor attend_heads(const at::Tensor& query_in, const at::Tensor& key_in, co
 
 at::Tensor attend_one(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                       const c10::optional<at::Tensor>& bias, double scale) {
-  return attend_heads(query, key, value, bias, scale, nullptr);
+  return attend_heads("attend_one", query, key, value, bias, scale, nullptr);
 }
 
 at::Tensor attend_one_storing(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
@@ -267,12 +268,12 @@ at::Tensor attend_one_storing(const at::Tensor& query, const at::Tensor& key, co
   TORCH_CHECK(key.stride(3) == 1 && value.stride(3) == 1,
               "attend_one_storing: key and value: expected the cache's buffers, each D-vector contiguous; given "
               "strides ", key.strides(), " and ", value.strides());
-  check_qkv("new_key", new_key, B, H, 1, D);
-  check_qkv("new_value", new_value, B, H, 1, D);
+  check_qkv("attend_one_storing", "new_key", new_key, B, H, 1, D);
+  check_qkv("attend_one_storing", "new_value", new_value, B, H, 1, D);
   const at::Tensor nk = new_key.stride(3) == 1 ? new_key : new_key.contiguous();
   const at::Tensor nv = new_value.stride(3) == 1 ? new_value : new_value.contiguous();
   const Store store{nk.data_ptr<float>(), nv.data_ptr<float>(), strides_of(nk), strides_of(nv), slot};
-  return attend_heads(query, key, value, bias, scale, &store);
+  return attend_heads("attend_one_storing", query, key, value, bias, scale, &store);
 }
 
 }  // namespace
