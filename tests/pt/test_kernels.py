@@ -161,7 +161,7 @@ def test_int8_rows_through_the_tile_unit_are_the_vnni_kernels_bits():
             q = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
             packed, sums = kernels.pack_i8(q)
             scales, bias = torch.rand(out_features) + 0.1, torch.randn(out_features)
-            for rows in (2, 3, 8, 16, 17, 40):
+            for rows in (2, 3, 8, 16, 17, 40, 70):
                 x = torch.randn(rows, in_features) * 3
                 assert kernels.int8_tiles(True) == has_amx
                 tiles = ops.linear_i8(x, packed, scales, sums, bias, in_features, out_features)

@@ -659,26 +659,36 @@ at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   const bool keep = keep_weights.load(std::memory_order_relaxed);
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
   if (M > 1 && amx_on.load(std::memory_order_relaxed)) {
-    for (int64_t m0 = 0; m0 < M; m0 += kAmxRows) {
-      const int rows = static_cast<int>(std::min(kAmxRows, M - m0));
+    // Rows m_begin..m_end in blocks of `rows`: each thread takes whole panels and multiplies every block by a
+    // panel while the panel is in its caches (prefetched to stay there), so the weights stream once for all
+    // the blocks. (Block after block over all panels streamed them once per 16 rows: a 256-row prompt, 16
+    // times.) The last rows, fewer than 16, follow under their own tile shape.
+    auto blocks = [&](int rows, int64_t m_begin, int64_t m_end) {
       const TileConfig config = tile_config(rows, Kp);
+      const bool again = m_end - m_begin > rows;
       at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
         _tile_loadconfig(&config);
         for (int64_t p = begin; p < end; ++p)
-          i8_panel_tiles(rows, up + m0 * Kp, Kp, wp + p * kPanelI8 * Kp, p * kPanelI8, lows + m0, lows + M + m0,
-                         sp, sump, bp, yp + m0 * N, N, keep);
+          for (int64_t m0 = m_begin; m0 < m_end; m0 += rows)
+            i8_panel_tiles(rows, up + m0 * Kp, Kp, wp + p * kPanelI8 * Kp, p * kPanelI8, lows + m0,
+                           lows + M + m0, sp, sump, bp, yp + m0 * N, N, keep || again);
         _tile_release();
       });
-    }
+    };
+    const int64_t full = M / kAmxRows * kAmxRows;
+    if (full > 0) blocks(static_cast<int>(kAmxRows), 0, full);
+    if (full < M) blocks(static_cast<int>(M - full), full, M);
     return y;
   }
 #endif
-  over_tiles(M, [&](auto tag, int64_t m0) {
-    at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p)
+  // The same order without tiles: each panel, while cached, times every tile of up to eight rows.
+  const bool again = M > kTile;
+  at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      over_tiles(M, [&](auto tag, int64_t m0) {
         i8_panel<decltype(tag)::value>(up + m0 * Kp, Kp, wp + p * kPanelI8 * Kp, p * kPanelI8, lows + m0,
-                                       lows + M + m0, sp, sump, bp, yp + m0 * N, N, keep);
-    });
+                                       lows + M + m0, sp, sump, bp, yp + m0 * N, N, keep || again);
+      });
   });
   return y;
 }
