@@ -8,8 +8,9 @@ A family test declares :class:`Case` objects (reference class name, a tiny confi
    (class name, key order, every tensor, losses, caches) within ``atol``;
 3. saves the polyformers model and has the reference load that folder and reproduce its outputs.
 
-All cases of a test module go through one reference process per direction, which keeps the
-start-up cost of the reference environment (seconds) off each case.
+All cases of a test go to the reference in one job per direction, and one reference process, kept for
+the life of the test process, answers every job: the start-up cost of the reference environment
+(seconds) is paid once per test process, not per case or per job.
 """
 
 from __future__ import annotations
