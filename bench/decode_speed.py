@@ -670,6 +670,7 @@ def int8_kernels(repeat: int) -> None:
     if not tiles:
         print("  8 rows: this CPU (or Linux) gives no tile unit (AMX), so VNNI takes them")
 
+
 def bf16_kernels(repeat: int, stream: float) -> None:
     """The candidates for a 16-bit matrix times one float32 token, per matrix shape of the reduced GPT-J
     (MPT's are the same), each shape as copies filling 256 MB of float32: GB/s of weights read (as each

@@ -681,7 +681,7 @@ at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
     return y;
   }
 #endif
-  // The same order without tiles: each panel, while cached, times every tile of up to eight rows.
+  // The same order without tiles: each panel, while cached, multiplies every tile of up to eight rows.
   const bool again = M > kTile;
   at::parallel_for(0, panels_i8(N), 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p)
