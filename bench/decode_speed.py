@@ -19,6 +19,8 @@ rounds in which the contenders run one after another, in alternating order. Prin
   "torch's kernels", decoding with polyformers' compiled kernels switched off (``kernels.switched_off``:
   fbgemm's int8, torch's int4 and bfloat16 products, and torch's attention, GELU and argmax, which every
   other row takes from polyformers' kernels when they are built);
+- "int8, bf16 cache": the int8 model decoding through a bfloat16 ``StaticCache`` (its keys and values
+  rounded as they are stored: half the bytes a step reads of them, the most of what a batch adds);
 - CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed;
 - llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
   by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
@@ -294,19 +296,23 @@ class Contender:
         self.generate = generate  # (input_ids tensor, new tokens) -> output ids
 
 
-def torch_contender(name: str, model, kernels_off: bool = False) -> Contender:
+def torch_contender(name: str, model, kernels_off: bool = False, cache_dtype=None) -> Contender:
     """``model.generate``; with ``kernels_off``, inside ``polyformers.pt.kernels.switched_off()``: torch's
-    kernels where polyformers' compiled ones would run."""
+    kernels where polyformers' compiled ones would run; with ``cache_dtype``, through a StaticCache of that
+    dtype made for each call (as ``generate`` makes its own float32 one)."""
     import contextlib
 
     import torch
 
     from polyformers.pt import kernels
+    from polyformers.pt.cache import StaticCache
 
     def generate(ids, new):
+        cache = {} if cache_dtype is None else {"past_key_values": StaticCache(
+            model.config, max_batch_size=ids.shape[0], max_cache_len=ids.shape[1] + new, dtype=cache_dtype)}
         with torch.inference_mode(), kernels.switched_off() if kernels_off else contextlib.nullcontext():
             return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                                  do_sample=False)
+                                  do_sample=False, **cache)
 
     return Contender(name, generate)
 
@@ -392,6 +398,8 @@ def bench_family(family: str, args, bw_samples: list) -> None:
     if "int8" not in args.skip:
         ours_int8 = quantize_int8(pf_class.from_pretrained(folder, dtype=torch.float32).eval())
         contenders.append(torch_contender("polyformers-int8", ours_int8))
+        # the same model with its keys and values stored in bfloat16: half the bytes a step reads of them
+        contenders.append(torch_contender("int8, bf16 cache", ours_int8, cache_dtype=torch.bfloat16))
         if kernels.available():  # the same int8 weights through fbgemm
             with kernels.switched_off():
                 int8_torch = quantize_int8(pf_class.from_pretrained(folder, dtype=torch.float32).eval())
@@ -436,6 +444,7 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         bytes_per_token["polyformers-int8"] = weight_bytes_per_token(ours_int8)
         bytes_per_token["ctranslate2-int8"] = bytes_per_token["polyformers-int8"]
         bytes_per_token["int8 torch's kernels"] = bytes_per_token["polyformers-int8"]
+        bytes_per_token["int8, bf16 cache"] = bytes_per_token["polyformers-int8"]
     if "int4" not in args.skip:
         bytes_per_token[f"polyformers-int4-g{args.group_size}"] = weight_bytes_per_token(ours_int4)
         bytes_per_token[f"int4-g{args.group_size} torch's kernel"] = weight_bytes_per_token(ours_int4)
@@ -500,7 +509,7 @@ def bench_family(family: str, args, bw_samples: list) -> None:
 
     if "batch" not in args.skip:
         # (torch's int4 kernel takes one row: its layers dequantize the whole weight for a batch, minutes here)
-        batched = ("polyformers", "polyformers-int8", "int8 torch's kernels", "polyformers-bf16",
+        batched = ("polyformers", "polyformers-int8", "int8, bf16 cache", "int8 torch's kernels", "polyformers-bf16",
                    "bf16 torch's kernels", f"polyformers-int4-g{args.group_size}", "reference")
         batch_s = rounds([by_name[n] for n in batched if n in by_name
                           and (n != "reference" or "batch-reference" in args.extra)],

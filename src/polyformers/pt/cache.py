@@ -160,6 +160,13 @@ class StaticCache(Cache):
     so far) and return the whole buffers; attention masks the positions not written yet. With
     ``dtype``/``device`` left out, the buffers are allocated on the first update, in the dtype and on
     the device of the states the model produces.
+
+    ``dtype=torch.bfloat16`` for a float32 model keeps a 16-bit cache: each key and value is rounded to
+    bfloat16 as it is stored (to nearest, as ``Tensor.to`` does), and attention reads the rounded values.
+    Half the memory of a float32 cache, and half the bytes a decoding step reads from it, which is most of
+    what a batch adds to a step: with 8 sequences of ~100 tokens, the reduced MPT reads 75 MB of float32
+    keys and values a step beside 203 MB of int8 weights. The outputs are those of the model with its keys
+    and values rounded to bfloat16, not the float32 model's.
     """
 
     is_compileable = True
@@ -236,10 +243,10 @@ class StaticCache(Cache):
                 f"StaticCache was built for (batch, heads, head_dim) = {expected}, the model gave {given}; "
                 "create it with max_batch_size equal to the batch size"
             )
-        if key_states.dtype != self.dtype:
+        if key_states.dtype != self.dtype and not (self.dtype == torch.bfloat16 and key_states.dtype == torch.float32):
             raise ValueError(
                 f"StaticCache holds {self.dtype} states but the model produced {key_states.dtype}; "
-                f"create it with dtype={key_states.dtype}"
+                f"create it with dtype={key_states.dtype} (or torch.bfloat16 for a float32 model)"
             )
         position = (cache_kwargs or {}).get("cache_position")
         if position is None:
@@ -250,8 +257,8 @@ class StaticCache(Cache):
             raise ValueError(
                 f"{key_states.shape[-2]} new positions do not fit a StaticCache of max_cache_len={self.max_cache_len}"
             )
-        self.key_cache[layer_idx].index_copy_(2, position, key_states)
-        self.value_cache[layer_idx].index_copy_(2, position, value_states)
+        self.key_cache[layer_idx].index_copy_(2, position, key_states.to(self.dtype))
+        self.value_cache[layer_idx].index_copy_(2, position, value_states.to(self.dtype))
         self._written[layer_idx].index_fill_(0, position, True)
         return self.key_cache[layer_idx], self.value_cache[layer_idx]
 

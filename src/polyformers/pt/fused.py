@@ -10,7 +10,7 @@ and the model runs its blocks in Python, unless every one of these holds:
 - inference: no gradients, the model in eval mode, float32 CPU states, one new token for at most
   ``kernels.MAX_ROWS`` rows, the kernels built;
 - the cache is a :class:`~polyformers.pt.cache.StaticCache` with float32 buffers (``generate`` makes one
-  when it owns the cache), written at one slot;
+  when it owns the cache) or bfloat16 ones (a 16-bit cache the caller made), written at one slot;
 - no output of the blocks is asked for (attention weights, hidden states) and no hook is registered on a
   block or any module inside it, nor globally;
 - every module of a block is one this module knows (MPT's block, attention, MLP, ``nn.LayerNorm``), every
@@ -209,7 +209,7 @@ def _step_plan(model, blocks, name: str, read_block, hidden, inputs) -> Optional
     if (not ENABLED or hidden.shape[1] != 1 or hidden.dtype != torch.float32 or hidden.device.type != "cpu"
             or hidden.shape[0] > kernels.MAX_ROWS or model.training or torch.is_grad_enabled()
             or inputs.output_attentions or inputs.output_hidden_states or type(cache) is not StaticCache
-            or not cache.key_cache or cache.dtype != torch.float32 or inputs.cache_position.numel() != 1
+            or not cache.key_cache or cache.dtype not in (torch.float32, torch.bfloat16) or inputs.cache_position.numel() != 1
             or _module._global_forward_hooks or _module._global_forward_pre_hooks or not kernels.ready()):
         return None
     plan = model.__dict__.get("_fused_plan")

@@ -513,13 +513,20 @@ def attend(
     ``bias``) lets query ``i`` see keys ``0..i``, as the fused kernel's flag does. ``masked_fill`` replaces
     the masked scores (``bias`` at the dtype's minimum) by the bias instead of adding it, so that they pass
     no gradient (MPT's reference); it differs from adding only for a query that sees no key at all.
+    Keys and values of another dtype than the query (a bfloat16 cache of a float32 model: see
+    ``cache.StaticCache``) are widened to the query's, exactly; the one-query kernel reads bfloat16 ones as
+    they are.
     Returns ``(context, probabilities or None)``.
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    if not need_weights and head_mask is None and not _fused_gradient_wrong(query, key, value, bias):
-        if bias is not None and bias.dtype != query.dtype:
-            bias = bias.to(query.dtype)
-        if _one_query(query, key, value, bias, dropout, is_causal):
+    fused = not need_weights and head_mask is None and not _fused_gradient_wrong(query, key, value, bias)
+    if bias is not None and fused and bias.dtype != query.dtype:
+        bias = bias.to(query.dtype)
+    one_query = fused and _one_query(query, key, value, bias, dropout, is_causal)
+    if key.dtype != query.dtype and not (one_query and key.dtype == torch.bfloat16 == value.dtype):
+        key, value = key.to(query.dtype), value.to(query.dtype)
+    if fused:
+        if one_query:
             return kernels.ops().attend_one(query, key, value, bias, scale), None
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scale,
                                                  is_causal=is_causal)

@@ -4,9 +4,11 @@
 //       softmax(scale * q . k_t + bias_t) over t, times v; float32; the bias broadcasts to (B, H, 1, T)
 //       as torch's scaled_dot_product_attention's attn_mask does, and the arguments may be strided views
 //       (a slice of a preallocated cache, heads permuted out of a fused projection) as long as each
-//       vector of D is contiguous.
+//       vector of D is contiguous. Key and value may instead both be bfloat16 (a 16-bit cache of a float32
+//       model): widened exactly as read, they give the bits of float32 buffers holding the same values.
 //   attend_one_storing(query, key, value, new_key (B, H, 1, D), new_value, slot, bias?, scale) -> the same
-//       after writing new_key and new_value at `slot` of key and value (a cache's buffers, written in place):
+//       after writing new_key and new_value (float32) at `slot` of key and value (a cache's buffers, written in
+//       place; into bfloat16 ones rounded to nearest even, as torch's conversion):
 //       each head's thread writes its own, so the lines it then reads are in its cache. Storing a batch of 8
 //       with torch's copy_ (128 cold 256-byte pieces, one thread) took 15-50 us a buffer on a 2-core Xeon.
 //
@@ -35,26 +37,46 @@ namespace {
 using polyformers::exp16;
 using polyformers::tail_mask;
 
-inline float dot(const float* a, const float* b, int64_t D) {
+// Keys and values are float32, or bfloat16 (a 16-bit cache of a float32 model), widened exactly as they
+// are read: the arithmetic is the float32 kernel's on the same values, so the same bits.
+using at::BFloat16;
+
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const BFloat16* p) {
+  return polyformers::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const BFloat16* p, __mmask16 m) { return polyformers::widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+inline void store16(BFloat16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), polyformers::narrow_bf16(v));
+}
+inline void store16(BFloat16* p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, polyformers::narrow_bf16(v)); }
+
+template <class T>
+inline float dot(const float* a, const T* b, int64_t D) {
   __m512 acc = _mm512_setzero_ps();
   int64_t d = 0;
-  for (; d + 16 <= D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+  for (; d + 16 <= D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), load16(b + d), acc);
   if (d < D) {
     const __mmask16 m = tail_mask(D - d);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d), acc);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + d), load16(b + d, m), acc);
   }
   return _mm512_reduce_add_ps(acc);
 }
 
 // out[0:D] += w * v[0:D]
-inline void axpy(float w, const float* v, float* out, int64_t D) {
+template <class T>
+inline void axpy(float w, const T* v, float* out, int64_t D) {
   const __m512 wv = _mm512_set1_ps(w);
   int64_t d = 0;
   for (; d + 16 <= D; d += 16)
-    _mm512_storeu_ps(out + d, _mm512_fmadd_ps(wv, _mm512_loadu_ps(v + d), _mm512_loadu_ps(out + d)));
+    _mm512_storeu_ps(out + d, _mm512_fmadd_ps(wv, load16(v + d), _mm512_loadu_ps(out + d)));
   if (d < D) {
     const __mmask16 m = tail_mask(D - d);
-    const __m512 sum = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, v + d), _mm512_maskz_loadu_ps(m, out + d));
+    const __m512 sum = _mm512_fmadd_ps(wv, load16(v + d, m), _mm512_maskz_loadu_ps(m, out + d));
     _mm512_mask_storeu_ps(out + d, m, sum);
   }
 }
@@ -100,8 +122,9 @@ inline float softmax_in_place(float* scores, int64_t T, float top) {
   return 1.0f / _mm512_reduce_add_ps(total);
 }
 
-// One head: q (D), keys and values (T rows of D, `kt` floats apart), bias (T, `bt` apart, or null).
-void one_head(const float* q, const float* k, int64_t kt, const float* v, int64_t vt, const float* bias, int64_t bt,
+// One head: q (D), keys and values (T rows of D, `kt` values apart), bias (T, `bt` apart, or null).
+template <class KV>
+void one_head(const float* q, const KV* k, int64_t kt, const KV* v, int64_t vt, const float* bias, int64_t bt,
               int64_t T, int64_t D, float scale, float* scores, float* out) {
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t t = 0; t < T; ++t) {
@@ -118,8 +141,8 @@ void one_head(const float* q, const float* k, int64_t kt, const float* v, int64_
 
 // The same for D = 16 * DV: the scores of 16 keys at a time (their products summed by sum16), and the
 // output's DV vectors held in registers (two sets, for even and odd keys, to halve the chains of FMAs).
-template <int DV>
-void one_head_vectors(const float* q, const float* k, int64_t kt, const float* v, int64_t vt, const float* bias,
+template <int DV, class KV>
+void one_head_vectors(const float* q, const KV* k, int64_t kt, const KV* v, int64_t vt, const float* bias,
                       int64_t bt, int64_t T, float scale, float* scores, float* out) {
   __m512 qv[DV];
   for (int d = 0; d < DV; ++d) qv[d] = _mm512_loadu_ps(q + 16 * d);
@@ -130,9 +153,9 @@ void one_head_vectors(const float* q, const float* k, int64_t kt, const float* v
     __m512 part[16];
     for (int t = 0; t < 16; ++t) {
       if (t < n) {
-        const float* kr = k + (t0 + t) * kt;
-        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-        for (int d = 1; d < DV; ++d) acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(kr + 16 * d), acc);
+        const KV* kr = k + (t0 + t) * kt;
+        __m512 acc = _mm512_mul_ps(qv[0], load16(kr));
+        for (int d = 1; d < DV; ++d) acc = _mm512_fmadd_ps(qv[d], load16(kr + 16 * d), acc);
         part[kSlot[t]] = acc;
       } else {
         part[kSlot[t]] = _mm512_setzero_ps();
@@ -158,24 +181,28 @@ void one_head_vectors(const float* q, const float* k, int64_t kt, const float* v
   int64_t t = 0;
   for (; t + 2 <= T; t += 2) {
     const __m512 p0 = _mm512_set1_ps(scores[t]), p1 = _mm512_set1_ps(scores[t + 1]);
-    const float* v0 = v + t * vt;
-    const float* v1 = v0 + vt;
+    const KV* v0 = v + t * vt;
+    const KV* v1 = v0 + vt;
     for (int d = 0; d < DV; ++d) {
-      even[d] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * d), even[d]);
-      odd[d] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * d), odd[d]);
+      even[d] = _mm512_fmadd_ps(p0, load16(v0 + 16 * d), even[d]);
+      odd[d] = _mm512_fmadd_ps(p1, load16(v1 + 16 * d), odd[d]);
     }
   }
   if (t < T) {
     const __m512 p0 = _mm512_set1_ps(scores[t]);
-    for (int d = 0; d < DV; ++d) even[d] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v + t * vt + 16 * d), even[d]);
+    for (int d = 0; d < DV; ++d) even[d] = _mm512_fmadd_ps(p0, load16(v + t * vt + 16 * d), even[d]);
   }
   const __m512 iv = _mm512_set1_ps(inv);
   for (int d = 0; d < DV; ++d) _mm512_storeu_ps(out + 16 * d, _mm512_mul_ps(_mm512_add_ps(even[d], odd[d]), iv));
 }
 
-void check_qkv(const char* caller, const char* name, const at::Tensor& t, int64_t B, int64_t H, int64_t T, int64_t D) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4, caller, ": ", name,
-              ": expected a 4-D float32 CPU tensor, given ", t.scalar_type(), " of ", t.dim(), " dimensions");
+// `cached`: keys or values, which may also be bfloat16.
+void check_qkv(const char* caller, const char* name, const at::Tensor& t, int64_t B, int64_t H, int64_t T, int64_t D,
+               bool cached = false) {
+  const bool dtype = t.scalar_type() == at::kFloat || (cached && t.scalar_type() == at::kBFloat16);
+  TORCH_CHECK(t.device().is_cpu() && dtype && t.dim() == 4, caller, ": ", name, ": expected a 4-D ",
+              cached ? "float32 or bfloat16" : "float32", " CPU tensor, given ", t.scalar_type(), " of ", t.dim(),
+              " dimensions");
   TORCH_CHECK(t.size(0) == B && t.size(1) == H && t.size(2) == T && t.size(3) == D, caller, ": ", name,
               ": expected shape (", B, ", ", H, ", ", T, ", ", D, "), given ", t.sizes());
 }
@@ -188,11 +215,41 @@ struct Store {
   int64_t slot;
 };
 
-// Copies D floats (each D-vector of these tensors is contiguous).
-inline void copy_vector(const float* from, float* to, int64_t D) {
+// Copies D floats into the cache's type (each D-vector of these tensors is contiguous).
+template <class KV>
+inline void copy_vector(const float* from, KV* to, int64_t D) {
   int64_t d = 0;
-  for (; d + 16 <= D; d += 16) _mm512_storeu_ps(to + d, _mm512_loadu_ps(from + d));
-  if (d < D) _mm512_mask_storeu_ps(to + d, tail_mask(D - d), _mm512_maskz_loadu_ps(tail_mask(D - d), from + d));
+  for (; d + 16 <= D; d += 16) store16(to + d, _mm512_loadu_ps(from + d));
+  if (d < D) store16(to + d, _mm512_maskz_loadu_ps(tail_mask(D - d), from + d), tail_mask(D - d));
+}
+
+// Every head of (B, H) on torch's threads, with keys and values of type KV.
+template <class KV>
+void attend_all(int64_t B, int64_t H, int64_t T, int64_t D, const float* qp, Strides4 qs, const KV* kp, Strides4 ks,
+                const KV* vp, Strides4 vs, const float* bp, Strides4 bs, int64_t bias_t, float sc, const Store* store,
+                float* op) {
+  // Heads per task: at least ~64k multiply-adds, so that a step with a short cache stays on one thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, 2 * T * D));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(T + 16);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, h = i % H;
+      const float* qh = qp + b * qs.b + h * qs.h;
+      const KV* kh = kp + b * ks.b + h * ks.h;
+      const KV* vh = vp + b * vs.b + h * vs.h;
+      const float* bh = bp ? bp + b * bs.b + h * bs.h : nullptr;
+      if (store) {  // key and value are the caller's buffers here (checked contiguous along D, not copied)
+        copy_vector(store->key + b * store->ks.b + h * store->ks.h, const_cast<KV*>(kh) + store->slot * ks.t, D);
+        copy_vector(store->value + b * store->vs.b + h * store->vs.h, const_cast<KV*>(vh) + store->slot * vs.t, D);
+      }
+      switch (D) {
+        case 32: one_head_vectors<2>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        case 64: one_head_vectors<4>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        case 128: one_head_vectors<8>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        default: one_head(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, D, sc, scores.data(), op + i * D);
+      }
+    }
+  });
 }
 
 at::Tensor attend_heads(const char* caller, const at::Tensor& query_in, const at::Tensor& key_in,
@@ -204,8 +261,10 @@ at::Tensor attend_heads(const char* caller, const at::Tensor& query_in, const at
   TORCH_CHECK(key_in.dim() == 4, caller, ": key: expected (batch, heads, keys, dim), given ", key_in.sizes());
   const int64_t T = key_in.size(2);
   check_qkv(caller, "query", query_in, B, H, 1, D);
-  check_qkv(caller, "key", key_in, B, H, T, D);
-  check_qkv(caller, "value", value_in, B, H, T, D);
+  check_qkv(caller, "key", key_in, B, H, T, D, true);
+  check_qkv(caller, "value", value_in, B, H, T, D, true);
+  TORCH_CHECK(value_in.scalar_type() == key_in.scalar_type(), caller, ": value: expected the key's dtype (",
+              key_in.scalar_type(), "), given ", value_in.scalar_type());
   // Each D-vector must be contiguous; anything else is copied first.
   const at::Tensor query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
   const at::Tensor key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
@@ -222,34 +281,16 @@ at::Tensor attend_heads(const char* caller, const at::Tensor& query_in, const at
   const Strides4 bs = bias.defined() ? strides_of(bias) : Strides4{0, 0, 0};
   const int64_t bias_t = bias.defined() ? bias.stride(3) : 0;
   const float* qp = query.data_ptr<float>();
-  const float* kp = key.data_ptr<float>();
-  const float* vp = value.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  // Heads per task: at least ~64k multiply-adds, so that a step with a short cache stays on one thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, 2 * T * D));
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(T + 16);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, h = i % H;
-      const float* qh = qp + b * qs.b + h * qs.h;
-      const float* kh = kp + b * ks.b + h * ks.h;
-      const float* vh = vp + b * vs.b + h * vs.h;
-      const float* bh = bp ? bp + b * bs.b + h * bs.h : nullptr;
-      const float sc = static_cast<float>(scale);
-      if (store) {  // key and value are the caller's buffers here (checked contiguous along D, not copied)
-        copy_vector(store->key + b * store->ks.b + h * store->ks.h, const_cast<float*>(kh) + store->slot * ks.t, D);
-        copy_vector(store->value + b * store->vs.b + h * store->vs.h, const_cast<float*>(vh) + store->slot * vs.t,
-                    D);
-      }
-      switch (D) {
-        case 32: one_head_vectors<2>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
-        case 64: one_head_vectors<4>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
-        case 128: one_head_vectors<8>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
-        default: one_head(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, D, sc, scores.data(), op + i * D);
-      }
-    }
-  });
+  const float sc = static_cast<float>(scale);
+  if (key.scalar_type() == at::kBFloat16) {
+    attend_all(B, H, T, D, qp, qs, key.data_ptr<BFloat16>(), ks, value.data_ptr<BFloat16>(), vs, bp, bs, bias_t, sc,
+               store, op);
+  } else {
+    attend_all(B, H, T, D, qp, qs, key.data_ptr<float>(), ks, value.data_ptr<float>(), vs, bp, bs, bias_t, sc, store,
+               op);
+  }
   return out;
 }
 

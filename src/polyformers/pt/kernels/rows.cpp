@@ -96,9 +96,10 @@ struct F32 {
 struct BF16 {
   using T = at::BFloat16;
   static constexpr int hint = _MM_HINT_T1;
-  static __m512 widen(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
-  static __m512 load(const T* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static __m512 load(const T* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+  static __m512 load(const T* p) {
+    return polyformers::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static __m512 load(const T* p, __mmask16 m) { return polyformers::widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 };
 
 template <class W, int M, int R>

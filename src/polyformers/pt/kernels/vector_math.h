@@ -9,6 +9,18 @@ namespace polyformers {
 
 inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
 
+// 16 bfloat16 values (their bits) -> floats, exactly: a bfloat16 is a float's upper 16 bits.
+inline __m512 widen_bf16(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
+
+// 16 floats -> bfloat16 bits, rounded to nearest even, NaN to 0xFFFF: as torch's (vectorised) tensor conversion.
+inline __m256i narrow_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xFFFF));
+  return _mm512_cvtepi32_epi16(rounded);
+}
+
 // e^x: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor polynomial (relative error below
 // 2e-7 on that interval), times 2^n. Inputs below -87.3 (e^x under float's smallest normal) give 0, so a
 // score biased by -inf or by float's minimum weighs nothing; inputs above 88.7 give +inf.
