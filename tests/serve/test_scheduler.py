@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from polyformers.pt import quantize
+from polyformers.pt.cache import StaticCache
 from polyformers.serve.models import load_served_model
 from polyformers.serve.protocol import SamplingParams
 from polyformers.serve.scheduler import GenerationRequest, QueueFull
@@ -103,6 +104,36 @@ def test_greedy_equals_generate_alone(serve_checkpoints, family, int8):
     finally:
         served.scheduler.stop()
     assert id(served.model) not in quantize._decoding  # the loop ended: the model no longer counts
+
+
+@pytest.mark.parametrize("family", ["gptj", "mpt"])
+def test_a_bfloat16_cache_serves_what_generate_gives_alone_with_one(serve_checkpoints, family):
+    served = load_served_model(family, str(serve_checkpoints[family]), max_batch=4, prefill_chunk=16,
+                               kv_cache_dtype="bfloat16")
+    cache = served.scheduler.runner.cache
+    try:
+        requests = _run_mixed(served)
+        assert served.scheduler.max_running > 1
+        assert cache.key_cache[0].dtype == torch.bfloat16 and next(served.model.parameters()).dtype == torch.float32
+        for ids, m, request, _ in requests:
+            alone = StaticCache(served.model.config, max_batch_size=1, max_cache_len=len(ids) + m,
+                                dtype=torch.bfloat16)
+            out = served.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                        max_new_tokens=m, do_sample=False, pad_token_id=0, past_key_values=alone)
+            expected = out[0, len(ids):].tolist()
+            ends = [i for i, token in enumerate(expected) if token in served.scheduler.eos]
+            expected = expected[: ends[0] + 1] if ends else expected
+            assert request.sequences[0].output_ids == expected, f"prompt {served.tokenizer.decode(ids)!r}"
+    finally:
+        served.scheduler.stop()
+
+
+def test_a_bfloat16_cache_needs_float32_or_bfloat16_states(serve_checkpoints):
+    with pytest.raises(ValueError, match="kv_cache_dtype: expected 'auto' or 'bfloat16', given 'int8'"):
+        load_served_model("mpt", str(serve_checkpoints["mpt"]), kv_cache_dtype="int8")
+    with pytest.raises(ValueError, match="mpt: kv_cache_dtype 'bfloat16' needs float32 or bfloat16 states, the "
+                                         "model computes in torch.float16"):
+        load_served_model("mpt", str(serve_checkpoints["mpt"]), dtype="float16", kv_cache_dtype="bfloat16")
 
 
 def test_stop_strings_end_only_their_request(serve_checkpoints):

@@ -199,7 +199,7 @@ def test_disconnect_frees_the_slot(server):
     assert now["generated_tokens"] - before["generated_tokens"] < 1000
 
 
-# -- a server with an API key, one slot and a two-request queue --------------------------------------------
+# -- a server with an API key, one slot and a two-request queue, keys and values in bfloat16 ---------------
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +207,35 @@ def strict_server(serve_checkpoints):
     from .conftest import ServerProcess
 
     proc = ServerProcess(["--model", f"tiny={serve_checkpoints['gptj']}", "--api-key", "sesame",
-                          "--max-batch", "1", "--max-queue", "2"])
+                          "--max-batch", "1", "--max-queue", "2", "--kv-cache-dtype", "bfloat16"])
     yield proc
     proc.kill()
+
+
+def test_kv_cache_dtype_bfloat16_reaches_the_slots(strict_server, serve_checkpoints):
+    """The served greedy tokens and their log-probabilities are generate's with a bfloat16 StaticCache, and
+    the log-probabilities not the float32 cache's."""
+    import torch
+
+    from polyformers import AutoTokenizer, GPTJForCausalLM, StaticCache
+
+    model = GPTJForCausalLM.from_pretrained(serve_checkpoints["gptj"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(serve_checkpoints["gptj"])
+    ids = tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]
+    logprobs = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        cache = StaticCache(model.config, max_batch_size=1, max_cache_len=len(ids) + 6, dtype=dtype)
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                 past_key_values=cache, output_scores=True, return_dict_in_generate=True)
+        tokens = out.sequences[0, len(ids):]
+        logprobs[dtype] = [float(torch.log_softmax(step[0].double(), -1)[t]) for step, t in zip(out.scores, tokens)]
+    client = openai.OpenAI(base_url=strict_server.url + "/v1", api_key="sesame", max_retries=0, timeout=60)
+    served = client.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0, logprobs=1).choices[0]
+    assert served.text == tokenizer.decode(tokens, skip_special_tokens=True)
+    np.testing.assert_allclose(served.logprobs.token_logprobs, logprobs[torch.bfloat16], rtol=0, atol=1e-5)
+    assert np.abs(np.subtract(served.logprobs.token_logprobs, logprobs[torch.float32])).max() > 1e-5
 
 
 def test_api_key(strict_server):

@@ -30,6 +30,9 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--dtype", default=None, help="load weights as float32, bfloat16, float16 or auto")
     p.add_argument("--int8", action="store_true", help="int8 weights for the linear layers (CPU)")
+    p.add_argument("--kv-cache-dtype", choices=["auto", "bfloat16"], default="auto",
+                   help="keys and values of the decoder-only models' slots: auto (the model's dtype) or bfloat16 "
+                        "(half the memory; a float32 model's keys and values rounded to bfloat16)")
     p.add_argument("--device", default=None, help="PyTorch device, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--max-batch", type=_positive, default=8,
                    help="sequences decoded together per generative model (default: 8; 1 serves one at a time)")
@@ -71,7 +74,8 @@ def cmd_serve(args) -> int:
         name, path = parse_model_arg(value)
         if name in models:
             raise ValueError(f"--model: two models are named {name!r}; name them with NAME=PATH")
-        models[name] = load_served_model(name, path, dtype=args.dtype, int8=args.int8, max_batch=args.max_batch,
+        models[name] = load_served_model(name, path, dtype=args.dtype, int8=args.int8,
+                                         kv_cache_dtype=args.kv_cache_dtype, max_batch=args.max_batch,
                                          max_queue=args.max_queue, max_model_len=args.max_model_len,
                                          prefill_chunk=args.prefill_chunk, device=args.device,
                                          logprobs_mode=args.logprobs_mode)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import torch
 
 from .scheduler import CausalRunner, Scheduler, Seq2SeqRunner, context_length
 
@@ -94,11 +95,16 @@ def parse_model_arg(value: str) -> tuple:
 
 
 def load_served_model(name: str, path: str, *, dtype: Optional[str] = None, int8: bool = False,
-                      max_batch: int = 8, max_queue: int = 64, max_model_len: Optional[int] = None,
-                      prefill_chunk: int = 512, device: Optional[str] = None,
+                      kv_cache_dtype: str = "auto", max_batch: int = 8, max_queue: int = 64,
+                      max_model_len: Optional[int] = None, prefill_chunk: int = 512, device: Optional[str] = None,
                       logprobs_mode: str = "raw") -> ServedModel:
+    """``kv_cache_dtype``: ``"auto"`` (slots in the model's dtype) or ``"bfloat16"``: a decoder-only model's
+    slots hold bfloat16 keys and values (see :class:`polyformers.pt.cache.StaticCache`); encoders keep no
+    cache, and Pegasus' decoder keeps its own in the model's dtype."""
     from ..auto import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    if kv_cache_dtype not in ("auto", "bfloat16"):
+        raise ValueError(f"kv_cache_dtype: expected 'auto' or 'bfloat16', given {kv_cache_dtype!r}")
     config = AutoConfig.from_pretrained(path)
     kind = GENERATIVE.get(config.model_type, "encoder")
     loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[kind]
@@ -121,8 +127,20 @@ def load_served_model(name: str, path: str, *, dtype: Optional[str] = None, int8
         if served.embedder.max_tokens:
             served.context = served.embedder.max_tokens
         return served
-    runner_cls = CausalRunner if kind == "causal" else Seq2SeqRunner
-    runner = runner_cls(model, max_batch, max_model_len)
+    if kind == "causal":
+        cache_dtype = None
+        if kv_cache_dtype == "bfloat16":
+            weights = next(model.parameters()).dtype
+            if weights not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"{name}: kv_cache_dtype 'bfloat16' needs float32 or bfloat16 states, the model "
+                                 f"computes in {weights}")
+            cache_dtype = torch.bfloat16
+        runner = CausalRunner(model, max_batch, max_model_len, cache_dtype=cache_dtype)
+    else:
+        if kv_cache_dtype != "auto":
+            logger.warning("%s: a %s model keeps its decoder's cache in the model's dtype (kv_cache_dtype %r "
+                           "applies to decoder-only models)", name, config.model_type, kv_cache_dtype)
+        runner = Seq2SeqRunner(model, max_batch, max_model_len)
     served.context = runner.max_len
     eos = model.generation_config.eos_token_id
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]

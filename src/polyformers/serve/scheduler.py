@@ -84,6 +84,7 @@ class SlotCache(StaticCache):
         if not self.key_cache:
             self._allocate(key_states.dtype, key_states.device)
         keys, values = self.key_cache[layer_idx], self.value_cache[layer_idx]
+        key_states, value_states = key_states.to(keys.dtype), value_states.to(values.dtype)  # a bfloat16 cache
         if self._positions is None:
             slot, start = self._rows, self._start
             end = start + key_states.shape[-2]
@@ -230,13 +231,16 @@ class _SlotRunner:
 
 
 class CausalRunner(_SlotRunner):
-    """A decoder-only model on a :class:`SlotCache` of ``max_batch`` slots by ``max_len`` positions."""
+    """A decoder-only model on a :class:`SlotCache` of ``max_batch`` slots by ``max_len`` positions, in the
+    model's dtype or in ``cache_dtype`` (bfloat16 for a float32 model: see :class:`StaticCache`)."""
 
     chunked_prefill = True
 
-    def __init__(self, model, max_batch: int, max_len: Optional[int] = None):
+    def __init__(self, model, max_batch: int, max_len: Optional[int] = None,
+                 cache_dtype: Optional[torch.dtype] = None):
         super().__init__(model, max_batch, max_len)
-        self.cache = SlotCache(model.config, max_batch, self.max_len)
+        self.cache = SlotCache(model.config, max_batch, self.max_len, device=self.device if cache_dtype else None,
+                               dtype=cache_dtype)
         self._extra = {"logits_to_keep": 1}
 
     def prefill(self, seq: Sequence, start: int, end: int, all_logits: bool) -> torch.Tensor:
