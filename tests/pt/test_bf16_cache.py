@@ -58,9 +58,11 @@ def test_the_kernel_names_mismatched_or_unsupported_cache_dtypes():
     key = torch.randn(1, 2, 4, 16).bfloat16()
     with pytest.raises(RuntimeError, match=r"attend_one: value: expected the key's dtype \(BFloat16\), given Float"):
         ops.attend_one(query, key, key.float(), None, 0.25)
-    with pytest.raises(RuntimeError, match="attend_one: key: expected a 4-D float32 or bfloat16 CPU tensor, given Half"):
+    with pytest.raises(RuntimeError, match="attend_one: key: expected a 4-D float32 or bfloat16 CPU tensor, "
+                                           "given Half"):
         ops.attend_one(query, key.half(), key.half(), None, 0.25)
-    with pytest.raises(RuntimeError, match="attend_one_storing: new_key: expected a 4-D float32 CPU tensor, given BFloat16"):
+    with pytest.raises(RuntimeError, match="attend_one_storing: new_key: expected a 4-D float32 CPU tensor, "
+                                           "given BFloat16"):
         ops.attend_one_storing(query, key, key.clone(), query.bfloat16(), query, 1, None, 0.25)
 
 

@@ -209,7 +209,8 @@ def _step_plan(model, blocks, name: str, read_block, hidden, inputs) -> Optional
     if (not ENABLED or hidden.shape[1] != 1 or hidden.dtype != torch.float32 or hidden.device.type != "cpu"
             or hidden.shape[0] > kernels.MAX_ROWS or model.training or torch.is_grad_enabled()
             or inputs.output_attentions or inputs.output_hidden_states or type(cache) is not StaticCache
-            or not cache.key_cache or cache.dtype not in (torch.float32, torch.bfloat16) or inputs.cache_position.numel() != 1
+            or not cache.key_cache or cache.dtype not in (torch.float32, torch.bfloat16)
+            or inputs.cache_position.numel() != 1
             or _module._global_forward_hooks or _module._global_forward_pre_hooks or not kernels.ready()):
         return None
     plan = model.__dict__.get("_fused_plan")
