@@ -24,7 +24,10 @@ a logit bias of -1e4 on the end-of-sequence token and on the ids the tokenizer l
 request decodes ``--max-tokens`` tokens and streams text from its first token on.
 
     .venv/bin/python bench/serve_load.py [--model gptj|pegasus] [--repeat 1] [--clients 1 4 16] [--max-tokens 64]
-        [--peers [tf-serve] [tf-serve-cb]]
+        [--peers [tf-serve] [tf-serve-cb]] [--bf16-cache]
+
+``--bf16-cache`` adds the batched server with ``--kv-cache-dtype bfloat16`` (its slots' keys and values in
+bfloat16).
 
 Only 127.0.0.1 is contacted; every loop is bounded in count and each request in time.
 """
@@ -112,12 +115,13 @@ def prompt(i: int, tokens: int, model: str = "gptj") -> str:
 class Server:
     """``polyformers serve`` on a free port; ``max_batch`` 1 serves one request at a time."""
 
-    def __init__(self, folder: Path, max_batch: int, threads: int, context: int, name: str = "gptj"):
+    def __init__(self, folder: Path, max_batch: int, threads: int, context: int, name: str = "gptj",
+                 extra: tuple = ()):
         self.model = name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "polyformers", "serve", "--model", f"{name}={folder}", "--host", "127.0.0.1",
              "--port", "0", "--max-batch", str(max_batch), "--max-queue", "64", "--threads", str(threads),
-             "--max-model-len", str(context)],
+             "--max-model-len", str(context), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         self.url = None
         for line in self.proc.stdout:
@@ -225,6 +229,7 @@ def phase(server: Server, clients: int, requests: int, prompt_tokens: int, max_t
 MODES = {
     "batched": "polyformers serve --max-batch 16 (continuous batching)",
     "serial": "polyformers serve --max-batch 1 (one request at a time)",
+    "bf16-cache": "polyformers serve --max-batch 16 --kv-cache-dtype bfloat16",
     "tf-serve": "transformers serve (reference, version 5)",
     "tf-serve-cb": "transformers serve --continuous-batching (reference, version 5)",
 }
@@ -233,6 +238,8 @@ MODES = {
 def start(mode: str, folder: Path, threads: int, context: int, family: str) -> Server:
     if mode in ("batched", "serial"):
         return Server(folder, 16 if mode == "batched" else 1, threads, context, family)
+    if mode == "bf16-cache":
+        return Server(folder, 16, threads, context, family, ("--kv-cache-dtype", "bfloat16"))
     return TransformersServer(folder, threads, continuous=mode == "tf-serve-cb")
 
 
@@ -249,6 +256,8 @@ def main() -> int:
     parser.add_argument("--peers", nargs="*", choices=("tf-serve", "tf-serve-cb"), default=None,
                         help="the reference's servers to load side by side (default: both where transformers "
                              "serve runs and the model is GPT-J; none with an empty list)")
+    parser.add_argument("--bf16-cache", action="store_true",
+                        help="also the batched server with --kv-cache-dtype bfloat16 (GPT-J)")
     args = parser.parse_args()
     folder = build() if args.model == "gptj" else build_pegasus()
     context = args.prompt_tokens + args.max_tokens + 16
@@ -265,7 +274,7 @@ def main() -> int:
         if args.peers and missing:
             raise SystemExit(f"--peers {' '.join(args.peers)}: {missing}")
         peers = args.peers
-    modes = ["batched", "serial", *peers]
+    modes = ["batched", "serial", *(["bf16-cache"] if args.bf16_cache else []), *peers]
     print(f"load average before: {open('/proc/loadavg').read().strip()}", flush=True)
     figures = {mode: {c: [] for c in args.clients} for mode in modes}
     for round_ in range(args.repeat):
