@@ -41,13 +41,7 @@ using polyformers::tail_mask;
 // Keys and values are float32, or bfloat16 (a 16-bit cache of a float32 model), widened exactly as they
 // are read: the arithmetic is the float32 kernel's on the same values, so the same bits.
 using at::BFloat16;
-
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m512 load16(const BFloat16* p) {
-  return polyformers::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-inline __m512 load16(const BFloat16* p, __mmask16 m) { return polyformers::widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+using polyformers::load16;
 
 inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }

@@ -89,17 +89,15 @@ template <int M> constexpr int rows_per_pass() { return M <= 3 ? 8 : M <= 6 ? 4 
 struct F32 {
   using T = float;
   static constexpr int hint = _MM_HINT_NTA;
-  static __m512 load(const T* p) { return _mm512_loadu_ps(p); }
-  static __m512 load(const T* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+  static __m512 load(const T* p) { return polyformers::load16(p); }
+  static __m512 load(const T* p, __mmask16 m) { return polyformers::load16(p, m); }
 };
 
 struct BF16 {
   using T = at::BFloat16;
   static constexpr int hint = _MM_HINT_T1;
-  static __m512 load(const T* p) {
-    return polyformers::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static __m512 load(const T* p, __mmask16 m) { return polyformers::widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+  static __m512 load(const T* p) { return polyformers::load16(p); }
+  static __m512 load(const T* p, __mmask16 m) { return polyformers::load16(p, m); }
 };
 
 template <class W, int M, int R>

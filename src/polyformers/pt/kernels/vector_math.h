@@ -1,6 +1,7 @@
 // Vectorised float math shared by the kernels (AVX-512, 16 floats at a time).
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
 #include <cstdint>
@@ -11,6 +12,14 @@ inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << 
 
 // 16 bfloat16 values (their bits) -> floats, exactly: a bfloat16 is a float's upper 16 bits.
 inline __m512 widen_bf16(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
+
+// 16 values from p as floats (the first of them where a mask is given, zeros in the other lanes).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const c10::BFloat16* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 
 // 16 floats -> bfloat16 bits, rounded to nearest even, NaN to 0xFFFF: as torch's (vectorised) tensor conversion.
 inline __m256i narrow_bf16(__m512 v) {
