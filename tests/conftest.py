@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def pytest_xdist_make_scheduler(config, log):
             return worker_group(nodeid)
 
     return ByGroup(config, log)
+
+
+def pytest_collection_finish(session):
+    """Move everything alive after collection (the frameworks, the test modules) out of the collector's
+    reach: a full collection then walks only what the tests themselves create, not the millions of
+    objects that importing TensorFlow, JAX, torch and both transformers leaves behind."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
