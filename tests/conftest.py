@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+# XLA (JAX, and TensorFlow's jit_compile) spends most of these tiny programs' time compiling them: the
+# suite compiles without LLVM's expensive passes (20% off the Flax files). What the tests compare is the
+# programs' results, which the optimisation level does not change beyond rounding the tolerances cover;
+# flags of one's own in XLA_FLAGS are kept and come after these (the last one given wins).
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{FAST_XLA} {os.environ.get('XLA_FLAGS', '')}".strip()
+
 # The suite's models are tiny: one thread avoids thread start-up and contention costing more than the
 # work itself on a small machine (and keeps timings of parallel test runs steady).
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 ASSETS = Path(os.environ.get("POLYFORMERS_ASSETS", ROOT / ".cache" / "assets"))
 LEGACY_PYTHON = Path(os.environ.get("POLYFORMERS_LEGACY_VENV", ROOT / ".cache" / "legacy-oracle")) / "bin" / "python"
 
@@ -65,8 +77,36 @@ def assets() -> Path:
 
 
 @pytest.fixture(scope="session")
-def legacy_python() -> Path:
-    """Interpreter of the venv holding the reference's 4.37 release (for slow tokenizers, TF and Flax)."""
+def legacy_python(tmp_path_factory) -> Path:
+    """Interpreter of the venv holding the reference's 4.37 release (for slow tokenizers, TF and Flax).
+
+    What is returned runs like that interpreter. Each call would spend seconds importing torch and
+    transformers, so one fork server per pytest process imports them once (``_oracle_server.py``) and the
+    returned launcher hands it each run it can reproduce exactly (``_oracle_client.py``); any other run,
+    and every run with POLYFORMERS_ORACLE_SERVER=0, goes to the interpreter itself."""
     if not LEGACY_PYTHON.exists():
         pytest.fail(f"4.37 reference venv missing at {LEGACY_PYTHON}: run scripts/setup.sh first")
-    return LEGACY_PYTHON
+    if os.environ.get("POLYFORMERS_ORACLE_SERVER", "1") == "0":
+        yield LEGACY_PYTHON
+        return
+    folder = Path(tempfile.mkdtemp(prefix="oracle-", dir="/tmp"))  # short: a socket path has 107 bytes
+    socket_path = folder / "server.sock"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # each run's own is applied in its child
+    server = subprocess.Popen([str(LEGACY_PYTHON), str(HERE / "_oracle_server.py"), str(socket_path)], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout.readline().strip() != "ready":
+            pytest.fail(f"the 4.37 fork server did not start (exit code {server.wait(timeout=60)})")
+        launcher = folder / "python"
+        launcher.write_text(f"#!{sys.executable} -SE\n"
+                            f"import sys\n"
+                            f"sys.argv[1:1] = [{str(socket_path)!r}, {str(LEGACY_PYTHON)!r}]\n"
+                            f"sys.path.insert(0, {str(HERE)!r})\n"
+                            f"import _oracle_client\n"
+                            f"_oracle_client.main()\n")
+        launcher.chmod(0o755)
+        yield launcher
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -27,6 +27,7 @@ from polyformers import FlaxPegasusForConditionalGeneration, PegasusConfig, Pega
 from polyformers.flax import sharding as S
 from polyformers.flax import training as T
 
+from ..conftest import FAST_XLA
 from . import _sharding_worker as W  # the worker's config and batch, shared with these tests
 
 HERE = Path(__file__).parent
@@ -36,13 +37,12 @@ ROOT = HERE.parents[1]
 EXAMPLE = ROOT / "examples" / "flax_summarization_train.py"
 
 TOL = 1e-5
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 TIMEOUT = 600
 
 
 def _env(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_XLA}")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     return env
 
