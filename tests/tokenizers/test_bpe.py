@@ -770,3 +770,31 @@ def test_neox_from_vocab_and_merges(tmp_path):
     # the whitespace-run tokens live in tokenizer.json only; everything else is the vocabulary's
     plain = [text for text in texts if "  " not in text]
     assert rebuilt(plain)["input_ids"] == tok(plain)["input_ids"]
+
+
+def test_loading_holds_the_collector_and_gives_it_back(tmp_path, gpt2_files, monkeypatch):
+    import gc
+
+    from polyformers import GPT2Tokenizer, GPT2TokenizerFast
+    from polyformers.tokenizers import bpe
+
+    seen = []
+    load = json.load
+    monkeypatch.setattr(bpe.json, "load", lambda handle: (seen.append(gc.isenabled()), load(handle))[1])
+    vocab_file, merges_file = gpt2_files
+    GPT2Tokenizer(vocab_file, merges_file).save_pretrained(tmp_path / "saved")
+    assert seen == [False] and gc.isenabled()
+    seen.clear()
+    GPT2TokenizerFast.from_pretrained(tmp_path / "saved")  # the whole load: converted from the slow files
+    assert seen and not any(seen) and gc.isenabled()
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="vocab_file"):
+        GPT2Tokenizer(str(broken), merges_file)
+    assert gc.isenabled()  # given back after a failed load too
+    gc.disable()
+    try:
+        GPT2Tokenizer(vocab_file, merges_file)
+        assert not gc.isenabled()  # a collector the caller turned off stays off
+    finally:
+        gc.enable()

@@ -16,7 +16,7 @@ import regex
 
 from tokenizers import AddedToken
 
-from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _hub_files, _RobertaStyleLayout
+from .base import CONCAT_EOS_TEMPLATE, _atomic_write_text, _hub_files, _RobertaStyleLayout, collector_paused
 from .slow import PreTrainedTokenizer
 
 __all__ = [
@@ -84,6 +84,11 @@ def read_bpe_files(vocab_file, merges_file) -> Tuple[Dict[str, int], List[Tuple[
         if path is None or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             expected = VOCAB_FILES_NAMES[name]
             raise ValueError(f"{name}: expected the path of an existing {expected}, got {path!r}")
+    with collector_paused():
+        return _read_checked_bpe_files(vocab_file, merges_file)
+
+
+def _read_checked_bpe_files(vocab_file, merges_file) -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
     try:
         with open(vocab_file, encoding="utf-8") as handle:
             vocab = json.load(handle)
