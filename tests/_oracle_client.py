@@ -16,11 +16,11 @@ import socket
 import struct
 import sys
 
-# Read by the child's own code, or by libraries that the server has not imported, or emulated there.
+# Read by the child's own code, or when a runtime starts (after the fork), or emulated there. (The
+# level of TensorFlow's C++ log lines was read at its import: it changes only what they print on stderr.)
 SAFE = {"PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "OMP_NUM_THREADS",
         "MKL_NUM_THREADS", "TF_CPP_MIN_LOG_LEVEL", "TOKENIZERS_PARALLELISM", "PYTHONWARNINGS",
-        "TRANSFORMERS_VERBOSITY", "XLA_FLAGS", "JAX_PLATFORMS", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
-        "POLYFORMERS_ORACLE_LOG"}
+        "TRANSFORMERS_VERBOSITY", "XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "POLYFORMERS_ORACLE_LOG"}
 
 
 def _plan(args, server_env):

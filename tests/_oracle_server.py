@@ -10,8 +10,9 @@ reproduce exactly. A request is the three standard streams (passed as file descr
 the signal's number if a signal ended it). If the client goes away (a test's timeout killed it), the child
 is killed too.
 
-Nothing runs before the fork but imports: no thread pool, no framework backend is started here, so each
-child starts as a fresh interpreter that had already imported these modules would.
+Nothing runs before the fork but imports: no framework's runtime or thread pool is started here (the BLAS
+libraries' own pools survive a fork), so each child starts as a fresh interpreter that had already
+imported these modules would.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ import sys
 import traceback
 import warnings
 
-# The filters of an interpreter started without -W or PYTHONWARNINGS (the server is), before any import.
+# The filters of an interpreter started without -W or PYTHONWARNINGS (the server is), before any import,
+# and its environment, which the clients compare theirs with.
 START_FILTERS = list(warnings.filters)
-PRELOADED = ("numpy", "torch", "transformers", "transformers.modeling_utils", "transformers.generation")
+START_ENV = dict(os.environ)
+SET_BY_IMPORTS: dict = {}  # what importing PRELOADED added to the environment (TensorFlow sets a few)
+# transformers.pipelines brings TensorFlow (with Keras 2), JAX and Flax: importing them starts no runtime.
+PRELOADED = ("numpy", "torch", "transformers", "transformers.modeling_utils", "transformers.generation",
+             "transformers.pipelines")
 
 
 def _read_exactly(conn: socket.socket, size: int) -> bytes:
@@ -49,6 +55,8 @@ def _run_child(request: dict, fds: list) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    for key, value in SET_BY_IMPORTS.items():  # as the imports would have, where the run leaves them unset
+        os.environ.setdefault(key, value)
     # what the interpreter does with PYTHONWARNINGS and -W at start-up
     sys.warnoptions[:] = [o for o in os.environ.get("PYTHONWARNINGS", "").split(",") if o] + request["warnings"]
     warnings.filters[:] = START_FILTERS
@@ -100,11 +108,13 @@ def main() -> None:
     del sys.path[0]  # this file's folder (tests/, whose packages would shadow the libraries); each child sets its own
     for name in PRELOADED:
         __import__(name)
+    global SET_BY_IMPORTS
+    SET_BY_IMPORTS = {key: value for key, value in os.environ.items() if START_ENV.get(key) != value}
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(16)
     with open(f"{path}.env.json", "w") as handle:  # what the clients compare their environment with
-        json.dump(dict(os.environ), handle)
+        json.dump(START_ENV, handle)
     selector = selectors.DefaultSelector()
     selector.register(server, selectors.EVENT_READ, None)
     print("ready", flush=True)

@@ -92,11 +92,14 @@ def legacy_python(tmp_path_factory) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="oracle-", dir="/tmp"))  # short: a socket path has 107 bytes
     socket_path = folder / "server.sock"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # each run's own is applied in its child
-    server = subprocess.Popen([str(LEGACY_PYTHON), str(HERE / "_oracle_server.py"), str(socket_path)], env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    log = folder / "server.log"  # the frameworks' start-up chatter, and the reason if it fails
+    with open(log, "w") as handle:
+        server = subprocess.Popen([str(LEGACY_PYTHON), str(HERE / "_oracle_server.py"), str(socket_path)], env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=handle, text=True)
     try:
         if server.stdout.readline().strip() != "ready":
-            pytest.fail(f"the 4.37 fork server did not start (exit code {server.wait(timeout=60)})")
+            pytest.fail(f"the 4.37 fork server did not start (exit code {server.wait(timeout=60)}):\n"
+                        f"{log.read_text()[-3000:]}")
         launcher = folder / "python"
         launcher.write_text(f"#!{sys.executable} -SE\n"
                             f"import sys\n"

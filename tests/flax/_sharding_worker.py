@@ -99,7 +99,9 @@ def error_of(fn):
     return None
 
 
-MEMORY_CONFIG = dict(vocab_size=2048, d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+# One layer each way: the parameters (mostly the shared embedding) still outweigh the activations, and the two
+# compilations take 4.8 s instead of 6.8 (the ratio of the peaks is 0.47 either way).
+MEMORY_CONFIG = dict(vocab_size=2048, d_model=128, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
                      decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, max_position_embeddings=64,
                      dropout=0.1, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 

@@ -75,8 +75,10 @@ def test_killed_run_resumes_with_the_uninterrupted_losses(tmp_path):
     job = dict(family="gptj", dropout=0.1, examples=20)
     whole = _run_script(dict(job, args=dict(args, output_dir=str(tmp_path / "whole"))), tmp_path, "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    expected = _losses(json.loads(whole.stdout.strip().splitlines()[-1])["log_history"])
+    whole_result = json.loads(whole.stdout.strip().splitlines()[-1])
+    expected = _losses(whole_result["log_history"])
     assert len(expected) == 9  # 3 epochs of ceil(5 micro-batches / 2) steps
+    assert not whole_result["datasets_imported"]  # a list of examples needs no `datasets` (0.45 s to import)
 
     out = tmp_path / "killed"
     killed = _run_script(dict(job, args=dict(args, output_dir=str(out)), kill_at_step=7), tmp_path, "killed")

@@ -101,7 +101,8 @@ def main() -> None:
     else:
         job_bytes = None
     if trainer.is_world_process_zero():
-        print(json.dumps({"log_history": trainer.state.log_history, "state_bytes": job_bytes}), flush=True)
+        print(json.dumps({"log_history": trainer.state.log_history, "state_bytes": job_bytes,
+                          "datasets_imported": "datasets" in sys.modules}), flush=True)
 
 
 if __name__ == "__main__":
