@@ -93,9 +93,11 @@ def _run_child(request: dict, fds: list) -> None:
     except BaseException:  # noqa: BLE001 - reported as the interpreter would, with its exit status
         traceback.print_exc()
         code = 1
-    try:
+    try:  # as the interpreter ends: wait for the run's own threads, then its exit functions
         import atexit
+        import threading
 
+        threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

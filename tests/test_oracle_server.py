@@ -13,6 +13,9 @@ import pytest
 
 from .conftest import LEGACY_PYTHON
 
+pytestmark = pytest.mark.skipif(os.environ.get("POLYFORMERS_ORACLE_SERVER") == "0",
+                                reason="POLYFORMERS_ORACLE_SERVER=0: the tests call the interpreter itself")
+
 PROBE = r"""
 import json, os, sys, warnings
 print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(), "stdin": sys.stdin.read(),
