@@ -134,9 +134,12 @@ def main() -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 pid = os.fork()
-                if pid == 0:  # the other requests' sockets and process descriptors are not the child's
+                if pid == 0:  # the listening socket, the other requests' sockets and pidfds are not the child's
                     for other in list(selector.get_map().values()):
-                        os.close(other.fd)
+                        if isinstance(other.fileobj, socket.socket):
+                            other.fileobj.close()
+                        else:
+                            os.close(other.fileobj)
                     conn.close()
                     _run_child(request, fds)
                 for fd in fds:

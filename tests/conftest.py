@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def assets() -> Path:
 
 
 @pytest.fixture(scope="session")
-def legacy_python(tmp_path_factory) -> Path:
+def legacy_python() -> Path:
     """Interpreter of the venv holding the reference's 4.37 release (for slow tokenizers, TF and Flax).
 
     What is returned runs like that interpreter. Each call would spend seconds importing torch and
@@ -97,14 +98,15 @@ def legacy_python(tmp_path_factory) -> Path:
         server = subprocess.Popen([str(LEGACY_PYTHON), str(HERE / "_oracle_server.py"), str(socket_path)], env=env,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=handle, text=True)
     try:
-        if server.stdout.readline().strip() != "ready":
-            pytest.fail(f"the 4.37 fork server did not start (exit code {server.wait(timeout=60)}):\n"
+        if not select.select([server.stdout], [], [], 300)[0] or server.stdout.readline().strip() != "ready":
+            server.kill()
+            pytest.fail(f"the 4.37 fork server was not ready within 300 s (exit code {server.wait(timeout=60)}):\n"
                         f"{log.read_text()[-3000:]}")
         launcher = folder / "python"
         launcher.write_text(f"#!{sys.executable} -SE\n"
                             f"import sys\n"
                             f"sys.argv[1:1] = [{str(socket_path)!r}, {str(LEGACY_PYTHON)!r}]\n"
-                            f"sys.path.insert(0, {str(HERE)!r})\n"
+                            f"sys.path.append({str(HERE)!r})\n"
                             f"import _oracle_client\n"
                             f"_oracle_client.main()\n")
         launcher.chmod(0o755)
