@@ -81,11 +81,20 @@ def test_what_the_server_cannot_reproduce_runs_the_interpreter(legacy_python, tm
 
 def test_a_killed_client_ends_its_child(legacy_python, tmp_path):
     marker = tmp_path / "pid"
-    code = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
-    with pytest.raises(subprocess.TimeoutExpired):
-        subprocess.run([str(legacy_python), "-c", code], timeout=5)
+    code = f"import os, time; open({str(marker)!r} + '.tmp', 'w').write(str(os.getpid())); " \
+           f"os.rename({str(marker)!r} + '.tmp', {str(marker)!r}); time.sleep(300)"
+    client = subprocess.Popen([str(legacy_python), "-c", code])
+    try:
+        for _ in range(1200):  # the child has started once it names itself
+            if marker.exists() or client.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert marker.exists(), f"the served run did not start (client exit code {client.poll()})"
+    finally:
+        client.kill()  # as subprocess.run does on a timeout
+        client.wait()
     child = int(marker.read_text())
-    for _ in range(100):
+    for _ in range(200):
         try:
             os.kill(child, 0)
         except ProcessLookupError:
