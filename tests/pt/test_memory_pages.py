@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 import torch
 
 from polyformers import MptConfig, MptForCausalLM
@@ -147,3 +148,60 @@ def test_a_static_caches_buffers_lie_in_huge_pages_and_start_at_zero():
                 assert "hg" in _mapping(buffer.data_ptr())["VmFlags"].split()
             else:
                 assert buffer.untyped_storage().nbytes() == nbytes
+
+
+def test_zeros_takes_back_a_mapping_once_no_tensor_views_it(monkeypatch):
+    """``memory.zeros`` keeps its mappings (up to ``REUSE_LIMIT`` bytes) and gives one out again, zeroed,
+    only when no tensor, nor any view of one, still uses it; ``release_kept`` unmaps the idle ones."""
+    if not memory.huge_pages_available():
+        pytest.skip("this system gives no transparent huge pages: memory.zeros is torch.zeros")
+    monkeypatch.setattr(memory, "_kept", [])
+    shape = (3, 1 << 20)  # 12 MiB: advised
+    first = memory.zeros(shape, torch.float32)
+    first.fill_(7.0)
+    address = first.data_ptr()
+    view = first[1:].view(-1)[5:]  # a view outlives the tensor: the mapping is still in use
+    del first
+    gc.collect()
+    second = memory.zeros(shape, torch.float32)
+    assert second.data_ptr() != address and not second.any()
+    assert float(view[0]) == 7.0  # untouched by the new buffer
+    del view
+    gc.collect()
+    third = memory.zeros(shape, torch.float32)  # the first mapping is idle now: taken again, zeroed
+    assert third.data_ptr() == address and not third.any() and third.shape == shape
+    assert memory.zeros((1 << 20,), torch.float32).data_ptr() not in (address, second.data_ptr())  # another size
+    assert len(memory._kept) == 3
+    del second, third
+    gc.collect()
+    assert memory.release_kept() == 2 * (12 << 20) + (4 << 20) + 3 * memory.HUGE_PAGE
+    assert memory._kept == []
+    # Beyond the limit, a buffer is mapped afresh and not kept; kept ones of other sizes that are idle make room.
+    monkeypatch.setattr(memory, "REUSE_LIMIT", (12 << 20) + memory.HUGE_PAGE)
+    held = memory.zeros(shape, torch.float32)
+    other = memory.zeros((1 << 20,), torch.float32)
+    assert len(memory._kept) == 1 and not other.any()
+    del held
+    gc.collect()
+    other2 = memory.zeros((2, 1 << 20), torch.float32)  # the idle 12 MiB mapping is unmapped to keep this one
+    assert len(memory._kept) == 1 and memory._kept[0].nbytes() == (8 << 20) + memory.HUGE_PAGE
+    del other, other2
+
+
+def test_a_static_cache_reuses_the_buffers_of_one_freed_before(monkeypatch):
+    from polyformers.pt.cache import StaticCache
+
+    if not memory.huge_pages_available():
+        pytest.skip("this system gives no transparent huge pages: memory.zeros is torch.zeros")
+    monkeypatch.setattr(memory, "_kept", [])
+    config = MptConfig(d_model=256, n_heads=4, n_layers=2, max_seq_len=4096)
+    cache = StaticCache(config, max_batch_size=2, max_cache_len=1024, dtype=torch.float32)
+    states = torch.randn(2, 4, 3, 64)
+    for layer in range(2):
+        cache.update(states, states, layer)
+    addresses = {t.data_ptr() for t in (*cache.key_cache, *cache.value_cache)}
+    del cache
+    gc.collect()
+    again = StaticCache(config, max_batch_size=2, max_cache_len=1024, dtype=torch.float32)
+    assert {t.data_ptr() for t in (*again.key_cache, *again.value_cache)} == addresses
+    assert not any(t.any() for t in (*again.key_cache, *again.value_cache))  # the old states are gone

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import mmap
 import sys
+import threading
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -58,7 +60,12 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     shape = tuple(int(n) for n in shape)
     if not advised(shape, dtype):
         return torch.empty(shape, dtype=dtype)
-    nbytes = torch.Size(shape).numel() * dtype.itemsize
+    return _view(_map(torch.Size(shape).numel() * dtype.itemsize), shape, dtype)
+
+
+def _map(nbytes: int) -> torch.UntypedStorage:
+    """The storage of a fresh anonymous mapping for ``nbytes`` from a 2 MiB boundary, its whole huge pages
+    advised. The mapping is unmapped when the storage is freed."""
     # One huge page more than needed, to start on a 2 MiB boundary (mmap aligns to 4 KiB only). Only the
     # whole huge pages are advised: the tail stays in small pages, so that no partly used 2 MiB page is
     # made resident (untouched pages, the slack included, take no memory).
@@ -69,17 +76,65 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         region.madvise(mmap.MADV_HUGEPAGE, start, nbytes // HUGE_PAGE * HUGE_PAGE)
     except OSError:  # the kernel refused the advice: ordinary pages, still correct
         pass
-    return raw[start:start + nbytes].view(dtype).view(shape)
+    return raw.untyped_storage()
+
+
+def _view(storage: torch.UntypedStorage, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """The tensor of ``shape`` and ``dtype`` in ``storage`` (from :func:`_map`), from its 2 MiB boundary."""
+    raw = torch.empty(0, dtype=torch.uint8).set_(storage)
+    start = -raw.data_ptr() % HUGE_PAGE
+    return raw[start:start + torch.Size(shape).numel() * dtype.itemsize].view(dtype).view(shape)
+
+
+REUSE_LIMIT = 256 << 20
+"""Bytes of the mappings that :func:`zeros` keeps for reuse, in use or not. A buffer that would take the kept
+ones past this is mapped afresh and goes back to the system when freed."""
+
+_kept: list[torch.UntypedStorage] = []  # made by zeros(), to be used again once no tensor views them
+_kept_lock = threading.Lock()
+
+
+def _idle(storage: torch.UntypedStorage) -> bool:
+    # Tensors viewing a storage each hold a reference to it; only the kept storage object refers to it when
+    # no tensor does. (torch counts them for its own memory pools the same way.) Without that count, a
+    # storage is never taken for idle, and nothing is reused.
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return use_count is not None and use_count(storage._cdata) == 1
 
 
 def zeros(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """A contiguous CPU tensor of zeros, like :func:`empty` in huge pages when :func:`advised`. Such memory is a
-    fresh anonymous mapping, which the system fills with zeros as each page is first touched: nothing writes
-    it twice. (Zeroing it again costs more than the zeros themselves: 24 buffers of 5.3 MiB took 29-95 ms
-    with ``zero_()``, against 10 ms for ``torch.zeros`` in memory the allocator had already mapped.)"""
+    """A contiguous CPU tensor of zeros, like :func:`empty` in huge pages when :func:`advised`.
+
+    A fresh mapping is zero as the system hands it over, but in a virtual machine each first touch of its
+    pages can cost far more than the zeros: the reduced MPT's batch-8 cache of ``bench/decode_speed.py`` (24
+    buffers, 126 MB) took 17-68 ms a ``generate`` to fault in, against ~10 ms for ``torch.zeros`` in memory
+    glibc had already mapped. So these mappings are kept (up to :data:`REUSE_LIMIT` bytes in all) and, once
+    no tensor views one any more, a buffer of the same size takes it again, zeroed in place. (In fresh pages
+    ``zero_()`` would only add to the faults: 29-95 ms for that cache.) :func:`release_kept` unmaps the
+    idle ones."""
     if not advised(shape, dtype):
         return torch.zeros(tuple(int(n) for n in shape), dtype=dtype)
-    return empty(shape, dtype)
+    shape = tuple(int(n) for n in shape)
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
+    with _kept_lock:
+        for storage in _kept:
+            if storage.nbytes() == nbytes + HUGE_PAGE and _idle(storage):
+                return _view(storage, shape, dtype).zero_()
+        storage = _map(nbytes)
+        if sum(s.nbytes() for s in _kept) + storage.nbytes() > REUSE_LIMIT:
+            _kept[:] = [s for s in _kept if not _idle(s)]  # make room: unmap the idle ones of other sizes
+        if sum(s.nbytes() for s in _kept) + storage.nbytes() <= REUSE_LIMIT:
+            _kept.append(storage)
+    return _view(storage, shape, dtype)
+
+
+def release_kept() -> int:
+    """Unmaps the mappings kept by :func:`zeros` that no tensor views any more; returns their bytes."""
+    with _kept_lock:
+        idle = [_idle(s) for s in _kept]
+        freed = sum(s.nbytes() for s, free in zip(_kept, idle) if free)
+        _kept[:] = [s for s, free in zip(_kept, idle) if not free]
+    return freed
 
 
 def in_huge_pages(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -92,4 +147,5 @@ def in_huge_pages(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> 
     return empty(tensor.shape, dtype).copy_(tensor)
 
 
-__all__ = ["HUGE_PAGE", "advised", "empty", "huge_pages_available", "in_huge_pages", "zeros"]
+__all__ = ["HUGE_PAGE", "REUSE_LIMIT", "advised", "empty", "huge_pages_available", "in_huge_pages", "release_kept",
+           "zeros"]

@@ -134,17 +134,29 @@ void one_head(const float* q, const KV* k, int64_t kt, const KV* v, int64_t vt, 
   for (int64_t t = 0; t < T; ++t) axpy(scores[t] * inv, v + t * vt, out, D);
 }
 
+// Asks for `rows` rows of `Bytes` bytes each, `stride` elements apart from p, into the second-level cache.
+template <int Bytes, class KV>
+inline void prefetch_rows_l2(const KV* p, int64_t stride, int rows) {
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < Bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + r * stride) + o, _MM_HINT_T1);
+}
+
 // The same for D = 16 * DV: the scores of 16 keys at a time (their products summed by sum16), and the
 // output's DV vectors held in registers (two sets, for even and odd keys, to halve the chains of FMAs).
+// With `next_k` and `next_v` (the next head's keys and values, bfloat16 only: see attend_all), each step
+// asks for as many of the next head's rows as it reads of its own.
 template <int DV, class KV>
 void one_head_vectors(const float* q, const KV* k, int64_t kt, const KV* v, int64_t vt, const float* bias,
-                      int64_t bt, int64_t T, float scale, float* scores, float* out) {
+                      int64_t bt, int64_t T, float scale, float* scores, float* out, const KV* next_k = nullptr,
+                      const KV* next_v = nullptr) {
+  constexpr int kRowBytes = 16 * DV * sizeof(KV);
   __m512 qv[DV];
   for (int d = 0; d < DV; ++d) qv[d] = _mm512_loadu_ps(q + 16 * d);
   const __m512 sv = _mm512_set1_ps(scale);
   __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t t0 = 0; t0 < T; t0 += 16) {
     const int n = static_cast<int>(std::min<int64_t>(16, T - t0));
+    if (next_k) prefetch_rows_l2<kRowBytes>(next_k + t0 * kt, kt, n);
     __m512 part[16];
     for (int t = 0; t < 16; ++t) {
       if (t < n) {
@@ -178,6 +190,7 @@ void one_head_vectors(const float* q, const KV* k, int64_t kt, const KV* v, int6
     const __m512 p0 = _mm512_set1_ps(scores[t]), p1 = _mm512_set1_ps(scores[t + 1]);
     const KV* v0 = v + t * vt;
     const KV* v1 = v0 + vt;
+    if (next_v) prefetch_rows_l2<kRowBytes>(next_v + t * vt, vt, 2);
     for (int d = 0; d < DV; ++d) {
       even[d] = _mm512_fmadd_ps(p0, load16(v0 + 16 * d), even[d]);
       odd[d] = _mm512_fmadd_ps(p1, load16(v1 + 16 * d), odd[d]);
@@ -224,10 +237,13 @@ inline void prefetch_l2(const void* p, int64_t bytes) {
 }
 
 // Every head of (B, H) on torch's threads, with keys and values of type KV. Over bfloat16 ones, each head
-// first asks for the next head's keys and values: bfloat16 strips, read cold, take their time in the
+// also asks for the next head's keys and values: bfloat16 strips, read cold, take their time in the
 // latency of each new stream rather than in bandwidth (a batch of 8, 16 heads, 96 keys of 64: 48 us a layer
-// from the caches, 224-235 us cold; with the next head asked for, 191-193). Float32 ones gain nothing from
-// it (293-302 against 301-302 us; at 160 keys, 451-461 against 446-448).
+// from the caches, 224-235 us cold; with the next head asked for at the start of each, 191-193). Asked for
+// step by step as the head reads its own (one_head_vectors), rather than all at its start: 215-226 ->
+// 194-214 us, at 160 keys 346-351 -> 313-320 (a 2-core Xeon, the same process alternating). Float32 ones
+// gain nothing from either (at its start: 293-302 against 301-302 us; at 160 keys, 451-461 against
+// 446-448; step by step, 333-504 against 340-531).
 template <class KV>
 void attend_all(int64_t B, int64_t H, int64_t T, int64_t D, const float* qp, Strides4 qs, const KV* kp, Strides4 ks,
                 const KV* vp, Strides4 vs, const float* bp, Strides4 bs, int64_t bias_t, float sc, const Store* store,
@@ -242,19 +258,31 @@ void attend_all(int64_t B, int64_t H, int64_t T, int64_t D, const float* qp, Str
       const KV* kh = kp + b * ks.b + h * ks.h;
       const KV* vh = vp + b * vs.b + h * vs.h;
       const float* bh = bp ? bp + b * bs.b + h * bs.h : nullptr;
+      const KV* next_k = nullptr;
+      const KV* next_v = nullptr;
       if (std::is_same<KV, BFloat16>::value && i + 1 < end) {
         const int64_t bn = (i + 1) / H, hn = (i + 1) % H;
-        prefetch_l2(kp + bn * ks.b + hn * ks.h, T * ks.t * int64_t(sizeof(KV)));
-        prefetch_l2(vp + bn * vs.b + hn * vs.h, T * vs.t * int64_t(sizeof(KV)));
+        next_k = kp + bn * ks.b + hn * ks.h;
+        next_v = vp + bn * vs.b + hn * vs.h;
+        if (D != 32 && D != 64 && D != 128) {  // one_head: all at the start
+          prefetch_l2(next_k, T * ks.t * int64_t(sizeof(KV)));
+          prefetch_l2(next_v, T * vs.t * int64_t(sizeof(KV)));
+        }
       }
       if (store) {  // key and value are the caller's buffers here (checked contiguous along D, not copied)
         copy_vector(store->key + b * store->ks.b + h * store->ks.h, const_cast<KV*>(kh) + store->slot * ks.t, D);
         copy_vector(store->value + b * store->vs.b + h * store->vs.h, const_cast<KV*>(vh) + store->slot * vs.t, D);
       }
       switch (D) {
-        case 32: one_head_vectors<2>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
-        case 64: one_head_vectors<4>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
-        case 128: one_head_vectors<8>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D); break;
+        case 32:
+          one_head_vectors<2>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D, next_k, next_v);
+          break;
+        case 64:
+          one_head_vectors<4>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D, next_k, next_v);
+          break;
+        case 128:
+          one_head_vectors<8>(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, sc, scores.data(), op + i * D, next_k, next_v);
+          break;
         default: one_head(qh, kh, ks.t, vh, vs.t, bh, bias_t, T, D, sc, scores.data(), op + i * D);
       }
     }
