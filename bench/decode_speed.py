@@ -7,7 +7,8 @@ rounds in which the contenders run one after another, in alternating order. Prin
 
 - decode tokens/s (new tokens / wall time of ``generate``) of polyformers and the reference, and the ratio;
 - prefill of a 512-token prompt (prompt tokens / time of ``generate`` with one new token);
-- batch 8 decode throughput (new tokens over the batch / time) against batch 1;
+- batch 8 decode throughput (new tokens over the batch / time) against batch 1, and the ceiling of that ratio
+  if a step's time followed the bytes it reads (:func:`batch_ceiling`);
 - the machine's read bandwidth, the bound of decoding: a streaming read of the bench's own (a small C
   program with OpenMP, compiled into ``.cache/bench/`` when a C compiler is present, else numpy; arrays of
   256 MB to 1 GB, far bigger than the caches, best of 5 runs each, ``THREADS`` threads), and each
@@ -21,7 +22,8 @@ rounds in which the contenders run one after another, in alternating order. Prin
   other row takes from polyformers' kernels when they are built);
 - "int8, bf16 cache": the int8 model decoding through a bfloat16 ``StaticCache`` (its keys and values
   rounded as they are stored: half the bytes a step reads of them, the most of what a batch adds);
-- CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed;
+- CTranslate2 (float32 and int8, converted from the same checkpoint) when it is installed, in a process of its
+  own (``bench/_ct2_worker.py``), timed there;
 - llama.cpp (MPT only: it has no GPT-J) at f32, f16, Q8_0 and Q4_0, when ``llama-bench`` has been built
   by ``../shared/llamacpp/build.sh`` into ``.cache/llamacpp`` (or ``--llamacpp DIR``): the folder is
   converted by its ``convert_hf_to_gguf.py`` and quantized by its ``llama-quantize`` (once, cached), and
@@ -50,6 +52,8 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+
+from _ct2_worker import Ct2Process
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
@@ -181,6 +185,22 @@ def bandwidth() -> tuple[float, float]:
             product()
             rates.append(matrix.numel() * matrix.element_size() / median_time(product, repeat=7))
     return rates[0], rates[1]
+
+
+def cache_bytes(config, itemsize: int) -> float:
+    """Bytes of cached keys and values one sequence's decoding step reads, on average over the bench's run
+    (``PROMPT + NEW / 2`` positions; every layer's keys and values, the model's width each)."""
+    layers = getattr(config, "n_layers", None) or config.n_layer
+    width = getattr(config, "d_model", None) or config.n_embd
+    return layers * 2 * (PROMPT + NEW / 2) * width * itemsize
+
+
+def batch_ceiling(weights: float, cache: float) -> float:
+    """The batch-``BATCH`` throughput over batch 1's if a step's time followed the bytes it reads: the weights
+    once, and each sequence's cache (``cache`` bytes). Batching shares the weights' reads and nothing else, so
+    the more of a step's bytes the caches are, the lower this ceiling: with int8 weights 203 MB a step and a
+    float32 cache of 9.4 MB a sequence, 8 x 212.6 / (203.2 + 75.5) = 6.1."""
+    return BATCH * (weights + cache) / (weights + BATCH * cache)
 
 
 def weight_bytes_per_token(model) -> int:
@@ -317,25 +337,28 @@ def torch_contender(name: str, model, kernels_off: bool = False, cache_dtype=Non
     return Contender(name, generate)
 
 
-def ct2_contender(name: str, generator) -> Contender:
-    import torch
+class SelfTimed(float):
+    """The seconds a contender measured itself (CTranslate2, in its own process), returned by its ``generate``."""
+
+
+def ct2_contender(name: str, worker, path: Path, quantization: str) -> Contender:
+    """CTranslate2's generator of the converted folder ``path``, run by ``worker`` (``bench/_ct2_worker.py``:
+    in this process it would slow the torch contenders after it by a third), timed there."""
 
     def generate(ids, new):
         prompts = [[str(t) for t in row] for row in ids.tolist()]
-        out = generator.generate_batch(
-            prompts, max_length=new, min_length=new, sampling_topk=1, beam_size=1,
-            include_prompt_in_result=False, return_scores=False,
-        )
-        return torch.tensor([r.sequences_ids[0] for r in out])
+        seconds, _ = worker.call("Generator", path, quantization, THREADS, "generate_batch", prompts,
+                                 max_length=new, min_length=new, sampling_topk=1, beam_size=1,
+                                 include_prompt_in_result=False, return_scores=False)
+        return SelfTimed(seconds)
 
     return Contender(name, generate)
 
 
-def ct2_generators(family: str, folder: Path):
-    """CTranslate2 generators (float32, int8) converted from the reference checkpoint, or {} when the
-    package is missing."""
+def ct2_models(family: str, folder: Path) -> dict:
+    """The folders of CTranslate2's float32 and int8 conversions of the reference checkpoint (converted once),
+    or {} when the package is missing."""
     try:
-        import ctranslate2
         from ctranslate2.converters import transformers as ct2_transformers
     except ImportError:
         return {}
@@ -348,22 +371,22 @@ def ct2_generators(family: str, folder: Path):
         loader.get_vocabulary = lambda model, tokenizer: [str(i) for i in range(model.config.vocab_size)]
         loader.set_config = lambda config, model, tokenizer: setattr(config, "bos_token", "0") or setattr(
             config, "eos_token", "0") or setattr(config, "unk_token", "0")
-    generators = {}
+    models = {}
     for quantization in ("float32", "int8"):
         out = CACHE / f"{family}-reduced-ct2-{quantization}"
         if not (out / "model.bin").exists():
             print(f"converting {folder.name} for CTranslate2 ({quantization}, once)", flush=True)
             shutil.rmtree(out, ignore_errors=True)
             ct2_transformers.TransformersConverter(str(folder)).convert(str(out), quantization=quantization)
-        generators[quantization] = ctranslate2.Generator(str(out), device="cpu", compute_type=quantization,
-                                                         intra_threads=THREADS, inter_threads=1)
-    return generators
+        models[quantization] = out
+    return models
 
 
 def rounds(contenders, fn, repeat: int, after_round=None) -> dict[str, float]:
     """Median over ``repeat`` rounds of ``fn(contender)`` seconds, the order alternating each round;
-    ``after_round()``, untimed, after each round. A contender that times itself (llama-bench: ``fn``
-    returns its tokens/s) gets the seconds of ``NEW`` tokens at that rate."""
+    ``after_round()``, untimed, after each round. A contender that times itself gets its own figure:
+    llama-bench (``fn`` returns its tokens/s) the seconds of ``NEW`` tokens at that rate, CTranslate2 the
+    seconds it returns (:class:`SelfTimed`)."""
     times = {c.name: [] for c in contenders}
     for r in range(repeat):
         order = contenders if r % 2 == 0 else contenders[::-1]
@@ -371,7 +394,11 @@ def rounds(contenders, fn, repeat: int, after_round=None) -> dict[str, float]:
             start = time.perf_counter()
             result = fn(c)
             seconds = time.perf_counter() - start
-            times[c.name].append(NEW / result if getattr(c, "reported", False) else seconds)
+            if getattr(c, "reported", False):
+                seconds = NEW / result
+            elif isinstance(result, SelfTimed):
+                seconds = float(result)
+            times[c.name].append(seconds)
         if after_round is not None:
             after_round()
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -418,9 +445,12 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         contenders.append(torch_contender("polyformers-bf16", ours_bf16))
         if kernels.available():
             contenders.append(torch_contender("bf16 torch's kernels", ours_bf16, True))
+    worker = None
     if "ct2" not in args.skip:
-        for quantization, generator in ct2_generators(family, folder).items():
-            contenders.append(ct2_contender(f"ctranslate2-{quantization}", generator))
+        models = ct2_models(family, folder)
+        worker = Ct2Process() if models else None
+        for quantization, path in models.items():
+            contenders.append(ct2_contender(f"ctranslate2-{quantization}", worker, path, quantization))
     if "llamacpp" not in args.skip and family == "mpt":
         contenders += llamacpp_contenders(folder, args.llamacpp)
     names = [c.name for c in contenders]
@@ -514,10 +544,14 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         batch_s = rounds([by_name[n] for n in batched if n in by_name
                           and (n != "reference" or "batch-reference" in args.extra)],
                          lambda c: c.generate(batch_prompt, NEW), args.repeat)
-        print(f"batch {BATCH} decode throughput (new tokens over the batch / s):")
+        print(f"batch {BATCH} decode throughput (new tokens over the batch / s), and the ceiling of its ratio to batch "
+              f"1 where a step's time follows its bytes (weights once, and each sequence's cached keys and values, "
+              f"{PROMPT + NEW // 2} positions on average):")
         for name, seconds in batch_s.items():
             single = NEW / decode_s[name]
-            print(f"  {name:20s} {BATCH * NEW / seconds:7.1f}   x{BATCH * NEW / seconds / single:4.2f} of its batch 1")
+            ceiling = batch_ceiling(bytes_per_token[name], cache_bytes(ours.config, 2 if "bf16 cache" in name else 4))
+            print(f"  {name:20s} {BATCH * NEW / seconds:7.1f}   x{BATCH * NEW / seconds / single:4.2f} of its batch 1 "
+                  f"(ceiling x{ceiling:4.2f})")
 
     checked = []
     if "int8" not in args.skip:
@@ -545,6 +579,8 @@ def bench_family(family: str, args, bw_samples: list) -> None:
                 top2 = fp32.scores[same][0].topk(2).values
                 where = f" (margin {float(top2[0] - top2[1]):.3f})"
             print(f"  {same:2d}/16{where}  {text!r}")
+    if worker is not None:
+        worker.close()
     del contenders, by_name, reference, ours, checked
     gc.collect()
 

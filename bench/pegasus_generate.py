@@ -8,7 +8,9 @@ run does the same work). Contenders:
 - polyformers and the reference (transformers, installed here) in this process, alternating in order
   each round; the figure is the median of ``--repeat`` rounds;
 - the reference's 4.37 release (the legacy-oracle venv), timed the same way in a subprocess;
-- CTranslate2 (float32 and int8), converted from the same folder, when the package is installed.
+- CTranslate2 (float32 and int8), converted from the same folder, when the package is installed: run in a
+  process of its own (``bench/_ct2_worker.py``: in this one it would slow the torch contenders after it by a
+  third), taking its turns like the others.
 
 Printed: seconds per generate, new tokens per second, polyformers' ratio to each, and whether the greedy
 tokens are the same (all but the last, the end token that the config forces and CTranslate2 does not).
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _ct2_worker import Ct2Process
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
@@ -77,19 +81,22 @@ def source_ids():
 
 
 def torch_generate(model):
+    """``run(ids) -> (seconds, tokens)`` of one greedy ``generate``."""
     import torch
 
     def run(ids):
         with torch.no_grad():
-            return model.generate(ids, max_new_tokens=NEW, min_length=NEW + 1, num_beams=1, do_sample=False)[0].tolist()
+            start = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=NEW, min_length=NEW + 1, num_beams=1, do_sample=False)
+            return time.perf_counter() - start, out[0].tolist()
 
     return run
 
 
-def ct2_generate(folder: Path, quantization: str):
-    """A CTranslate2 translator over the same weights. Its vocabulary is the token ids written out, so that
-    it reads the very ids the others do."""
-    import ctranslate2
+def ct2_generate(folder: Path, quantization: str, worker: Ct2Process):
+    """A CTranslate2 translator over the same weights, run by ``worker`` (see ``bench/_ct2_worker.py`` for why
+    not in this process); ``run(ids) -> (seconds, tokens)`` as the worker timed it. Its vocabulary is the token
+    ids written out, so that it reads the very ids the others do."""
     from ctranslate2.converters import transformers as ct2_transformers
 
     out = CACHE / f"{folder.name}-ct2-{quantization}"
@@ -109,15 +116,12 @@ def ct2_generate(folder: Path, quantization: str):
         converter = ct2_transformers.TransformersConverter(str(folder))
         converter.load_tokenizer = lambda *args, **kwargs: None  # the folder has none; ids stand in
         converter.convert(str(out), quantization=quantization)
-    translator = ctranslate2.Translator(str(out), device="cpu", compute_type=quantization,
-                                        intra_threads=THREADS, inter_threads=1)
 
     def run(ids):
-        result = translator.translate_batch(
-            [[str(t) for t in ids[0].tolist()]], beam_size=1, max_decoding_length=NEW, min_decoding_length=NEW,
-            return_scores=False,
-        )
-        return [CONFIG["decoder_start_token_id"]] + [int(t) for t in result[0].hypotheses[0]]
+        seconds, hypotheses = worker.call(
+            "Translator", out, quantization, THREADS, "translate_batch", [[str(t) for t in ids[0].tolist()]],
+            beam_size=1, max_decoding_length=NEW, min_decoding_length=NEW, return_scores=False)
+        return seconds, [CONFIG["decoder_start_token_id"]] + [int(t) for t in hypotheses[0]]
 
     return run
 
@@ -151,23 +155,25 @@ def main() -> None:
         "polyformers": torch_generate(polyformers.PegasusForConditionalGeneration.from_pretrained(folder).eval()),
         "transformers": torch_generate(transformers.PegasusForConditionalGeneration.from_pretrained(folder).eval()),
     }
+    worker = None
     if "ctranslate2" not in args.skip:
         try:
             import ctranslate2  # noqa: F401
         except ImportError:
             print("ctranslate2 is not installed: skipped")
         else:
+            worker = Ct2Process()
             for quantization in ("float32", "int8"):
-                contenders[f"ctranslate2-{quantization}"] = ct2_generate(folder, quantization)
+                contenders[f"ctranslate2-{quantization}"] = ct2_generate(folder, quantization, worker)
 
-    tokens = {name: run(ids) for name, run in contenders.items()}  # warm-up, and the tokens compared
+    tokens = {name: run(ids)[1] for name, run in contenders.items()}  # warm-up, and the tokens compared
     times = {name: [] for name in contenders}
     names = list(contenders)
     for r in range(args.repeat):
         for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            contenders[name](ids)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(contenders[name](ids)[0])
+    if worker is not None:
+        worker.close()
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     if "legacy" not in args.skip:
         result = legacy(folder, args.repeat)
