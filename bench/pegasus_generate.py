@@ -5,8 +5,8 @@ Reduced Pegasus (d_model 512, 6+6 layers, 8 heads, vocab 96103) with random weig
 1, a 256-token source, 64 new greedy tokens (the end token is held off with ``min_length`` so that every
 run does the same work). Contenders:
 
-- polyformers and the reference (transformers, installed here) in this process, alternating in order
-  each round; the figure is the median of ``--repeat`` rounds;
+- polyformers, polyformers with int8 layers (``quantize(bits=8)``) and the reference (transformers, installed
+  here) in this process, alternating in order each round; the figure is the median of ``--repeat`` rounds;
 - the reference's 4.37 release (the legacy-oracle venv), timed the same way in a subprocess;
 - CTranslate2 (float32 and int8), converted from the same folder, when the package is installed: run in a
   process of its own (``bench/_ct2_worker.py``: in this one it would slow the torch contenders after it by a
@@ -147,6 +147,7 @@ def main() -> None:
     import transformers
 
     import polyformers
+    from polyformers.pt.quantize import quantize
 
     torch.set_num_threads(THREADS)
     folder = build(args.folder)
@@ -154,6 +155,8 @@ def main() -> None:
     contenders = {
         "polyformers": torch_generate(polyformers.PegasusForConditionalGeneration.from_pretrained(folder).eval()),
         "transformers": torch_generate(transformers.PegasusForConditionalGeneration.from_pretrained(folder).eval()),
+        "polyformers-int8": torch_generate(quantize(polyformers.PegasusForConditionalGeneration.from_pretrained(folder)
+                                                    .eval(), bits=8)),
     }
     worker = None
     if "ctranslate2" not in args.skip:

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.modules import module as _module
 
 from . import kernels
@@ -85,7 +86,7 @@ class _Plan:
 
 
 _DERIVED = ("_rows", "_kernel", "_part", "_stacked", "_stack", "outlier_threshold", "eps", "softmax_scale", "act",
-            "rotary_dim")
+            "rotary_dim", "activation_fn", "scaling", "num_heads", "is_decoder")
 """Attributes (not submodules or parameters) the blocks' forward reads, watched for replacement."""
 
 
@@ -197,6 +198,25 @@ def _gptj_block(block, plan) -> Optional[tuple]:
     return [*norm[:2], *linears[0]], linears[1], settings
 
 
+def _pegasus_block(block, plan) -> Optional[tuple]:
+    attn, cross = block.self_attn, block.encoder_attn
+    if (type(block).__name__, type(attn).__name__, type(cross).__name__) != (
+            "PegasusDecoderLayer", "PegasusAttention", "PegasusAttention"):
+        return None
+    activation = {L.gelu: "none", L._gelu_new: "tanh", F.relu: "relu"}.get(block.activation_fn)
+    width = attn.embed_dim
+    norms = [_norm(n, width) for n in (block.self_attn_layer_norm, block.encoder_attn_layer_norm, block.final_layer_norm)]
+    projection = _stacked_projection((attn.q_proj, attn.k_proj, attn.v_proj), plan)
+    if (activation is None or None in norms or projection is None or len({n[2] for n in norms}) != 1
+            or (cross.embed_dim, cross.num_heads, cross.scaling) != (width, attn.num_heads, attn.scaling)):
+        return None
+    linears = _linears((*projection, attn.out_proj, cross.q_proj, cross.out_proj, block.fc1, block.fc2))
+    if linears is None:
+        return None
+    tensors = [t for n in norms for t in n[:2]] + linears[0]
+    return tensors, linears[1], (norms[0][2], attn.scaling, attn.num_heads, activation)
+
+
 ENABLED = True
 """Whether models take the compiled step where it qualifies (tests switch it off to compare both paths)."""
 
@@ -206,11 +226,17 @@ def _step_plan(model, blocks, name: str, read_block, hidden, inputs) -> Optional
     read once and kept on the model (``_fused_plan``) while every submodule, parameter and packed weight
     it was read from stays the same object; hooks and training mode are looked for at every step."""
     cache = inputs.cache
+    if (inputs.output_attentions or inputs.output_hidden_states or type(cache) is not StaticCache
+            or not cache.key_cache or cache.dtype not in (torch.float32, torch.bfloat16)
+            or inputs.cache_position.numel() != 1):
+        return None
+    return _held_plan(model, blocks, name, read_block, hidden)
+
+
+def _held_plan(model, blocks, name: str, read_block, hidden) -> Optional[_Plan]:
+    """:func:`_step_plan` apart from the cache and the outputs asked for."""
     if (not ENABLED or hidden.shape[1] != 1 or hidden.dtype != torch.float32 or hidden.device.type != "cpu"
             or hidden.shape[0] > kernels.MAX_ROWS or model.training or torch.is_grad_enabled()
-            or inputs.output_attentions or inputs.output_hidden_states or type(cache) is not StaticCache
-            or not cache.key_cache or cache.dtype not in (torch.float32, torch.bfloat16)
-            or inputs.cache_position.numel() != 1
             or _module._global_forward_hooks or _module._global_forward_pre_hooks or not kernels.ready()):
         return None
     plan = model.__dict__.get("_fused_plan")
@@ -255,3 +281,37 @@ def rotary_blocks(model, hidden: torch.Tensor, rotation: torch.Tensor, mask, inp
     return kernels.ops().rotary_blocks(hidden, plan.tensors, plan.layout, cache.key_cache, cache.value_cache,
                                        cache._written, slot, rotation, mask.bias, scale, eps, heads, rotary_dim,
                                        approximate)
+
+
+def _float32_states(tensors, shape) -> bool:
+    return all(type(t) is torch.Tensor and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 4
+               and t.shape[:2] == shape[:2] and t.shape[3] == shape[3] and t.stride(3) == 1 for t in tensors)
+
+
+def cross_blocks(decoder, hidden: torch.Tensor, bias, cross_bias, encoder_states: torch.Tensor,
+                 past) -> Optional[tuple]:
+    """Pegasus' decoder blocks (``decoder.layers``) on a decoding step's ``hidden`` (batch, 1, d_model) in one
+    compiled call, as their ``forward`` computes them with the tuple cache ``past`` (per block: self keys,
+    self values, cross keys, cross values, (batch, heads, positions, head size)); returns ``(hidden, the
+    blocks' new cache)``, or None where the step does not qualify: besides what the module's docstring lists,
+    the cache must hold float32 states of the encoder's length, the masks ``bias`` and ``cross_bias`` be
+    float32 or None, and nothing but the last hidden state and the cache be asked for (the caller's part)."""
+    if (not isinstance(past, (tuple, list)) or len(past) != len(decoder.layers)
+            or any(not isinstance(entry, (tuple, list)) or len(entry) != 4 for entry in past)
+            or any(m is not None and (m.dtype != torch.float32 or m.device.type != "cpu") for m in (bias, cross_bias))):
+        return None
+    plan = _held_plan(decoder, decoder.layers, "layers", _pegasus_block, hidden)
+    if plan is None:
+        return None
+    eps, scale, heads, activation = plan.settings
+    batch, width = hidden.shape[0], hidden.shape[2]
+    shape = (batch, heads, None, width // heads)
+    keys, values, cross_keys, cross_values = (list(part) for part in zip(*past))
+    cached, source = keys[0].shape[2], encoder_states.shape[1]
+    if (not _float32_states(keys + values + cross_keys + cross_values, shape) or cached < 1
+            or any(t.shape[2] != cached for t in keys + values) or any(t.shape[2] != source for t in cross_keys)
+            or any(v.shape != k.shape for k, v in zip(cross_keys, cross_values))):
+        return None
+    out = kernels.ops().cross_blocks(hidden, plan.tensors, plan.layout, keys, values, cross_keys, cross_values, bias,
+                                     cross_bias, scale, eps, heads, activation)
+    return out[0], tuple((out[1 + 2 * i], out[2 + 2 * i], cross_keys[i], cross_values[i]) for i in range(len(keys)))

@@ -1,10 +1,13 @@
-// A decoding step through a decoder's whole block stack in one call: MPT's pre-norm ALiBi blocks and GPT-J's
-// parallel rotary blocks.
+// A decoding step through a decoder's whole block stack in one call: MPT's pre-norm ALiBi blocks, GPT-J's
+// parallel rotary blocks and Pegasus' pre-norm decoder blocks with cross-attention.
 //
 //   alibi_blocks(hidden (B, 1, C), tensors, layout, keys, values, written, slot, bias, scale, eps, heads)
 //   rotary_blocks(hidden (B, 1, C), tensors, layout, keys, values, written, slot, rotation, bias?, scale, eps,
 //                 heads, rotary_dim, approximate)
 //       -> the last block's output (B, 1, C)
+//   cross_blocks(hidden (B, 1, C), tensors, layout, keys, values, cross_keys, cross_values, bias?, cross_bias?,
+//                scale, eps, heads, activation)
+//       -> [the last block's output (B, 1, C), then per block its keys and values with the step's appended]
 //
 // MPT's block, as MptBlock.forward computes it in Python for one new token per row:
 //   a = layer_norm(x); q|k|v = Wqkv(a); the cache's keys and values at `slot` = k, v (and `written`);
@@ -13,14 +16,21 @@
 //   a = layer_norm(x); q|k|v = the stacked projection of a (or three); the first rotary_dim dimensions of
 //   each head of q and k turned by `rotation` (pairs of neighbours as complex numbers); the cache written;
 //   x = out_proj(attention over the cache's first T slots, + bias?) + fc_out(gelu(fc_in(a))) + x
+// Pegasus' decoder block, as PegasusDecoderLayer.forward does with a tuple cache (keys and values grown by
+// concatenation) and the encoder's keys and values projected once:
+//   x = self.out_proj(attention of q over cat(keys, k), cat(values, v), + bias) + x, q|k|v from
+//   self_attn_layer_norm(x); x = encoder_attn.out_proj(attention of q_proj(encoder_attn_layer_norm(x)) over the
+//   cross keys and values, + cross_bias) + x; x = fc2(activation(fc1(final_layer_norm(x)))) + x
 // with the same operators the Python path calls (this library's kernels and torch's layer norm, complex
 // product and additions), in the same order, so the outputs are the same bits. What it saves is the
 // interpreter between them: about 150 us a block in Python and module calls, which a 4-bit step of the
 // reduced MPT pays twelve times on top of ~4 ms of weights.
 //
 // Per block, `tensors` holds the layer norms' weights and biases (two for GPT-J's one norm, four for MPT's
-// two), then four entries per linear layer (MPT: Wqkv, out_proj, up, down; GPT-J: q, k, v, out_proj, fc_in,
-// fc_out, where a stacked q|k|v stands in q's place and k and v are absent). `layout` holds three
+// two, six for Pegasus' three), then four entries per linear layer (MPT: Wqkv, out_proj, up, down; GPT-J: q,
+// k, v, out_proj, fc_in, fc_out, where a stacked q|k|v stands in q's place and k and v are absent; Pegasus:
+// q, k, v, out_proj of the self-attention, stacked likewise, then the cross-attention's q_proj and out_proj,
+// fc1, fc2). `layout` holds three
 // integers per linear layer: its kind, in and out features. Kinds and their entries (unused ones None):
 //  -1 absent
 //   0 float32: weight, -, -, bias                 -> linear_f32
@@ -33,8 +43,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -57,6 +69,8 @@ struct Kernels {
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&, int64_t, const Optional&, double)> attend_storing;
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, c10::string_view)> gelu;
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&,
+                                      double)> attend;
 };
 
 const Kernels& kernels() {
@@ -70,6 +84,8 @@ const Kernels& kernels() {
       handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const at::Tensor&, int64_t, const Optional&, double)>("polyformers::attend_one_storing"),
       handle<at::Tensor(const at::Tensor&, c10::string_view)>("polyformers::gelu"),
+      handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&, double)>(
+          "polyformers::attend_one"),
   };
   return k;
 }
@@ -202,6 +218,71 @@ at::Tensor rotary_blocks(const at::Tensor& hidden, const c10::List<Optional>& te
   return x.view({B, 1, C});
 }
 
+// q, k and v of a block as a stacked projection (linear 0, with 1 and 2 absent) or three layers give them,
+// each (B, C).
+std::array<at::Tensor, 3> projected(const at::Tensor& normed, const c10::List<Optional>& tensors, at::IntArrayRef lay,
+                                    int64_t linears, int64_t C) {
+  if (lay[3] == kAbsent) {
+    const at::Tensor qkv = linear(normed, tensors, lay, linears, 0);
+    return {qkv.narrow(1, 0, C), qkv.narrow(1, C, C), qkv.narrow(1, 2 * C, C)};
+  }
+  return {linear(normed, tensors, lay, linears, 0), linear(normed, tensors, lay, linears, 1),
+          linear(normed, tensors, lay, linears, 2)};
+}
+
+std::vector<at::Tensor> cross_blocks(const at::Tensor& hidden, const c10::List<Optional>& tensors,
+                                     at::IntArrayRef layout, at::TensorList keys, at::TensorList values,
+                                     at::TensorList cross_keys, at::TensorList cross_values, const Optional& bias,
+                                     const Optional& cross_bias, double scale, double eps, int64_t heads,
+                                     c10::string_view activation) {
+  const char* op = "cross_blocks";
+  constexpr int64_t kPerBlock = 6 + 8 * 4, kLayoutPerBlock = 8 * 3;
+  const int64_t blocks = static_cast<int64_t>(keys.size());
+  TORCH_CHECK(blocks > 0 && static_cast<int64_t>(cross_keys.size()) == blocks &&
+                  static_cast<int64_t>(cross_values.size()) == blocks,
+              op, ": expected one cross key and value tensor per block (", blocks, "), given ", cross_keys.size(),
+              " and ", cross_values.size());
+  const int64_t T = keys[0].dim() == 4 ? keys[0].size(2) + 1 : 0;  // the keys seen: the cached ones and this step's
+  TORCH_CHECK(T >= 2, op, ": keys: expected (batch, heads, cached positions >= 1, head size) per block, given ",
+              keys[0].sizes());
+  // (the keys stand in for the `written` buffers, which this stack has none of)
+  check_stack(op, hidden, tensors, layout, keys, values, keys, kPerBlock, kLayoutPerBlock, heads, 0, T - 1);
+  const int64_t B = hidden.size(0), C = hidden.size(2), D = C / heads;
+  for (int64_t b = 0; b < blocks; ++b) {
+    TORCH_CHECK(keys[b].size(2) == T - 1 && keys[b].scalar_type() == at::kFloat &&
+                    values[b].scalar_type() == at::kFloat,
+                op, ": block ", b, ": expected float32 keys and values of ", T - 1, " positions, as block 0 has; given ",
+                keys[b].scalar_type(), " ", keys[b].sizes());
+    TORCH_CHECK(cross_keys[b].dim() == 4 && cross_keys[b].size(0) == B && cross_keys[b].size(1) == heads &&
+                    cross_keys[b].size(3) == D && cross_values[b].sizes() == cross_keys[b].sizes(),
+                op, ": block ", b, ": expected cross keys and values (", B, ", ", heads, ", source, ", D, "), given ",
+                cross_keys[b].sizes(), " and ", cross_values[b].sizes());
+  }
+  TORCH_CHECK(activation == "none" || activation == "tanh" || activation == "relu", op,
+              ": activation: expected \"none\" or \"tanh\" (GELU) or \"relu\", given \"", activation, "\"");
+  const Kernels& k = kernels();
+  const auto heads_of = [&](const at::Tensor& x) { return x.view({B, 1, heads, D}).transpose(1, 2); };  // (B, H, 1, D)
+  const auto merged = [&](const at::Tensor& context) { return context.transpose(1, 2).reshape({B, C}); };
+  std::vector<at::Tensor> out{at::Tensor()};
+  at::Tensor x = hidden.reshape({B, C});
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t base = b * kPerBlock, linears = base + 6;
+    const at::IntArrayRef lay = layout.slice(b * kLayoutPerBlock, kLayoutPerBlock);
+    const auto qkv = projected(norm(x, tensors, base, eps), tensors, lay, linears, C);
+    const at::Tensor key = at::cat({keys[b], heads_of(qkv[1])}, 2), value = at::cat({values[b], heads_of(qkv[2])}, 2);
+    x = at::add(x, linear(merged(k.attend.call(heads_of(qkv[0]), key, value, bias, scale)), tensors, lay, linears, 3));
+    const at::Tensor query = heads_of(linear(norm(x, tensors, base + 2, eps), tensors, lay, linears, 4));
+    const at::Tensor context = k.attend.call(query, cross_keys[b], cross_values[b], cross_bias, scale);
+    x = at::add(x, linear(merged(context), tensors, lay, linears, 5));
+    const at::Tensor up = linear(norm(x, tensors, base + 4, eps), tensors, lay, linears, 6);
+    x = at::add(x, linear(activation == "relu" ? at::relu(up) : k.gelu.call(up, activation), tensors, lay, linears, 7));
+    out.push_back(key);
+    out.push_back(value);
+  }
+  out[0] = x.view({B, 1, C});
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(polyformers, m) {
@@ -210,9 +291,13 @@ TORCH_LIBRARY_FRAGMENT(polyformers, m) {
   m.def("rotary_blocks(Tensor hidden, Tensor?[] tensors, int[] layout, Tensor[] keys, Tensor[] values, "
         "Tensor[] written, int slot, Tensor rotation, Tensor? bias, float scale, float eps, int heads, "
         "int rotary_dim, str approximate) -> Tensor");
+  m.def("cross_blocks(Tensor hidden, Tensor?[] tensors, int[] layout, Tensor[] keys, Tensor[] values, "
+        "Tensor[] cross_keys, Tensor[] cross_values, Tensor? bias, Tensor? cross_bias, float scale, float eps, "
+        "int heads, str activation) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(polyformers, CPU, m) {
   m.impl("alibi_blocks", &alibi_blocks);
   m.impl("rotary_blocks", &rotary_blocks);
+  m.impl("cross_blocks", &cross_blocks);
 }

@@ -27,6 +27,7 @@ from ...outputs import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
+from .. import fused
 from .. import layers as L
 from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
@@ -416,7 +417,13 @@ class PegasusDecoder(_PegasusStack):
         all_attn = () if output_attentions else None
         all_cross = () if output_attentions and encoder_hidden_states is not None else None
         cache = () if use_cache else None
-        for i, layer in enumerate(self.layers):
+        compiled = None  # a decoding step's blocks in one compiled call, where it gives the same bits
+        if (past_key_values and encoder_hidden_states is not None and use_cache and not output_attentions
+                and not output_hidden_states and head_mask is None and cross_attn_head_mask is None):
+            compiled = fused.cross_blocks(self, hidden, bias, cross_bias, encoder_hidden_states, past_key_values)
+        if compiled is not None:
+            hidden, cache = compiled
+        for i, layer in enumerate(self.layers if compiled is None else ()):
             if output_hidden_states:
                 all_hidden += (hidden,)
             if _dropped(self.layerdrop, self.training):
