@@ -127,8 +127,8 @@ def test_training_mode_and_gradients_keep_the_python_blocks(monkeypatch):
     ids, mask = _source()
     with torch.no_grad():
         encoded = model.model.encoder(ids, attention_mask=mask)
-        first = model(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=torch.zeros(3, 1, dtype=torch.long),
-                      use_cache=True)
+        first = model(attention_mask=mask, encoder_outputs=encoded, use_cache=True,
+                      decoder_input_ids=torch.zeros(3, 1, dtype=torch.long))
     counter = _Counter(monkeypatch)
     step = dict(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=torch.full((3, 1), 5),
                 past_key_values=first.past_key_values, use_cache=True)
@@ -139,7 +139,8 @@ def test_training_mode_and_gradients_keep_the_python_blocks(monkeypatch):
         patch.setattr(fused, "ENABLED", False)
         python = model(**step)
     assert counter.taken == 1 and torch.equal(compiled.logits, python.logits)
-    assert all(torch.equal(a, b) for x, y in zip(compiled.past_key_values, python.past_key_values) for a, b in zip(x, y))
+    assert all(torch.equal(a, b)
+               for x, y in zip(compiled.past_key_values, python.past_key_values) for a, b in zip(x, y))
     graded = model(**step)  # gradients on: Python, through torch's kernels
     assert counter.taken == 1 and graded.logits.requires_grad
     torch.testing.assert_close(graded.logits, python.logits, rtol=1e-5, atol=1e-5)
@@ -156,8 +157,8 @@ def test_the_operator_names_a_bad_argument():
     ids, mask = _source()
     with torch.no_grad():
         encoded = model.model.encoder(ids, attention_mask=mask)
-        first = model(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=torch.zeros(3, 1, dtype=torch.long),
-                      use_cache=True)
+        first = model(attention_mask=mask, encoder_outputs=encoded, use_cache=True,
+                      decoder_input_ids=torch.zeros(3, 1, dtype=torch.long))
         hidden = torch.randn(3, 1, 64)
         assert fused.cross_blocks(plan_model, hidden, None, None, encoded.last_hidden_state, first.past_key_values)
         plan = plan_model._fused_plan

@@ -4,8 +4,9 @@ A decoding step of one token multiplies one row by every weight matrix; once the
 machine's rate, what is left is the interpreter between the products: module calls, views and a dozen
 small operators per block, about 150 us a block here. The compiled step calls the same operators in the
 same order (this library's linear, attention and GELU kernels, torch's layer norm), so its outputs are the
-same bits as the blocks' ``forward``; it only runs where that holds. :func:`alibi_blocks` returns None,
-and the model runs its blocks in Python, unless every one of these holds:
+same bits as the blocks' ``forward``; it only runs where that holds. :func:`alibi_blocks` (MPT) and
+:func:`rotary_blocks` (GPT-J) return None, and the model runs its blocks in Python, unless every one of these
+holds (:func:`cross_blocks`, Pegasus' decoder, reads its tuple cache instead: see there):
 
 - inference: no gradients, the model in eval mode, float32 CPU states, one new token for at most
   ``kernels.MAX_ROWS`` rows, the kernels built;
@@ -13,7 +14,8 @@ and the model runs its blocks in Python, unless every one of these holds:
   when it owns the cache) or bfloat16 ones (a 16-bit cache the caller made), written at one slot;
 - no output of the blocks is asked for (attention weights, hidden states) and no hook is registered on a
   block or any module inside it, nor globally;
-- every module of a block is one this module knows (MPT's block, attention, MLP, ``nn.LayerNorm``), every
+- every module of a block is one this module knows (MPT's, GPT-J's and Pegasus' decoder blocks with their
+  attention and MLP modules, ``nn.LayerNorm``; GELU, or ReLU in Pegasus), every
   linear layer one of ``layers.Linear`` (float32 weights), ``Bf16Linear``, ``Int8Linear`` (polyformers'
   kernel, without outlier columns) or ``Int4Linear`` (polyformers' kernel), exactly those types.
 """
@@ -205,7 +207,8 @@ def _pegasus_block(block, plan) -> Optional[tuple]:
         return None
     activation = {L.gelu: "none", L._gelu_new: "tanh", F.relu: "relu"}.get(block.activation_fn)
     width = attn.embed_dim
-    norms = [_norm(n, width) for n in (block.self_attn_layer_norm, block.encoder_attn_layer_norm, block.final_layer_norm)]
+    norms = [_norm(norm, width)
+             for norm in (block.self_attn_layer_norm, block.encoder_attn_layer_norm, block.final_layer_norm)]
     projection = _stacked_projection((attn.q_proj, attn.k_proj, attn.v_proj), plan)
     if (activation is None or None in norms or projection is None or len({n[2] for n in norms}) != 1
             or (cross.embed_dim, cross.num_heads, cross.scaling) != (width, attn.num_heads, attn.scaling)):

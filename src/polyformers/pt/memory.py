@@ -20,7 +20,6 @@ from __future__ import annotations
 import mmap
 import sys
 import threading
-import threading
 from typing import Optional, Sequence
 
 import torch

@@ -251,7 +251,8 @@ std::vector<at::Tensor> cross_blocks(const at::Tensor& hidden, const c10::List<O
   for (int64_t b = 0; b < blocks; ++b) {
     TORCH_CHECK(keys[b].size(2) == T - 1 && keys[b].scalar_type() == at::kFloat &&
                     values[b].scalar_type() == at::kFloat,
-                op, ": block ", b, ": expected float32 keys and values of ", T - 1, " positions, as block 0 has; given ",
+                op, ": block ", b, ": expected float32 keys and values of ", T - 1,
+                " positions, as block 0 has; given ",
                 keys[b].scalar_type(), " ", keys[b].sizes());
     TORCH_CHECK(cross_keys[b].dim() == 4 && cross_keys[b].size(0) == B && cross_keys[b].size(1) == heads &&
                     cross_keys[b].size(3) == D && cross_values[b].sizes() == cross_keys[b].sizes(),
