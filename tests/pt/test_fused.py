@@ -32,8 +32,14 @@ def _model(kind: str, seed: int = 0, family: str = "mpt"):
         config = GPTJConfig(n_embd=64, n_head=4, n_layer=3, rotary_dim=8, vocab_size=120, n_positions=64,
                             bos_token_id=None, eos_token_id=None, pad_token_id=None)
         model = GPTJForCausalLM(config).eval()
+    return perturbed(model, kind)
+
+
+def perturbed(model, kind: str):
+    """``model`` with every parameter moved away from its initial value (norms included), then quantized as
+    ``kind`` (one of KINDS) says; also used by test_fused_pegasus."""
     with torch.no_grad():
-        for p in model.parameters():  # every parameter away from its initial value, norms included
+        for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     if kind != "fp32":
         quantize(model, bits={"bf16": 16, "int8": 8, "int4": 4}[kind], **({"group_size": 32} if kind == "int4" else {}))

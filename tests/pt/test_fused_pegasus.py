@@ -10,9 +10,9 @@ import torch
 
 from polyformers import PegasusConfig, PegasusForConditionalGeneration
 from polyformers.pt import fused, kernels
-from polyformers.pt.quantize import quantize
 
-KINDS = ("fp32", "bf16", "int8", "int4")
+from .test_fused import KINDS, perturbed
+
 NEW = 6
 
 
@@ -27,13 +27,7 @@ def _model(kind: str = "fp32", activation: str = "gelu", seed: int = 0):
                            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
                            max_position_embeddings=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                            activation_function=activation)
-    model = PegasusForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # every parameter away from its initial value, norms included
-            p.add_(torch.randn_like(p) * 0.05)
-    if kind != "fp32":
-        quantize(model, bits={"bf16": 16, "int8": 8, "int4": 4}[kind], **({"group_size": 32} if kind == "int4" else {}))
-    return model
+    return perturbed(PegasusForConditionalGeneration(config).eval(), kind)
 
 
 def _source():
