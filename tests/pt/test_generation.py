@@ -571,3 +571,29 @@ def test_reorder_cache_handles_both_kinds():
     cache.update(keys.clone(), keys + 10, 0)
     reordered = G.reorder_cache(cache, beam_idx)
     assert reordered is cache and reordered.to_legacy_cache()[0][0][:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
+
+
+def test_a_processor_list_passes_extra_arguments_to_the_processors_that_take_them():
+    class Shift(G.LogitsProcessor):
+        def __call__(self, input_ids, scores, shift):
+            return scores + shift
+
+    class Double(G.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores * 2
+
+    processors = G.LogitsProcessorList([Shift(), Double(), lambda input_ids, scores: scores - 1])
+    ids, scores = torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 3)
+    for _ in range(2):  # the second call reads the arguments as the first found them
+        assert torch.equal(processors(ids, scores, shift=2.0), torch.full((1, 3), 5.0))
+    with pytest.raises(ValueError, match=r"Shift needs the arguments \['shift'\]"):
+        processors(ids, scores)
+
+    class Renamed(G.LogitsProcessor):  # the same names read again after __call__ is replaced on the class
+        def __call__(self, input_ids, scores, offset):
+            return scores + offset
+
+    renamed = Renamed()
+    assert torch.equal(G.LogitsProcessorList([renamed])(ids, scores, offset=1.0), torch.full((1, 3), 2.0))
+    Renamed.__call__ = lambda self, input_ids, scores, factor: scores * factor
+    assert torch.equal(G.LogitsProcessorList([renamed])(ids, scores, factor=3.0), torch.full((1, 3), 3.0))
