@@ -30,8 +30,8 @@
 // two, six for Pegasus' three), then four entries per linear layer (MPT: Wqkv, out_proj, up, down; GPT-J: q,
 // k, v, out_proj, fc_in, fc_out, where a stacked q|k|v stands in q's place and k and v are absent; Pegasus:
 // q, k, v, out_proj of the self-attention, stacked likewise, then the cross-attention's q_proj and out_proj,
-// fc1, fc2). `layout` holds three
-// integers per linear layer: its kind, in and out features. Kinds and their entries (unused ones None):
+// fc1, fc2). `layout` holds three integers per linear layer: its kind, in and out features. Kinds and their
+// entries (unused ones None):
 //  -1 absent
 //   0 float32: weight, -, -, bias                 -> linear_f32
 //   1 bfloat16: weight, -, -, bias                -> linear_bf16
@@ -252,8 +252,7 @@ std::vector<at::Tensor> cross_blocks(const at::Tensor& hidden, const c10::List<O
     TORCH_CHECK(keys[b].size(2) == T - 1 && keys[b].scalar_type() == at::kFloat &&
                     values[b].scalar_type() == at::kFloat,
                 op, ": block ", b, ": expected float32 keys and values of ", T - 1,
-                " positions, as block 0 has; given ",
-                keys[b].scalar_type(), " ", keys[b].sizes());
+                " positions, as block 0 has; given ", keys[b].scalar_type(), " ", keys[b].sizes());
     TORCH_CHECK(cross_keys[b].dim() == 4 && cross_keys[b].size(0) == B && cross_keys[b].size(1) == heads &&
                     cross_keys[b].size(3) == D && cross_values[b].sizes() == cross_keys[b].sizes(),
                 op, ": block ", b, ": expected cross keys and values (", B, ", ", heads, ", source, ", D, "), given ",
