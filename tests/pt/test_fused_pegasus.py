@@ -166,3 +166,31 @@ def test_the_operator_names_a_bad_argument():
         with pytest.raises(RuntimeError, match="heads: expected a divisor"):
             kernels.ops().cross_blocks(hidden, plan.tensors, plan.layout, keys, values, cross_keys, cross_values, None,
                                        None, 0.25, 1e-5, 5, "none")
+
+
+def test_the_logits_bias_added_in_the_product_gives_the_same_bits(monkeypatch):
+    """A decoding step's final_logits_bias goes into the LM head's product (one pass less over the scores):
+    the same bits as adding it afterwards; with a hook on the head, the head's own output is what the hook sees."""
+    model = _model()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()
+    ids, mask = _source()
+    seen = []
+
+    def keep(module, args, output):
+        seen.append((args[0], output))
+
+    with torch.no_grad():
+        encoded = model.model.encoder(ids, attention_mask=mask)
+        step = dict(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=torch.full((3, 1), 5))
+        body = model.model(**step, return_dict=True)
+        want = model.lm_head(body.last_hidden_state) + model.final_logits_bias
+        assert torch.equal(model(**step).logits, want)
+        handle = model.lm_head.register_forward_hook(keep)
+        hooked = model(**step).logits
+        handle.remove()
+        assert torch.equal(hooked, want) and len(seen) == 1
+        assert torch.equal(seen[0][1], model.lm_head(seen[0][0]))  # without the bias
+    with torch.no_grad(), monkeypatch.context() as patch:  # on torch's path (no kernels): added afterwards
+        patch.setattr(kernels, "ready", lambda: False)
+        torch.testing.assert_close(model(**step).logits, want, rtol=1e-6, atol=1e-6)

@@ -597,3 +597,37 @@ def test_a_processor_list_passes_extra_arguments_to_the_processors_that_take_the
     assert torch.equal(G.LogitsProcessorList([renamed])(ids, scores, offset=1.0), torch.full((1, 3), 2.0))
     Renamed.__call__ = lambda self, input_ids, scores, factor: scores * factor
     assert torch.equal(G.LogitsProcessorList([renamed])(ids, scores, factor=3.0), torch.full((1, 3), 3.0))
+
+
+def test_the_processors_that_say_they_leave_the_scores_leave_them():
+    """Greedy decoding hands such processors the model's logits uncopied: none may change them."""
+    import inspect
+
+    from polyformers.pt.generation import processors as P
+
+    made = {
+        P.MinLengthLogitsProcessor: P.MinLengthLogitsProcessor(10, 1),
+        P.MinNewTokensLengthLogitsProcessor: P.MinNewTokensLengthLogitsProcessor(2, 10, [1, 2]),
+        P.ForcedBOSTokenLogitsProcessor: P.ForcedBOSTokenLogitsProcessor(3),
+        P.ForcedEOSTokenLogitsProcessor: P.ForcedEOSTokenLogitsProcessor(2, 1),
+        P.SuppressTokensLogitsProcessor: P.SuppressTokensLogitsProcessor([0, 4]),
+        P.SuppressTokensAtBeginLogitsProcessor: P.SuppressTokensAtBeginLogitsProcessor([5], 1),
+        P.ForceTokensLogitsProcessor: P.ForceTokensLogitsProcessor([[1, 6]]),
+    }
+    declared = {cls for _, cls in inspect.getmembers(P, inspect.isclass) if cls.__dict__.get("_leaves_scores")}
+    assert declared == set(made)
+    ids = torch.tensor([[7]])
+    for cls, processor in made.items():
+        scores = torch.randn(1, 8)
+        kept = scores.clone()
+        out = processor(ids, scores)
+        assert torch.equal(scores, kept), cls.__name__
+        assert not torch.equal(out, kept), cls.__name__  # it acted on this input, on a copy
+        assert P.leaves_scores(processor)
+
+    class Editing(P.MinLengthLogitsProcessor):  # a subclass may edit: it does not inherit the promise
+        def __call__(self, input_ids, scores):
+            scores[:, 0] = 0.0
+            return scores
+
+    assert not P.leaves_scores(Editing(3, 1)) and not P.leaves_scores(lambda ids, scores: scores)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from .processors import leaves_scores
 from .records import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, _Recorder
 
 
@@ -38,7 +39,8 @@ def sample(model, input_ids, config, processors, warpers, criteria, streamer, mo
     record = _Recorder(config, model_kwargs, is_encoder_decoder)
     pad = config.pad_token_id
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    edited = bool(processors) or config.do_sample  # else the argmax reads the model's logits as they are
+    # else the argmax (and the processors, which then make new scores) read the model's logits as they are
+    edited = config.do_sample or not all(leaves_scores(p) for p in processors)
     every = True  # no sequence has finished yet
     while True:
         outputs, logits = model._step(input_ids, model_kwargs, config, copy=edited)

@@ -60,6 +60,14 @@ class LogitsProcessorList(list):
         return scores
 
 
+def leaves_scores(processor) -> bool:
+    """Whether ``processor`` never changes the scores it is given (it returns new ones, or the same untouched):
+    true of the classes here that say so themselves (``_leaves_scores``; a subclass, which may edit them, does
+    not inherit it). Greedy decoding copies the model's logits only for processors that may edit them: a copy
+    of the vocabulary's scores saved at every step (``tests/pt/test_generation.py`` checks the classes)."""
+    return type(processor).__dict__.get("_leaves_scores", False)
+
+
 def _ban(scores: torch.Tensor, token_ids) -> torch.Tensor:
     scores = scores.clone()
     scores[:, token_ids] = -math.inf
@@ -382,6 +390,8 @@ class MinLengthLogitsProcessor(LogitsProcessor):
     """Bans the end-of-sequence tokens while the whole sequence (prompt included) is shorter than
     ``min_length``."""
 
+    _leaves_scores = True  # see leaves_scores
+
     def __init__(self, min_length: int, eos_token_id: Union[int, list[int]]):
         if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 0:
             raise ValueError(f"min_length: expected an int >= 0, given {min_length!r}")
@@ -394,6 +404,8 @@ class MinLengthLogitsProcessor(LogitsProcessor):
 
 class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
     """Bans the end-of-sequence tokens until ``min_new_tokens`` tokens follow the prompt."""
+
+    _leaves_scores = True  # see leaves_scores
 
     def __init__(self, prompt_length_to_skip: int, min_new_tokens: int, eos_token_id: Union[int, list[int]]):
         for name, value in (("prompt_length_to_skip", prompt_length_to_skip), ("min_new_tokens", min_new_tokens)):
@@ -412,6 +424,8 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
 class ForcedBOSTokenLogitsProcessor(LogitsProcessor):
     """Forces ``bos_token_id`` as the first generated token (of an encoder-decoder's decoder)."""
 
+    _leaves_scores = True  # see leaves_scores
+
     def __init__(self, bos_token_id: int):
         self.bos_token_id = bos_token_id
 
@@ -421,6 +435,8 @@ class ForcedBOSTokenLogitsProcessor(LogitsProcessor):
 
 class ForcedEOSTokenLogitsProcessor(LogitsProcessor):
     """Forces an end-of-sequence token as the last token when ``max_length`` is reached."""
+
+    _leaves_scores = True  # see leaves_scores
 
     def __init__(self, max_length: int, eos_token_id: Union[int, list[int]]):
         self.max_length = max_length
@@ -433,6 +449,8 @@ class ForcedEOSTokenLogitsProcessor(LogitsProcessor):
 class SuppressTokensLogitsProcessor(LogitsProcessor):
     """Never generates the tokens of ``suppress_tokens``."""
 
+    _leaves_scores = True  # see leaves_scores
+
     def __init__(self, suppress_tokens):
         self.suppress_tokens = list(suppress_tokens)
 
@@ -442,6 +460,8 @@ class SuppressTokensLogitsProcessor(LogitsProcessor):
 
 class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     """Bans ``begin_suppress_tokens`` at the first generated position only."""
+
+    _leaves_scores = True  # see leaves_scores
 
     def __init__(self, begin_suppress_tokens, begin_index: int):
         self.begin_suppress_tokens = list(begin_suppress_tokens)
@@ -524,6 +544,8 @@ class ForceTokensLogitsProcessor(LogitsProcessor):
     """Forces chosen tokens at chosen positions: ``force_token_map`` is a list of ``[index, token_id]``
     pairs, where ``index`` is the length of the sequence (prompt or decoder start included) when the token
     is chosen; a ``None`` token leaves that position free."""
+
+    _leaves_scores = True  # see leaves_scores
 
     def __init__(self, force_token_map):
         try:

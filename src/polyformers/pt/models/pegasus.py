@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 from torch.utils.checkpoint import checkpoint
 
 from ...configs import PegasusConfig
@@ -27,7 +28,7 @@ from ...outputs import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
-from .. import fused
+from .. import fused, kernels
 from .. import layers as L
 from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
@@ -549,6 +550,20 @@ class PegasusModel(PegasusPreTrainedModel):
         return L.pack_output(output, return_dict)
 
 
+def _biased_logits(head: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``head(hidden) + bias``. For a decoding step's few rows through a plain float32 head without hooks, the
+    bias goes into the product: polyformers' kernel adds it to each sum as it writes it, the same bits as adding
+    it afterwards, and one pass less over the vocabulary's scores (about 0.1 ms a step of the reduced Pegasus,
+    whose 96103 scores a step are cold by then)."""
+    bias = bias.to(hidden.dtype)
+    if (type(head) is L.Linear and head.bias is None and hidden.dtype == torch.float32 == head.weight.dtype
+            and hidden.numel() <= kernels.MAX_ROWS * hidden.shape[-1] and head.weight.is_contiguous()
+            and not torch.is_grad_enabled() and not (head._forward_hooks or head._forward_pre_hooks)
+            and not (_module._global_forward_hooks or _module._global_forward_pre_hooks) and kernels.ready()):
+        return L.linear(hidden, head.weight, bias.reshape(-1).contiguous())
+    return head(hidden) + bias
+
+
 class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
     """Pegasus with its language-modelling head, for summarisation: the head is tied to the shared
     embedding and adds ``final_logits_bias``. ``labels`` (-100 ignored) give the loss and, shifted right
@@ -604,7 +619,7 @@ class PegasusForConditionalGeneration(GenerationMixin, PegasusPreTrainedModel):
             cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds, use_cache,
             output_attentions, output_hidden_states, return_dict=True,
         )
-        logits = self.lm_head(body.last_hidden_state) + self.final_logits_bias.to(body.last_hidden_state.dtype)
+        logits = _biased_logits(self.lm_head, body.last_hidden_state, self.final_logits_bias)
         return L.labelled_output(Seq2SeqLMOutput, logits, labels, body, return_dict, self.config)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
