@@ -48,8 +48,11 @@ constexpr int64_t kTile = 8;  // input rows per pass over the weights
 // - false (the AMD EPYC): the one-row pass relies on the hardware prefetchers (an 826 MB matrix at 56 GB/s,
 //   the machine's sum at 66); the float32 pass of 2-8 rows prefetches the next block non-temporally (a
 //   batch of 8 decodes 1.18x as fast as through oneDNN).
-// - true (a 2-core Xeon, 480 MB of L3): the one-row pass also prefetches 2 KiB ahead of its reads (reduced
-//   MPT float32 decoding 31.4 -> 34.3-35.1 tokens/s; 1 KiB ahead 33.2, 4 KiB 29.2-30.4, non-temporally 14),
+// - true (a 2-core Xeon, 480 MB of L3): the one-row pass also prefetches eight steps ahead of its reads: 2 KiB
+//   of float32 weights (reduced MPT float32 decoding 31.4 -> 34.3-35.1 tokens/s; 1 KiB ahead 33.2, 4 KiB
+//   29.2-30.4, non-temporally 14; measured again later, processes alternating, 1 KiB 31.7-32.0 against 2 KiB's
+//   32.9-33.8), 1 KiB of bfloat16 ones (the reduced MPT in bfloat16, 128 tokens, 2.15-2.17 s 2 KiB ahead,
+//   2.04-2.05 s 1 KiB ahead; Pegasus in float32 within 1% either way).
 //   and the float32 pass of 2-8 rows prefetches the block three passes ahead into the second level (the
 //   products of a reduced MPT's 49 matrices, 810 MB, with 8 rows: non-temporally 97 ms, the next pass into
 //   every level 43-52, three passes ahead into the second level 36-44, median 38; with 4 rows 41 -> 34-35).
@@ -153,9 +156,9 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
 
 // One input row: each weight row read from start to end, one row after another, so that a pass reads a
 // single contiguous stream, which the hardware prefetchers follow (R rows side by side are R streams, 30%
-// slower); four sums per row hide the FMA latency. On Intel CPUs it also prefetches kRowAhead bytes ahead of
-// its reads (see intel_prefetch).
-constexpr int kRowAhead = 2048;
+// slower); four sums per row hide the FMA latency. On Intel CPUs it also prefetches kStepsAhead steps (of 64
+// weights) ahead of its reads (see intel_prefetch): 2 KiB of float32 weights, 1 KiB of bfloat16 ones.
+constexpr int kStepsAhead = 8;
 
 template <class W>
 void row_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, int64_t rows, float* y,
@@ -167,7 +170,7 @@ void row_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, int6
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-      if (ahead) prefetch_lines<_MM_HINT_T0, step_bytes>(reinterpret_cast<const char*>(wr + k) + kRowAhead);
+      if (ahead) prefetch_lines<_MM_HINT_T0, step_bytes>(reinterpret_cast<const char*>(wr + k + kStepsAhead * 64));
       for (int j = 0; j < 4; ++j)
         acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16 * j), W::load(wr + k + 16 * j), acc[j]);
     }
