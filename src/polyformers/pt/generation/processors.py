@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from typing import Callable, Optional, Union
 
 import torch
@@ -29,7 +30,8 @@ class LogitsWarper(LogitsProcessor):
     """Base class of the processors that only reshape the sampling distribution (applied after the others)."""
 
 
-_EXTRA: dict = {}  # a processor's __call__ -> the names of its arguments after input_ids and scores
+# a processor's __call__ -> the names of its arguments after input_ids and scores (weakly: classes come and go)
+_EXTRA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _extra_arguments(processor) -> list[str]:

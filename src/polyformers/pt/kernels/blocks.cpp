@@ -119,21 +119,24 @@ at::Tensor norm(const at::Tensor& x, const c10::List<Optional>& tensors, int64_t
   return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
 }
 
-// The arguments every stack shares: one key, value and written buffer per block, `per_block` tensors and
-// `layout_per_block` layout entries per block, a float32 (B, 1, C) input, heads dividing C, a slot below T.
+// The arguments every stack shares: one key and value buffer per block (and one written buffer, for a stack
+// that keeps them), `per_block` tensors and `layout_per_block` layout entries per block, a float32 (B, 1, C)
+// input, heads dividing C, a slot below T.
 void check_stack(const char* op, const at::Tensor& hidden, const c10::List<Optional>& tensors, at::IntArrayRef layout,
-                 at::TensorList keys, at::TensorList values, at::TensorList written, int64_t per_block,
+                 at::TensorList keys, at::TensorList values, std::optional<at::TensorList> written, int64_t per_block,
                  int64_t layout_per_block, int64_t heads, int64_t slot, int64_t T) {
   TORCH_CHECK(hidden.dim() == 3 && hidden.size(1) == 1 && hidden.scalar_type() == at::kFloat,
               op, ": hidden: expected a float32 tensor (batch, 1, features), given ", hidden.scalar_type(), " ",
               hidden.sizes());
   const int64_t blocks = static_cast<int64_t>(keys.size());
-  TORCH_CHECK(static_cast<int64_t>(values.size()) == blocks && static_cast<int64_t>(written.size()) == blocks &&
+  const int64_t written_count = written ? static_cast<int64_t>(written->size()) : blocks;
+  TORCH_CHECK(static_cast<int64_t>(values.size()) == blocks && written_count == blocks &&
                   static_cast<int64_t>(tensors.size()) == per_block * blocks &&
                   static_cast<int64_t>(layout.size()) == layout_per_block * blocks,
-              op, ": expected per block one key, value and written buffer, ", per_block, " tensors and ",
-              layout_per_block, " layout entries; given ", blocks, " keys, ", values.size(), " values, ",
-              written.size(), " written, ", tensors.size(), " tensors and ", layout.size(), " layout entries");
+              op, ": expected per block one key, value", written ? " and written" : "", " buffer, ", per_block,
+              " tensors and ", layout_per_block, " layout entries; given ", blocks, " keys, ", values.size(),
+              " values, ", written_count, written ? " written, " : " blocks, ", tensors.size(), " tensors and ",
+              layout.size(), " layout entries");
   const int64_t B = hidden.size(0), C = hidden.size(2);
   TORCH_CHECK(heads > 0 && C % heads == 0, op, ": heads: expected a divisor of ", C, ", given ", heads);
   TORCH_CHECK(slot >= 0 && slot < T, op, ": slot: expected 0 <= slot < the bias' width ", T, ", given ", slot);
@@ -245,8 +248,7 @@ std::vector<at::Tensor> cross_blocks(const at::Tensor& hidden, const c10::List<O
   const int64_t T = keys[0].dim() == 4 ? keys[0].size(2) + 1 : 0;  // the keys seen: the cached ones and this step's
   TORCH_CHECK(T >= 2, op, ": keys: expected (batch, heads, cached positions >= 1, head size) per block, given ",
               keys[0].sizes());
-  // (the keys stand in for the `written` buffers, which this stack has none of)
-  check_stack(op, hidden, tensors, layout, keys, values, keys, kPerBlock, kLayoutPerBlock, heads, 0, T - 1);
+  check_stack(op, hidden, tensors, layout, keys, values, std::nullopt, kPerBlock, kLayoutPerBlock, heads, 0, T - 1);
   const int64_t B = hidden.size(0), C = hidden.size(2), D = C / heads;
   for (int64_t b = 0; b < blocks; ++b) {
     TORCH_CHECK(keys[b].size(2) == T - 1 && keys[b].scalar_type() == at::kFloat &&
