@@ -199,7 +199,9 @@ def batch_ceiling(weights: float, cache: float) -> float:
     """The batch-``BATCH`` throughput over batch 1's if a step's time followed the bytes it reads: the weights
     once, and each sequence's cache (``cache`` bytes). Batching shares the weights' reads and nothing else, so
     the more of a step's bytes the caches are, the lower this ceiling: with int8 weights 203 MB a step and a
-    float32 cache of 9.4 MB a sequence, 8 x 212.6 / (203.2 + 75.5) = 6.1."""
+    float32 cache of 9.4 MB a sequence, 8 x 212.6 / (203.2 + 75.5) = 6.1. It bounds only a contender whose batch 1
+    runs at its bytes' rate: one slower than that alone (torch's bfloat16 kernels, at a third of the bound) can
+    pass it."""
     return BATCH * (weights + cache) / (weights + BATCH * cache)
 
 
