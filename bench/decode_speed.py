@@ -2,7 +2,8 @@
 
 Reduced models (GPT-J: n_embd 1024, 12 layers, 16 heads, rotary_dim 64, vocab 50400; MPT: d_model 1024,
 12 layers, 16 heads) with random weights, built once into ``.cache/bench/``; float32, batch 1, a 32-token
-prompt, 128 new greedy tokens. The machine is shared, so every figure is the median of ``--repeat``
+prompt, 128 new greedy tokens. ``--family mpt-wide`` (not run by default) is an MPT of d_model 2048 (707M
+parameters): its quantized weights no longer fit in a large last-level cache, so they come from memory. The machine is shared, so every figure is the median of ``--repeat``
 rounds in which the contenders run one after another, in alternating order. Printed:
 
 - decode tokens/s (new tokens / wall time of ``generate``) of polyformers and the reference, and the ratio;
@@ -36,7 +37,7 @@ rounds in which the contenders run one after another, in alternating order. Prin
   with pre-packed weights, torch's own matrix-vector kernel that :class:`Bf16Linear` uses for one row,
   float16 weights), on the reduced GPT-J's matrices, against float32's oneDNN and the read bound.
 
-    .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt] [--skip ...] [--group-size 32]
+    .venv/bin/python bench/decode_speed.py [--repeat 5] [--family gptj mpt mpt-wide] [--skip ...] [--group-size 32]
 
 ``--skip fp32 prefill batch ct2 kernels int4 bf16 llamacpp overhead`` leaves the int8 decode against the reference (and
 the int8 token check). The load average is printed before and after; a run whose load average exceeds
@@ -74,7 +75,15 @@ REAL_PROMPTS = [
 CONFIGS = {
     "gptj": dict(vocab_size=50400, n_positions=2048, n_embd=1024, n_layer=12, n_head=16, rotary_dim=64),
     "mpt": dict(d_model=1024, n_heads=16, n_layers=12, max_seq_len=2048),
+    # twice as wide: 707M parameters, whose int8 weights (707 MB) and 4-bit ones no longer fit in a large L3
+    "mpt-wide": dict(d_model=2048, n_heads=16, n_layers=12, max_seq_len=2048),
 }
+FOLDERS = {"gptj": "gptj-reduced", "mpt": "mpt-reduced", "mpt-wide": "mpt-wide"}
+
+
+def architecture(family: str) -> str:
+    """The model family a bench family is built from ("mpt-wide" is an MPT)."""
+    return family.split("-")[0]
 
 
 def build(family: str) -> Path:
@@ -83,14 +92,14 @@ def build(family: str) -> Path:
     import torch
     import transformers
 
-    folder = CACHE / f"{family}-reduced"
-    if (folder / "model.safetensors").exists():
+    folder = CACHE / FOLDERS[family]
+    if (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists():
         return folder
     print(f"building {folder} (once)", flush=True)
     config_class, model_class = {
         "gptj": (transformers.GPTJConfig, transformers.GPTJForCausalLM),
         "mpt": (transformers.MptConfig, transformers.MptForCausalLM),
-    }[family]
+    }[architecture(family)]
     # MPT's configs default to use_cache=False; decoding is measured with the cache, for both libraries.
     config = config_class(**CONFIGS[family], bos_token_id=None, eos_token_id=None, pad_token_id=None, use_cache=True)
     torch.manual_seed(0)
@@ -375,7 +384,7 @@ def ct2_models(family: str, folder: Path) -> dict:
             config, "eos_token", "0") or setattr(config, "unk_token", "0")
     models = {}
     for quantization in ("float32", "int8"):
-        out = CACHE / f"{family}-reduced-ct2-{quantization}"
+        out = CACHE / f"{folder.name}-ct2-{quantization}"
         if not (out / "model.bin").exists():
             print(f"converting {folder.name} for CTranslate2 ({quantization}, once)", flush=True)
             shutil.rmtree(out, ignore_errors=True)
@@ -416,8 +425,8 @@ def bench_family(family: str, args, bw_samples: list) -> None:
 
     folder = build(family)
     print(f"polyformers' compiled kernels: {'in use' if kernels.available() else kernels.why_not()}")
-    ref_class = {"gptj": transformers.GPTJForCausalLM, "mpt": transformers.MptForCausalLM}[family]
-    pf_class = {"gptj": polyformers.GPTJForCausalLM, "mpt": polyformers.MptForCausalLM}[family]
+    ref_class = {"gptj": transformers.GPTJForCausalLM, "mpt": transformers.MptForCausalLM}[architecture(family)]
+    pf_class = {"gptj": polyformers.GPTJForCausalLM, "mpt": polyformers.MptForCausalLM}[architecture(family)]
     reference = ref_class.from_pretrained(folder, dtype=torch.float32).eval()
     ours = pf_class.from_pretrained(folder, dtype=torch.float32).eval()
     contenders = [torch_contender("reference", reference)]
@@ -453,7 +462,7 @@ def bench_family(family: str, args, bw_samples: list) -> None:
         worker = Ct2Process() if models else None
         for quantization, path in models.items():
             contenders.append(ct2_contender(f"ctranslate2-{quantization}", worker, path, quantization))
-    if "llamacpp" not in args.skip and family == "mpt":
+    if "llamacpp" not in args.skip and architecture(family) == "mpt":
         contenders += llamacpp_contenders(folder, args.llamacpp)
     names = [c.name for c in contenders]
     by_name = dict(zip(names, contenders))
@@ -608,7 +617,7 @@ def step_gap(model, family: str, prompt, new: int) -> float:
             gaps.append(time.perf_counter() - head_end[0])
 
     hooks = [model.lm_head.register_forward_hook(after_head)]
-    name = "rotary_blocks" if family == "gptj" else "alibi_blocks"
+    name = "rotary_blocks" if architecture(family) == "gptj" else "alibi_blocks"
     compiled = getattr(fused, name)
     if type(model).__module__.startswith("polyformers"):
         def entry(*args):
@@ -617,7 +626,7 @@ def step_gap(model, family: str, prompt, new: int) -> float:
 
         setattr(fused, name, entry)
     else:
-        first = (model.transformer.h if family == "gptj" else model.transformer.blocks)[0]
+        first = (model.transformer.h if architecture(family) == "gptj" else model.transformer.blocks)[0]
         hooks.append(first.register_forward_pre_hook(before_first))
     try:
         with torch.inference_mode():

@@ -389,6 +389,35 @@ def test_generate_keeps_its_own_models_weights_in_the_caches_whatever_else_is_al
     kernels._update()
 
 
+@pytest.mark.parametrize("rows", [1, 8])  # the one-row pass, and eight rows (on the tile unit where there is one)
+def test_on_intel_cpus_the_quantized_kernels_prefetch_into_the_caches_whatever_fits(rows):
+    """Where non-temporal prefetches halve the weights' rate (Intel), the int8 and 4-bit kernels prefetch into
+    the caches even when the weights would not fit; elsewhere as ``set_keep_weights`` says. No value moves."""
+    assert kernels.available(), kernels.why_not()
+    ops = kernels.ops()
+    intel = kernels._cpu_vendor() == "GenuineIntel"
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(1024, 96)
+    layers = Int8Linear.from_linear(linear), Int4Linear.from_linear(linear, 32)
+    x = torch.randn(rows, 1024)
+    outputs = {}
+    try:
+        for vendor_intel in (True, False):
+            ops.set_intel_prefetch(vendor_intel)
+            for keep in (True, False):
+                ops.set_keep_weights(keep)
+                assert ops.weights_into_caches() == (keep or vendor_intel)
+                outputs[vendor_intel, keep] = [layer(x) for layer in layers]
+    finally:
+        ops.set_intel_prefetch(intel)
+        ops.set_keep_weights(kernels.keeping_weights())
+    assert ops.weights_into_caches() == (intel or kernels.keeping_weights())
+    first = outputs[True, True]
+    for other in outputs.values():
+        assert all(torch.equal(a, b) for a, b in zip(first, other))
+    torch.testing.assert_close(first[0], linear(x), rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8])  # the one-row pass, and passes of 2-8 rows
 def test_the_intel_prefetches_are_on_for_intel_cpus_and_move_no_value(rows):
     assert kernels.available(), kernels.why_not()

@@ -213,14 +213,31 @@ constexpr int kAhead = 4096;
 // - true: into every level, for weights that fit in it: a non-temporal prefetch is not kept in the last
 //   level either, so every token read them from memory again. Measured on the reduced MPT (a 2-core Xeon
 //   that sees 480 MB of L3): int8 58 -> 153 tokens/s, 4-bit 103 -> 249.
+// On Intel CPUs (set_intel_prefetch) the kernels prefetch into every level whatever the flag says: there the
+// non-temporal prefetches halve the rate even for weights that come from memory. Measured on the 2-core Xeon,
+// one row by 768 MB of int8 4096 x 1024 matrices, far past its L3: 11.5 GB/s non-temporally, 21.0 into every
+// level, 21.3 with no software prefetch at all; eight rows 11.5 against 20.4; the reduced MPT in int8 with
+// the non-temporal prefetches forced, 49 tokens/s against 103.
 std::atomic<bool> keep_weights{false};
 
 void set_keep_weights(bool keep) { keep_weights.store(keep, std::memory_order_relaxed); }
 
+// Whether the quantized kernels' prefetches now go into the caches (see above).
+bool weights_into_caches() {
+  return keep_weights.load(std::memory_order_relaxed) || intel_prefetch.load(std::memory_order_relaxed);
+}
+
+// The one-row int8 pass on Intel CPUs asks 2 KiB ahead instead. Measured on the 2-core Xeon (processes
+// alternating), one row by int8 4096 x 1024 matrices: 768 MB of them (from memory) at 26.6-28.8 GB/s against
+// 21.4-22.0 4 KiB ahead (1 KiB ahead 27.1-28.0), 128 MB (from the L3) at 30.0-31.6 against 21.9-22.5. Eight
+// rows on the tile unit (23.3-24.5 GB/s) and the 4-bit passes (one row 24.0-25.2, eight 17.2-18.2) move
+// within the noise between 1, 2 and 4 KiB, and keep 4 KiB.
+constexpr int kAheadI8Row = 2048;
+
 // (Bytes: what a pass reads of each step, so the prefetches keep pace with the reads.)
 template <int Bytes>
-inline void prefetch_ahead(const void* step, bool keep) {
-  const char* p = static_cast<const char*>(step) + kAhead;
+inline void prefetch_ahead(const void* step, bool keep, int64_t ahead = kAhead) {
+  const char* p = static_cast<const char*>(step) + ahead;
   if (keep) {
     prefetch_lines<_MM_HINT_T0, Bytes>(p);
   } else {
@@ -325,9 +342,10 @@ void i8_panel(const uint8_t* u, int64_t Kp, const int8_t* panel, int64_t n, cons
   __m512i acc[S][M][2];
   for (int s = 0; s < S; ++s)
     for (int m = 0; m < M; ++m) acc[s][m][0] = acc[s][m][1] = _mm512_setzero_si512();
+  const int64_t ahead = M == 1 && intel_prefetch.load(std::memory_order_relaxed) ? kAheadI8Row : kAhead;
   for (int64_t k = 0; k < Kp; k += kI8Step) {
     const int8_t* step = panel + k * kPanelI8;  // 4 quads of 128 bytes
-    prefetch_ahead<4 * 128>(step, keep);
+    prefetch_ahead<4 * 128>(step, keep, ahead);
     for (int quad = 0; quad < 4; ++quad) {
       const __m512i w0 = _mm512_loadu_si512(step + quad * 128);
       const __m512i w1 = _mm512_loadu_si512(step + quad * 128 + 64);
@@ -583,7 +601,7 @@ at::Tensor linear_i4(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   at::Tensor y = at::empty({M, N}, x.options());
   const I4Pass pass{u.data_ptr<int8_t>(), usums.data_ptr<float>(), xs.data_ptr<float>(), K, groups,
                     w.data_ptr<uint8_t>(), so.data_ptr<at::BFloat16>(), bias ? bias->data_ptr<float>() : nullptr,
-                    y.data_ptr<float>(), N, keep_weights.load(std::memory_order_relaxed)};
+                    y.data_ptr<float>(), N, weights_into_caches()};
   over_rows(M, N, pass);
   return y;
 }
@@ -658,7 +676,7 @@ at::Tensor linear_i8(const at::Tensor& x_in, const at::Tensor& w, const at::Tens
   const float* sump = sums.data_ptr<float>();
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const bool keep = keep_weights.load(std::memory_order_relaxed);
+  const bool keep = weights_into_caches();
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
   if (M > 1 && amx_on.load(std::memory_order_relaxed)) {
     // Rows m_begin..m_end in blocks of `rows`: each thread takes whole panels and multiplies every block by a
@@ -706,6 +724,7 @@ TORCH_LIBRARY(polyformers, m) {
         "int out_features) -> Tensor");
   m.def("set_keep_weights(bool keep) -> ()", &set_keep_weights);
   m.def("set_intel_prefetch(bool on) -> ()", &set_intel_prefetch);
+  m.def("weights_into_caches() -> bool", &weights_into_caches);
   m.def("set_int8_tiles(bool on) -> bool", &set_int8_tiles);
 }
 
