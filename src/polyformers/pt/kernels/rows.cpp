@@ -56,8 +56,13 @@ constexpr int64_t kTile = 8;  // input rows per pass over the weights
 //   and the float32 pass of 2-8 rows prefetches the block three passes ahead into the second level (the
 //   products of a reduced MPT's 49 matrices, 810 MB, with 8 rows: non-temporally 97 ms, the next pass into
 //   every level 43-52, three passes ahead into the second level 36-44, median 38; with 4 rows 41 -> 34-35).
+//   Three passes, but no more than 48 KiB ahead where the rows are long: a pass of three rows of 8192 float32
+//   weights is 96 KiB, and three of them ahead ran past what the second level holds for the pass. A 707M MPT's
+//   matrices (2048 and 8192 columns), 1.2 GB of them with 8 rows: 19.0-19.8 GB/s three passes ahead, 22.5-23.5
+//   no more than 48 KiB ahead (one or two passes); the reduced MPT's shapes 22.4-22.7 either way.
 std::atomic<bool> intel_prefetch{false};
 constexpr int kIntelPassesAhead = 3;
+constexpr int64_t kIntelAheadBytes = 48 * 1024;
 
 void set_intel_prefetch(bool on) { intel_prefetch.store(on, std::memory_order_relaxed); }
 
@@ -112,7 +117,8 @@ void float_pass(const float* x, int64_t K, const typename W::T* w, int64_t n, in
   const typename W::T* wr = w + n * K;
   int64_t k = 0;
   const typename W::T* next = wr + R * K;
-  const typename W::T* ahead = wr + kIntelPassesAhead * R * K;
+  const int64_t pass_bytes = R * K * static_cast<int64_t>(sizeof(typename W::T));
+  const typename W::T* ahead = wr + std::clamp<int64_t>(kIntelAheadBytes / pass_bytes, 1, kIntelPassesAhead) * R * K;
   const bool intel = intel_prefetch.load(std::memory_order_relaxed);
   for (; k + 16 <= K; k += 16) {
     if (W::hint == _MM_HINT_NTA && intel) {
