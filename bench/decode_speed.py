@@ -3,8 +3,9 @@
 Reduced models (GPT-J: n_embd 1024, 12 layers, 16 heads, rotary_dim 64, vocab 50400; MPT: d_model 1024,
 12 layers, 16 heads) with random weights, built once into ``.cache/bench/``; float32, batch 1, a 32-token
 prompt, 128 new greedy tokens. ``--family mpt-wide`` (not run by default) is an MPT of d_model 2048 (707M
-parameters): its quantized weights no longer fit in a large last-level cache, so they come from memory. The machine is shared, so every figure is the median of ``--repeat``
-rounds in which the contenders run one after another, in alternating order. Printed:
+parameters): its quantized weights no longer fit in a large last-level cache, so they come from memory. The
+machine is shared, so every figure is the median of ``--repeat`` rounds in which the contenders run one after
+another, in alternating order. Printed:
 
 - decode tokens/s (new tokens / wall time of ``generate``) of polyformers and the reference, and the ratio;
 - prefill of a 512-token prompt (prompt tokens / time of ``generate`` with one new token);
