@@ -3,7 +3,7 @@
 Reduced models (GPT-J: n_embd 1024, 12 layers, 16 heads, rotary_dim 64, vocab 50400; MPT: d_model 1024,
 12 layers, 16 heads) with random weights, built once into ``.cache/bench/``; float32, batch 1, a 32-token
 prompt, 128 new greedy tokens. ``--family mpt-wide`` (not run by default) is an MPT of d_model 2048 (707M
-parameters): its quantized weights no longer fit in a large last-level cache, so they come from memory. The
+parameters): its int8 weights no longer fit in a large last-level cache, so they come from memory. The
 machine is shared, so every figure is the median of ``--repeat`` rounds in which the contenders run one after
 another, in alternating order. Printed:
 
@@ -76,7 +76,7 @@ REAL_PROMPTS = [
 CONFIGS = {
     "gptj": dict(vocab_size=50400, n_positions=2048, n_embd=1024, n_layer=12, n_head=16, rotary_dim=64),
     "mpt": dict(d_model=1024, n_heads=16, n_layers=12, max_seq_len=2048),
-    # twice as wide: 707M parameters, whose int8 weights (707 MB) and 4-bit ones no longer fit in a large L3
+    # twice as wide: 707M parameters, whose int8 weights (708 MB) no longer fit in a large L3 (4-bit: 442 MB)
     "mpt-wide": dict(d_model=2048, n_heads=16, n_layers=12, max_seq_len=2048),
 }
 FOLDERS = {"gptj": "gptj-reduced", "mpt": "mpt-reduced", "mpt-wide": "mpt-wide"}

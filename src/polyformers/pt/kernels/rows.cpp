@@ -236,7 +236,7 @@ bool weights_into_caches() {
 // The one-row int8 pass on Intel CPUs asks 2 KiB ahead instead. Measured on the 2-core Xeon (processes
 // alternating), one row by int8 4096 x 1024 matrices: 768 MB of them (from memory) at 26.6-28.8 GB/s against
 // 21.4-22.0 4 KiB ahead (1 KiB ahead 27.1-28.0), 128 MB (from the L3) at 30.0-31.6 against 21.9-22.5. Eight
-// rows on the tile unit (23.3-24.5 GB/s) and the 4-bit passes (one row 24.0-25.2, eight 17.2-18.2) move
+// rows on the tile unit (23.3-24.5 GB/s) and the 4-bit passes (one row 22.4-25.4, eight 15.9-18.2) move
 // within the noise between 1, 2 and 4 KiB, and keep 4 KiB.
 constexpr int kAheadI8Row = 2048;
 
