@@ -28,7 +28,7 @@ from ...outputs import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
-from .. import fused, kernels
+from .. import fused
 from .. import layers as L
 from ..cache import reorder_legacy_or_cache
 from ..generation import GenerationMixin
@@ -556,11 +556,12 @@ def _biased_logits(head: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) ->
     it afterwards, and one pass less over the vocabulary's scores (about 0.1 ms a step of the reduced Pegasus,
     whose 96103 scores a step are cold by then)."""
     bias = bias.to(hidden.dtype)
-    if (type(head) is L.Linear and head.bias is None and hidden.dtype == torch.float32 == head.weight.dtype
-            and hidden.numel() <= kernels.MAX_ROWS * hidden.shape[-1] and head.weight.is_contiguous()
-            and not torch.is_grad_enabled() and not (head._forward_hooks or head._forward_pre_hooks)
-            and not (_module._global_forward_hooks or _module._global_forward_pre_hooks) and kernels.ready()):
-        return L.linear(hidden, head.weight, bias.reshape(-1).contiguous())
+    if (type(head) is L.Linear and head.bias is None and not torch.is_grad_enabled()
+            and not (head._forward_hooks or head._forward_pre_hooks)
+            and not (_module._global_forward_hooks or _module._global_forward_pre_hooks)):
+        row = bias.reshape(-1).contiguous()
+        if L.takes_row_kernel(hidden, head.weight, row):
+            return L.linear(hidden, head.weight, row)
     return head(hidden) + bias
 
 
